@@ -1,0 +1,1 @@
+"""Triton kernels of the semantic segmentation head, installed as ``sfpn.kernels``."""

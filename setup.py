@@ -1,0 +1,81 @@
+"""Build sfpn._C: the C++ CPU kernels always, the CUDA kernels when a toolkit and a CUDA torch exist.
+
+Environment knobs:
+  SFPN_WITH_CUDA=0/1      force the CUDA kernels off or on (default: on when possible)
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0": A100 and H100)
+  MAX_JOBS                ninja parallelism (torch's own knob)
+"""
+import glob
+import os
+
+from setuptools import setup
+
+# torch's cpp_extension guesses CUDA_HOME from nvcc's place on PATH; /usr/local/bin/nvcc makes it
+# guess /usr/local and the link then misses libcudart. Point it at the toolkit before importing.
+if "CUDA_HOME" not in os.environ and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("SFPN_WITH_CUDA")
+    if forced is not None:
+        return forced not in ("0", "", "false", "False")
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def _cuda_library_includes() -> list:
+    """Header folders of the pip-installed CUDA libraries (cusparse.h ...).
+
+    A bare nvcc toolkit lacks them, yet torch's CUDA headers include them.
+    """
+    try:
+        import nvidia  # namespace package shipped by the nvidia-* wheels torch depends on
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        found += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return list(dict.fromkeys(p for p in found if os.path.isdir(p)))
+
+
+def _extension():
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3", "-fopenmp"]
+    define_macros = []
+    with_cuda = _want_cuda()
+    if with_cuda:
+        sources += rel("csrc/cuda/*.cu")
+        define_macros.append(("SFPN_WITH_CUDA", None))
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        return cpp_extension.CUDAExtension(
+            "sfpn._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")] + _cuda_library_includes(),
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=False,
+        )
+    return cpp_extension.CppExtension(
+        "sfpn._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    # Ninja compiles the translation units in parallel; without it torch falls back to distutils.
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

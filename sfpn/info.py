@@ -1,0 +1,73 @@
+"""``python -m sfpn.info``: versions, the build of the compiled kernels, and which backend serves
+each op on CPU and on CUDA (and why)."""
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+
+import torch
+
+from . import _extension
+
+
+def _nvcc_version() -> str:
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "not found"
+    release = [line for line in out.splitlines() if "release" in line]
+    return release[0].strip() if release else "unknown"
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def _compiled_backend(op: str, device: str) -> str:
+    if _extension.KERNELS[(op, device)]:
+        return "C++ kernel" if device == "cpu" else "CUDA kernel"
+    if not _extension.STATUS.loaded:
+        return "reference (extension not loaded)"
+    if device == "cuda" and _extension.STATUS.cuda_version == 0:
+        return "reference (extension built without CUDA)"
+    return "reference (no kernel registered)"
+
+
+def backends() -> dict[str, dict[str, str]]:
+    """Op name -> {"cpu": backend, "cuda": backend}, in words."""
+    table = {op: {dev: _compiled_backend(op, dev) for dev in ("cpu", "cuda")} for op in _extension.COMPILED_OPS}
+    return table
+
+
+def report() -> str:
+    status = _extension.STATUS
+    cuda = status.cuda_version
+    lines = [
+        f"sfpn          {__import__('sfpn').__version__}",
+        f"python        {platform.python_version()} ({platform.python_compiler()})",
+        f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
+        f"triton        {_triton_version()}",
+        f"nvcc          {_nvcc_version()}",
+        f"GPU           {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none visible'}",
+        f"extension     {status.reason}" + (f" ({status.path})" if status.path else ""),
+        f"  with CUDA   {'yes, CUDA %d.%d' % (cuda // 1000, cuda % 1000 // 10) if cuda else 'no'}",
+        "",
+        f"{'op':<26}{'cpu':<40}cuda",
+    ]
+    for op, by_device in backends().items():
+        lines.append(f"{op:<26}{by_device['cpu']:<40}{by_device['cuda']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
