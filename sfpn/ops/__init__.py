@@ -4,6 +4,7 @@ Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels`
 the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
 ``python -m sfpn.info`` says which backend serves each op.
 """
+from .suppression import batched_nms, batched_nms_padded, nms
 from .upsample import upsample_add
 
-__all__ = ["upsample_add"]
+__all__ = ["upsample_add", "nms", "batched_nms", "batched_nms_padded"]

@@ -1,0 +1,257 @@
+"""Non-maximum suppression with torchvision's signatures, per class, without host syncs on CUDA.
+
+``nms(boxes, scores, iou_threshold)`` and ``batched_nms(boxes, scores, idxs, iou_threshold)``
+are drop-in replacements for ``torchvision.ops.nms`` / ``batched_nms``;
+``batched_nms_padded(..., max_out)`` is the fixed-size variant for CUDA graphs and compiled code.
+
+Semantics shared by every backend (the compiled kernels and the reference below):
+
+* Boxes are ``(x1, y1, x2, y2)``; a box suppresses a later box of its class when their IoU is
+  strictly greater than ``iou_threshold``. The IoU is computed in float32 for float16, bfloat16
+  and float32 boxes and in float64 for float64 boxes, as
+  ``inter / ((area_a + area_b) - inter)``, the same expression as torchvision's float32 kernels,
+  so float32 results equal torchvision's.
+* Order: boxes are visited, and kept indices returned, by decreasing score; equal scores are
+  ordered by increasing index (a stable sort); NaN scores rank above every number
+  (``torch.sort``'s descending order).
+* Bad values are a documented behaviour, not an error, because checking them would cost a
+  device-to-host sync on CUDA: a box with a NaN or infinite coordinate neither suppresses nor is
+  suppressed (its IoU with any box is NaN or 0); a box with ``x2 < x1`` or ``y2 < y1`` has no
+  intersection with anything, so it is kept too (both as in torchvision). This holds for
+  ``iou_threshold >= 0``; a negative threshold makes every finite pair of a class overlap.
+* Shape, dtype and device errors raise ``ValueError`` / ``TypeError`` naming the argument.
+
+Compiled kernels: ``csrc/cpu/nms.cpp`` and ``csrc/cuda/nms.cu``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _extension
+from ._validate import check_same, check_tensor
+
+INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+# Rows per step of the reference's blocked greedy scan: bounds its temporaries to
+# _REFERENCE_BLOCK x (boxes left in the block's classes).
+_REFERENCE_BLOCK = 256
+
+
+def _check_threshold(iou_threshold) -> float:
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
+        raise TypeError(f"iou_threshold must be a float, got {type(iou_threshold).__name__}")
+    if math.isnan(iou_threshold):
+        raise ValueError("iou_threshold must be a number, got nan")
+    return float(iou_threshold)
+
+
+def _check_nms(boxes, scores, idxs=None) -> None:
+    check_tensor("boxes", boxes, ndim=2)
+    if boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+    check_tensor("scores", scores, ndim=1)
+    check_same("scores", scores, "boxes", boxes)
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
+    if idxs is not None:
+        check_tensor("idxs", idxs, ndim=1, dtypes=INTEGER)
+        if idxs.device != boxes.device:
+            raise ValueError(f"idxs must be on the same device as boxes ({boxes.device}), got {idxs.device}")
+        if idxs.shape[0] != boxes.shape[0]:
+            raise ValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(idxs.shape)}")
+
+
+def _check_max_out(max_out) -> int:
+    if isinstance(max_out, bool) or not isinstance(max_out, int):
+        raise TypeError(f"max_out must be an int, got {type(max_out).__name__}")
+    if max_out < 0:
+        raise ValueError(f"max_out must be >= 0, got {max_out}")
+    return max_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference
+# ---------------------------------------------------------------------------------------------
+
+
+def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``iou(rows[i], cols[j]) > threshold`` for boxes ``(R, 4)`` x ``(C, 4)`` -> ``(R, C)`` bool.
+
+    The expression and its evaluation order match csrc/nms_iou.h, so the results are identical.
+    """
+    area_rows = (rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1])
+    area_cols = (cols[:, 2] - cols[:, 0]) * (cols[:, 3] - cols[:, 1])
+    left_top = torch.maximum(rows[:, None, :2], cols[None, :, :2])
+    right_bottom = torch.minimum(rows[:, None, 2:], cols[None, :, 2:])
+    extent = (right_bottom - left_top).clamp(min=0)
+    inter = extent[..., 0] * extent[..., 1]
+    return inter / ((area_rows[:, None] + area_cols[None, :]) - inter) > threshold
+
+
+def _visit_order(scores: torch.Tensor, idxs: torch.Tensor | None) -> torch.Tensor:
+    """Indices by class (ascending), then decreasing score, then increasing index."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    if idxs is not None:
+        order = order[torch.sort(idxs[order], stable=True).indices]
+    return order
+
+
+def batched_nms_reference(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, iou_threshold: float
+) -> torch.Tensor:
+    """Pure-PyTorch ``batched_nms`` (``idxs=None``: plain ``nms``): the kernels' definition.
+
+    A blocked greedy scan over the boxes grouped by class: each block of ``_REFERENCE_BLOCK``
+    boxes is resolved on its own (the greedy keep flags are the unique fixed point of "kept iff no
+    earlier kept box of the block overlaps it", found by iterating), then its kept boxes suppress
+    the later boxes of their classes in one IoU matrix. Cross-class pairs are only computed inside
+    a block. It reads a few sizes back to the host, so it syncs on CUDA.
+    """
+    count = boxes.shape[0]
+    if count == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    accumulate = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    threshold = torch.tensor(iou_threshold, dtype=accumulate, device=boxes.device)
+    order = _visit_order(scores, idxs)
+    sorted_boxes = boxes[order].to(accumulate)
+    classes = idxs[order].long() if idxs is not None else torch.zeros(count, dtype=torch.int64, device=boxes.device)
+    class_ends = torch.searchsorted(classes, classes, right=True).tolist()  # end of each box's class run
+    suppressed = torch.zeros(count, dtype=torch.bool, device=boxes.device)
+    for start in range(0, count, _REFERENCE_BLOCK):
+        stop = min(start + _REFERENCE_BLOCK, count)
+        block, block_classes = sorted_boxes[start:stop], classes[start:stop]
+        same_class = block_classes[:, None] == block_classes[None, :]
+        earlier_overlaps = _overlaps(block, block, threshold).triu_(1) & same_class
+        alive = ~suppressed[start:stop]
+        kept = alive
+        while True:
+            updated = alive & ~(earlier_overlaps & kept[:, None]).any(0)
+            if torch.equal(updated, kept):
+                break
+            kept = updated
+        suppressed[start:stop] = ~kept
+        tail_end = class_ends[stop - 1]
+        if tail_end > stop and bool(kept.any()):
+            tail_classes = classes[stop:tail_end]
+            hits = _overlaps(block[kept], sorted_boxes[stop:tail_end], threshold)
+            hits &= block_classes[kept][:, None] == tail_classes[None, :]
+            suppressed[stop:tail_end] |= hits.any(0)
+    keep = torch.zeros(count, dtype=torch.bool, device=boxes.device)
+    keep[order[~suppressed]] = True
+    score_order = torch.sort(scores, descending=True, stable=True).indices
+    return score_order[keep[score_order]]
+
+
+def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Pure-PyTorch ``nms``: ``batched_nms_reference`` with every box in one class."""
+    return batched_nms_reference(boxes, scores, None, iou_threshold)
+
+
+def _pad(kept: torch.Tensor, max_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    count = min(kept.shape[0], max_out)
+    indices = torch.full((max_out,), -1, dtype=torch.int64, device=kept.device)
+    indices[:count] = kept[:count]
+    return indices, torch.tensor(count, dtype=torch.int64, device=kept.device)
+
+
+def batched_nms_padded_reference(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_out: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch ``batched_nms_padded``."""
+    return _pad(batched_nms_reference(boxes, scores, idxs, iou_threshold), max_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public ops
+# ---------------------------------------------------------------------------------------------
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression, as ``torchvision.ops.nms``.
+
+    Args:
+        boxes: ``(N, 4)`` boxes ``(x1, y1, x2, y2)``, float16, bfloat16, float32 or float64.
+        scores: ``(N,)`` scores, same dtype and device as ``boxes``.
+        iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is
+            ``> iou_threshold``.
+
+    Returns:
+        int64 ``(K,)``: indices of the kept boxes by decreasing score (ties by increasing index).
+        On CUDA the kernel runs without a host sync except one size read at the end (a
+        variable-length result needs its length on the host); ``batched_nms_padded`` has none.
+        See the module docstring for NaN, infinite and inverted boxes.
+    """
+    iou_threshold = _check_threshold(iou_threshold)
+    _check_nms(boxes, scores)
+    if _extension.has_kernel("nms", boxes.device):
+        return torch.ops.sfpn.nms(boxes, scores, iou_threshold)
+    return nms_reference(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Non-maximum suppression within each category, as ``torchvision.ops.batched_nms``.
+
+    Boxes of different ``idxs`` never suppress each other. The kernels group boxes by category and
+    only test pairs within a category (no coordinate-offset trick, so no precision lost for half
+    types and no cross-category pairs computed).
+
+    Args:
+        boxes: ``(N, 4)`` boxes ``(x1, y1, x2, y2)``, float16, bfloat16, float32 or float64.
+        scores: ``(N,)`` scores, same dtype and device as ``boxes``.
+        idxs: ``(N,)`` integer category of each box (any values; int64 is used internally).
+        iou_threshold: IoU above which a lower-scoring box of the same category is dropped.
+
+    Returns:
+        int64 ``(K,)``: kept indices by decreasing score (ties by increasing index). On CUDA the
+        only host sync is the final read of ``K``; use ``batched_nms_padded`` to avoid it.
+    """
+    iou_threshold = _check_threshold(iou_threshold)
+    _check_nms(boxes, scores, idxs)
+    if _extension.has_kernel("batched_nms", boxes.device):
+        return torch.ops.sfpn.batched_nms(boxes, scores, idxs.long(), iou_threshold)
+    return batched_nms_reference(boxes, scores, idxs, iou_threshold)
+
+
+def batched_nms_padded(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_out: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batched_nms`` with a fixed-size result: no host sync on CUDA (usable in CUDA graphs).
+
+    Args:
+        boxes, scores, idxs, iou_threshold: as ``batched_nms``.
+        max_out: length of the result (>= 0).
+
+    Returns:
+        ``(indices, count)``: int64 ``(max_out,)`` holding the first ``count`` indices that
+        ``batched_nms`` returns (the highest-scoring kept boxes) followed by ``-1`` padding, and
+        ``count = min(K, max_out)`` as an int64 scalar tensor on the boxes' device.
+    """
+    iou_threshold = _check_threshold(iou_threshold)
+    max_out = _check_max_out(max_out)
+    _check_nms(boxes, scores, idxs)
+    if _extension.has_kernel("batched_nms_padded", boxes.device):
+        return torch.ops.sfpn.batched_nms_padded(boxes, scores, idxs.long(), iou_threshold, max_out)
+    return batched_nms_padded_reference(boxes, scores, idxs, iou_threshold, max_out)
+
+
+def _register_nms() -> None:
+    def variable_length(boxes):
+        return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+    @torch.library.register_fake("sfpn::nms")
+    def _(boxes, scores, iou_threshold):
+        return variable_length(boxes)
+
+    @torch.library.register_fake("sfpn::batched_nms")
+    def _(boxes, scores, idxs, iou_threshold):
+        return variable_length(boxes)
+
+    @torch.library.register_fake("sfpn::batched_nms_padded")
+    def _(boxes, scores, idxs, iou_threshold, max_out):
+        return boxes.new_empty((max_out,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
+
+
+if _extension.STATUS.loaded:
+    _register_nms()
