@@ -58,7 +58,7 @@ def test_matches_torchvision(generator, num_classes):
     tv = pytest.importorskip("torchvision")
     # >= 1001 boxes: torchvision's CPU batched_nms then runs nms per class (its coordinate-offset
     # path would round planted near-threshold IoUs differently).
-    boxes, scores, idxs = random_detections(3000, generator, num_classes, planted_pairs=200)
+    boxes, scores, idxs = random_detections(2000, generator, num_classes, planted_pairs=200)
     for threshold in (0.3, 0.5, 0.7):
         expected = tv.ops.batched_nms(boxes, scores, idxs, threshold)
         assert torch.equal(batched_nms(boxes, scores, idxs, threshold), expected)
@@ -149,7 +149,7 @@ def test_over_100k_boxes(generator):
     kept = batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(kept, tv.ops.batched_nms(boxes, scores, idxs, 0.5))
     # One class: the greedy scan over a single long run.
-    sub = slice(0, 30_000)
+    sub = slice(0, 10_000)
     assert torch.equal(nms(boxes[sub], scores[sub], 0.5), tv.ops.nms(boxes[sub], scores[sub], 0.5))
 
 

@@ -81,13 +81,14 @@ def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -
 
     The expression and its evaluation order match csrc/nms_iou.h, so the results are identical.
     """
-    area_rows = (rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1])
-    area_cols = (cols[:, 2] - cols[:, 0]) * (cols[:, 3] - cols[:, 1])
-    left_top = torch.maximum(rows[:, None, :2], cols[None, :, :2])
-    right_bottom = torch.minimum(rows[:, None, 2:], cols[None, :, 2:])
-    extent = (right_bottom - left_top).clamp(min=0)
-    inter = extent[..., 0] * extent[..., 1]
-    return inter / ((area_rows[:, None] + area_cols[None, :]) - inter) > threshold
+    rx1, ry1, rx2, ry2 = (c[:, None] for c in rows.unbind(1))
+    cx1, cy1, cx2, cy2 = cols.unbind(1)
+    area_rows = (rx2 - rx1) * (ry2 - ry1)
+    area_cols = (cx2 - cx1) * (cy2 - cy1)
+    width = (torch.minimum(rx2, cx2) - torch.maximum(rx1, cx1)).clamp_(min=0)
+    height = (torch.minimum(ry2, cy2) - torch.maximum(ry1, cy1)).clamp_(min=0)
+    inter = width * height
+    return inter / ((area_rows + area_cols) - inter) > threshold
 
 
 def _visit_order(scores: torch.Tensor, idxs: torch.Tensor | None) -> torch.Tensor:
