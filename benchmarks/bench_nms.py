@@ -10,7 +10,7 @@ synchronise inside the timed call (the end-to-end latency a caller sees).
 import pytest
 import torch
 
-from sfpn.ops import batched_nms
+from sfpn.ops import batched_nms, batched_nms_padded
 from sfpn.ops.suppression import batched_nms_reference
 
 tv = pytest.importorskip("torchvision")
@@ -42,8 +42,14 @@ def detections(shape: str, device: str):
     return boxes.to(device), scores.to(device), idxs.to(device), threshold
 
 
+def padded(boxes, scores, idxs, threshold):
+    """The sync-free variant, room for every box (CUDA: no host sync in the op)."""
+    return batched_nms_padded(boxes, scores, idxs, threshold, boxes.shape[0])[0]
+
+
 IMPLEMENTATIONS = {
     "sfpn": batched_nms,
+    "sfpn-padded": padded,
     "torchvision": tv.ops.batched_nms,
     "reference": batched_nms_reference,
 }
@@ -55,6 +61,8 @@ IMPLEMENTATIONS = {
 def test_batched_nms(benchmark, device, shape, impl):
     if impl == "reference" and (device == "cpu" and SHAPES[shape][0] > 20_000):
         pytest.skip("the reference takes seconds here")
+    if impl == "sfpn-padded" and device == "cpu":
+        pytest.skip("the same CPU kernel as sfpn")
     boxes, scores, idxs, threshold = detections(shape, device)
     op = IMPLEMENTATIONS[impl]
 
