@@ -18,14 +18,16 @@ Semantics shared by every backend (the compiled kernels and the reference below)
   device-to-host sync on CUDA: a box with a NaN or infinite coordinate neither suppresses nor is
   suppressed (its IoU with any box is NaN or 0); a box with ``x2 < x1`` or ``y2 < y1`` has no
   intersection with anything, so it is kept too (both as in torchvision). This holds for
-  ``iou_threshold >= 0``; a negative threshold makes every finite pair of a class overlap.
+  ``iou_threshold >= 0``; with a negative threshold a box suppresses every later box of its
+  class whose IoU with it is a number (disjoint ones included).
 * Shape, dtype and device errors raise ``ValueError`` / ``TypeError`` naming the argument.
 
 CUDA kernel: the boxes are sorted by score and then by class on the device, the overlap bitmask
 is computed in 64 x 64 tiles only where a tile's rows and columns share a class, and the greedy
 scan runs on the GPU (one thread block per class). Its mask scratch is sized for the worst case
 of a single class, about ``N**2 / 16`` bytes (torchvision's is ``N**2 / 8``), because class sizes
-are only known on the device; up to 4.19 million boxes per call.
+are only known on the device. That scratch is the practical limit on boxes per call (about
+400k boxes take 10 GB).
 
 Compiled kernels: ``csrc/cpu/nms.cpp`` and ``csrc/cuda/nms.cu``.
 """
