@@ -161,7 +161,7 @@ std::vector<uint8_t> suppress(
   return keep;
 }
 
-// Writes up to `max_out` kept indices (decreasing score) to `out`; returns how many were kept.
+// Fills `out` with the kept indices by decreasing score; returns how many were kept.
 int64_t nms_into(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double iou_threshold,
     std::vector<int64_t>& out) {
