@@ -4,6 +4,7 @@ Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels`
 the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
 ``python -m sfpn.info`` says which backend serves each op.
 """
+from .roi_align import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
 from .upsample import upsample_add
 
-__all__ = ["upsample_add"]
+__all__ = ["upsample_add", "roi_align", "RoIAlign", "multilevel_roi_align", "MultiLevelRoIAlign"]
