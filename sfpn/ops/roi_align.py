@@ -188,15 +188,22 @@ def _roi_align_reference_rois(input, rois, output_size, spatial_scale, sampling_
     wy = _axis_weights(start_h, bin_h, grid_h, pooled_h, height)  # (K, PH, H)
     wx = _axis_weights(start_w, bin_w, grid_w, pooled_w, width)  # (K, PW, W)
     batch_index = rois[:, 0].long()
-    out = x.new_zeros((rois.shape[0], channels, pooled_h, pooled_w))
     chunk = max(1, _REFERENCE_CHUNK_ELEMENTS // max(1, channels * pooled_h * width))
+    pieces, order = [], []
     for n in range(batch_size):
         index = torch.nonzero(batch_index == n).flatten()
-        for part in index.split(chunk):
+        for part in index.split(chunk) or (index,):  # an empty part keeps x[n] in the graph
             # (k, 1, PH, H) @ (C, H, W) @ (k, 1, W, PW) -> (k, C, PH, PW)
-            pooled = wy[part].unsqueeze(1) @ x[n] @ wx[part].transpose(1, 2).unsqueeze(1)
-            out = out.index_put((part,), pooled)
-    return out.to(input.dtype)
+            pieces.append(wy[part].unsqueeze(1) @ x[n] @ wx[part].transpose(1, 2).unsqueeze(1))
+            order.append(part)
+    if not pieces:  # no images, hence no RoIs
+        return input.new_zeros((0, channels, pooled_h, pooled_w))
+    return _in_order(pieces, order).to(input.dtype)
+
+
+def _in_order(pieces: list[torch.Tensor], order: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenates the ``pieces`` (rows ``order[i]`` of the result) back into RoI order."""
+    return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
 
 def roi_align_reference(
@@ -244,14 +251,12 @@ def multilevel_roi_align_reference(
     rois = _boxes_to_rois(boxes, levels[0])
     compute = torch.float64 if levels[0].dtype == torch.float64 else torch.float32
     level_index = map_levels_reference(rois[:, 1:].detach().to(compute), scales, canonical_scale, canonical_level)
-    batch_size, channels = levels[0].shape[:2]
-    out = levels[0].new_zeros((rois.shape[0], channels) + output_size)
+    pieces, order = [], []
     for i, (level, scale) in enumerate(zip(levels, scales)):
         index = torch.nonzero(level_index == i).flatten()
-        if index.numel():
-            pooled = _roi_align_reference_rois(level, rois[index], output_size, scale, sampling_ratio, aligned)
-            out = out.index_put((index,), pooled)
-    return out
+        pieces.append(_roi_align_reference_rois(level, rois[index], output_size, scale, sampling_ratio, aligned))
+        order.append(index)
+    return _in_order(pieces, order)
 
 
 # ----------------------------------------------------------------------------------------------
