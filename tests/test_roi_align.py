@@ -99,6 +99,22 @@ def test_kernel_matches_reference(generator, aligned, sampling_ratio, output_siz
 
 @needs_kernel
 @pytest.mark.parametrize("aligned", [False, True])
+def test_kernel_large_boxes_sampled_sparsely(generator, aligned):
+    """Boxes much wider than their taps (few samples over many pixels) take the kernel's
+    sparse path; small ones its dense path. Both must agree with the reference."""
+    x = torch.randn(2, 3, 40, 90, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 30, 40, 90, 2, spill=0.1)
+    rois[:15, 3] = rois[:15, 1] + 60 + 20 * torch.rand(15, generator=generator)  # wide
+    rois[15:20, 3] = rois[15:20, 1] - 30  # inverted
+    out = roi_align(x, rois, 2, 1.0, 1, aligned)
+    expected = reference.roi_align(x, rois, 2, 1.0, 1, aligned)
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [2, -1])
 def test_multilevel_kernel_matches_reference(generator, aligned, sampling_ratio):
     levels = [level.requires_grad_() for level in random_pyramid(generator)]

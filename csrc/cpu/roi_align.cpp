@@ -6,6 +6,8 @@
 // the distinct input rows / columns it reads and their summed weights (already divided by the
 // sample count). A bin is then sum_y wy * sum_x wx * in[y, x] over a handful of taps, shared by all
 // channels; with 2x2 samples a bin reads about 9 pixels instead of torchvision's 16 bilinear taps.
+// For RoIs whose taps cover a narrow span of columns (all of them after FPN level mapping) the row
+// taps are first blended into one contiguous row, which vectorises (see pool_roi_dense).
 // Both passes run in parallel over channels and visit the RoIs grouped by (level, image): one
 // channel plane of one image stays in cache while all its RoIs read (or write) it, so the maps
 // cross memory once. In the backward each thread owns whole gradient planes and visits RoIs in
@@ -33,6 +35,7 @@ namespace {
 template <typename acc_t>
 struct AxisTaps {
   std::vector<int64_t> offset, count;  // per RoI
+  std::vector<int64_t> lo, hi;         // per RoI: the pixel span its taps cover (hi < lo: none)
   std::vector<int64_t> index;
   std::vector<acc_t> weight;
 };
@@ -47,8 +50,8 @@ struct RoiTaps {
 };
 
 // Taps of the `grid` samples of bin `p` along an axis of `size` pixels, written to index/weight;
-// returns their count. Sample positions grow with the sample index, so equal pixels are adjacent
-// and merge; zero weights are dropped.
+// returns their count. Sample positions move monotonically with the sample index, so equal pixels
+// are adjacent and merge; zero weights are dropped.
 template <typename acc_t>
 int64_t bin_taps(acc_t start, acc_t bin, int64_t p, int64_t grid, int64_t size, int64_t* index, acc_t* weight) {
   int64_t count = 0;
@@ -81,20 +84,26 @@ void fill_axis(AxisTaps<acc_t>& taps, int64_t k, acc_t start, acc_t bin, int64_t
   int64_t* index = &taps.index[taps.offset[k]];
   acc_t* weight = &taps.weight[taps.offset[k]];
   const int64_t room = 2 * grid;
-  int64_t longest = 0;
+  int64_t longest = 0, lo = size, hi = -1;
   std::vector<int64_t> counts(pooled);
   for (int64_t p = 0; p < pooled; ++p) {
     counts[p] = bin_taps(start, bin, p, grid, size, index + p * room, weight + p * room);
     longest = std::max(longest, counts[p]);
+    for (int64_t j = 0; j < counts[p]; ++j) {  // (an inverted aligned box samples right to left)
+      lo = std::min(lo, index[p * room + j]);
+      hi = std::max(hi, index[p * room + j]);
+    }
   }
   for (int64_t p = 0; p < pooled; ++p) {
     for (int64_t j = 0; j < longest; ++j) {
       const bool real = j < counts[p];
-      index[p * longest + j] = real ? index[p * room + j] : (counts[p] > 0 ? index[p * longest + counts[p] - 1] : 0);
+      index[p * longest + j] = real ? index[p * room + j] : (hi >= lo ? lo : 0);  // padding stays in the span
       weight[p * longest + j] = real ? weight[p * room + j] : acc_t(0);
     }
   }
   taps.count[k] = longest;
+  taps.lo[k] = lo;
+  taps.hi[k] = hi;
 }
 
 template <typename acc_t>
@@ -134,6 +143,8 @@ RoiTaps<acc_t> tabulate_taps(const at::Tensor& rois, int64_t batch_size, at::Arr
   for (AxisTaps<acc_t>* taps : {&t.rows, &t.cols}) {
     taps->offset.resize(num_rois + 1);
     taps->count.resize(num_rois);
+    taps->lo.resize(num_rois);
+    taps->hi.resize(num_rois);
   }
   t.rows.offset[0] = t.cols.offset[0] = 0;
   for (int64_t k = 0; k < num_rois; ++k) {
@@ -170,10 +181,13 @@ inline void row_spread(acc_t* row, const int64_t* index, const acc_t* weight, in
   for (int64_t j = 0; j < n; ++j) row[index[j]] += grad * weight[j];
 }
 
-// Pools RoI k from one channel plane into its PH x PW bins.
+// Two ways to pool RoI k from one channel plane into its PH x PW bins. Sparse: every bin sums
+// its row taps x column taps. Dense, for RoIs whose column taps cover a narrow span of pixels
+// (every RoI that FPN level mapping sends to its level): per output row, first blend the row taps
+// into one span-long row (contiguous, vectorised), then each bin sums its column taps from it.
 template <int COLS, typename scalar_t, typename acc_t>
-void pool_roi(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t width, int64_t pooled_h,
-              int64_t pooled_w, scalar_t* out_bins) {
+void pool_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t width, int64_t pooled_h,
+                     int64_t pooled_w, scalar_t* out_bins) {
   const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
   const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
   const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
@@ -190,10 +204,34 @@ void pool_roi(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t
   }
 }
 
-// Adds RoI k's share of the gradient of its PH x PW bins to one channel plane.
 template <int COLS, typename scalar_t, typename acc_t>
-void spread_roi(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, int64_t pooled_h, int64_t pooled_w,
-                acc_t* plane, int64_t width) {
+void pool_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t width, int64_t pooled_h,
+                    int64_t pooled_w, scalar_t* out_bins, acc_t* __restrict__ span_row) {
+  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
+  const int64_t lo = t.cols.lo[k], span = t.cols.hi[k] - lo + 1;
+  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
+  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
+  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
+  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
+  const acc_t* row_at = span_row - lo;  // row_at[x] for x in [lo, hi]
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    std::fill(span_row, span_row + span, acc_t(0));
+    for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
+      const scalar_t* __restrict__ source = plane + y_index[i] * width + lo;
+      const acc_t w = y_weight[i];
+      for (int64_t x = 0; x < span; ++x) span_row[x] += w * static_cast<acc_t>(source[x]);
+    }
+    for (int64_t pw = 0; pw < pooled_w; ++pw) {
+      out_bins[ph * pooled_w + pw] = static_cast<scalar_t>(row_dot<COLS>(row_at, x_index + pw * nx, x_weight + pw * nx, nx));
+    }
+  }
+}
+
+// Adds RoI k's share of the gradient of its PH x PW bins to one channel plane: the transposes of
+// the two pooling ways above.
+template <int COLS, typename scalar_t, typename acc_t>
+void spread_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, int64_t pooled_h,
+                       int64_t pooled_w, acc_t* plane, int64_t width) {
   const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
   const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
   const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
@@ -208,6 +246,49 @@ void spread_roi(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, i
       }
     }
   }
+}
+
+template <int COLS, typename scalar_t, typename acc_t>
+void spread_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, int64_t pooled_h,
+                      int64_t pooled_w, acc_t* plane, int64_t width, acc_t* __restrict__ span_row) {
+  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
+  const int64_t lo = t.cols.lo[k], span = t.cols.hi[k] - lo + 1;
+  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
+  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
+  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
+  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
+  acc_t* row_at = span_row - lo;
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    std::fill(span_row, span_row + span, acc_t(0));
+    bool any = false;
+    for (int64_t pw = 0; pw < pooled_w; ++pw) {
+      const acc_t g = static_cast<acc_t>(grad_bins[ph * pooled_w + pw]);
+      if (g == acc_t(0)) continue;
+      any = true;
+      row_spread<COLS>(row_at, x_index + pw * nx, x_weight + pw * nx, nx, g);
+    }
+    if (!any) continue;
+    for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
+      acc_t* __restrict__ target = plane + y_index[i] * width + lo;
+      const acc_t w = y_weight[i];
+      for (int64_t x = 0; x < span; ++x) target[x] += w * span_row[x];
+    }
+  }
+}
+
+// The dense way pays span-long rows instead of PW x column taps per row tap; it wins unless the
+// span is much wider than the taps (a large RoI sampled sparsely).
+template <typename acc_t>
+bool use_dense(const RoiTaps<acc_t>& t, int64_t k, int64_t pooled_w) {
+  const int64_t span = t.cols.hi[k] - t.cols.lo[k] + 1;
+  return span > 0 && span <= 4 * pooled_w * t.cols.count[k];
+}
+
+template <typename acc_t>
+int64_t widest_span(const RoiTaps<acc_t>& t) {
+  int64_t widest = 0;
+  for (size_t k = 0; k < t.cols.lo.size(); ++k) widest = std::max(widest, t.cols.hi[k] - t.cols.lo[k] + 1);
+  return widest;
 }
 
 // Calls fn with the column-tap count as a compile-time constant where it is a common one.
@@ -236,7 +317,9 @@ void forward_kernel(const std::vector<at::Tensor>& levels, const at::Tensor& roi
 
   // Parallel over channels, so that one channel plane of one image stays in cache while every RoI
   // of that image reads it: the input crosses memory once.
+  const int64_t widest = widest_span(t);
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+    std::vector<acc_t> span_row(widest);
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t l = 0; l < num_levels; ++l) {
         const int64_t width = widths[l], plane_size = heights[l] * width;
@@ -245,8 +328,14 @@ void forward_kernel(const std::vector<at::Tensor>& levels, const at::Tensor& roi
           const int64_t group = l * batch_size + n;
           for (int64_t i = t.group_begin[group]; i < t.group_begin[group + 1]; ++i) {
             const int64_t k = t.order[i];
+            scalar_t* out_bins = out + (k * channels + c) * bins;
             with_cols(t.cols.count[k], [&](auto cols) {
-              pool_roi<decltype(cols)::value>(t, k, plane, width, pooled_h, pooled_w, out + (k * channels + c) * bins);
+              constexpr int kCols = decltype(cols)::value;
+              if (use_dense(t, k, pooled_w)) {
+                pool_roi_dense<kCols>(t, k, plane, width, pooled_h, pooled_w, out_bins, span_row.data());
+              } else {
+                pool_roi_sparse<kCols>(t, k, plane, width, pooled_h, pooled_w, out_bins);
+              }
             });
           }
         }
@@ -271,10 +360,12 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
   std::vector<scalar_t*> out_data;
   for (at::Tensor& level : grad_levels) out_data.push_back(level.mutable_data_ptr<scalar_t>());
 
+  const int64_t widest = widest_span(t);
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
     // fp16/bf16 gradients accumulate in a float plane, fp32/fp64 ones in the output itself.
     constexpr bool accumulate_in_output = std::is_same_v<scalar_t, acc_t>;
     std::vector<acc_t> buffer(accumulate_in_output ? 0 : largest_plane);
+    std::vector<acc_t> span_row(widest);
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t l = 0; l < num_levels; ++l) {
         const int64_t width = widths[l], plane_size = heights[l] * width;
@@ -290,9 +381,14 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
           const int64_t group = l * batch_size + n;
           for (int64_t i = t.group_begin[group]; i < t.group_begin[group + 1]; ++i) {
             const int64_t k = t.order[i];
+            const scalar_t* grad_bins = grad_data + (k * channels + c) * bins;
             with_cols(t.cols.count[k], [&](auto cols) {
-              spread_roi<decltype(cols)::value>(t, k, grad_data + (k * channels + c) * bins, pooled_h, pooled_w,
-                                                plane, width);
+              constexpr int kCols = decltype(cols)::value;
+              if (use_dense(t, k, pooled_w)) {
+                spread_roi_dense<kCols>(t, k, grad_bins, pooled_h, pooled_w, plane, width, span_row.data());
+              } else {
+                spread_roi_sparse<kCols>(t, k, grad_bins, pooled_h, pooled_w, plane, width);
+              }
             });
           }
           if constexpr (!accumulate_in_output) {
