@@ -35,10 +35,11 @@ TORCH_LIBRARY(sfpn, m) {
       "semantic_fuse_backward(Tensor[] grads, SymInt semantic_height, SymInt semantic_width, "
       "str mode, bool align_corners) -> Tensor");
 
-  // RoIAlign with torchvision's schema; rois are (K, 5) [batch_index, x1, y1, x2, y2].
+  // RoIAlign with torchvision's schema; rois are (K, 5) [batch_index, x1, y1, x2, y2]. The forward
+  // ignores `deterministic`; it is there so that autograd can hand it to the backward.
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+      "SymInt pooled_width, int sampling_ratio, bool aligned, bool deterministic=False) -> Tensor");
   m.def(
       "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
@@ -47,11 +48,12 @@ TORCH_LIBRARY(sfpn, m) {
   m.def(
       "multilevel_roi_align(Tensor[] levels, Tensor rois, float[] scales, SymInt pooled_height, "
       "SymInt pooled_width, int sampling_ratio, bool aligned, float canonical_scale, "
-      "int canonical_level) -> Tensor");
+      "int canonical_level, bool deterministic=False) -> Tensor");
+  // The level sizes instead of the levels themselves, so that autograd need not keep them alive.
   m.def(
-      "multilevel_roi_align_backward(Tensor grad, Tensor rois, Tensor[] levels, float[] scales, "
-      "int sampling_ratio, bool aligned, float canonical_scale, int canonical_level, "
-      "bool deterministic) -> Tensor[]");
+      "multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] scales, SymInt batch_size, "
+      "SymInt channels, SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, "
+      "float canonical_scale, int canonical_level, bool deterministic) -> Tensor[]");
 
   // Non-maximum suppression with torchvision's schemas: kept indices by decreasing score.
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");

@@ -4,7 +4,17 @@ Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels`
 the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
 ``python -m sfpn.info`` says which backend serves each op.
 """
+from .roi_align import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
 from .suppression import batched_nms, batched_nms_padded, nms
 from .upsample import upsample_add
 
-__all__ = ["upsample_add", "nms", "batched_nms", "batched_nms_padded"]
+__all__ = [
+    "upsample_add",
+    "roi_align",
+    "RoIAlign",
+    "multilevel_roi_align",
+    "MultiLevelRoIAlign",
+    "nms",
+    "batched_nms",
+    "batched_nms_padded",
+]

@@ -1,0 +1,123 @@
+"""RoIAlign forward+backward against torchvision, at the COCO shapes of DESIGN.md section 5.
+
+    python -m pytest benchmarks/bench_roi_align.py --benchmark-only [--benchmark-json out.json]
+
+Shapes: batch 2 at 800x1344, P2-P5 = 200x336 ... 25x42, 256 channels, sampling ratio 2 (as
+torchvision's Faster/Mask R-CNN). Training: 512 boxes per image, 7x7 (box head) and 14x14 (mask
+head), forward+backward. Inference: 1000 boxes per image, 7x7, forward only. Single-level cases
+pool every box from P2 (scale 1/4); multi-level cases compare MultiLevelRoIAlign with
+torchvision's MultiScaleRoIAlign. CPU rounds are few because torchvision takes seconds.
+"""
+import pytest
+import torch
+
+from sfpn.ops import MultiLevelRoIAlign, roi_align
+
+tv_ops = pytest.importorskip("torchvision.ops")
+
+IMAGE = (800, 1344)
+LEVELS = {"p2": (200, 336), "p3": (100, 168), "p4": (50, 84), "p5": (25, 42)}
+CHANNELS = 256
+SAMPLING_RATIO = 2
+CASES = {  # name: (boxes per image, output size, with backward)
+    "train-7x7": (512, 7, True),
+    "train-14x14": (512, 14, True),
+    "infer-7x7": (1000, 7, False),
+}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def proposals(count, generator):
+    """Boxes of log-uniform size (16 to 800 px) and aspect ratio, clipped to the image."""
+    height, width = IMAGE
+    centre = torch.rand(count, 2, generator=generator) * torch.tensor([width, height])
+    size = torch.exp(torch.empty(count, 1).uniform_(2.77, 6.68, generator=generator))
+    aspect = torch.exp(torch.empty(count, 1).uniform_(-1.0, 1.0, generator=generator))
+    half = torch.cat([size * aspect, size / aspect], 1) / 2
+    boxes = torch.cat([centre - half, centre + half], 1)
+    return torch.stack(
+        [boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)],
+        1,
+    )
+
+
+def make_inputs(device, boxes_per_image, with_backward):
+    generator = torch.Generator().manual_seed(0)
+    features = {
+        name: torch.randn(2, CHANNELS, h, w, generator=generator).to(device).requires_grad_(with_backward)
+        for name, (h, w) in LEVELS.items()
+    }
+    boxes = [proposals(boxes_per_image, generator).to(device) for _ in range(2)]
+    return features, boxes
+
+
+def run_case(benchmark, device, forward, outputs_like, with_backward, inputs):
+    grad = torch.randn(outputs_like.shape, device=device) if with_backward else None
+
+    def step():
+        if with_backward:
+            out = forward()
+            torch.autograd.grad(out, inputs, grad)
+        else:
+            with torch.no_grad():
+                forward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rounds = 3 if device == "cpu" else 50
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("impl", ["sfpn", "torchvision"])
+def test_roi_align_p2(benchmark, device, case, impl):
+    boxes_per_image, size, with_backward = CASES[case]
+    benchmark.group = f"roi_align P2 {case} {device}"
+    features, boxes = make_inputs(device, boxes_per_image, with_backward)
+    x = features["p2"]
+    fn = roi_align if impl == "sfpn" else tv_ops.roi_align
+
+    def forward():
+        return fn(x, boxes, size, 0.25, SAMPLING_RATIO)
+
+    run_case(benchmark, device, forward, forward(), with_backward, [x])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("impl", ["sfpn", "torchvision"])
+def test_multilevel(benchmark, device, case, impl):
+    boxes_per_image, size, with_backward = CASES[case]
+    benchmark.group = f"multilevel {case} {device}"
+    features, boxes = make_inputs(device, boxes_per_image, with_backward)
+    names = list(LEVELS)
+    pooler = (MultiLevelRoIAlign if impl == "sfpn" else tv_ops.MultiScaleRoIAlign)(names, size, SAMPLING_RATIO)
+
+    def forward():
+        return pooler(features, boxes, [IMAGE, IMAGE])
+
+    run_case(benchmark, device, forward, forward(), with_backward, list(features.values()))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_multilevel_backward_cuda(benchmark, deterministic):
+    """The deterministic (sort-by-pixel) backward against the atomic one (goal: within 1.3x)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    benchmark.group = "multilevel backward train-7x7 cuda"
+    features, boxes = make_inputs("cuda", 512, True)
+    levels = list(features.values())
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), device="cuda"), b], 1) for i, b in enumerate(boxes)])
+    scales = [0.25, 0.125, 0.0625, 0.03125]
+    grad = torch.randn(len(rois), CHANNELS, 7, 7, device="cuda")
+    heights = [h for h, _ in LEVELS.values()]
+    widths = [w for _, w in LEVELS.values()]
+
+    def step():
+        torch.ops.sfpn.multilevel_roi_align_backward(
+            grad, rois, scales, 2, CHANNELS, heights, widths, SAMPLING_RATIO, False, 224.0, 4, deterministic
+        )
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(step, rounds=50, iterations=1, warmup_rounds=2)

@@ -1,0 +1,486 @@
+"""roi_align / multilevel_roi_align: kernels against the pure-PyTorch references and torchvision."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sfpn import _extension
+from sfpn.ops import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
+from sfpn.ops import reference
+from sfpn.ops.roi_align import map_levels_reference
+
+HAS_KERNEL = _extension.has_kernel("roi_align", torch.device("cpu"))
+needs_kernel = pytest.mark.skipif(not HAS_KERNEL, reason="sfpn._C is not built")
+
+SCALES = [1 / 4, 1 / 8, 1 / 16]
+
+
+def random_boxes(generator, count, height, width, batch_size, spill=0.3, dtype=torch.float32):
+    """(count, 5) rois [batch, x1, y1, x2, y2] in an image of height x width pixels, some partly
+    or wholly outside it, a few degenerate (zero width or height)."""
+    corner = torch.rand(count, 2, generator=generator) * (1 + 2 * spill) - spill
+    size = torch.rand(count, 2, generator=generator) * 0.6
+    x1y1 = corner * torch.tensor([width, height])
+    x2y2 = x1y1 + size * torch.tensor([width, height])
+    x2y2[: count // 8] = x1y1[: count // 8]  # zero-size boxes
+    batch = torch.randint(0, batch_size, (count, 1), generator=generator).float()
+    return torch.cat([batch, x1y1, x2y2], 1).to(dtype)
+
+
+def random_pyramid(generator, batch_size=2, channels=3, base=(32, 48), count=3, dtype=torch.float32):
+    return [
+        torch.randn(batch_size, channels, base[0] >> i, base[1] >> i, generator=generator, dtype=dtype)
+        for i in range(count)
+    ]
+
+
+def close(actual, expected, rtol=1e-5, atol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-computed cases on f(y, x) = 4y + x + 1 over a 4x4 map: bilinear interpolation of a linear
+# function is exact, so each bin is f at the mean sample position (after edge clamping).
+
+PLANE = (torch.arange(16, dtype=torch.float64).view(1, 1, 4, 4) + 1)
+
+
+@pytest.mark.parametrize(
+    "box, output_size, sampling_ratio, aligned, expected",
+    [
+        # samples at 0.5 and 1.5 on both axes: mean (1, 1) -> 6
+        ([0, 0, 2, 2], 1, 2, False, [[6.0]]),
+        # aligned shifts by -0.5: samples at 0 and 1 -> mean (0.5, 0.5) -> 3.5
+        ([0, 0, 2, 2], 1, 2, True, [[3.5]]),
+        # legacy mode forces a 1x1 box: one sample at 0.5
+        ([1, 1, 1, 1], 1, 1, False, [[1 + 4 * 1.5 + 1.5]]),
+        # aligned zero-size box: an adaptive grid of 0 samples gives 0
+        ([1, 1, 1, 1], 1, -1, True, [[0.0]]),
+        # adaptive 2x2 grid per bin; the last sample (3.5) clamps to row/column 3
+        ([0, 0, 4, 4], 2, -1, False, [[6.0, 7.75], [13.0, 14.75]]),
+        # a sample at -0.5 clamps to 0 (f = 1); one at -2.5 lies outside and counts 0
+        ([-1, -1, 0, 0], 1, 1, False, [[1.0]]),
+        ([-3, -3, -2, -2], 1, 1, False, [[0.0]]),
+        # columns at -2.5 (outside: 0) and 0.5, one sample per bin
+        ([-4, 0, 2, 2], (1, 2), 1, False, [[0.0, 4 * 1.0 + 0.5 + 1]]),
+        # 2x2 samples, columns at -3.5 (outside) and -0.5 (clamped to 0): (3 + 7) / 4
+        ([-5, 0, 1, 2], 1, 2, False, [[2.5]]),
+    ],
+)
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_hand_computed(box, output_size, sampling_ratio, aligned, expected, impl):
+    if impl == "kernel" and not HAS_KERNEL:
+        pytest.skip("sfpn._C is not built")
+    rois = torch.tensor([[0.0] + box], dtype=torch.float64)
+    fn = roi_align if impl == "kernel" else reference.roi_align
+    out = fn(PLANE, rois, output_size, 1.0, sampling_ratio, aligned)
+    close(out[0, 0], torch.tensor(expected, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels against the reference
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, -1, 3])
+@pytest.mark.parametrize("output_size", [7, (3, 5)])
+def test_kernel_matches_reference(generator, aligned, sampling_ratio, output_size):
+    x = torch.randn(2, 4, 19, 23, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 40, 19 / 0.5, 23 / 0.5, 2)
+    out = roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
+    expected = reference.roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
+def test_kernel_large_boxes_sampled_sparsely(generator, aligned):
+    """Boxes much wider than their taps (few samples over many pixels) take the kernel's
+    sparse path; small ones its dense path. Both must agree with the reference."""
+    x = torch.randn(2, 3, 40, 90, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 30, 40, 90, 2, spill=0.1)
+    rois[:15, 3] = rois[:15, 1] + 60 + 20 * torch.rand(15, generator=generator)  # wide
+    rois[15:20, 3] = rois[15:20, 1] - 30  # inverted
+    out = roi_align(x, rois, 2, 1.0, 1, aligned)
+    expected = reference.roi_align(x, rois, 2, 1.0, 1, aligned)
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_multilevel_kernel_matches_reference(generator, aligned, sampling_ratio):
+    levels = [level.requires_grad_() for level in random_pyramid(generator)]
+    rois = random_boxes(generator, 60, 128, 192, 2)
+    out = multilevel_roi_align(levels, rois, 5, SCALES, sampling_ratio, aligned, canonical_scale=32, canonical_level=3)
+    expected = reference.multilevel_roi_align(levels, rois, 5, SCALES, sampling_ratio, aligned, 32, 3)
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    for got, want in zip(torch.autograd.grad(out, levels, grad), torch.autograd.grad(expected, levels, grad)):
+        close(got, want)
+
+
+@needs_kernel
+def test_multilevel_equals_single_level_per_level(generator):
+    levels = random_pyramid(generator)
+    rois = random_boxes(generator, 80, 128, 192, 2)
+    out = multilevel_roi_align(levels, rois, (4, 6), SCALES, 2, True, canonical_scale=32, canonical_level=3)
+    level_of = map_levels_reference(rois[:, 1:], SCALES, 32, 3)
+    assert set(level_of.tolist()) == {0, 1, 2}, "the boxes should exercise every level"
+    for i, (level, scale) in enumerate(zip(levels, SCALES)):
+        index = torch.nonzero(level_of == i).flatten()
+        close(out[index], roi_align(level, rois[index], (4, 6), scale, 2, True), rtol=0, atol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision(generator, dtype):
+    x = torch.randn(2, 3, 16, 20, generator=generator)
+    rois = random_boxes(generator, 30, 16, 20, 2)
+    out = roi_align(x.to(dtype).requires_grad_(), rois, 4, 1.0, -1, True)
+    assert out.dtype == dtype
+    expected = reference.roi_align(x.to(dtype).float(), rois, 4, 1.0, -1, True)
+    close(out.float(), expected, rtol=1e-2, atol=1e-2)
+    levels = [lv.to(dtype).requires_grad_() for lv in random_pyramid(generator)]
+    rois = rois.clone()
+    rois[:, 1:] *= 4  # image coordinates of the stride-4 level
+    ml = multilevel_roi_align(levels, rois, 3, SCALES, 2, False, 32, 3)
+    ml_expected = reference.multilevel_roi_align([lv.float() for lv in levels], rois, 3, SCALES, 2, False, 32, 3)
+    close(ml.float(), ml_expected, rtol=1e-2, atol=1e-2)
+    grads = torch.autograd.grad(ml, levels, torch.ones_like(ml))
+    float_levels = [lv.detach().float().requires_grad_() for lv in levels]
+    expected_grads = torch.autograd.grad(
+        reference.multilevel_roi_align(float_levels, rois, 3, SCALES, 2, False, 32, 3), float_levels,
+        torch.ones_like(ml_expected),
+    )
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == dtype
+        close(got.float(), want, rtol=1e-2, atol=2e-2)
+
+
+@needs_kernel
+def test_non_contiguous_input(generator):
+    base = torch.randn(2, 12, 20, 4, generator=generator)
+    x = base.permute(0, 3, 2, 1)  # (2, 4, 20, 12), non-contiguous
+    rois = random_boxes(generator, 20, 20, 12, 2)
+    close(roi_align(x, rois, 3, 1.0, 2), reference.roi_align(x.contiguous(), rois, 3, 1.0, 2))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    close(roi_align(cl, rois, 3, 1.0, 2), reference.roi_align(x.contiguous(), rois, 3, 1.0, 2))
+    grad = torch.randn(20, 4, 3, 3, generator=generator).transpose(2, 3)  # non-contiguous grad
+    xg = x.detach().requires_grad_()
+    xr = x.detach().contiguous().requires_grad_()
+    roi_align(xg, rois, 3, 1.0, 2).backward(grad)
+    reference.roi_align(xr, rois, 3, 1.0, 2).backward(grad)
+    close(xg.grad, xr.grad)
+
+
+@needs_kernel
+def test_box_list_format(generator):
+    x = torch.randn(3, 2, 10, 10, generator=generator)
+    boxes = [random_boxes(generator, n, 10, 10, 1)[:, 1:] for n in (4, 0, 5)]
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    close(roi_align(x, boxes, 2, 1.0, 2), roi_align(x, rois, 2, 1.0, 2), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Empty, degenerate, outside
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_empty_boxes(impl):
+    if impl == "kernel" and not HAS_KERNEL:
+        pytest.skip("sfpn._C is not built")
+    single = roi_align if impl == "kernel" else reference.roi_align
+    multi = multilevel_roi_align if impl == "kernel" else reference.multilevel_roi_align
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = single(x, torch.zeros(0, 5), (2, 3), 1.0, 2)
+    assert out.shape == (0, 3, 2, 3)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    levels = [torch.randn(2, 3, 16 >> i, 16 >> i, requires_grad=True) for i in range(3)]
+    out = multi(levels, [torch.zeros(0, 4), torch.zeros(0, 4)], 4, SCALES)
+    assert out.shape == (0, 3, 4, 4)
+    out.sum().backward()
+    assert all(torch.equal(level.grad, torch.zeros_like(level)) for level in levels)
+
+
+@needs_kernel
+def test_boxes_outside_and_degenerate(generator):
+    x = torch.randn(1, 2, 6, 7, generator=generator, requires_grad=True)
+    rois = torch.tensor(
+        [
+            [0, 100, 100, 120, 130],  # wholly outside: zeros
+            [0, -50, -50, -20, -10],  # wholly outside on the other side
+            [0, -3, -2, 4, 3],  # partly outside
+            [0, 3, 3, 3, 3],  # a point
+            [0, 5, 4, 2, 1],  # inverted
+            [0, 6.5, 5.5, 8, 9],  # straddling the far edge
+        ],
+        dtype=torch.float32,
+    )
+    for aligned in (False, True):
+        for sampling_ratio in (2, -1):
+            out = roi_align(x, rois, 3, 1.0, sampling_ratio, aligned)
+            close(out, reference.roi_align(x, rois, 3, 1.0, sampling_ratio, aligned))
+            assert torch.isfinite(out).all()
+            assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Against torchvision
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_matches_torchvision(generator, aligned, sampling_ratio):
+    tv = pytest.importorskip("torchvision")
+    x = torch.randn(2, 5, 25, 30, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 64, 100, 120, 2)
+    out = roi_align(x, rois, (7, 6), 0.25, sampling_ratio, aligned)
+    expected = tv.ops.roi_align(x, rois, (7, 6), 0.25, sampling_ratio, aligned)
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@needs_kernel
+def test_module_matches_torchvision_multiscale(generator):
+    tv = pytest.importorskip("torchvision")
+    features = {
+        "p2": torch.randn(2, 4, 64, 80, generator=generator, requires_grad=True),
+        "skipped": torch.randn(2, 4, 9, 9, generator=generator),
+        "p3": torch.randn(2, 4, 32, 40, generator=generator, requires_grad=True),
+        "p4": torch.randn(2, 4, 16, 20, generator=generator, requires_grad=True),
+        "p5": torch.randn(2, 4, 8, 10, generator=generator, requires_grad=True),
+    }
+    names = ["p2", "p3", "p4", "p5"]
+    image_shapes = [(250, 320), (256, 300)]
+    boxes = [random_boxes(generator, n, 256, 320, 1, spill=0.0)[:, 1:] for n in (50, 37)]
+    # sizes spanning every level: from a few pixels to the whole image
+    boxes[0][:10, 2:] = boxes[0][:10, :2] + torch.logspace(0.3, 2.4, 10).unsqueeze(1)
+    ours = MultiLevelRoIAlign(names, 7, 2)(features, boxes, image_shapes)
+    theirs = tv.ops.MultiScaleRoIAlign(names, 7, 2)(features, boxes, image_shapes)
+    close(ours, theirs)
+    grad = torch.randn(ours.shape, generator=generator)
+    levels = [features[n] for n in names]
+    for got, want in zip(torch.autograd.grad(ours, levels, grad), torch.autograd.grad(theirs, levels, grad)):
+        close(got, want)
+
+
+def test_level_mapping_matches_torchvision(generator):
+    poolers = pytest.importorskip("torchvision.ops.poolers")
+    sizes = torch.cat([torch.rand(200, generator=generator) * 900, torch.tensor([0.0, 56, 112, 224, 448, 896])])
+    aspect = torch.rand(sizes.shape, generator=generator) + 0.5
+    boxes = torch.stack([torch.zeros_like(sizes), torch.zeros_like(sizes), sizes * aspect, sizes / aspect], 1)
+    mapper = poolers.LevelMapper(2, 5, 224, 4)
+    assert torch.equal(map_levels_reference(boxes, [1 / 4, 1 / 8, 1 / 16, 1 / 32]), mapper([boxes]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Autograd, opcheck, determinism
+
+
+@needs_kernel
+@pytest.mark.parametrize("aligned", [False, True])
+def test_gradcheck(generator, aligned):
+    x = torch.randn(2, 2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    rois = random_boxes(generator, 5, 5, 6, 2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (2, 3), 1.0, -1, aligned), (x,))
+    levels = [lv.requires_grad_() for lv in random_pyramid(generator, 1, 2, (8, 8), 2, torch.float64)]
+    big = random_boxes(generator, 6, 32, 32, 1, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, b: multilevel_roi_align([a, b], big, 2, [1 / 4, 1 / 8], 2, aligned, 8, 3), tuple(levels)
+    )
+
+
+@needs_kernel
+def test_opcheck(generator):
+    x = torch.randn(2, 3, 9, 10, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 12, 9, 10, 2)
+    torch.library.opcheck(torch.ops.sfpn.roi_align.default, (x, rois, 1.0, 3, 2, -1, True, False))
+    grad = torch.randn(12, 3, 3, 2, generator=generator)
+    torch.library.opcheck(
+        torch.ops.sfpn.roi_align_backward.default, (grad, rois, 1.0, 3, 2, 2, 3, 9, 10, -1, True, False)
+    )
+    levels = [lv.requires_grad_() for lv in random_pyramid(generator, 2, 3, (16, 20), 3)]
+    rois = random_boxes(generator, 12, 64, 80, 2)
+    args = (levels, rois, SCALES, 2, 2, 2, False, 16.0, 3, False)
+    torch.library.opcheck(torch.ops.sfpn.multilevel_roi_align.default, args)
+    grad = torch.randn(12, 3, 2, 2, generator=generator)
+    torch.library.opcheck(
+        torch.ops.sfpn.multilevel_roi_align_backward.default,
+        (grad, rois, SCALES, 2, 3, [16, 8, 4], [20, 10, 5], 2, False, 16.0, 3, False),
+    )
+
+
+@needs_kernel
+def test_deterministic_backward_matches_default(generator):
+    x = torch.randn(2, 3, 12, 12, generator=generator, requires_grad=True)
+    rois = random_boxes(generator, 50, 12, 12, 2)
+    grad = torch.randn(50, 3, 4, 4, generator=generator)
+    default = torch.autograd.grad(roi_align(x, rois, 4, 1.0, 2), x, grad)[0]
+    forced = torch.autograd.grad(roi_align(x, rois, 4, 1.0, 2, deterministic=True), x, grad)[0]
+    torch.use_deterministic_algorithms(True)
+    try:
+        global_flag = torch.autograd.grad(roi_align(x, rois, 4, 1.0, 2), x, grad)[0]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(default, forced) and torch.equal(default, global_flag)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize(
+    "make_args, error, match",
+    [
+        (lambda x: (x, torch.tensor([[2.0, 0, 0, 1, 1]]), 2), ValueError, "batch indices"),
+        (lambda x: (x, torch.tensor([[-1.0, 0, 0, 1, 1]]), 2), ValueError, "batch indices"),
+        (lambda x: (x, torch.tensor([[0.0, 0, float("nan"), 1, 1]]), 2), ValueError, "finite"),
+        (lambda x: (x, torch.tensor([[0.0, 0, 0, float("inf"), 1]]), 2), ValueError, "finite"),
+        (lambda x: (x, torch.zeros(3, 4), 2), ValueError, r"\(K, 5\)"),
+        (lambda x: (x, [torch.zeros(3, 5)], 2), ValueError, r"boxes\[0\]"),
+        (lambda x: (x, [torch.zeros(1, 4)] * 3, 2), ValueError, "3 entries"),
+        (lambda x: (x, torch.zeros(3, 5, dtype=torch.long), 2), TypeError, "boxes"),
+        (lambda x: (x, "boxes", 2), TypeError, "boxes"),
+        (lambda x: (x, torch.zeros(1, 5), 0), ValueError, "output_size"),
+        (lambda x: (x, torch.zeros(1, 5), (2, 2, 2)), ValueError, "output_size"),
+        (lambda x: (x[0], torch.zeros(1, 5), 2), ValueError, "input"),
+        (lambda x: (x.long(), torch.zeros(1, 5), 2), TypeError, "input"),
+        (lambda x: (x, torch.zeros(1, 5), 2, -1.0), ValueError, "spatial_scale"),
+    ],
+)
+def test_bad_inputs(make_args, error, match):
+    x = torch.randn(2, 3, 8, 8)
+    for fn in (roi_align, reference.roi_align) if HAS_KERNEL else (roi_align,):
+        if fn is reference.roi_align and match in ("batch indices", "finite", "spatial_scale"):
+            continue  # the reference trusts its caller for data-dependent checks
+        with pytest.raises(error, match=match):
+            fn(*make_args(x))
+
+
+@pytest.mark.parametrize(
+    "levels, scales, match",
+    [
+        ([torch.randn(1, 3, 8, 8), torch.randn(1, 4, 4, 4)], [0.5, 0.25], "levels\\[1\\]"),
+        ([torch.randn(1, 3, 8, 8), torch.randn(1, 3, 4, 4)], [0.5], "one scale per level"),
+        ([torch.randn(1, 3, 8, 8), torch.randn(1, 3, 4, 4)], [0.5, 0.125], "consecutive"),
+        ([torch.randn(1, 3, 8, 8)] * 9, [0.5] * 9, "1 to 8"),
+        ([], [], "1 to 8"),
+        ([torch.randn(1, 3, 8, 8)], [0.0], "scales\\[0\\]"),
+    ],
+)
+def test_bad_levels(levels, scales, match):
+    with pytest.raises(ValueError, match=match):
+        multilevel_roi_align(levels, torch.zeros(0, 5), 2, scales)
+
+
+def test_modules(generator):
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    rois = random_boxes(generator, 5, 16, 16, 2)
+    module = RoIAlign(3, 0.5, 2, aligned=True)
+    close(module(x, rois), roi_align(x, rois, 3, 0.5, 2, True), rtol=0, atol=0)
+    assert "aligned=True" in repr(module)
+    pooler = MultiLevelRoIAlign(["a"], 2, 2)
+    with pytest.raises(ValueError, match="none of the feature maps"):
+        pooler({"b": x}, [rois[:, 1:]], [(16, 16)])
+    with pytest.raises(ValueError, match="image_shapes"):
+        pooler({"a": x}, [rois[:, 1:]], [])
+
+
+def test_reference_fallback_in_subprocess():
+    """With SFPN_DISABLE_EXTENSION=1 the public ops run the reference and agree with the kernel."""
+    code = (
+        "import torch, sfpn.ops as ops, sfpn._extension as e;"
+        "assert not e.STATUS.loaded;"
+        "g = torch.Generator().manual_seed(0);"
+        "x = torch.randn(2, 3, 10, 12, generator=g);"
+        "r = torch.tensor([[0, 1., 1, 8, 9], [1, -2, 3, 5, 20]]);"
+        "print(ops.roi_align(x, r, 3, 1.0, -1, True).sum().item());"
+        "print(ops.multilevel_roi_align([x, x[..., ::2, ::2]], r, 2, [1, 0.5], 2).sum().item())"
+    )
+    env = dict(os.environ, SFPN_DISABLE_EXTENSION="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    single, multi = map(float, result.stdout.split())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 10, 12, generator=g)
+    r = torch.tensor([[0, 1.0, 1, 8, 9], [1, -2, 3, 5, 20]])
+    assert single == pytest.approx(roi_align(x, r, 3, 1.0, -1, True).sum().item(), rel=1e-5, abs=1e-5)
+    ml = multilevel_roi_align([x, x[..., ::2, ::2]], r, 2, [1, 0.5], 2)
+    assert multi == pytest.approx(ml.sum().item(), rel=1e-5, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_cuda_matches_cpu(generator, aligned, sampling_ratio):
+    x = torch.randn(2, 8, 30, 40, generator=generator)
+    rois = random_boxes(generator, 200, 60, 80, 2)
+    grad = torch.randn(200, 8, 7, 7, generator=generator)
+    xc = x.clone().requires_grad_()
+    xg = x.cuda().requires_grad_()
+    out_c = roi_align(xc, rois, 7, 0.5, sampling_ratio, aligned)
+    out_g = roi_align(xg, rois.cuda(), 7, 0.5, sampling_ratio, aligned)
+    close(out_g.cpu(), out_c)
+    out_c.backward(grad)
+    out_g.backward(grad.cuda())
+    close(xg.grad.cpu(), xc.grad)
+
+
+@pytest.mark.cuda
+def test_cuda_multilevel_matches_cpu(generator):
+    levels = random_pyramid(generator, 2, 8, (64, 96), 4)
+    rois = random_boxes(generator, 300, 256, 384, 2)
+    out_c = multilevel_roi_align(levels, rois, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, False, 64, 3)
+    out_g = multilevel_roi_align([lv.cuda() for lv in levels], rois.cuda(), 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2,
+                                 False, 64, 3)
+    close(out_g.cpu(), out_c)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_deterministic_backward(generator, dtype):
+    x = torch.randn(2, 16, 40, 50, generator=generator).cuda().to(dtype).requires_grad_()
+    rois = random_boxes(generator, 500, 40, 50, 2).cuda()  # heavily overlapping boxes
+    grad = torch.randn(500, 16, 7, 7, generator=generator).cuda().to(dtype)
+    out = roi_align(x, rois, 7, 1.0, 2)
+    atomic = torch.autograd.grad(out, x, grad, retain_graph=True)[0]
+    det1 = torch.autograd.grad(roi_align(x, rois, 7, 1.0, 2, deterministic=True), x, grad)[0]
+    det2 = torch.autograd.grad(roi_align(x, rois, 7, 1.0, 2, deterministic=True), x, grad)[0]
+    assert torch.equal(det1, det2)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    close(det1.float(), atomic.float(), rtol=tol, atol=tol)
+    levels = [lv.cuda().requires_grad_() for lv in random_pyramid(generator, 2, 8, (64, 96), 4)]
+    big = random_boxes(generator, 300, 256, 384, 2).cuda()
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    out = multilevel_roi_align(levels, big, 7, scales, 2, False, 64, 3)
+    g = torch.randn_like(out)
+    atomic = torch.autograd.grad(out, levels, g)
+    det = torch.autograd.grad(multilevel_roi_align(levels, big, 7, scales, 2, False, 64, 3, deterministic=True),
+                              levels, g)
+    for a, d in zip(atomic, det):
+        close(d, a)
+
+
+@pytest.mark.cuda
+def test_cuda_empty_and_opcheck(generator):
+    x = torch.randn(2, 3, 9, 10, generator=generator).cuda().requires_grad_()
+    out = roi_align(x, torch.zeros(0, 5, device="cuda"), 3)
+    assert out.shape == (0, 3, 3, 3)
+    rois = random_boxes(generator, 12, 9, 10, 2).cuda()
+    torch.library.opcheck(torch.ops.sfpn.roi_align.default, (x, rois, 1.0, 3, 2, -1, True, False))
+    torch.library.opcheck(torch.ops.sfpn.roi_align.default, (x, rois, 1.0, 3, 2, -1, True, True))
