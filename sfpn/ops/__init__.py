@@ -4,6 +4,6 @@ Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels`
 the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
 ``python -m sfpn.info`` says which backend serves each op.
 """
-from .upsample import upsample_add
+from .upsample import semantic_fuse, upsample_add
 
-__all__ = ["upsample_add"]
+__all__ = ["semantic_fuse", "upsample_add"]
