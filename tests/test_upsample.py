@@ -1,5 +1,6 @@
 """upsample_add and semantic_fuse: compiled kernels against the pure-PyTorch references."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -292,33 +293,51 @@ def test_torch_compile_fullgraph(generator):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_fallback_without_extension():
-    script = textwrap.dedent(
-        """
-        import warnings
-        import torch
-        import torch.nn.functional as F
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            from sfpn import _extension
-            from sfpn.ops import semantic_fuse, upsample_add
-        assert not _extension.STATUS.loaded
-        assert any("compiled kernels unavailable" in str(w.message) for w in caught), caught
-        top = torch.randn(2, 3, 5, 7, requires_grad=True)
-        lateral = torch.randn(2, 3, 9, 13)
-        out = upsample_add(top, lateral, "bilinear")
-        torch.testing.assert_close(out, lateral + F.interpolate(top, size=(9, 13), mode="bilinear"))
-        out.sum().backward()
-        assert top.grad.shape == top.shape
-        coarse = torch.randn(2, 3, 3, 4)
-        fused = semantic_fuse([lateral, coarse], top)
-        torch.testing.assert_close(fused[0], out)
-        torch.testing.assert_close(fused[1], coarse + F.interpolate(top, size=(3, 4), mode="bilinear"))
-        print("fallback ok")
-        """
+FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import warnings
+    import torch
+    import torch.nn.functional as F
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from sfpn import _extension
+        from sfpn.ops import semantic_fuse, upsample_add
+    assert not _extension.STATUS.loaded
+    assert not _extension.has_kernel("upsample_add", torch.device("cpu"))
+    warned = any("compiled kernels unavailable" in str(w.message) for w in caught)
+    assert warned == (sys.argv[1] == "warns"), (sys.argv[1], [str(w.message) for w in caught])
+    top = torch.randn(2, 3, 5, 7, requires_grad=True)
+    lateral = torch.randn(2, 3, 9, 13)
+    out = upsample_add(top, lateral, "bilinear")
+    torch.testing.assert_close(out, lateral + F.interpolate(top, size=(9, 13), mode="bilinear"))
+    out.sum().backward()
+    assert top.grad.shape == top.shape
+    coarse = torch.randn(2, 3, 3, 4)
+    fused = semantic_fuse([lateral, coarse], top)
+    torch.testing.assert_close(fused[0], out)
+    torch.testing.assert_close(fused[1], coarse + F.interpolate(top, size=(3, 4), mode="bilinear"))
+    print("fallback ok")
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["disabled", "missing"])
+def test_fallback_without_extension(tmp_path, how):
+    """The reference ops serve when the extension is switched off (quietly) or missing (with a warning)."""
+    env = dict(os.environ)
+    if how == "disabled":
+        env.update(SFPN_DISABLE_EXTENSION="1", PYTHONPATH=ROOT)
+        expectation = "quiet"
+    else:  # a copy of the package without the compiled library, as after a pure-Python install
+        shutil.copytree(os.path.join(ROOT, "sfpn"), tmp_path / "sfpn", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+        env.pop("SFPN_DISABLE_EXTENSION", None)
+        env.update(PYTHONPATH=str(tmp_path))
+        expectation = "warns"
+    result = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT, expectation], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
     )
-    env = dict(os.environ, SFPN_DISABLE_EXTENSION="1", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
 

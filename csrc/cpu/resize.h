@@ -48,10 +48,13 @@ struct AxisTable {
   std::vector<int64_t> index0, index1;  // (out,)
   std::vector<acc_t> weight0, weight1;  // (out,)
   std::vector<int64_t> begin[2], end[2];  // (in,) per tap: the outputs reading each source
+  // Nearest 2x, FPN's default step (index0(o) == o / 2 exactly): loops that vectorise.
+  bool doubling;
 
   AxisTable(int64_t in, int64_t out, bool linear, bool align_corners)
       : axis(in, out, linear, align_corners),
-        index0(out), index1(out), weight0(out), weight1(out) {
+        index0(out), index1(out), weight0(out), weight1(out),
+        doubling(!linear && out == 2 * in) {
     for (int64_t o = 0; o < out; ++o) {
       const resize::Taps<acc_t> taps = axis.taps_of(o);
       index0[o] = taps.index0;
@@ -123,6 +126,8 @@ void resize_add(
         for (int64_t x = 0; x < width; ++x) {
           dst[x] = w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
         }
+      } else if (resize.cols.doubling) {
+        for (int64_t x = 0; x < in_w; ++x) dst[2 * x] = dst[2 * x + 1] = static_cast<acc_t>(src[x]);
       } else {
         for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<acc_t>(src[i0[x]]);
       }
@@ -173,6 +178,10 @@ void accumulate_adjoint_row(
     }
   }
   if (!any) return;  // no output row reads this source row (down-sampling)
+  if (cols.doubling) {
+    for (int64_t i = 0; i < in_w; ++i) acc[i] += column_sums[2 * i] + column_sums[2 * i + 1];
+    return;
+  }
   for (int tap = 0; tap < cols.taps(); ++tap) {
     const acc_t* weight = cols.weights(tap);
     const int64_t* first = cols.begin[tap].data();
