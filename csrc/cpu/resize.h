@@ -48,21 +48,25 @@ struct AxisTable {
   std::vector<int64_t> index0, index1;  // (out,)
   std::vector<acc_t> weight0, weight1;  // (out,)
   std::vector<int64_t> begin[2], end[2];  // (in,) per tap: the outputs reading each source
+  // 2 when some output blends two sources; 1 for nearest and for bilinear axes that only hit
+  // sources exactly (the same size, say), whose single tap then weighs 1.
+  int taps;
   // Nearest 2x, FPN's default step (index0(o) == o / 2 exactly): loops that vectorise.
   bool doubling;
 
   AxisTable(int64_t in, int64_t out, bool linear, bool align_corners)
       : axis(in, out, linear, align_corners),
         index0(out), index1(out), weight0(out), weight1(out),
-        doubling(!linear && out == 2 * in) {
+        taps(1), doubling(!linear && out == 2 * in) {
     for (int64_t o = 0; o < out; ++o) {
-      const resize::Taps<acc_t> taps = axis.taps_of(o);
-      index0[o] = taps.index0;
-      index1[o] = taps.index1;
-      weight0[o] = taps.weight0;
-      weight1[o] = taps.weight1;
+      const resize::Taps<acc_t> t = axis.taps_of(o);
+      index0[o] = t.index0;
+      index1[o] = t.index1;
+      weight0[o] = t.weight0;
+      weight1[o] = t.weight1;
+      if (t.weight1 != acc_t(0)) taps = 2;
     }
-    for (int tap = 0; tap < axis.taps(); ++tap) {
+    for (int tap = 0; tap < taps; ++tap) {
       begin[tap].resize(in);
       end[tap].resize(in);
       for (int64_t i = 0; i < in; ++i) {
@@ -73,9 +77,6 @@ struct AxisTable {
     }
   }
 
-  int taps() const {
-    return axis.taps();
-  }
   const acc_t* weights(int tap) const {
     return tap == 0 ? weight0.data() : weight1.data();
   }
@@ -102,7 +103,6 @@ void resize_add(
     const Resize2d<acc_t>& resize) {
   const int64_t in_h = resize.rows.axis.in_size, in_w = resize.cols.axis.in_size;
   const int64_t height = resize.rows.axis.out_size, width = resize.cols.axis.out_size;
-  const bool linear = resize.rows.axis.linear;
   at::parallel_for(0, planes * height, row_grain(width), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> cache(2 * width);
     int64_t cached[2] = {-1, -1};  // which source row (plane * in_h + row) each slot holds
@@ -119,7 +119,7 @@ void resize_add(
       acc_t* dst = cache.data() + recent * width;
       const scalar_t* src = top + source_row * in_w;
       const int64_t* i0 = resize.cols.index0.data();
-      if (linear) {
+      if (resize.cols.taps == 2) {
         const int64_t* i1 = resize.cols.index1.data();
         const acc_t* w0 = resize.cols.weight0.data();
         const acc_t* w1 = resize.cols.weight1.data();
@@ -139,7 +139,7 @@ void resize_add(
       const scalar_t* __restrict__ lat = lateral + row * width;
       scalar_t* __restrict__ dst = out + row * width;
       const acc_t* __restrict__ a = resized_row(plane * in_h + resize.rows.index0[y]);
-      if (!linear) {
+      if (resize.rows.taps == 1) {
         for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + a[x]);
         continue;
       }
@@ -161,14 +161,13 @@ void accumulate_adjoint_row(
   const AxisTable<acc_t>& rows = resize.rows;
   const AxisTable<acc_t>& cols = resize.cols;
   const int64_t width = cols.axis.out_size, in_w = cols.axis.in_size;
-  const bool linear = rows.axis.linear;
   bool any = false;
-  for (int tap = 0; tap < rows.taps(); ++tap) {
+  for (int tap = 0; tap < rows.taps; ++tap) {
     const acc_t* weight = rows.weights(tap);
     for (int64_t y = rows.begin[tap][source_y]; y < rows.end[tap][source_y]; ++y) {
       const scalar_t* __restrict__ src = grad + y * width;
       acc_t* __restrict__ sums = column_sums;
-      const acc_t w = linear ? weight[y] : acc_t(1);
+      const acc_t w = rows.taps == 2 ? weight[y] : acc_t(1);
       if (!any) {
         for (int64_t x = 0; x < width; ++x) sums[x] = w * static_cast<acc_t>(src[x]);
       } else {
@@ -182,19 +181,19 @@ void accumulate_adjoint_row(
     for (int64_t i = 0; i < in_w; ++i) acc[i] += column_sums[2 * i] + column_sums[2 * i + 1];
     return;
   }
-  for (int tap = 0; tap < cols.taps(); ++tap) {
-    const acc_t* weight = cols.weights(tap);
-    const int64_t* first = cols.begin[tap].data();
-    const int64_t* last = cols.end[tap].data();
-    for (int64_t i = 0; i < in_w; ++i) {
-      acc_t sum = 0;
-      if (linear) {
-        for (int64_t x = first[i]; x < last[i]; ++x) sum += weight[x] * column_sums[x];
+  const acc_t* weight[2] = {cols.weights(0), cols.weights(1)};
+  const int64_t* first[2] = {cols.begin[0].data(), cols.begin[1].data()};
+  const int64_t* last[2] = {cols.end[0].data(), cols.end[1].data()};
+  for (int64_t i = 0; i < in_w; ++i) {
+    acc_t sum = 0;
+    for (int tap = 0; tap < cols.taps; ++tap) {
+      if (cols.taps == 2) {
+        for (int64_t x = first[tap][i]; x < last[tap][i]; ++x) sum += weight[tap][x] * column_sums[x];
       } else {
-        for (int64_t x = first[i]; x < last[i]; ++x) sum += column_sums[x];
+        for (int64_t x = first[tap][i]; x < last[tap][i]; ++x) sum += column_sums[x];
       }
-      acc[i] += sum;
     }
+    acc[i] += sum;
   }
 }
 

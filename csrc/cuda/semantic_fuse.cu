@@ -23,7 +23,9 @@ namespace {
 // Levels per launch: FPN has 4 or 5; more levels take one more launch per 8.
 constexpr int kMaxLevels = 8;
 
-// The levels of one launch, passed by value as a kernel argument (well under its 4 KiB).
+// The levels of one launch, passed by value as a kernel argument (well under its 4 KiB) and read
+// in place (__grid_constant__): a level is picked by a runtime index, which would otherwise copy
+// the whole struct to every thread's local memory.
 template <typename scalar_t, typename acc_t>
 struct Levels {
   const scalar_t* input[kMaxLevels];  // forward: the levels; backward: their gradients
@@ -35,7 +37,8 @@ struct Levels {
 
 // output[k] (P, H_k, W_k) = input[k] + resize(semantic (P, Hs, Ws)) for every level k.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void semantic_fuse_kernel(const scalar_t* __restrict__ semantic, Levels<scalar_t, acc_t> levels) {
+__global__ void semantic_fuse_kernel(
+    const scalar_t* __restrict__ semantic, const __grid_constant__ Levels<scalar_t, acc_t> levels) {
   const index_t total = levels.end[levels.count - 1];
   for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<index_t>(gridDim.x) * blockDim.x) {
@@ -56,7 +59,8 @@ __global__ void semantic_fuse_kernel(const scalar_t* __restrict__ semantic, Leve
 // grad_semantic (P, Hs, Ws) (+)= sum over levels k of the adjoint resize of input[k] (P, H_k, W_k).
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void semantic_fuse_backward_kernel(
-    scalar_t* __restrict__ grad_semantic, index_t total, bool accumulate, Levels<scalar_t, acc_t> levels) {
+    scalar_t* __restrict__ grad_semantic, index_t total, bool accumulate,
+    const __grid_constant__ Levels<scalar_t, acc_t> levels) {
   const index_t in_h = levels.rows[0].in_size, in_w = levels.cols[0].in_size;
   for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<index_t>(gridDim.x) * blockDim.x) {
