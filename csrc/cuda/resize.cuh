@@ -1,5 +1,6 @@
 // Device building blocks of the fused resize ops (upsample_add, semantic_fuse), on top of the
 // index arithmetic shared with the CPU kernels (resize_index.h). Planes are contiguous (H, W).
+// sample() and adjoint() are host-callable too, so that they can be checked without a GPU.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -17,7 +18,7 @@ using resize::Taps;
 
 // resize(plane) at the output whose row and column taps are given.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t sample(
+C10_HOST_DEVICE inline acc_t sample(
     const scalar_t* __restrict__ plane, int64_t in_w, const Taps<acc_t>& row, const Taps<acc_t>& col) {
   const scalar_t* r0 = plane + row.index0 * in_w;
   const acc_t top0 = static_cast<acc_t>(r0[col.index0]);
@@ -32,7 +33,7 @@ __device__ __forceinline__ acc_t sample(
 // The adjoint of resize(plane) at source (i, j): the weighted sum of the gradient over the
 // output window that reads it (contiguous per tap). `grad` is one (H, W) output plane.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t adjoint(
+C10_HOST_DEVICE inline acc_t adjoint(
     const scalar_t* __restrict__ grad, const Axis<acc_t>& rows, const Axis<acc_t>& cols, int64_t i, int64_t j) {
   const int64_t width = cols.out_size;
   Range col_range[2];
