@@ -34,6 +34,7 @@ SIZES = [
     ((7, 9), (3, 4)),
     ((13, 6), (17, 1)),
     ((25, 42), (50, 84)),
+    ((2, 2), (4, 4)),
 ]
 
 TOLERANCE = {
@@ -72,7 +73,7 @@ def test_upsample_add_matches_reference_float32(generator, mode, align_corners, 
 @pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
 def test_upsample_add_dtypes(generator, dtype, mode, align_corners):
     top = randn(generator, 2, 5, 6, 9, dtype=dtype)
-    lateral = randn(generator, 2, 5, 13, 17, dtype=dtype)
+    lateral = randn(generator, 2, 5, 12, 17, dtype=dtype)  # 2x rows, uneven columns
     out = upsample_add(top, lateral, mode, align_corners)
     assert out.dtype == dtype
     exact = upsample_add_reference(top.double(), lateral.double(), mode, align_corners)

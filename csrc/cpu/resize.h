@@ -53,11 +53,15 @@ struct AxisTable {
   int taps;
   // Nearest 2x, FPN's default step (index0(o) == o / 2 exactly): loops that vectorise.
   bool doubling;
+  // Bilinear 2x without corner alignment (semantic_fuse's finest level): inside the two edge
+  // outputs, outputs 2j+1 and 2j+2 both blend sources j and j+1, with one weight pair per
+  // parity. Checked on the table itself, so the fast loops compute exactly what it says.
+  bool blended_doubling;
 
   AxisTable(int64_t in, int64_t out, bool linear, bool align_corners)
       : axis(in, out, linear, align_corners),
         index0(out), index1(out), weight0(out), weight1(out),
-        taps(1), doubling(!linear && out == 2 * in) {
+        taps(1), doubling(!linear && out == 2 * in), blended_doubling(false) {
     for (int64_t o = 0; o < out; ++o) {
       const resize::Taps<acc_t> t = axis.taps_of(o);
       index0[o] = t.index0;
@@ -74,6 +78,12 @@ struct AxisTable {
         begin[tap][i] = range.begin;
         end[tap][i] = range.end;
       }
+    }
+    blended_doubling = taps == 2 && out == 2 * in && in >= 2;
+    for (int64_t o = 1; blended_doubling && o < out - 1; ++o) {
+      const int64_t j = (o - 1) / 2, like = 1 + (o - 1) % 2;
+      blended_doubling = index0[o] == j && index1[o] == j + 1 && weight0[o] == weight0[like] &&
+          weight1[o] == weight1[like];
     }
   }
 
@@ -119,13 +129,23 @@ void resize_add(
       acc_t* dst = cache.data() + recent * width;
       const scalar_t* src = top + source_row * in_w;
       const int64_t* i0 = resize.cols.index0.data();
-      if (resize.cols.taps == 2) {
-        const int64_t* i1 = resize.cols.index1.data();
-        const acc_t* w0 = resize.cols.weight0.data();
-        const acc_t* w1 = resize.cols.weight1.data();
-        for (int64_t x = 0; x < width; ++x) {
-          dst[x] = w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
+      const int64_t* i1 = resize.cols.index1.data();
+      const acc_t* w0 = resize.cols.weight0.data();
+      const acc_t* w1 = resize.cols.weight1.data();
+      auto blend = [&](int64_t x) {
+        return w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
+      };
+      if (resize.cols.blended_doubling) {
+        const acc_t odd0 = w0[1], odd1 = w1[1], even0 = w0[2], even1 = w1[2];
+        dst[0] = blend(0);
+        for (int64_t j = 0; j < in_w - 1; ++j) {
+          const acc_t left = static_cast<acc_t>(src[j]), right = static_cast<acc_t>(src[j + 1]);
+          dst[2 * j + 1] = odd0 * left + odd1 * right;
+          dst[2 * j + 2] = even0 * left + even1 * right;
         }
+        dst[width - 1] = blend(width - 1);
+      } else if (resize.cols.taps == 2) {
+        for (int64_t x = 0; x < width; ++x) dst[x] = blend(x);
       } else if (resize.cols.doubling) {
         for (int64_t x = 0; x < in_w; ++x) dst[2 * x] = dst[2 * x + 1] = static_cast<acc_t>(src[x]);
       } else {
@@ -184,7 +204,7 @@ void accumulate_adjoint_row(
   const acc_t* weight[2] = {cols.weights(0), cols.weights(1)};
   const int64_t* first[2] = {cols.begin[0].data(), cols.begin[1].data()};
   const int64_t* last[2] = {cols.end[0].data(), cols.end[1].data()};
-  for (int64_t i = 0; i < in_w; ++i) {
+  auto gathered = [&](int64_t i) {
     acc_t sum = 0;
     for (int tap = 0; tap < cols.taps; ++tap) {
       if (cols.taps == 2) {
@@ -193,8 +213,20 @@ void accumulate_adjoint_row(
         for (int64_t x = first[tap][i]; x < last[tap][i]; ++x) sum += column_sums[x];
       }
     }
-    acc[i] += sum;
+    return sum;
+  };
+  if (cols.blended_doubling) {
+    // Source i is read by outputs 2i-1 and 2i (as their second tap) and 2i+1 and 2i+2 (first).
+    const acc_t odd0 = weight[0][1], odd1 = weight[1][1], even0 = weight[0][2], even1 = weight[1][2];
+    const acc_t* s = column_sums;
+    acc[0] += gathered(0);
+    for (int64_t i = 1; i < in_w - 1; ++i) {
+      acc[i] += (odd1 * s[2 * i - 1] + even1 * s[2 * i]) + (odd0 * s[2 * i + 1] + even0 * s[2 * i + 2]);
+    }
+    acc[in_w - 1] += gathered(in_w - 1);
+    return;
   }
+  for (int64_t i = 0; i < in_w; ++i) acc[i] += gathered(i);
 }
 
 // grad_source (P, Hs, Ws) = sum over `grads` g_k (P, H_k, W_k) of the adjoint of resize k,
