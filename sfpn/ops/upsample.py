@@ -154,9 +154,8 @@ def _register_semantic_fuse() -> None:
         return grads[0].new_empty((grads[0].shape[0], grads[0].shape[1], semantic_height, semantic_width))
 
     def setup_context(ctx, inputs, output):
-        levels, semantic, mode, align_corners = inputs
+        _, semantic, mode, align_corners = inputs
         ctx.semantic_size = semantic.shape[-2:]
-        ctx.num_levels = len(levels)
         ctx.mode, ctx.align_corners = mode, align_corners
 
     def backward(ctx, grads):
