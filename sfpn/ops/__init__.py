@@ -6,10 +6,11 @@ the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.referen
 """
 from .roi_align import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
 from .suppression import batched_nms, batched_nms_padded, nms
-from .upsample import upsample_add
+from .upsample import semantic_fuse, upsample_add
 
 __all__ = [
     "upsample_add",
+    "semantic_fuse",
     "roi_align",
     "RoIAlign",
     "multilevel_roi_align",

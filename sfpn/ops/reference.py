@@ -5,6 +5,10 @@ from .roi_align import roi_align_reference as roi_align
 from .suppression import batched_nms_padded_reference as batched_nms_padded
 from .suppression import batched_nms_reference as batched_nms
 from .suppression import nms_reference as nms
+from .upsample import semantic_fuse_reference as semantic_fuse
 from .upsample import upsample_add_reference as upsample_add
 
-__all__ = ["upsample_add", "roi_align", "multilevel_roi_align", "nms", "batched_nms", "batched_nms_padded"]
+__all__ = [
+    "upsample_add",
+    "semantic_fuse", "roi_align", "multilevel_roi_align", "nms", "batched_nms", "batched_nms_padded",
+]

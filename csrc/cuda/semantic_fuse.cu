@@ -1,0 +1,178 @@
+// CUDA kernels of sfpn::semantic_fuse: every level's levels[i] + resize(semantic) in ONE launch
+// (a flat grid over all levels' outputs; per-level pointers and resize axes travel as a kernel
+// argument), and the gradient w.r.t. semantic in one launch too: one thread per semantic element
+// gathers the adjoint windows of every level, so the sum over levels is deterministic and needs
+// neither atomics nor a zero-fill.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "resize.cuh"
+
+namespace sfpn::cuda {
+namespace {
+
+// Levels per launch: FPN has 4 or 5; more levels take one more launch per 8.
+constexpr int kMaxLevels = 8;
+
+// The levels of one launch, passed by value as a kernel argument (well under its 4 KiB) and read
+// in place (__grid_constant__): a level is picked by a runtime index, which would otherwise copy
+// the whole struct to every thread's local memory.
+template <typename scalar_t, typename acc_t>
+struct Levels {
+  const scalar_t* input[kMaxLevels];  // forward: the levels; backward: their gradients
+  scalar_t* output[kMaxLevels];       // forward: the fused levels; unused backward
+  Axis<acc_t> rows[kMaxLevels], cols[kMaxLevels];  // semantic -> level
+  int64_t end[kMaxLevels];            // forward: running total of the levels' element counts
+  int count;
+};
+
+// output[k] (P, H_k, W_k) = input[k] + resize(semantic (P, Hs, Ws)) for every level k.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void semantic_fuse_kernel(
+    const scalar_t* __restrict__ semantic, const __grid_constant__ Levels<scalar_t, acc_t> levels) {
+  const index_t total = levels.end[levels.count - 1];
+  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    int k = 0;
+    while (index >= levels.end[k]) ++k;
+    const index_t local = index - (k > 0 ? levels.end[k - 1] : 0);
+    const Axis<acc_t>& rows = levels.rows[k];
+    const Axis<acc_t>& cols = levels.cols[k];
+    const index_t width = cols.out_size, height = rows.out_size;
+    const index_t x = local % width, row = local / width;
+    const index_t y = row % height, plane = row / height;
+    const scalar_t* source = semantic + plane * (rows.in_size * cols.in_size);
+    const acc_t value = sample(source, cols.in_size, rows.taps_of(y), cols.taps_of(x));
+    levels.output[k][local] = static_cast<scalar_t>(static_cast<acc_t>(levels.input[k][local]) + value);
+  }
+}
+
+// grad_semantic (P, Hs, Ws) (+)= sum over levels k of the adjoint resize of input[k] (P, H_k, W_k).
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void semantic_fuse_backward_kernel(
+    scalar_t* __restrict__ grad_semantic, index_t total, bool accumulate,
+    const __grid_constant__ Levels<scalar_t, acc_t> levels) {
+  const index_t in_h = levels.rows[0].in_size, in_w = levels.cols[0].in_size;
+  for (index_t index = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; index < total;
+       index += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t j = index % in_w, row = index / in_w;
+    const index_t i = row % in_h, plane = row / in_h;
+    acc_t sum = accumulate ? static_cast<acc_t>(grad_semantic[index]) : acc_t(0);
+    for (int k = 0; k < levels.count; ++k) {
+      const index_t level_plane = levels.rows[k].out_size * levels.cols[k].out_size;
+      sum += adjoint(levels.input[k] + plane * level_plane, levels.rows[k], levels.cols[k], i, j);
+    }
+    grad_semantic[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+std::vector<at::Tensor> semantic_fuse(
+    at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
+  TORCH_CHECK(semantic.dim() == 4, "semantic_fuse: semantic must be 4-D (N, C, H, W)");
+  const bool linear = resize::is_bilinear(mode);
+  const c10::cuda::CUDAGuard guard(semantic.device());
+  const at::Tensor semantic_c = semantic.contiguous();
+  std::vector<at::Tensor> inputs, outs;
+  for (const at::Tensor& level : levels) {
+    TORCH_CHECK(level.dim() == 4 && level.size(0) == semantic.size(0) && level.size(1) == semantic.size(1),
+        "semantic_fuse: every level must be (N, C, H, W) with semantic's N and C, got ", level.sizes());
+    TORCH_CHECK(level.scalar_type() == semantic.scalar_type() && level.device() == semantic.device(),
+        "semantic_fuse: levels and semantic must share a dtype and a device");
+    inputs.push_back(level.contiguous());
+    outs.push_back(at::empty(level.sizes(), level.options()));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, semantic.scalar_type(), "sfpn::semantic_fuse", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (size_t first = 0; first < inputs.size(); first += kMaxLevels) {
+      Levels<scalar_t, acc_t> batch{};
+      int64_t total = 0;
+      for (size_t k = first; k < std::min(inputs.size(), first + kMaxLevels); ++k) {
+        if (outs[k].numel() == 0) continue;
+        TORCH_CHECK(semantic.numel() > 0, "semantic_fuse: semantic must not be empty");
+        const int slot = batch.count++;
+        batch.input[slot] = inputs[k].const_data_ptr<scalar_t>();
+        batch.output[slot] = outs[k].mutable_data_ptr<scalar_t>();
+        batch.rows[slot] = Axis<acc_t>(semantic.size(2), outs[k].size(2), linear, align_corners);
+        batch.cols[slot] = Axis<acc_t>(semantic.size(3), outs[k].size(3), linear, align_corners);
+        total += outs[k].numel();
+        batch.end[slot] = total;
+      }
+      if (batch.count == 0) continue;
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      if (fits_int32(total) && fits_int32(semantic_c.numel())) {
+        semantic_fuse_kernel<scalar_t, acc_t, int32_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(semantic_c.const_data_ptr<scalar_t>(), batch);
+      } else {
+        semantic_fuse_kernel<scalar_t, acc_t, int64_t>
+            <<<blocks_for(total), kThreads, 0, stream>>>(semantic_c.const_data_ptr<scalar_t>(), batch);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return outs;
+}
+
+at::Tensor semantic_fuse_backward(
+    at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
+  TORCH_CHECK(!grads.empty(), "semantic_fuse_backward: needs at least one gradient");
+  const bool linear = resize::is_bilinear(mode);
+  const at::Tensor& first_grad = grads[0];
+  TORCH_CHECK(first_grad.dim() == 4, "semantic_fuse_backward: grads must be 4-D (N, C, H, W)");
+  const c10::cuda::CUDAGuard guard(first_grad.device());
+  at::Tensor grad_semantic = at::empty(
+      {first_grad.size(0), first_grad.size(1), semantic_height, semantic_width}, first_grad.options());
+  if (grad_semantic.numel() == 0) return grad_semantic;
+  std::vector<at::Tensor> grads_c;
+  int64_t largest = grad_semantic.numel();
+  for (const at::Tensor& grad : grads) {
+    TORCH_CHECK(grad.dim() == 4 && grad.size(0) == first_grad.size(0) && grad.size(1) == first_grad.size(1) &&
+            grad.scalar_type() == first_grad.scalar_type() && grad.device() == first_grad.device(),
+        "semantic_fuse_backward: grads must share N, C, dtype and device, got ", grad.sizes());
+    if (grad.numel() == 0) continue;  // an empty level contributes nothing
+    grads_c.push_back(grad.contiguous());
+    largest = std::max(largest, grad.numel());
+  }
+  if (grads_c.empty()) return grad_semantic.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first_grad.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t total = grad_semantic.numel();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    for (size_t first = 0; first < grads_c.size(); first += kMaxLevels) {
+      Levels<scalar_t, acc_t> batch{};
+      for (size_t k = first; k < std::min(grads_c.size(), first + kMaxLevels); ++k) {
+        const int slot = batch.count++;
+        batch.input[slot] = grads_c[k].const_data_ptr<scalar_t>();
+        batch.rows[slot] = Axis<acc_t>(semantic_height, grads_c[k].size(2), linear, align_corners);
+        batch.cols[slot] = Axis<acc_t>(semantic_width, grads_c[k].size(3), linear, align_corners);
+      }
+      const bool accumulate = first > 0;  // later batches add to the first one's sums
+      if (fits_int32(largest)) {
+        semantic_fuse_backward_kernel<scalar_t, acc_t, int32_t><<<blocks_for(total), kThreads, 0, stream>>>(
+            grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+      } else {
+        semantic_fuse_backward_kernel<scalar_t, acc_t, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
+            grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return grad_semantic;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
+  m.impl("semantic_fuse", &semantic_fuse);
+  m.impl("semantic_fuse_backward", &semantic_fuse_backward);
+}
+
+}  // namespace sfpn::cuda
