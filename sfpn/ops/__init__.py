@@ -4,6 +4,13 @@ Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels`
 the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
 ``python -m sfpn.info`` says which backend serves each op.
 """
+from .semantic import group_norm_relu, resize_sum, semantic_cross_entropy, upsample_cross_entropy
 from .upsample import upsample_add
 
-__all__ = ["upsample_add"]
+__all__ = [
+    "upsample_add",
+    "resize_sum",
+    "group_norm_relu",
+    "semantic_cross_entropy",
+    "upsample_cross_entropy",
+]
