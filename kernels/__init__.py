@@ -71,11 +71,11 @@ def backend(device_type: str) -> str:
     if device_type == "cpu":
         if AVAILABLE and INTERPRETING and _CPU_OPT_IN["enabled"]:
             return "Triton (interpreter)"
-        return "reference"
+        return "reference (Triton kernels serve CUDA)"
     if not AVAILABLE:
         return f"reference ({UNAVAILABLE_REASON})"
     if not torch.cuda.is_available():
-        return "Triton (no GPU visible now; reference until one is)"
+        return "Triton (but no GPU is visible)"
     return "Triton"
 
 
