@@ -79,6 +79,11 @@ def backend(device_type: str) -> str:
     return "Triton"
 
 
+def launch_device(tensor: torch.Tensor):
+    """Context that makes ``tensor``'s GPU the current one: Triton launches on the current device."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
 def check_launchable(tensor: torch.Tensor, op: str) -> None:
     """Raise a clear error where a Triton launch would fail obscurely (called by the op bodies)."""
     if not AVAILABLE:

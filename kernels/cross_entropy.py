@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _bilinear
+from . import _bilinear, launch_device
 
 MAX_BLOCK_K = 256
 _TILE_ELEMENTS = 4096  # BLOCK_K * BLOCK_P: a tile that keeps a GPU's registers busy, not spilling
@@ -178,7 +178,7 @@ def cross_entropy(
         grad = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     else:
         grad = torch.empty_like(logits)
-    with torch.device(logits.device):
+    with launch_device(logits):
         _cross_entropy_kernel[grid](
             logits, labels, grad if compute_grad else logits, partial, scale,
             num_classes, in_height, in_width, out_height, out_width,

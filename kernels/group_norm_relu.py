@@ -14,7 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-_BLOCK = 1024
+from . import launch_device
+
+_MAX_BLOCK = 1024
+
+
+def _block(hw: int) -> int:
+    """Pixels per program: up to 1024, fewer for small maps (no wasted lanes)."""
+    return min(_MAX_BLOCK, triton.next_power_of_2(hw))
 
 
 @triton.jit
@@ -94,9 +101,9 @@ def _backward_input_kernel(grad_ptr, x_ptr, mean_ptr, rstd_ptr, weight_ptr, bias
     tl.store(grad_x_ptr + plane * hw + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-def _grid(x: torch.Tensor):
+def _grid(x: torch.Tensor, block: int):
     batch, channels, height, width = x.shape
-    return (triton.cdiv(height * width, _BLOCK), batch * channels)
+    return (triton.cdiv(height * width, block), batch * channels)
 
 
 def group_norm_relu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float):
@@ -107,13 +114,14 @@ def group_norm_relu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     """
     batch, channels, height, width = x.shape
     hw = height * width
-    grid = _grid(x)
+    block = _block(hw)
+    grid = _grid(x, block)
     block_mean = x.new_empty((batch * channels, grid[0]), dtype=torch.float32)
     block_m2 = torch.empty_like(block_mean)
-    with torch.device(x.device):
-        _moments_kernel[grid](x, block_mean, block_m2, hw, BLOCK=_BLOCK)
+    with launch_device(x):
+        _moments_kernel[grid](x, block_mean, block_m2, hw, BLOCK=block)
     # Chan's parallel combination of the blocks of every group.
-    counts = (hw - torch.arange(grid[0], device=x.device) * _BLOCK).clamp(max=_BLOCK).float()
+    counts = (hw - torch.arange(grid[0], device=x.device) * block).clamp(max=block).float()
     block_mean = block_mean.view(batch, num_groups, -1)
     block_m2 = block_m2.view(batch, num_groups, -1)
     counts = counts.repeat(channels // num_groups)
@@ -122,9 +130,9 @@ def group_norm_relu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias
     m2 = block_m2.sum(-1) + (counts * (block_mean - mean.unsqueeze(-1)).square()).sum(-1)
     rstd = torch.rsqrt(m2 / group_size + eps)
     out = torch.empty_like(x)
-    with torch.device(x.device):
+    with launch_device(x):
         _forward_kernel[grid](x, out, mean, rstd, weight, bias, channels, hw, num_groups,
-                              CHANNELS_PER_GROUP=channels // num_groups, BLOCK=_BLOCK)
+                              CHANNELS_PER_GROUP=channels // num_groups, BLOCK=block)
     return out, mean, rstd
 
 
@@ -138,12 +146,13 @@ def group_norm_relu_backward(grad, x, mean, rstd, weight, bias):
     num_groups = mean.shape[1]
     per_group = channels // num_groups
     hw = height * width
-    grid = _grid(x)
+    block = _block(hw)
+    grid = _grid(x, block)
     sum_dz = x.new_empty((batch * channels, grid[0]), dtype=torch.float32)
     sum_dz_xhat = torch.empty_like(sum_dz)
-    with torch.device(x.device):
+    with launch_device(x):
         _backward_sums_kernel[grid](grad, x, mean, rstd, weight, bias, sum_dz, sum_dz_xhat, channels, hw,
-                                    num_groups, CHANNELS_PER_GROUP=per_group, BLOCK=_BLOCK)
+                                    num_groups, CHANNELS_PER_GROUP=per_group, BLOCK=block)
     sum_dz = sum_dz.sum(-1).view(batch, channels)
     sum_dz_xhat = sum_dz_xhat.sum(-1).view(batch, channels)
     weight32 = weight.float()
@@ -151,7 +160,7 @@ def group_norm_relu_backward(grad, x, mean, rstd, weight, bias):
     mean_dxhat = (sum_dz * weight32).view(batch, num_groups, per_group).sum(-1) / group_size
     mean_dxhat_xhat = (sum_dz_xhat * weight32).view(batch, num_groups, per_group).sum(-1) / group_size
     grad_x = torch.empty_like(x)
-    with torch.device(x.device):
+    with launch_device(x):
         _backward_input_kernel[grid](grad, x, mean, rstd, weight, bias, mean_dxhat, mean_dxhat_xhat, grad_x,
-                                     channels, hw, num_groups, CHANNELS_PER_GROUP=per_group, BLOCK=_BLOCK)
+                                     channels, hw, num_groups, CHANNELS_PER_GROUP=per_group, BLOCK=block)
     return grad_x, sum_dz_xhat.sum(0).to(weight.dtype), sum_dz.sum(0).to(bias.dtype)

@@ -1,6 +1,6 @@
 """Multi-level resize-sum: ``sum_i interpolate(levels[i], size, bilinear)`` in one launch.
 
-Forward: each program owns a block of output pixels of one (n, c) plane and gathers the four
+Forward: each program owns a block of output elements and gathers the four
 bilinear taps of every level, so the output is written once and no resized level exists.
 Backward: the adjoint scatters each output gradient to the four taps of every level with atomic
 adds into float32 buffers (like ATen's CUDA ``upsample_bilinear2d_backward``, so it is not bitwise
@@ -12,10 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _bilinear
+from . import _bilinear, launch_device
 
 MAX_LEVELS = 5
-_BLOCK = 256
+_MAX_BLOCK = 256
 
 
 @triton.jit
@@ -52,19 +52,21 @@ def _scatter_level(grad, ptr, plane, dst_y, dst_x, mask, height, width, scale_y,
 
 @triton.jit
 def _resize_sum_kernel(
-    out_ptr, out_height, out_width,
+    out_ptr, total, out_height, out_width,
     p0, h0, w0, sy0, sx0, p1, h1, w1, sy1, sx1, p2, h2, w2, sy2, sx2,
     p3, h3, w3, sy3, sx3, p4, h4, w4, sy4, sx4,
     NUM_LEVELS: tl.constexpr, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Grid (pixel blocks, N * C). Forward: out = sum of gathered levels. Backward: ``out_ptr`` is
-    the incoming gradient and ``p*`` are float32 gradient buffers to scatter into."""
-    plane = tl.program_id(1).to(tl.int64)
-    pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = pixel < out_height * out_width
+    """Grid: blocks of the flattened ``(N * C * H * W)`` output (a block may span planes, so small
+    maps need few programs). Forward: out = sum of gathered levels. Backward: ``out_ptr`` is the
+    incoming gradient and ``p*`` are float32 gradient buffers to scatter into."""
+    out_offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    plane_size = out_height * out_width
+    mask = out_offsets < total
+    plane = out_offsets // plane_size
+    pixel = (out_offsets % plane_size).to(tl.int32)
     dst_y = pixel // out_width
     dst_x = pixel % out_width
-    out_offsets = plane * out_height * out_width + pixel
     if BACKWARD:
         grad = tl.load(out_ptr + out_offsets, mask=mask, other=0.0).to(tl.float32)
         _scatter_level(grad, p0, plane, dst_y, dst_x, mask, h0, w0, sy0, sx0)
@@ -91,16 +93,18 @@ def _resize_sum_kernel(
 
 
 def _launch(out: torch.Tensor, levels: list[torch.Tensor], backward: bool) -> None:
-    batch, channels, out_height, out_width = out.shape
+    out_height, out_width = out.shape[-2:]
     args = []
     for level in levels:
         height, width = level.shape[-2:]
         args += [level, height, width, _bilinear.scale(height, out_height), _bilinear.scale(width, out_width)]
     args += args[-5:] * (MAX_LEVELS - len(levels))  # unused slots: never read (NUM_LEVELS prunes them)
-    grid = (triton.cdiv(out_height * out_width, _BLOCK), batch * channels)
-    with torch.device(out.device):  # launch on the tensors' GPU, not the current one
+    total = out.numel()
+    block = min(_MAX_BLOCK, triton.next_power_of_2(total))
+    grid = (triton.cdiv(total, block),)
+    with launch_device(out):
         _resize_sum_kernel[grid](
-            out, out_height, out_width, *args, NUM_LEVELS=len(levels), BACKWARD=backward, BLOCK=_BLOCK
+            out, total, out_height, out_width, *args, NUM_LEVELS=len(levels), BACKWARD=backward, BLOCK=block
         )
 
 
