@@ -44,8 +44,11 @@ def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) ->
 def group_norm_relu_reference(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
 ) -> torch.Tensor:
-    """Pure-PyTorch :func:`group_norm_relu`."""
-    return F.relu(F.group_norm(x, num_groups, weight, bias, eps))
+    """Pure-PyTorch :func:`group_norm_relu`, computed in float32 at least (as the kernel, and as
+    autocast runs GroupNorm), returned in x's dtype; the parameters may have another dtype."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    out = F.group_norm(x.to(compute), num_groups, weight.to(compute), bias.to(compute), eps)
+    return F.relu(out).to(x.dtype)
 
 
 def semantic_cross_entropy_reference(
