@@ -170,10 +170,14 @@ def test_group_norm_relu_matches_reference(device, generator, launches, shape, g
     x = randn(generator, *shape, device=device) * 3 + 1
     weight, bias = randn(generator, channels, device=device), randn(generator, channels, device=device)
     grad = randn(generator, *shape, device=device)
+    # d x scales with 1 / std of the group: a tiny group of close values (two pixels here) is
+    # ill-conditioned, and float32 rounding grows with it. Scale the absolute tolerance to match.
+    group_std = x.double().reshape(shape[0], groups, -1).std(-1, unbiased=False).min().item()
+    tol = dict(rtol=1e-5, atol=1e-5 * max(1.0, 1.0 / group_std))
     assert_grads_match(
         lambda x, w, b: ops.group_norm_relu(x, groups, w, b),
         lambda x, w, b: reference.group_norm_relu(x, groups, w, b),
-        [x, weight, bias], grad, FP32,
+        [x, weight, bias], grad, tol,
     )
     assert launches == {"group_norm_relu": 1, "group_norm_relu_backward": 1}
 
