@@ -14,11 +14,13 @@ class _SourceTreeKernels(importlib.abc.MetaPathFinder):
     such mapping, so this finder supplies it: ``<checkout>/kernels``, and nothing else.
     """
 
-    directory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    directory = os.path.join(checkout, "kernels")
 
     def find_spec(self, fullname, path=None, target=None):
         init = os.path.join(self.directory, "__init__.py")
-        if fullname != "sfpn.kernels" or not os.path.isfile(init):
+        is_checkout = os.path.isfile(os.path.join(self.checkout, "pyproject.toml"))
+        if fullname != "sfpn.kernels" or not is_checkout or not os.path.isfile(init):
             return None
         return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[self.directory])
 
