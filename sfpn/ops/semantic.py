@@ -37,7 +37,7 @@ MAX_LEVELS = 5
 
 def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """Pure-PyTorch :func:`resize_sum`."""
-    size = tuple(int(s) for s in size)
+    size = tuple(size)
     return sum(F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in levels)
 
 
@@ -246,10 +246,10 @@ def _check_size(size) -> tuple[int, int]:
     if (
         not isinstance(size, (tuple, list))
         or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        or not all(isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) and s > 0 for s in size)
     ):
         raise ValueError(f"size must be a pair of positive ints (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
+    return size[0], size[1]  # SymInts stay symbolic under torch.compile(dynamic=True)
 
 
 def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
