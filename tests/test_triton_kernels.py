@@ -448,3 +448,56 @@ def test_functional_reference_definitions(generator):
     torch.testing.assert_close(
         reference.upsample_cross_entropy(logits, labels), F.cross_entropy(up, labels, ignore_index=255)
     )
+
+
+# The interpreter forgives what the GPU compiler rejects (types, layouts, constexpr misuse). This
+# compiles each kernel ahead of time for sm_90, down to a cubin with Triton's bundled ptxas, in a
+# process without TRITON_INTERPRET: no GPU needed.
+_COMPILE_FOR_SM90 = """
+import warnings; warnings.simplefilter("ignore")
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sfpn.kernels import cross_entropy as ce, group_norm_relu as gn, resize_sum as rs
+
+def compile_for_sm90(kernel, types, constexprs):
+    signature = {a: "constexpr" if a in constexprs else types[a] for a in kernel.arg_names}
+    triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+    print("compiled", kernel.__name__, flush=True)
+
+for backward in (False, True):
+    types = {"out_ptr": "*bf16", "total": "i32", "out_height": "i32", "out_width": "i32"}
+    for i in range(rs.MAX_LEVELS):
+        types.update({f"p{i}": "*fp32" if backward else "*bf16", f"h{i}": "i32", f"w{i}": "i32",
+                      f"sy{i}": "fp32", f"sx{i}": "fp32"})
+    compile_for_sm90(rs._resize_sum_kernel, types, {"NUM_LEVELS": 4, "BACKWARD": backward, "BLOCK": 256})
+types = {name: "*fp32" for name in ("mean_ptr", "m2_ptr", "rstd_ptr", "weight_ptr", "bias_ptr", "sum_dz_ptr",
+                                     "sum_dz_xhat_ptr", "mean_dxhat_ptr", "mean_dxhat_xhat_ptr")}
+types.update({name: "*bf16" for name in ("x_ptr", "out_ptr", "grad_ptr", "grad_x_ptr")})
+types.update({"hw": "i32", "channels": "i32", "groups": "i32"})
+for kernel in (gn._moments_kernel, gn._forward_kernel, gn._backward_sums_kernel, gn._backward_input_kernel):
+    constexprs = {"BLOCK": 1024}
+    if "CHANNELS_PER_GROUP" in kernel.arg_names:
+        constexprs["CHANNELS_PER_GROUP"] = 8
+    compile_for_sm90(kernel, types, constexprs)
+for upsample, single_tile, block_k, block_p in ((True, True, 256, 16), (False, False, 64, 64)):
+    types = {"logits_ptr": "*bf16", "labels_ptr": "*u8", "grad_ptr": "*fp32" if upsample else "*bf16",
+             "partial_ptr": "*fp32", "scale_ptr": "*fp32", "num_classes": "i32", "in_height": "i32",
+             "in_width": "i32", "out_height": "i32", "out_width": "i32", "scale_y": "fp32", "scale_x": "fp32",
+             "ignore_index": "i32", "smoothing": "fp32"}
+    compile_for_sm90(ce._cross_entropy_kernel, types, {"UPSAMPLE": upsample, "COMPUTE_GRAD": True,
+                     "SINGLE_TILE": single_tile, "BLOCK_K": block_k, "BLOCK_P": block_p})
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.count("compiled") == 8
