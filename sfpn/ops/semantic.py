@@ -284,7 +284,7 @@ def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Ten
 def group_norm_relu(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
 ) -> torch.Tensor:
-    """``relu(group_norm(x, num_groups, weight, bias, eps))`` in one fused pass (plus statistics).
+    """``relu(group_norm(x, num_groups, weight, bias, eps))``: statistics, then one fused pass.
 
     Args:
         x: ``(N, C, H, W)``, C divisible by ``num_groups``.
