@@ -8,7 +8,7 @@ Environment knobs:
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # torch's cpp_extension guesses CUDA_HOME from nvcc's place on PATH; /usr/local/bin/nvcc makes it
 # guess /usr/local and the link then misses libcudart. Point it at the toolkit before importing.
@@ -74,7 +74,12 @@ def _extension():
     )
 
 
+# kernels/ (the Triton kernels) installs as sfpn.kernels through pyproject's package-dir; package
+# discovery only sees folders under their own names, so the mapped package is added here.
+PACKAGES = find_packages(include=["sfpn", "sfpn.*"]) + ["sfpn.kernels"]
+
 setup(
+    packages=PACKAGES,
     ext_modules=[_extension()],
     # Ninja compiles the translation units in parallel; without it torch falls back to distutils.
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

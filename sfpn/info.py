@@ -8,7 +8,7 @@ import subprocess
 
 import torch
 
-from . import _extension
+from . import _extension, kernels
 
 
 def _nvcc_version() -> str:
@@ -39,9 +39,14 @@ def _compiled_backend(op: str, device: str) -> str:
     return "reference (no kernel registered)"
 
 
+#: The semantic head's ops, served by the Triton kernels in sfpn.kernels (see sfpn/ops/semantic.py).
+TRITON_OPS = ("resize_sum", "group_norm_relu", "semantic_cross_entropy", "upsample_cross_entropy")
+
+
 def backends() -> dict[str, dict[str, str]]:
     """Op name -> {"cpu": backend, "cuda": backend}, in words."""
     table = {op: {dev: _compiled_backend(op, dev) for dev in ("cpu", "cuda")} for op in _extension.COMPILED_OPS}
+    table.update({op: {dev: kernels.backend(dev) for dev in ("cpu", "cuda")} for op in TRITON_OPS})
     return table
 
 

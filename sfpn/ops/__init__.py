@@ -5,6 +5,7 @@ the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.referen
 ``python -m sfpn.info`` says which backend serves each op.
 """
 from .roi_align import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
+from .semantic import group_norm_relu, resize_sum, semantic_cross_entropy, upsample_cross_entropy
 from .suppression import batched_nms, batched_nms_padded, nms
 from .upsample import semantic_fuse, upsample_add
 
@@ -18,4 +19,8 @@ __all__ = [
     "nms",
     "batched_nms",
     "batched_nms_padded",
+    "resize_sum",
+    "group_norm_relu",
+    "semantic_cross_entropy",
+    "upsample_cross_entropy",
 ]

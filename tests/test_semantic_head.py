@@ -1,0 +1,90 @@
+"""SemanticHead: shapes, options, and the fused path against the reference path (same weights).
+
+The fused path runs the Triton kernels: on the GPU when present, else under the interpreter
+(tiny shapes: the interpreter is slow).
+"""
+import copy
+
+import pytest
+import torch
+
+from sfpn import kernels
+from sfpn.modeling import SemanticHead
+
+needs_kernels = pytest.mark.skipif(
+    not kernels.AVAILABLE or not (torch.cuda.is_available() or kernels.INTERPRETING),
+    reason="needs Triton and a GPU or TRITON_INTERPRET=1",
+)
+
+
+@pytest.fixture
+def device():
+    if torch.cuda.is_available():
+        yield torch.device("cuda")
+    else:
+        with kernels.interpret_on_cpu():
+            yield torch.device("cpu")
+
+
+def pyramid(generator, in_channels, batch=2, finest=(12, 16), device="cpu"):
+    """Maps at strides 4, 8, 16, ... of an image; odd division on purpose at the coarse end."""
+    height, width = finest
+    maps = []
+    for i, channels in enumerate(in_channels):
+        size = (max(1, -(-height // 2**i)), max(1, -(-width // 2**i)))
+        maps.append(torch.randn(batch, channels, *size, generator=generator).to(device))
+    return maps
+
+
+def test_shapes_and_options(generator):
+    head = SemanticHead([8, 8, 8, 8], num_classes=5, channels=16, num_convs=2, embed_channels=12, num_groups=4,
+                        use_reference=True)
+    features = pyramid(generator, [8, 8, 8, 8], finest=(12, 15))
+    logits, embedding = head(features)
+    assert logits.shape == (2, 5, 6, 8) and embedding.shape == (2, 12, 6, 8)
+    assert (embedding >= 0).all()
+    logits, _ = head(features, compute_logits=False)
+    assert logits is None
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="num_groups"):
+        SemanticHead([8, 8], num_classes=3, channels=20, num_groups=8)
+    with pytest.raises(ValueError, match="target_level"):
+        SemanticHead([8], num_classes=3, channels=8, num_groups=4)
+    with pytest.raises(ValueError, match="in_channels"):
+        SemanticHead([8] * 6, num_classes=3, channels=8, num_groups=4)
+    head = SemanticHead([8, 8], num_classes=3, channels=8, num_groups=4)
+    with pytest.raises(ValueError, match="features must hold 2 levels"):
+        head([torch.zeros(1, 8, 4, 4)])
+
+
+@needs_kernels
+@pytest.mark.parametrize("full_size_labels", [False, True])
+def test_fused_path_matches_reference(device, generator, full_size_labels):
+    """Loss and every parameter gradient of the fused head equal the reference head's."""
+    in_channels = [6, 8, 8, 10]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    reference_head = SemanticHead(in_channels, num_classes=7, channels=16, num_convs=2, embed_channels=8,
+                                  num_groups=4, use_reference=True).to(device)
+    fused_head = copy.deepcopy(reference_head)
+    fused_head.use_reference = False
+    features = pyramid(generator, in_channels, device=device)
+    label_size = (12, 16) if full_size_labels else (6, 8)
+    labels = torch.randint(0, 7, (2, *label_size), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.2] = 255
+    labels = labels.to(device)
+
+    results = []
+    for head in (fused_head, reference_head):
+        inputs = [f.clone().requires_grad_() for f in features]
+        logits, embedding = head(inputs)
+        loss = head.loss(logits, labels)
+        (loss + embedding.square().mean()).backward()
+        results.append((loss, embedding, [p.grad for p in head.parameters()], [f.grad for f in inputs]))
+    (loss, embedding, param_grads, input_grads), expected = results
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, expected[0], **tol)
+    torch.testing.assert_close(embedding, expected[1], **tol)
+    for ours, theirs in zip(param_grads + input_grads, expected[2] + expected[3]):
+        torch.testing.assert_close(ours, theirs, **tol)
