@@ -3,12 +3,12 @@
 Minimal pure-PyTorch versions of the public names other branches deliver, with the agreed
 signatures, so the detector runs and trains today:
 
-- ``multilevel_roi_align`` and ``batched_nms`` (final home: ``sfpn.ops``),
+- ``roi_align``, ``multilevel_roi_align`` and ``batched_nms`` (final home: ``sfpn.ops``),
 - ``semantic_fuse`` (final home: ``sfpn.ops``),
 - ``SemanticHead`` (final home: ``sfpn.modeling.semantic_head``).
 
-Only the modules ``neck.py`` (semantic_fuse, SemanticHead), ``rpn.py`` (batched_nms) and
-``roi_heads.py`` (multilevel_roi_align, batched_nms) import from here.
+Only ``neck.py`` (semantic_fuse, SemanticHead), ``rpn.py`` (batched_nms), ``roi_heads.py``
+(multilevel_roi_align, batched_nms) and ``mask_head.py`` (roi_align) import from here.
 """
 from __future__ import annotations
 
@@ -195,3 +195,18 @@ class SemanticHead(nn.Module):
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, labels, ignore_index=255, reduction="sum")
         return loss / (labels != 255).sum().clamp(min=1)
+
+
+def roi_align(
+    input: torch.Tensor,
+    boxes: torch.Tensor | list[torch.Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """Single-level RoIAlign (torchvision's signature): ``input (N, C, H, W)``, ``boxes (K, 5)``
+    -> ``(K, C, oh, ow)``. The stand-in samples 2 x 2 points per bin when ``sampling_ratio <= 0``."""
+    return multilevel_roi_align(
+        [input], boxes, output_size, [spatial_scale], sampling_ratio if sampling_ratio > 0 else 2, aligned
+    )
