@@ -29,6 +29,7 @@ if not any(isinstance(finder, _SourceTreeKernels) for finder in sys.meta_path):
     sys.meta_path.append(_SourceTreeKernels())
 
 from . import _extension, ops  # noqa: E402
+from .config import DetectorConfig, build_detector, list_presets  # noqa: E402
 
 __version__ = "0.1.0"
 
