@@ -51,8 +51,20 @@ def make_inputs(device, boxes_per_image, with_backward):
     return features, boxes
 
 
-def run_case(benchmark, device, forward, outputs_like, with_backward, inputs):
-    grad = torch.randn(outputs_like.shape, device=device) if with_backward else None
+def case_inputs(benchmark, group, device, case):
+    """Names the benchmark group of ``case`` on ``device`` and makes its inputs: the feature maps
+    by level name, the boxes per image, the output size and whether the case runs backward."""
+    boxes_per_image, size, with_backward = CASES[case]
+    benchmark.group = f"{group} {case} {device}"
+    features, boxes = make_inputs(device, boxes_per_image, with_backward)
+    return features, boxes, size, with_backward
+
+
+def run_case(benchmark, device, forward, with_backward, inputs):
+    """Times ``forward()``, with the gradient w.r.t. ``inputs`` of a random output gradient if
+    ``with_backward``."""
+    out = forward()  # the output's shape; also a first call, untimed
+    grad = torch.randn(out.shape, device=device) if with_backward else None
 
     def step():
         if with_backward:
@@ -72,32 +84,28 @@ def run_case(benchmark, device, forward, outputs_like, with_backward, inputs):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", ["sfpn", "torchvision"])
 def test_roi_align_p2(benchmark, device, case, impl):
-    boxes_per_image, size, with_backward = CASES[case]
-    benchmark.group = f"roi_align P2 {case} {device}"
-    features, boxes = make_inputs(device, boxes_per_image, with_backward)
+    features, boxes, size, with_backward = case_inputs(benchmark, "roi_align P2", device, case)
     x = features["p2"]
     fn = roi_align if impl == "sfpn" else tv_ops.roi_align
 
     def forward():
         return fn(x, boxes, size, 0.25, SAMPLING_RATIO)
 
-    run_case(benchmark, device, forward, forward(), with_backward, [x])
+    run_case(benchmark, device, forward, with_backward, [x])
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", ["sfpn", "torchvision"])
 def test_multilevel(benchmark, device, case, impl):
-    boxes_per_image, size, with_backward = CASES[case]
-    benchmark.group = f"multilevel {case} {device}"
-    features, boxes = make_inputs(device, boxes_per_image, with_backward)
+    features, boxes, size, with_backward = case_inputs(benchmark, "multilevel", device, case)
     names = list(LEVELS)
     pooler = (MultiLevelRoIAlign if impl == "sfpn" else tv_ops.MultiScaleRoIAlign)(names, size, SAMPLING_RATIO)
 
     def forward():
         return pooler(features, boxes, [IMAGE, IMAGE])
 
-    run_case(benchmark, device, forward, forward(), with_backward, list(features.values()))
+    run_case(benchmark, device, forward, with_backward, list(features.values()))
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

@@ -40,6 +40,15 @@ def close(actual, expected, rtol=1e-5, atol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
+def close_with_grads(out, expected, inputs, generator):
+    """``out`` and ``expected`` agree, and so do their gradients w.r.t. each of ``inputs`` (a
+    list of tensors) for one random output gradient."""
+    close(out, expected)
+    grad = torch.randn(out.shape, generator=generator)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        close(got, want)
+
+
 # ------------------------------------------------------------------------------------------------
 # Hand-computed cases on f(y, x) = 4y + x + 1 over a 4x4 map: bilinear interpolation of a linear
 # function is exact, so each bin is f at the mean sample position (after edge clamping).
@@ -92,9 +101,7 @@ def test_kernel_matches_reference(generator, aligned, sampling_ratio, output_siz
     rois = random_boxes(generator, 40, 19 / 0.5, 23 / 0.5, 2)
     out = roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
     expected = reference.roi_align(x, rois, output_size, 0.5, sampling_ratio, aligned)
-    close(out, expected)
-    grad = torch.randn(out.shape, generator=generator)
-    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+    close_with_grads(out, expected, [x], generator)
 
 
 @needs_kernel
@@ -108,9 +115,7 @@ def test_kernel_large_boxes_sampled_sparsely(generator, aligned):
     rois[15:20, 3] = rois[15:20, 1] - 30  # inverted
     out = roi_align(x, rois, 2, 1.0, 1, aligned)
     expected = reference.roi_align(x, rois, 2, 1.0, 1, aligned)
-    close(out, expected)
-    grad = torch.randn(out.shape, generator=generator)
-    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+    close_with_grads(out, expected, [x], generator)
 
 
 @needs_kernel
@@ -121,10 +126,7 @@ def test_multilevel_kernel_matches_reference(generator, aligned, sampling_ratio)
     rois = random_boxes(generator, 60, 128, 192, 2)
     out = multilevel_roi_align(levels, rois, 5, SCALES, sampling_ratio, aligned, canonical_scale=32, canonical_level=3)
     expected = reference.multilevel_roi_align(levels, rois, 5, SCALES, sampling_ratio, aligned, 32, 3)
-    close(out, expected)
-    grad = torch.randn(out.shape, generator=generator)
-    for got, want in zip(torch.autograd.grad(out, levels, grad), torch.autograd.grad(expected, levels, grad)):
-        close(got, want)
+    close_with_grads(out, expected, levels, generator)
 
 
 @needs_kernel
@@ -246,9 +248,7 @@ def test_matches_torchvision(generator, aligned, sampling_ratio):
     rois = random_boxes(generator, 64, 100, 120, 2)
     out = roi_align(x, rois, (7, 6), 0.25, sampling_ratio, aligned)
     expected = tv.ops.roi_align(x, rois, (7, 6), 0.25, sampling_ratio, aligned)
-    close(out, expected)
-    grad = torch.randn(out.shape, generator=generator)
-    close(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+    close_with_grads(out, expected, [x], generator)
 
 
 @needs_kernel
@@ -268,11 +268,7 @@ def test_module_matches_torchvision_multiscale(generator):
     boxes[0][:10, 2:] = boxes[0][:10, :2] + torch.logspace(0.3, 2.4, 10).unsqueeze(1)
     ours = MultiLevelRoIAlign(names, 7, 2)(features, boxes, image_shapes)
     theirs = tv.ops.MultiScaleRoIAlign(names, 7, 2)(features, boxes, image_shapes)
-    close(ours, theirs)
-    grad = torch.randn(ours.shape, generator=generator)
-    levels = [features[n] for n in names]
-    for got, want in zip(torch.autograd.grad(ours, levels, grad), torch.autograd.grad(theirs, levels, grad)):
-        close(got, want)
+    close_with_grads(ours, theirs, [features[n] for n in names], generator)
 
 
 def test_level_mapping_matches_torchvision(generator):

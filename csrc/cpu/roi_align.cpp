@@ -1,5 +1,6 @@
-// RoIAlign on the CPU, forward and backward, for one level (sfpn::roi_align) and, through
-// roi_align_cpu.h, for a whole pyramid in one pass (sfpn::multilevel_roi_align).
+// RoIAlign on the CPU, forward and backward, for one level (sfpn::roi_align) and for a whole
+// pyramid in one pass (sfpn::multilevel_roi_align); argument checks and the operators are
+// shared with CUDA in roi_align_host.h.
 //
 // Plan. The bilinear weight of a sample is a row weight times a column weight (see
 // roi_align_geometry.h), so for every RoI we tabulate once, per output row and per output column,
@@ -23,7 +24,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/roi_align_cpu.h"
+#include "roi_align_host.h"
 
 namespace sfpn::roi_align {
 namespace {
@@ -404,97 +405,39 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
   });
 }
 
-// RoI coordinates in the precision the kernels compute in: fp32 for fp16/bf16/fp32 maps.
-at::Tensor rois_in_compute_type(const at::Tensor& rois, at::ScalarType input_type) {
-  const auto type = input_type == at::kDouble ? at::kDouble : at::kFloat;
-  return rois.to(type).contiguous();
-}
-
-void check_rois(const at::Tensor& rois, const at::Tensor& like) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must have shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK(rois.device() == like.device(), "roi_align: rois must be on ", like.device(), ", got ", rois.device());
-  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), "roi_align: rois must be floating point, got ",
-              rois.scalar_type());
-}
-
-}  // namespace
-
 at::Tensor forward_cpu(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
                        int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
-  TORCH_CHECK(!levels.empty() && levels.size() == scales.size(), "roi_align: need one scale per level, got ",
-              levels.size(), " levels and ", scales.size(), " scales");
-  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got ", pooled_h, "x",
-              pooled_w);
-  const at::Tensor& first = levels[0];
-  TORCH_CHECK(first.dim() == 4, "roi_align: input must be (N, C, H, W), got ", first.sizes());
-  check_rois(rois, first);
-  std::vector<at::Tensor> contiguous;
-  std::vector<int64_t> heights, widths;
-  for (const at::Tensor& level : levels) {
-    TORCH_CHECK(level.dim() == 4 && level.size(0) == first.size(0) && level.size(1) == first.size(1),
-                "roi_align: every level must be (N, C, H, W) with the same N and C, got ", level.sizes(), " and ",
-                first.sizes());
-    TORCH_CHECK(level.scalar_type() == first.scalar_type() && level.device() == first.device(),
-                "roi_align: every level must share dtype and device");
-    TORCH_CHECK(level.size(2) > 0 && level.size(3) > 0, "roi_align: empty feature map ", level.sizes());
-    contiguous.push_back(level.contiguous());
-    heights.push_back(level.size(2));
-    widths.push_back(level.size(3));
-  }
-  const at::Tensor rois_c = rois_in_compute_type(rois, first.scalar_type());
-  at::Tensor output = at::empty({rois.size(0), first.size(1), pooled_h, pooled_w}, first.options());
-  if (output.numel() == 0) return output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "sfpn::roi_align", [&] {
-    forward_kernel<scalar_t>(contiguous, rois_c, scales, heights, widths, pooled_h, pooled_w, sampling_ratio,
-                             aligned, mapper, output);
+  ForwardArgs args = forward_args(levels, rois, scales, pooled_h, pooled_w);
+  if (args.output.numel() == 0) return args.output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.output.scalar_type(), "sfpn::roi_align", [&] {
+    forward_kernel<scalar_t>(args.levels, args.rois, scales, args.heights, args.widths, pooled_h, pooled_w,
+                             sampling_ratio, aligned, mapper, args.output);
   });
-  return output;
+  return args.output;
 }
 
+// Deterministic whatever `deterministic` says: each thread owns whole channel planes and visits
+// the RoIs in a fixed order.
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
                                      int64_t batch_size, int64_t channels, at::IntArrayRef heights,
                                      at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
-                                     const LevelMapper& mapper) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(1) == channels, "roi_align_backward: grad must be (K, C, PH, PW) with C = ",
-              channels, ", got ", grad.sizes());
-  check_rois(rois, grad);
-  TORCH_CHECK(rois.size(0) == grad.size(0), "roi_align_backward: ", rois.size(0), " rois but grad has ",
-              grad.size(0));
-  TORCH_CHECK(heights.size() == scales.size() && widths.size() == scales.size(),
-              "roi_align_backward: need one scale, height and width per level");
+                                     const LevelMapper& mapper, bool /*deterministic*/) {
+  const BackwardArgs args = backward_args(grad, rois, scales, channels, heights, widths);
   std::vector<at::Tensor> grad_levels;
   for (size_t l = 0; l < scales.size(); ++l) {
     grad_levels.push_back(at::empty({batch_size, channels, heights[l], widths[l]}, grad.options()));
   }
   if (channels == 0 || batch_size == 0) return grad_levels;
-  const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois_in_compute_type(rois, grad.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sfpn::roi_align_backward", [&] {
-    backward_kernel<scalar_t>(grad_c, rois_c, scales, heights, widths, sampling_ratio, aligned, mapper, grad_levels);
+    backward_kernel<scalar_t>(args.grad, args.rois, scales, heights, widths, sampling_ratio, aligned, mapper,
+                              grad_levels);
   });
   return grad_levels;
-}
-
-namespace {
-
-at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                         int64_t pooled_w, int64_t sampling_ratio, bool aligned, bool /*deterministic*/) {
-  return forward_cpu({input}, rois, {spatial_scale}, pooled_h, pooled_w, sampling_ratio, aligned, LevelMapper{});
-}
-
-// The CPU backward is deterministic whatever `deterministic` says.
-at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                  int64_t /*pooled_h*/, int64_t /*pooled_w*/, int64_t batch_size, int64_t channels,
-                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
-                                  bool /*deterministic*/) {
-  return backward_cpu(grad, rois, {spatial_scale}, batch_size, channels, {height}, {width}, sampling_ratio, aligned,
-                      LevelMapper{})[0];
 }
 
 }  // namespace
 }  // namespace sfpn::roi_align
 
 TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
-  m.impl("roi_align", &sfpn::roi_align::roi_align_cpu);
-  m.impl("roi_align_backward", &sfpn::roi_align::roi_align_backward_cpu);
+  sfpn::roi_align::register_roi_align_ops<sfpn::roi_align::forward_cpu, sfpn::roi_align::backward_cpu>(m);
 }

@@ -1,5 +1,6 @@
-// RoIAlign on CUDA, forward and backward, for one level (sfpn::roi_align) and, through
-// roi_align_cuda.h, for a whole pyramid in one launch (sfpn::multilevel_roi_align).
+// RoIAlign on CUDA, forward and backward, for one level (sfpn::roi_align) and for a whole
+// pyramid in one launch (sfpn::multilevel_roi_align); argument checks and the operators are
+// shared with the CPU in roi_align_host.h.
 //
 // Forward: one thread per output element (RoI, channel, bin); the RoI's level is chosen in the
 // thread (torchvision's LevelMapper rule), the level pointers travel by value in the launch.
@@ -22,7 +23,7 @@
 
 #include <limits>
 
-#include "cuda/roi_align_cuda.h"
+#include "roi_align_host.h"
 
 namespace sfpn::roi_align {
 namespace {
@@ -250,77 +251,37 @@ __global__ void reduce_taps_kernel(int64_t total, int64_t num_taps, int64_t chan
   }
 }
 
-at::Tensor rois_in_compute_type(const at::Tensor& rois, at::ScalarType input_type) {
-  return rois.to(input_type == at::kDouble ? at::kDouble : at::kFloat).contiguous();
-}
-
-void check_rois(const at::Tensor& rois, const at::Tensor& like) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must have shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK(rois.device() == like.device(), "roi_align: rois must be on ", like.device(), ", got ", rois.device());
-  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), "roi_align: rois must be floating point, got ",
-              rois.scalar_type());
-}
-
-}  // namespace
-
 at::Tensor forward_cuda(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
                         int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
-  TORCH_CHECK(!levels.empty() && levels.size() == scales.size(), "roi_align: need one scale per level, got ",
-              levels.size(), " levels and ", scales.size(), " scales");
-  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got ", pooled_h, "x",
-              pooled_w);
+  ForwardArgs args = forward_args(levels, rois, scales, pooled_h, pooled_w);
   const at::Tensor& first = levels[0];
-  TORCH_CHECK(first.dim() == 4, "roi_align: input must be (N, C, H, W), got ", first.sizes());
-  check_rois(rois, first);
   c10::cuda::CUDAGuard guard(first.device());
-  std::vector<at::Tensor> contiguous;
-  std::vector<int64_t> heights, widths;
-  for (const at::Tensor& level : levels) {
-    TORCH_CHECK(level.dim() == 4 && level.size(0) == first.size(0) && level.size(1) == first.size(1),
-                "roi_align: every level must be (N, C, H, W) with the same N and C, got ", level.sizes(), " and ",
-                first.sizes());
-    TORCH_CHECK(level.scalar_type() == first.scalar_type() && level.device() == first.device(),
-                "roi_align: every level must share dtype and device");
-    TORCH_CHECK(level.size(2) > 0 && level.size(3) > 0, "roi_align: empty feature map ", level.sizes());
-    contiguous.push_back(level.contiguous());
-    heights.push_back(level.size(2));
-    widths.push_back(level.size(3));
-  }
-  const at::Tensor rois_c = rois_in_compute_type(rois, first.scalar_type());
-  at::Tensor output = at::empty({rois.size(0), first.size(1), pooled_h, pooled_w}, first.options());
-  const int64_t total = output.numel();
-  if (total == 0) return output;
+  const int64_t total = args.output.numel();
+  if (total == 0) return args.output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "sfpn::roi_align", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<const scalar_t*> data;
-    for (const at::Tensor& level : contiguous) data.push_back(level.const_data_ptr<scalar_t>());
+    for (const at::Tensor& level : args.levels) data.push_back(level.const_data_ptr<scalar_t>());
     forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        total, level_maps<const scalar_t>(data, first.size(0), heights, widths, scales), rois_c.const_data_ptr<acc_t>(),
-        first.size(1), pooled_h, pooled_w, sampling_ratio, aligned, mapper, output.mutable_data_ptr<scalar_t>());
+        total, level_maps<const scalar_t>(data, first.size(0), args.heights, args.widths, scales),
+        args.rois.const_data_ptr<acc_t>(), first.size(1), pooled_h, pooled_w, sampling_ratio, aligned, mapper,
+        args.output.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return output;
+  return args.output;
 }
 
 std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
                                       int64_t batch_size, int64_t channels, at::IntArrayRef heights,
                                       at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
                                       const LevelMapper& mapper, bool deterministic) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(1) == channels, "roi_align_backward: grad must be (K, C, PH, PW) with C = ",
-              channels, ", got ", grad.sizes());
-  check_rois(rois, grad);
-  TORCH_CHECK(rois.size(0) == grad.size(0), "roi_align_backward: ", rois.size(0), " rois but grad has ",
-              grad.size(0));
-  TORCH_CHECK(heights.size() == scales.size() && widths.size() == scales.size(),
-              "roi_align_backward: need one scale, height and width per level");
+  const BackwardArgs args = backward_args(grad, rois, scales, channels, heights, widths);
   TORCH_CHECK(scales.size() <= static_cast<size_t>(kMaxLevels), "roi_align_backward: at most ", kMaxLevels,
               " levels");
   c10::cuda::CUDAGuard guard(grad.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_rois = grad.size(0), pooled_h = grad.size(2), pooled_w = grad.size(3);
   const int64_t num_levels = static_cast<int64_t>(scales.size());
-  const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois_in_compute_type(rois, grad.scalar_type());
   const bool low_precision = grad.scalar_type() == at::kHalf || grad.scalar_type() == at::kBFloat16;
   // The atomic path accumulates fp16/bf16 in fp32; the deterministic one stores each pixel once.
   const auto accumulate_type = low_precision && !deterministic ? at::kFloat : grad.scalar_type();
@@ -328,7 +289,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   for (int64_t l = 0; l < num_levels; ++l) {
     grad_levels.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options().dtype(accumulate_type)));
   }
-  const int64_t total = grad_c.numel();
+  const int64_t total = args.grad.numel();
   if (total == 0) {
     for (at::Tensor& g : grad_levels) g = g.to(grad.scalar_type());
     return grad_levels;
@@ -336,14 +297,14 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sfpn::roi_align_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* roi_data = rois_c.const_data_ptr<acc_t>();
+    const acc_t* roi_data = args.rois.const_data_ptr<acc_t>();
     std::vector<acc_t*> no_data(num_levels, nullptr);
     const LevelMaps<acc_t> geometry = level_maps<acc_t>(no_data, batch_size, heights, widths, scales);
     if (!deterministic) {
       std::vector<acc_t*> data;
       for (at::Tensor& g : grad_levels) data.push_back(g.mutable_data_ptr<acc_t>());
       backward_atomic_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
-          total, grad_c.const_data_ptr<scalar_t>(), roi_data, channels, pooled_h, pooled_w, sampling_ratio, aligned,
+          total, args.grad.const_data_ptr<scalar_t>(), roi_data, channels, pooled_h, pooled_w, sampling_ratio, aligned,
           mapper, level_maps<acc_t>(data, batch_size, heights, widths, scales));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -376,7 +337,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
     reduce_taps_kernel<scalar_t, acc_t><<<blocks_for(work), kThreads, 0, stream>>>(
         work, num_taps, channels, pooled_h * pooled_w, sorted_pixel.const_data_ptr<int64_t>(),
         order.const_data_ptr<int64_t>(), tap_roi.const_data_ptr<int32_t>(), tap_bin.const_data_ptr<int32_t>(),
-        tap_weight.const_data_ptr<acc_t>(), grad_c.const_data_ptr<scalar_t>(),
+        tap_weight.const_data_ptr<acc_t>(), args.grad.const_data_ptr<scalar_t>(),
         level_maps<scalar_t>(data, batch_size, heights, widths, scales));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -386,25 +347,9 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   return grad_levels;
 }
 
-namespace {
-
-at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                          int64_t pooled_w, int64_t sampling_ratio, bool aligned, bool /*deterministic*/) {
-  return forward_cuda({input}, rois, {spatial_scale}, pooled_h, pooled_w, sampling_ratio, aligned, LevelMapper{});
-}
-
-at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                   int64_t /*pooled_h*/, int64_t /*pooled_w*/, int64_t batch_size, int64_t channels,
-                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
-                                   bool deterministic) {
-  return backward_cuda(grad, rois, {spatial_scale}, batch_size, channels, {height}, {width}, sampling_ratio, aligned,
-                       LevelMapper{}, deterministic)[0];
-}
-
 }  // namespace
 }  // namespace sfpn::roi_align
 
 TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
-  m.impl("roi_align", &sfpn::roi_align::roi_align_cuda);
-  m.impl("roi_align_backward", &sfpn::roi_align::roi_align_backward_cuda);
+  sfpn::roi_align::register_roi_align_ops<sfpn::roi_align::forward_cuda, sfpn::roi_align::backward_cuda>(m);
 }

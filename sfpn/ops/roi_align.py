@@ -80,6 +80,13 @@ def _check_input(name: str, input: torch.Tensor) -> None:
         raise ValueError(f"{name} must have a non-empty spatial size, got {tuple(input.shape)}")
 
 
+def _single_level_args(input: torch.Tensor, boxes, output_size) -> tuple[tuple[int, int], torch.Tensor]:
+    """The ``(PH, PW)`` output size and ``(K, 5)`` rois of a single-level call (op or reference)."""
+    output_size = _output_size(output_size)
+    _check_input("input", input)
+    return output_size, _boxes_to_rois(boxes, input)
+
+
 def _check_sampling_ratio(sampling_ratio) -> int:
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
@@ -125,6 +132,14 @@ def _check_levels(levels, scales) -> tuple[list[torch.Tensor], list[float]]:
             f"scales must be 2**-k for consecutive levels k, finest first (as FPN's), got {scales} (levels {ks})"
         )
     return levels, scales
+
+
+def _multilevel_args(levels, boxes, output_size, scales):
+    """The ``(PH, PW)`` output size, levels, scales and ``(K, 5)`` rois of a multi-level call
+    (op or reference)."""
+    output_size = _output_size(output_size)
+    levels, scales = _check_levels(levels, scales)
+    return output_size, levels, scales, _boxes_to_rois(boxes, levels[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,9 +231,7 @@ def roi_align_reference(
 ) -> torch.Tensor:
     """Pure-PyTorch ``roi_align``: the definition the kernels are tested against (differentiable
     w.r.t. ``input``). Computes in fp32 for fp16/bf16 inputs."""
-    output_size = _output_size(output_size)
-    _check_input("input", input)
-    rois = _boxes_to_rois(boxes, input)
+    output_size, rois = _single_level_args(input, boxes, output_size)
     return _roi_align_reference_rois(input, rois, output_size, float(spatial_scale), sampling_ratio, aligned)
 
 
@@ -246,9 +259,7 @@ def multilevel_roi_align_reference(
     canonical_level: int = 4,
 ) -> torch.Tensor:
     """Pure-PyTorch ``multilevel_roi_align``: the single-level reference applied per level."""
-    output_size = _output_size(output_size)
-    levels, scales = _check_levels(levels, scales)
-    rois = _boxes_to_rois(boxes, levels[0])
+    output_size, levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
     compute = torch.float64 if levels[0].dtype == torch.float64 else torch.float32
     level_index = map_levels_reference(rois[:, 1:].detach().to(compute), scales, canonical_scale, canonical_level)
     pieces, order = [], []
@@ -294,9 +305,7 @@ def roi_align(
         ValueError: non-finite box coordinates, batch indices outside ``[0, N)``, bad shapes.
         TypeError: non-tensor or non-floating arguments.
     """
-    pooled_h, pooled_w = _output_size(output_size)
-    _check_input("input", input)
-    rois = _boxes_to_rois(boxes, input)
+    (pooled_h, pooled_w), rois = _single_level_args(input, boxes, output_size)
     spatial_scale = _check_scale("spatial_scale", spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     _check_rois(rois, input.shape[0])
@@ -335,9 +344,7 @@ def multilevel_roi_align(
     Returns:
         ``(K, C, PH, PW)``, differentiable w.r.t. every level.
     """
-    pooled_h, pooled_w = _output_size(output_size)
-    levels, scales = _check_levels(levels, scales)
-    rois = _boxes_to_rois(boxes, levels[0])
+    (pooled_h, pooled_w), levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     canonical_scale = _check_scale("canonical_scale", canonical_scale)
     _check_rois(rois, levels[0].shape[0])
