@@ -332,7 +332,9 @@ def test_fallback_without_extension(tmp_path, how):
         env.update(SFPN_DISABLE_EXTENSION="1", PYTHONPATH=ROOT)
         expectation = "quiet"
     else:  # a copy of the package without the compiled library, as after a pure-Python install
-        shutil.copytree(os.path.join(ROOT, "sfpn"), tmp_path / "sfpn", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+        no_build = shutil.ignore_patterns("_C*", "__pycache__")
+        shutil.copytree(os.path.join(ROOT, "sfpn"), tmp_path / "sfpn", ignore=no_build)
+        shutil.copytree(os.path.join(ROOT, "kernels"), tmp_path / "sfpn" / "kernels", ignore=no_build)
         env.pop("SFPN_DISABLE_EXTENSION", None)
         env.update(PYTHONPATH=str(tmp_path))
         expectation = "warns"
