@@ -303,9 +303,10 @@ class SemanticLoss:
 
     def add_loss(self, model: nn.Module, inputs, output):
         batch, self._batch = self._batch, None
-        logits, model.backbone.semantic_logits = model.backbone.semantic_logits, None
         if not model.training or not isinstance(output, dict) or batch is None:
-            return None
+            return None  # evaluation: the logits stay in the backbone for the caller
+        # Training: take the logits, so that the backbone does not hold their graph after the step.
+        logits, model.backbone.semantic_logits = model.backbone.semantic_logits, None
         padded_size, image_sizes, targets = batch
         labels = semantic_targets(targets, image_sizes, padded_size, self.labels_from).to(logits.device)
         num_classes = logits.shape[1]
