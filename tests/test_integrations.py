@@ -1,7 +1,7 @@
 """The SFPN neck inside torchvision's Faster and Mask R-CNN (sfpn.integrations.torchvision).
 
-Models are CPU-sized: ResNet-18 body with BatchNorm (a random body with frozen BatchNorm has no
-normalisation at all and diverges), 64-channel pyramid and heads, images of 100-170 pixels.
+Models are CPU-sized: a random ResNet-18 body (BatchNorm, all layers training), 64-channel pyramid
+and heads, few proposals, images of 100-170 pixels.
 """
 import copy
 
@@ -17,6 +17,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
 from torchvision.models.detection import roi_heads as torchvision_roi_heads  # noqa: E402
 from torchvision.models.detection import rpn as torchvision_rpn  # noqa: E402
+from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
 from torchvision.ops import boxes as torchvision_box_ops  # noqa: E402
 
 from sfpn.data.semantic import semantic_from_boxes  # noqa: E402
@@ -64,9 +65,7 @@ def small_detector(kind: str, backbone: nn.Module) -> nn.Module:
 
 def sfpn_backbone(**neck_options) -> SFPNBackbone:
     options = dict(NECK_OPTIONS, **neck_options)
-    return sfpn_resnet_backbone(
-        "resnet18", NUM_CLASSES, trainable_layers=5, norm_layer=nn.BatchNorm2d, out_channels=CHANNELS, **options
-    )
+    return sfpn_resnet_backbone("resnet18", NUM_CLASSES, out_channels=CHANNELS, **options)
 
 
 def synthetic_batch(seed: int = 0):
@@ -176,6 +175,10 @@ def test_sfpn_resnet_backbone_weights_and_frozen_layers(tmp_path):
     torch.testing.assert_close(backbone.body.bn1.running_var, body.bn1.running_var)
     trainable = {name.split(".")[1] for name, p in backbone.named_parameters() if p.requires_grad and name.startswith("body.")}
     assert trainable == {"layer3", "layer4"}
+    assert isinstance(backbone.body.bn1, FrozenBatchNorm2d)  # pretrained statistics stay
+    random_body = sfpn_resnet_backbone("resnet18", NUM_CLASSES)
+    assert isinstance(random_body.body.bn1, nn.BatchNorm2d)  # a random body trains everything, with BatchNorm
+    assert all(p.requires_grad for p in random_body.parameters())
     assert all(p.requires_grad for p in backbone.neck.parameters())
 
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.pth")

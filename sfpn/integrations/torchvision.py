@@ -136,11 +136,11 @@ class SFPNBackbone(nn.Module):
 def sfpn_resnet_backbone(
     backbone_name: str,
     num_semantic_classes: int,
-    trainable_layers: int = 3,
+    trainable_layers: int | None = None,
     weights_path: str | None = None,
     *,
     out_channels: int = 256,
-    norm_layer: type[nn.Module] = FrozenBatchNorm2d,
+    norm_layer: type[nn.Module] | None = None,
     **neck_options,
 ) -> SFPNBackbone:
     """A torchvision ResNet body with the SFPN neck: ``resnet_fpn_backbone`` with our neck.
@@ -151,19 +151,27 @@ def sfpn_resnet_backbone(
             background included).
         trainable_layers: how many of ``layer4, layer3, layer2, layer1, conv1`` train, from the
             top (0..5, as torchvision's ``trainable_backbone_layers``); the rest are frozen.
+            None: 3 with ``weights_path``, all 5 without (torchvision's defaults).
         weights_path: a local file holding the ResNet's state dict (e.g. torchvision's
             ``resnet50-11ad3fa6.pth``), loaded with ``weights_only=True``; nothing is downloaded.
             None leaves the body randomly initialised.
         out_channels: channels of the pyramid.
-        norm_layer: the body's normalisation; frozen BatchNorm as torchvision's detectors.
+        norm_layer: the body's normalisation. None: ``FrozenBatchNorm2d`` with ``weights_path``
+            (its statistics are the pretrained ones), ``nn.BatchNorm2d`` without (frozen
+            statistics of a random body would normalise nothing), as torchvision's detectors.
         **neck_options: passed to :class:`sfpn.modeling.neck.SFPN`.
     """
     if backbone_name not in RESNET_NAMES:
         raise ValueError(f"backbone_name must be one of {RESNET_NAMES}, got {backbone_name!r}")
+    pretrained = weights_path is not None
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else len(_TRAINABLE_ORDER)
+    if norm_layer is None:
+        norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     if not 0 <= trainable_layers <= len(_TRAINABLE_ORDER):
         raise ValueError(f"trainable_layers must be in [0, {len(_TRAINABLE_ORDER)}], got {trainable_layers}")
     body = getattr(torchvision_resnet, backbone_name)(weights=None, norm_layer=norm_layer)
-    if weights_path is not None:
+    if pretrained:
         state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
         try:
             body.load_state_dict(state_dict)
