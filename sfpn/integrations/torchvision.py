@@ -260,10 +260,9 @@ def semantic_targets(
     device = targets[0]["labels"].device if targets else torch.device("cpu")
     labels = torch.full((len(targets), height, width), IGNORE_INDEX, dtype=torch.int64, device=device)
     for i, (target, (h, w)) in enumerate(zip(targets, image_sizes)):
-        needed = "masks" if labels_from == "masks" else "semantic" if labels_from == "semantic" else "boxes"
-        if needed not in target:
+        if labels_from not in target:  # each source is read from the target key of its name
             raise ValueError(
-                f"targets[{i}] has no {needed!r}, which labels_from={labels_from!r} needs; "
+                f"targets[{i}] has no {labels_from!r}, which labels_from={labels_from!r} needs; "
                 f"choose labels_from among {LABEL_SOURCES} to match the dataset"
             )
         crowd = target.get("iscrowd")
