@@ -13,6 +13,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
 from torchvision.models.detection.backbone_utils import BackboneWithFPN  # noqa: E402
+from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead  # noqa: E402
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
 from torchvision.models.detection import roi_heads as torchvision_roi_heads  # noqa: E402
@@ -123,6 +124,13 @@ def test_backbone_is_a_drop_in_for_backbone_with_fpn():
     assert list(features) == list(reference) == ["0", "1", "2", "3", "pool"]
     assert [f.shape for f in features.values()] == [f.shape for f in reference.values()]
     assert ours.semantic_logits.shape == (2, NUM_CLASSES, 12, 16)
+
+    # Any body that already returns C2..C5 as a dict, e.g. torchvision's feature extractor.
+    extractor = create_feature_extractor(torchvision.models.resnet18(), {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"})
+    wrapped = SFPNBackbone(extractor, [64, 128, 256, 512], CHANNELS, num_semantic_classes=NUM_CLASSES, **NECK_OPTIONS)
+    assert list(wrapped(images)) == ["c2", "c3", "c4", "c5", "pool"]
+    with pytest.raises(TypeError, match="ordered dict"):
+        SFPNBackbone(nn.Conv2d(3, 8, 1), [8] * 4, num_semantic_classes=NUM_CLASSES)(images)
 
 
 def test_semantic_branch_off_matches_torchvision_fpn_detector():
