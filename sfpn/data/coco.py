@@ -1,0 +1,299 @@
+"""COCO-format detection datasets through pycocotools.
+
+``CocoDetection(image_root, ann_file)`` reads any COCO-format annotation file: boxes, instance
+masks from polygons or RLE (compressed or not), crowd regions, and the semantic map SFPN trains
+on. Category ids are mapped to contiguous labels 1..num_classes (0 is background) and the mapping
+is kept (``label_to_category_id``) so that predictions can be written back as COCO results.
+
+Crowd annotations are not detection targets: they are dropped from ``boxes``/``labels`` and kept
+as ``crowd_boxes`` and as ignore (255) regions of the semantic map.
+
+The annotation file is validated when the dataset is built, so a broken file fails at once with
+an error naming the file and the offending entry, not hours into training.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable
+from numbers import Real
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .semantic import read_label_png, semantic_from_boxes, semantic_from_masks
+
+#: How the semantic map is obtained: from instance masks (boxes where an annotation has none),
+#: from boxes only, from label PNGs in ``semantic_dir``, or not at all.
+SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
+
+
+class AnnotationError(ValueError):
+    """A COCO annotation file that cannot be used; the message names the file and the problem."""
+
+
+def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> dict:
+    """Reads and validates a COCO annotation file; returns its JSON content.
+
+    Raises ``FileNotFoundError`` for a missing file and ``AnnotationError`` for invalid JSON, a
+    missing or mistyped field, duplicate ids, an annotation whose ``image_id`` or ``category_id``
+    is unknown, or (with ``require_annotations``) an empty annotation list.
+    """
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+    try:
+        with open(ann_file, "rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{ann_file}: not a valid JSON file ({error})") from None
+
+    def fail(message):
+        raise AnnotationError(f"{ann_file}: {message}")
+
+    if not isinstance(data, dict):
+        fail(f"expected a JSON object with 'images', 'annotations' and 'categories', got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            fail(f"missing the '{key}' list")
+        if not isinstance(data[key], list):
+            fail(f"'{key}' must be a list, got {type(data[key]).__name__}")
+    if not data["categories"]:
+        fail("the 'categories' list is empty")
+    if require_annotations and not data["annotations"]:
+        fail("the 'annotations' list is empty: there is nothing to train or evaluate on")
+
+    def check_fields(kind, index, entry, fields):
+        if not isinstance(entry, dict):
+            fail(f"{kind}[{index}] must be an object, got {type(entry).__name__}")
+        for field, types in fields.items():
+            if field not in entry:
+                fail(f"{kind}[{index}] (id {entry.get('id')}) lacks the '{field}' field")
+            if not isinstance(entry[field], types) or isinstance(entry[field], bool):
+                fail(f"{kind}[{index}] (id {entry.get('id')}): '{field}' has the wrong type {type(entry[field]).__name__}")
+
+    category_ids = set()
+    for index, category in enumerate(data["categories"]):
+        check_fields("categories", index, category, {"id": int, "name": str})
+        if category["id"] in category_ids:
+            fail(f"duplicate category id {category['id']}")
+        category_ids.add(category["id"])
+    image_ids = set()
+    for index, image in enumerate(data["images"]):
+        check_fields("images", index, image, {"id": int, "file_name": str, "width": int, "height": int})
+        if image["width"] <= 0 or image["height"] <= 0:
+            fail(f"images[{index}] (id {image['id']}) has a non-positive size {image['width']}x{image['height']}")
+        if image["id"] in image_ids:
+            fail(f"duplicate image id {image['id']}")
+        image_ids.add(image["id"])
+    annotation_ids = set()
+    for index, annotation in enumerate(data["annotations"]):
+        check_fields("annotations", index, annotation, {"id": int, "image_id": int, "category_id": int, "bbox": list})
+        if annotation["id"] in annotation_ids:
+            fail(f"duplicate annotation id {annotation['id']}")
+        annotation_ids.add(annotation["id"])
+        bbox = annotation["bbox"]
+        if len(bbox) != 4 or not all(isinstance(v, Real) and np.isfinite(v) for v in bbox):
+            fail(f"annotations[{index}] (id {annotation['id']}): 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox}")
+        if annotation["image_id"] not in image_ids:
+            fail(f"annotations[{index}] (id {annotation['id']}) refers to image_id {annotation['image_id']}, which is not in 'images'")
+        if annotation["category_id"] not in category_ids:
+            fail(
+                f"annotations[{index}] (id {annotation['id']}) has category_id {annotation['category_id']}, "
+                f"which is not in 'categories' (ids {sorted(category_ids)})"
+            )
+        segmentation = annotation.get("segmentation")
+        if segmentation is not None and not isinstance(segmentation, (list, dict)):
+            fail(f"annotations[{index}] (id {annotation['id']}): 'segmentation' must be polygons or RLE")
+        annotation.setdefault("iscrowd", 0)
+        annotation.setdefault("area", float(bbox[2] * bbox[3]))
+    return data
+
+
+def coco_from_dict(data: dict):
+    """A pycocotools ``COCO`` index over already loaded annotations, without its chatter."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format detection dataset.
+
+    Args:
+        image_root: folder the images' ``file_name`` entries are relative to.
+        ann_file: the COCO annotation JSON.
+        transforms: ``(image, target, generator) -> (image, target)`` (see ``transforms``).
+        semantic: how the semantic map is made, one of ``SEMANTIC_SOURCES``.
+        semantic_dir: for ``semantic="png"``: folder of label PNGs named like the images (with
+            ``.png``), mapped through ``semantic_lookup`` (raw value -> label; COCO-stuff's
+            ``stuffthingmaps`` store category id - 1, the default maps that to the category id).
+        return_masks: add the instances' ``masks`` to the target (for Mask R-CNN).
+        remove_empty: drop images without a non-crowd annotation (for training).
+
+    Items are ``(image, target)``: ``image`` (3, H, W) float32 RGB in [0, 1]; ``target`` holds
+    ``boxes`` (K, 4) float32 xyxy, ``labels`` (K,) int64 in 1..num_classes, ``crowd_boxes``
+    (C, 4), optionally ``masks`` (K, H, W) uint8 and ``semantic`` (H, W) int64, and
+    ``image_id`` and ``orig_size`` (H, W before the transforms) for evaluation.
+
+    An item is indexed by ``i`` or by ``(i, seed)``: the seed drives the random transforms, so
+    the training sampler decides each sample's augmentation (``i`` alone seeds them with ``i``).
+    """
+
+    def __init__(
+        self,
+        image_root: str,
+        ann_file: str,
+        transforms: Callable | None = None,
+        semantic: str = "masks",
+        semantic_dir: str | None = None,
+        semantic_lookup: dict[int, int] | np.ndarray | None = None,
+        return_masks: bool = False,
+        remove_empty: bool = False,
+        check_images: bool = True,
+    ):
+        if semantic not in SEMANTIC_SOURCES:
+            raise ValueError(f"semantic must be one of {SEMANTIC_SOURCES}, got {semantic!r}")
+        if semantic == "png" and not semantic_dir:
+            raise ValueError("semantic='png' needs semantic_dir, the folder of label PNGs")
+        if not os.path.isdir(image_root):
+            raise FileNotFoundError(f"image folder not found: {image_root} (for {ann_file})")
+        self.image_root = image_root
+        self.ann_file = ann_file
+        self.transforms = transforms
+        self.semantic = semantic
+        self.semantic_dir = semantic_dir
+        self.semantic_lookup = semantic_lookup if semantic_lookup is not None else np.arange(256) + 1
+        self.return_masks = return_masks
+
+        self.coco = coco_from_dict(load_coco_annotations(ann_file))
+        categories = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        #: label (1..num_classes) -> COCO category id; index 0 is background.
+        self.label_to_category_id = [0] + [c["id"] for c in categories]
+        self.category_id_to_label = {c["id"]: label for label, c in enumerate(categories, start=1)}
+        self.class_names = [c["name"] for c in categories]
+
+        image_ids = sorted(self.coco.imgs)
+        if remove_empty:
+            image_ids = [i for i in image_ids if any(not a["iscrowd"] for a in self.coco.imgToAnns[i])]
+            if not image_ids:
+                raise AnnotationError(f"{ann_file}: no image has a non-crowd annotation")
+        self.image_ids = image_ids
+        if check_images:
+            for image_id in image_ids:
+                path = self.image_path(image_id)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"image {path} (image id {image_id} in {ann_file}) not found")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def image_path(self, image_id: int) -> str:
+        return os.path.join(self.image_root, self.coco.imgs[image_id]["file_name"])
+
+    def aspect_ratio_groups(self) -> list[int]:
+        """Per item: 0 for landscape (width >= height), 1 for portrait, from the annotation file."""
+        return [int(self.coco.imgs[i]["width"] < self.coco.imgs[i]["height"]) for i in self.image_ids]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        image_id = self.image_ids[index]
+        image = self._load_image(image_id)
+        target = self._load_target(image_id)
+        if self.transforms is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+            image, target = self.transforms(image, target, generator)
+        return image, target
+
+    def _load_image(self, image_id: int) -> torch.Tensor:
+        info = self.coco.imgs[image_id]
+        path = self.image_path(image_id)
+        try:
+            with Image.open(path) as pil:
+                array = np.asarray(pil.convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {path} (image id {image_id} in {self.ann_file}) not found") from None
+        except OSError as error:
+            raise OSError(f"cannot read image {path} (image id {image_id} in {self.ann_file}): {error}") from None
+        if array.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(
+                f"image {path} is {array.shape[1]}x{array.shape[0]} but {self.ann_file} says "
+                f"{info['width']}x{info['height']} (image id {image_id})"
+            )
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+    def _load_target(self, image_id: int) -> dict:
+        info = self.coco.imgs[image_id]
+        height, width = info["height"], info["width"]
+        annotations = self.coco.imgToAnns[image_id]
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2].clamp_(0, width)
+        boxes[:, 1::2].clamp_(0, height)
+        # Boxes thinner than a pixel after clipping cannot be regressed to and are not objects.
+        valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        labels = torch.tensor([self.category_id_to_label[a["category_id"]] for a in annotations], dtype=torch.int64)
+        iscrowd = torch.tensor([bool(a["iscrowd"]) for a in annotations], dtype=torch.bool)
+        instance = valid & ~iscrowd
+        target = {
+            "image_id": image_id,
+            "orig_size": (height, width),
+            "boxes": boxes[instance],
+            "labels": labels[instance],
+            "crowd_boxes": boxes[valid & iscrowd],
+        }
+        need_masks = self.return_masks or self.semantic == "masks"
+        if need_masks:
+            masks = torch.from_numpy(np.stack([self._instance_mask(a, height, width) for a in annotations]).reshape(-1, height, width))
+        if self.return_masks:
+            target["masks"] = masks[instance]
+        if self.semantic == "masks":
+            target["semantic"] = semantic_from_masks(masks[valid], labels[valid], iscrowd[valid])
+        elif self.semantic == "boxes":
+            target["semantic"] = semantic_from_boxes(boxes[valid], labels[valid], (height, width), iscrowd[valid])
+        elif self.semantic == "png":
+            stem = os.path.splitext(info["file_name"])[0]
+            path = os.path.join(self.semantic_dir, stem + ".png")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"semantic label PNG {path} (image id {image_id}) not found")
+            semantic = read_label_png(path, self.semantic_lookup)
+            if semantic.shape != (height, width):
+                raise ValueError(f"semantic label PNG {path} is {tuple(semantic.shape)}, the image {(height, width)}")
+            target["semantic"] = semantic
+        return target
+
+    def _instance_mask(self, annotation: dict, height: int, width: int) -> np.ndarray:
+        """(H, W) uint8 mask from the polygons or RLE; the filled box where there is none."""
+        segmentation = annotation.get("segmentation")
+        if segmentation:
+            from pycocotools import mask as mask_utils
+
+            if isinstance(segmentation, list):
+                polygons = [p for p in segmentation if len(p) >= 6]
+                if polygons:
+                    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+                    return mask_utils.decode(rle)
+            elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+                return mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))
+            else:
+                return mask_utils.decode(segmentation)
+        mask = np.zeros((height, width), dtype=np.uint8)
+        x, y, w, h = annotation["bbox"]
+        mask[max(0, round(y)) : round(y + h), max(0, round(x)) : round(x + w)] = 1
+        return mask
+
+
+def collate(batch):
+    """``[(image, target), ...]`` -> ``(images, targets)`` lists (images differ in size)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

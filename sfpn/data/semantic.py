@@ -1,0 +1,158 @@
+"""Semantic label maps for the SFPN branch, derived from detection annotations.
+
+SFPN needs a per-pixel class map, which plain detection datasets do not have. We rasterise one
+from what every COCO-format dataset does have: instance masks when present, boxes otherwise. The
+maps use the detector's label space: 0 = background, 1..num_classes = thing classes, 255 = ignore
+(crowd regions, and whatever a label PNG leaves unlabelled).
+
+Where instances overlap, the smaller one is painted last so that it stays visible: a large
+object's mask (or box) would otherwise swallow the small objects in front of it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Label of pixels the semantic loss ignores.
+IGNORE_INDEX = 255
+
+
+def _paint_order(areas: torch.Tensor) -> torch.Tensor:
+    """Indices from the largest area to the smallest (stable, so ties keep annotation order)."""
+    return torch.sort(areas, descending=True, stable=True).indices
+
+
+def semantic_from_masks(
+    masks: torch.Tensor, labels: torch.Tensor, iscrowd: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Paints instance masks into one class map.
+
+    Args:
+        masks: (K, H, W) instance masks (any dtype; nonzero = inside).
+        labels: (K,) class of each instance, in 1..num_classes.
+        iscrowd: (K,) optional; crowd instances are painted as 255 (ignore).
+
+    Returns:
+        (H, W) int64: 0 background, the instance's label inside its mask, 255 for crowd pixels
+        not covered by a smaller instance.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks: expected a (K, H, W) tensor, got shape {tuple(masks.shape)}")
+    if labels.shape != (masks.shape[0],):
+        raise ValueError(f"labels: expected shape ({masks.shape[0]},) to match masks, got {tuple(labels.shape)}")
+    masks = masks.bool()
+    values = labels.to(torch.int64).clone()
+    if iscrowd is not None:
+        if iscrowd.shape != labels.shape:
+            raise ValueError(f"iscrowd: expected shape {tuple(labels.shape)}, got {tuple(iscrowd.shape)}")
+        values[iscrowd.bool()] = IGNORE_INDEX
+    semantic = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
+    for k in _paint_order(masks.flatten(1).sum(1)).tolist():
+        semantic[masks[k]] = values[k]
+    return semantic
+
+
+def semantic_from_boxes(
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    size: tuple[int, int],
+    iscrowd: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fills boxes into one class map, for datasets without masks.
+
+    A pixel (x, y) is inside box (x1, y1, x2, y2) when its centre (x + 0.5, y + 0.5) is, rounded
+    so that every non-empty box covers at least one pixel.
+
+    Args:
+        boxes: (K, 4) xyxy in pixels of the map.
+        labels: (K,) class of each box, in 1..num_classes.
+        size: (H, W) of the map.
+        iscrowd: (K,) optional; crowd boxes are filled with 255 (ignore).
+
+    Returns:
+        (H, W) int64 map, 0 where no box lies.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes: expected a (K, 4) tensor, got shape {tuple(boxes.shape)}")
+    if labels.shape != (boxes.shape[0],):
+        raise ValueError(f"labels: expected shape ({boxes.shape[0]},) to match boxes, got {tuple(labels.shape)}")
+    height, width = int(size[0]), int(size[1])
+    values = labels.to(torch.int64).clone()
+    if iscrowd is not None:
+        if iscrowd.shape != labels.shape:
+            raise ValueError(f"iscrowd: expected shape {tuple(labels.shape)}, got {tuple(iscrowd.shape)}")
+        values[iscrowd.bool()] = IGNORE_INDEX
+    semantic = torch.zeros((height, width), dtype=torch.int64, device=boxes.device)
+    if boxes.shape[0] == 0:
+        return semantic
+    corners = boxes.detach().to(torch.float64).cpu()
+    x1 = corners[:, 0].round().clamp(0, width).long()
+    y1 = corners[:, 1].round().clamp(0, height).long()
+    x2 = torch.maximum(corners[:, 2].round().long(), x1 + 1).clamp(max=width)
+    y2 = torch.maximum(corners[:, 3].round().long(), y1 + 1).clamp(max=height)
+    areas = (corners[:, 2] - corners[:, 0]).clamp(min=0) * (corners[:, 3] - corners[:, 1]).clamp(min=0)
+    for k in _paint_order(areas).tolist():
+        semantic[y1[k] : y2[k], x1[k] : x2[k]] = values[k]
+    return semantic
+
+
+def read_label_png(path: str, lookup: np.ndarray | dict[int, int]) -> torch.Tensor:
+    """Reads a single-channel label PNG (e.g. COCO-stuff ``stuffthingmaps``) into our label space.
+
+    Args:
+        path: the PNG file; each pixel holds a raw class value.
+        lookup: raw value -> label (0 background, 1..K-1 classes); values it does not map become
+            255. A dict or a 256-entry array.
+
+    Returns:
+        (H, W) int64.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"{path}: expected a single-channel label PNG, got mode {image.mode!r}")
+        raw = np.asarray(image, dtype=np.int64)
+    table = _lookup_table(lookup, int(raw.max(initial=0)) + 1)
+    return torch.from_numpy(table[raw])
+
+
+def read_panoptic_png(
+    path: str, segments_info: list[dict], category_to_label: dict[int, int]
+) -> torch.Tensor:
+    """Reads a COCO panoptic PNG (segment id = R + 256 G + 256^2 B) into a semantic map.
+
+    Args:
+        path: the panoptic PNG.
+        segments_info: the annotation's ``segments_info`` list (``id``, ``category_id``,
+            optional ``iscrowd``).
+        category_to_label: COCO category id -> label; categories it lacks become 255, and so do
+            crowd segments and unlabelled pixels (segment id 0).
+
+    Returns:
+        (H, W) int64.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
+    segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    semantic = np.full(segment_ids.shape, IGNORE_INDEX, dtype=np.int64)
+    for segment in segments_info:
+        if segment.get("iscrowd", 0):
+            continue
+        label = category_to_label.get(segment["category_id"])
+        if label is not None:
+            semantic[segment_ids == segment["id"]] = label
+    return torch.from_numpy(semantic)
+
+
+def _lookup_table(lookup: np.ndarray | dict[int, int], min_length: int) -> np.ndarray:
+    table = np.full(max(min_length, 256), IGNORE_INDEX, dtype=np.int64)
+    if isinstance(lookup, dict):
+        for raw, label in lookup.items():
+            table[raw] = label
+    else:
+        lookup = np.asarray(lookup, dtype=np.int64)
+        table[: len(lookup)] = lookup
+    return table
