@@ -207,7 +207,8 @@ def test_detector_trains_with_falling_semantic_loss(kind, labels_from):
     torch.manual_seed(0)
     model = add_semantic_loss(small_detector(kind, sfpn_backbone()), alpha=0.2, labels_from=labels_from)
     images, targets = synthetic_batch()
-    history = train(model, images, targets, steps=5)
+    # The semantic logits start near zero (std 0.01 init), so the loss needs a few steps to move.
+    history = train(model, images, targets, steps=10)
     expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "loss_segm"}
     assert set(history[0]) == expected | ({"loss_mask"} if kind == "mask" else set())
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in history)

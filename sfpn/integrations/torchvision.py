@@ -36,7 +36,7 @@ from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 from torchvision.ops import boxes as torchvision_box_ops
 
 from ..data.semantic import IGNORE_INDEX, semantic_from_boxes, semantic_from_masks
-from ..modeling._pending_ops import batched_nms, multilevel_roi_align
+from ..ops import batched_nms, multilevel_roi_align
 from ..modeling.neck import SFPN
 
 __all__ = [
