@@ -1,0 +1,195 @@
+"""Detector configs: plain dataclasses, named presets, dotted-key overrides, ``build_detector``.
+
+    model = sfpn.build_detector("faster_rcnn_r50_sfpn_1x", num_classes=80, **{"neck.alpha": 0.5})
+    model.config  # the DetectorConfig it was built from; DetectorConfig.from_dict(config.to_dict())
+
+Presets are named after the paper's rows (``faster_rcnn_r50_sfpn_1x``...) and each SFPN preset has
+its FPN twin (the same config with the semantic branch off). The ``*_small`` presets are sized for
+training on a 2-core CPU in minutes (a half-width ResNet-18 trained from scratch with BatchNorm,
+a 64-channel neck and a 2-conv semantic head, fewer proposals and sampled RoIs).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50
+    width: int = 64  # channels of the first stage; 64 for standard (loadable) weights
+    norm: str = "frozen_bn"  # frozen_bn | bn | gn
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ...
+    weights: str | None = None  # local torchvision-format ResNet checkpoint
+
+
+@dataclass
+class NeckConfig:
+    out_channels: int = 256
+    semantic: bool = True  # False: plain FPN
+    semantic_channels: int = 256
+    semantic_convs: int = 4
+    num_groups: int = 32
+    fusion_point: str = "before"  # before | after the 3x3 output convs
+    fusion_op: str = "add"  # add | concat | gate
+    downsample: str = "bilinear"  # bilinear | max_pool (coarse levels)
+    alpha: float = 0.2  # weight of the semantic loss
+    upsample_mode: str = "nearest"
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)  # one per level P2..P6
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms_topk_train: int = 2000  # per level and image
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_train: int = 1000  # per image
+    post_nms_topk_test: int = 1000
+    nms_threshold: float = 0.7
+    min_size: float = 0.0
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9
+
+
+@dataclass
+class RoIHeadsConfig:
+    resolution: int = 7
+    sampling_ratio: int = 2
+    fc_dim: int = 1024
+    num_fc: int = 2
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_threshold: float = 0.5
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: float = 1.0
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class DetectorConfig:
+    meta_architecture: str = "faster_rcnn"
+    num_classes: int = 80  # foreground categories; labels are 1..num_classes, 0 background
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    size_divisibility: int = 32
+
+    def to_dict(self) -> dict:
+        """Plain nested dict of builtins (safe in a ``weights_only`` checkpoint)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DetectorConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]):
+            value = _from_dict(hints[name], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------- presets
+def _faster_rcnn(depth: int, semantic: bool) -> DetectorConfig:
+    return DetectorConfig(backbone=BackboneConfig(depth=depth), neck=NeckConfig(semantic=semantic))
+
+
+def _faster_rcnn_small(semantic: bool) -> DetectorConfig:
+    return DetectorConfig(
+        backbone=BackboneConfig(depth=18, width=32, norm="bn", freeze_at=0),
+        neck=NeckConfig(out_channels=64, semantic=semantic, semantic_channels=64, semantic_convs=2, num_groups=16),
+        rpn=RPNConfig(
+            anchor_sizes=(16.0, 32.0, 64.0, 128.0, 256.0),
+            pre_nms_topk_train=600, pre_nms_topk_test=300, post_nms_topk_train=300, post_nms_topk_test=100,
+        ),
+        roi_heads=RoIHeadsConfig(fc_dim=256, batch_size_per_image=128),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], DetectorConfig]] = {}
+for _neck in ("fpn", "sfpn"):
+    for _depth in (50, 101):
+        PRESETS[f"faster_rcnn_r{_depth}_{_neck}_1x"] = (lambda d=_depth, s=_neck == "sfpn": _faster_rcnn(d, s))
+    PRESETS[f"faster_rcnn_r18_{_neck}_small"] = (lambda s=_neck == "sfpn": _faster_rcnn_small(s))
+
+
+def list_presets() -> list[str]:
+    """Names accepted by :func:`build_detector`."""
+    return sorted(PRESETS)
+
+
+def get_config(name: str, num_classes: int, **overrides) -> DetectorConfig:
+    """The preset ``name`` with ``num_classes`` and dotted-key ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (foreground categories), got {num_classes!r}")
+    config = PRESETS[name]()
+    config.num_classes = num_classes
+    for key, value in overrides.items():
+        apply_override(config, key, value)
+    return config
+
+
+def apply_override(config, key: str, value) -> None:
+    """Sets ``config.<dotted key> = value`` in place. A string value for a non-string field is
+    parsed as a Python literal (``"0.5"``, ``"(16, 32)"``, ``"None"``), so command-line
+    ``--set key=value`` pairs can be passed through."""
+    *path, name = key.split(".")
+    target = config
+    for part in path:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise ValueError(f"unknown config key {key!r}")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
+        options = [f.name for f in dataclasses.fields(target)] if dataclasses.is_dataclass(target) else []
+        raise ValueError(f"unknown config key {key!r}; {'.'.join(path) or 'the config'} has {options}")
+    current = getattr(target, name)
+    if dataclasses.is_dataclass(current):
+        raise ValueError(f"config key {key!r} is a section; set its fields, e.g. {key}.<field>")
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            if current is not None:
+                raise ValueError(f"config key {key!r}: cannot parse {value!r} as {type(current).__name__}") from None
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and not isinstance(value, type(current)):
+        raise ValueError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
+    setattr(target, name, value)
+
+
+def build_from_config(config: DetectorConfig):
+    """Builds the detector a :class:`DetectorConfig` describes; ``model.config`` keeps a copy."""
+    from .modeling import build
+
+    return build(config)
+
+
+def build_detector(name: str, num_classes: int, **overrides):
+    """Builds the preset ``name`` for ``num_classes`` foreground categories.
+
+    Overrides use dotted keys: ``build_detector(name, 3, **{"neck.alpha": 0.5})``.
+    """
+    return build_from_config(get_config(name, num_classes, **overrides))

@@ -1,0 +1,184 @@
+"""ResNet backbones returning C2..C5, with frozen BatchNorm and torchvision-format weights."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: depth -> (block type, blocks per stage)
+RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+                 101: ("bottleneck", (3, 4, 23, 3))}
+NORMS = ("frozen_bn", "bn", "gn")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters (buffers, not parameters): the
+    pretrained normalisation of a backbone fine-tuned with a few images per GPU.
+
+    State-dict compatible with ``nn.BatchNorm2d`` (``num_batches_tracked`` is dropped on load).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(min(32, channels), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm: str):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride, 1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = make_norm(norm, out_channels)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(out)) + identity, inplace=True)
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv), as torchvision's weights expect."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm: str):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = make_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = make_norm(norm, out_channels)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        return F.relu(self.bn3(self.conv3(out)) + identity, inplace=True)
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Module | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels))
+
+
+class ResNet(nn.Module):
+    """ResNet-18/34/50/101 trunk returning ``[C2, C3, C4, C5]`` (strides 4, 8, 16, 32).
+
+    Module names follow torchvision (``conv1, bn1, layer1..layer4``) so its ImageNet checkpoints
+    load as they are.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        width: channels of the first stage's 3x3 convs (64 in the standard nets; smaller for
+            CPU-sized models, which then cannot load standard weights).
+        norm: ``"frozen_bn"`` (pretrained fine-tuning), ``"bn"`` or ``"gn"`` (training from scratch).
+        freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and ``layer1``, ... 5 all.
+        weights: path of a torchvision-format ResNet state dict (``fc.*`` is ignored); nothing is
+            ever downloaded.
+
+    forward(x ``(N, 3, H, W)``) -> list of ``(N, C_i, H / s_i, W / s_i)``, ``C_i = out_channels[i]``.
+    """
+
+    def __init__(self, depth: int = 50, width: int = 64, norm: str = "frozen_bn", freeze_at: int = 2,
+                 weights: str | None = None):
+        super().__init__()
+        if depth not in RESNET_STAGES:
+            raise ValueError(f"depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        kind, blocks = RESNET_STAGES[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = make_norm(norm, width)
+        in_channels = width
+        self.out_channels = []
+        for stage, num_blocks in enumerate(blocks):
+            stage_width = width * 2**stage
+            layers = []
+            for i in range(num_blocks):
+                layers.append(block(in_channels, stage_width, 2 if i == 0 and stage > 0 else 1, norm))
+                in_channels = stage_width * block.expansion
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*layers))
+            self.out_channels.append(in_channels)
+        self._init_weights()
+        if weights is not None:
+            self.load_pretrained(weights)
+        self.freeze(freeze_at)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero-init the last norm of each residual branch: each block starts as the identity, which
+        # makes training from scratch (the CPU presets) stable.
+        for m in self.modules():
+            last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
+            if isinstance(m, (BasicBlock, Bottleneck)) and isinstance(last, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.zeros_(last.weight)
+
+    def load_pretrained(self, path: str) -> None:
+        """Loads a torchvision-format ResNet state dict from ``path`` (``fc.*`` ignored)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"backbone weights: no such file {path!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone weights {path!r} do not fit this ResNet: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+    def freeze(self, freeze_at: int) -> None:
+        stages = [nn.ModuleList([self.conv1, self.bn1])] + [getattr(self, f"layer{i}") for i in range(1, 5)]
+        for stage in stages[:freeze_at]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        features = []
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+            features.append(x)
+        return features

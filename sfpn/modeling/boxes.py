@@ -1,0 +1,82 @@
+"""Box utilities: pairwise IoU, clipping, and the (dx, dy, dw, dh) box coder of R-CNN."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """``(K, 4)`` xyxy -> ``(K,)``; degenerate boxes have area 0."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of ``a (M, 4)`` and ``b (N, 4)`` xyxy -> ``(M, N)``; 0 where the union is empty."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Clip ``(..., 4)`` xyxy boxes to an image of ``(height, width)``."""
+    height, width = image_size
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def nonempty_boxes(boxes: torch.Tensor, min_size: float = 0.0) -> torch.Tensor:
+    """``(K,)`` bool: boxes wider and taller than ``min_size``."""
+    return ((boxes[:, 2] - boxes[:, 0]) > min_size) & ((boxes[:, 3] - boxes[:, 1]) > min_size)
+
+
+class BoxCoder:
+    """Encodes a target box relative to a reference box as ``(dx, dy, dw, dh)`` scaled by ``weights``:
+    ``dx = wx * (gx - rx) / rw``, ``dw = ww * log(gw / rw)`` (centres, widths without the +1).
+
+    Decoding clamps ``dw, dh`` at ``log(1000 / 16)`` so no prediction overflows ``exp``.
+    """
+
+    def __init__(self, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+                 scale_clamp: float = math.log(1000.0 / 16)):
+        self.weights = tuple(float(w) for w in weights)
+        self.scale_clamp = scale_clamp
+
+    def encode(self, reference: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``reference (K, 4)``, ``target (K, 4)`` xyxy -> deltas ``(K, 4)``."""
+        wx, wy, ww, wh = self.weights
+        rw = reference[:, 2] - reference[:, 0]
+        rh = reference[:, 3] - reference[:, 1]
+        rx = reference[:, 0] + 0.5 * rw
+        ry = reference[:, 1] + 0.5 * rh
+        tw = target[:, 2] - target[:, 0]
+        th = target[:, 3] - target[:, 1]
+        tx = target[:, 0] + 0.5 * tw
+        ty = target[:, 1] + 0.5 * th
+        return torch.stack(
+            (wx * (tx - rx) / rw, wy * (ty - ry) / rh, ww * torch.log(tw / rw), wh * torch.log(th / rh)), dim=1
+        )
+
+    def decode(self, deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``deltas (K, 4 * C)`` (C boxes per reference, e.g. one per class), ``reference (K, 4)``
+        -> boxes ``(K, 4 * C)`` xyxy."""
+        deltas = deltas.float()
+        reference = reference.to(deltas.dtype)
+        wx, wy, ww, wh = self.weights
+        rw = (reference[:, 2] - reference[:, 0])[:, None]
+        rh = (reference[:, 3] - reference[:, 1])[:, None]
+        rx = reference[:, 0, None] + 0.5 * rw
+        ry = reference[:, 1, None] + 0.5 * rh
+        dx = deltas[:, 0::4] / wx
+        dy = deltas[:, 1::4] / wy
+        dw = (deltas[:, 2::4] / ww).clamp(max=self.scale_clamp)
+        dh = (deltas[:, 3::4] / wh).clamp(max=self.scale_clamp)
+        cx = dx * rw + rx
+        cy = dy * rh + ry
+        half_w = 0.5 * torch.exp(dw) * rw
+        half_h = 0.5 * torch.exp(dh) * rh
+        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)  # (K, C, 4)
+        return boxes.reshape(deltas.shape)

@@ -1,0 +1,110 @@
+"""Two-stage detectors: image batching and normalisation, backbone, neck, RPN, RoI heads."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_LABEL = 255
+
+
+def pad_to(tensors: list[torch.Tensor], divisor: int, value: float) -> torch.Tensor:
+    """Stack ``(..., H_i, W_i)`` tensors into ``(N, ..., H, W)``, H and W the largest sizes rounded
+    up to a multiple of ``divisor``, padding at the bottom and right with ``value``."""
+    height = max(t.shape[-2] for t in tensors)
+    width = max(t.shape[-1] for t in tensors)
+    height, width = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+    batch = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], height, width), value)
+    for slot, t in zip(batch, tensors):
+        slot[..., : t.shape[-2], : t.shape[-1]].copy_(t)
+    return batch
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN with an FPN or SFPN neck (the semantic loss joins when the branch is on).
+
+    forward(images: list of ``(3, H_i, W_i)`` float RGB in [0, 1], targets: list of dicts (training)
+    with ``boxes (K, 4)`` xyxy, ``labels (K,)`` in 1..num_classes and, for SFPN with alpha > 0,
+    ``semantic (H_i, W_i)`` int64):
+
+    - training: dict ``loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg`` (+ ``loss_segm``,
+      already times alpha, when the branch is on and alpha > 0);
+    - eval: per image ``{boxes (D, 4), scores (D,), labels (D,)}`` (+ ``semantic (H_i, W_i)``
+      int64 when the branch is on), in the coordinates of the given images.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
+                 size_divisibility: int = 32, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).reshape(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).reshape(3, 1, 1), persistent=False)
+        self.config = None  # set by sfpn.build_detector
+
+    def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalise and pad: list of ``(3, H_i, W_i)`` -> ``(N, 3, H, W)`` and the sizes ``(H_i, W_i)``."""
+        if not isinstance(images, (list, tuple)) or not images:
+            raise TypeError("images must be a non-empty list of (3, H, W) tensors")
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"images[{i}] must be (3, H, W), got shape {tuple(image.shape)}")
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        normalised = [(image.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std for image in images]
+        return pad_to(normalised, self.size_divisibility, 0.0), sizes
+
+    def _check_targets(self, targets, num_images: int) -> None:
+        if targets is None or len(targets) != num_images:
+            raise ValueError(f"training needs one target dict per image ({num_images}), got "
+                             f"{None if targets is None else len(targets)}")
+        for i, target in enumerate(targets):
+            boxes, labels = target.get("boxes"), target.get("labels")
+            if boxes is None or labels is None:
+                raise ValueError(f"targets[{i}] must have 'boxes' and 'labels'")
+            if boxes.ndim != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
+                raise ValueError(f"targets[{i}]: boxes must be (K, 4) and labels (K,), got "
+                                 f"{tuple(boxes.shape)} and {tuple(labels.shape)}")
+
+    @property
+    def semantic_weight(self) -> float:
+        return self.neck.alpha if getattr(self.neck, "has_semantic_branch", False) else 0.0
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        batch, sizes = self.preprocess(images)
+        if self.training:
+            self._check_targets(targets, len(images))
+        pyramid, logits = self.neck(self.backbone(batch))
+        proposals, losses = self.rpn(list(pyramid.values()), sizes, targets if self.training else None)
+        detections, head_losses = self.roi_heads(pyramid, proposals, sizes, targets if self.training else None)
+        if self.training:
+            losses.update(head_losses)
+            if logits is not None and self.semantic_weight > 0:
+                losses["loss_segm"] = self.semantic_weight * self.neck.semantic_loss(
+                    logits, self._semantic_labels(targets, batch.shape[-2:])
+                )
+            return losses
+        if logits is not None:
+            for detection, image_logits, (height, width) in zip(detections, logits, sizes):
+                full = F.interpolate(image_logits[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
+                detection["semantic"] = full[0, :, :height, :width].argmax(dim=0)
+        return detections
+
+    def _semantic_labels(self, targets, padded_size) -> torch.Tensor:
+        """Per-image ``semantic (H_i, W_i)`` maps padded with ``255`` (ignored) to ``(N, H, W)``."""
+        maps = []
+        for i, target in enumerate(targets):
+            if "semantic" not in target:
+                raise ValueError(
+                    f"targets[{i}] has no 'semantic' map, which the semantic branch needs for its loss "
+                    "(alpha > 0); derive one with sfpn.data.semantic, or set neck.alpha=0"
+                )
+            maps.append(target["semantic"].to(device=self.pixel_mean.device, dtype=torch.int64))
+        labels = pad_to(maps, 1, IGNORE_LABEL)
+        return F.pad(labels, (0, padded_size[1] - labels.shape[-1], 0, padded_size[0] - labels.shape[-2]),
+                     value=IGNORE_LABEL)

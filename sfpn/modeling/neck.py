@@ -1,0 +1,159 @@
+"""The FPN and SFPN necks (DESIGN.md §2): one implementation, the semantic branch switched by config.
+
+Data flow for backbone maps ``C2..C5`` (strides 4..32):
+
+1. laterals ``L_i = conv1x1(C_i)``; top-down ``M_5 = L_5``, ``M_i = upsample_add(M_{i+1}, L_i)``;
+2. semantic branch (SFPN only): ``logits, E = SemanticHead([M_2..M_5])`` at stride 8;
+3. fusion of the embedding ``E`` into every level, before the 3x3 output convs (default) or after;
+4. ``P_i = conv3x3(M_i')``; ``P6 = max_pool(P5, 1, stride 2)`` for the RPN.
+
+With the branch off, nothing of 2-3 exists and the module is plain FPN, parameter for parameter.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ._pending_ops import SemanticHead, semantic_fuse
+
+FUSION_POINTS = ("before", "after")
+FUSION_OPS = ("add", "concat", "gate")
+DOWNSAMPLE_MODES = ("bilinear", "max_pool")
+LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def resize_to(x: torch.Tensor, size, downsample: str) -> torch.Tensor:
+    """Resize ``x (N, C, h, w)`` to ``size``: bilinear up, identity at equal size, and down by
+    ``downsample`` (``"bilinear"`` or ``"max_pool"``, adaptive max-pooling)."""
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if downsample == "max_pool" and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.adaptive_max_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SFPN(nn.Module):
+    """Feature pyramid with an optional semantic branch fused into every level.
+
+    Args:
+        in_channels: channels of ``C2..C5``.
+        out_channels: channels of every pyramid level.
+        num_semantic_classes: ``K`` of the semantic logits (background 0 included); 0 or
+            ``semantic=False`` switches the branch off (plain FPN).
+        semantic: whether the semantic branch exists.
+        semantic_channels, semantic_convs, num_groups: width, depth and GroupNorm groups of the
+            semantic head.
+        fusion_point: ``"before"`` the 3x3 output convs (default) or ``"after"`` them (BFP-style).
+        fusion_op: ``"add"`` (``M + E``), ``"concat"`` (``conv1x1([M, E])``) or ``"gate"``
+            (``M + sigmoid(conv1x1(M)) * E``: each level decides per position how much to take).
+        downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
+        alpha: weight of the semantic loss (read by the detector).
+        upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
+
+    forward(features: list or ordered dict of ``C2..C5``) -> (``OrderedDict p2..p6`` of
+    ``(N, out_channels, H / s, W / s)``, semantic logits ``(N, K, H / 8, W / 8)`` or None).
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        out_channels: int = 256,
+        num_semantic_classes: int = 0,
+        *,
+        semantic: bool = True,
+        semantic_channels: int = 256,
+        semantic_convs: int = 4,
+        num_groups: int = 32,
+        fusion_point: str = "before",
+        fusion_op: str = "add",
+        downsample: str = "bilinear",
+        alpha: float = 0.2,
+        upsample_mode: str = "nearest",
+    ):
+        super().__init__()
+        if len(in_channels) != 4:
+            raise ValueError(f"in_channels must list the channels of C2..C5, got {in_channels}")
+        self.out_channels = out_channels
+        self.fusion_point = _choice("fusion_point", fusion_point, FUSION_POINTS)
+        self.fusion_op = _choice("fusion_op", fusion_op, FUSION_OPS)
+        self.downsample = _choice("downsample", downsample, DOWNSAMPLE_MODES)
+        self.upsample_mode = upsample_mode
+        self.alpha = alpha
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        self.semantic_head = None
+        self.fusion_convs = None
+        if semantic and num_semantic_classes > 0:
+            self.semantic_head = SemanticHead(
+                [out_channels] * len(in_channels),
+                channels=semantic_channels,
+                num_convs=semantic_convs,
+                num_classes=num_semantic_classes,
+                embed_channels=out_channels,
+                num_groups=num_groups,
+            )
+            if fusion_op == "concat":
+                self.fusion_convs = nn.ModuleList(nn.Conv2d(2 * out_channels, out_channels, 1) for _ in in_channels)
+            elif fusion_op == "gate":
+                self.fusion_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 1) for _ in in_channels)
+        for conv in [*self.lateral_convs, *self.output_convs]:
+            nn.init.kaiming_uniform_(conv.weight, a=1)  # as FPN's reference implementations
+            nn.init.zeros_(conv.bias)
+
+    @property
+    def has_semantic_branch(self) -> bool:
+        return self.semantic_head is not None
+
+    def _fuse(self, levels: list[torch.Tensor], embedding: torch.Tensor) -> list[torch.Tensor]:
+        if self.fusion_op == "add" and self.downsample == "bilinear":
+            return semantic_fuse(levels, embedding, mode="bilinear")  # one launch for all levels
+        resized = [resize_to(embedding, level.shape[-2:], self.downsample) for level in levels]
+        if self.fusion_op == "add":
+            return [level + e for level, e in zip(levels, resized)]
+        if self.fusion_op == "concat":
+            return [conv(torch.cat((level, e), dim=1)) for conv, level, e in zip(self.fusion_convs, levels, resized)]
+        return [level + torch.sigmoid(conv(level)) * e for conv, level, e in zip(self.fusion_convs, levels, resized)]
+
+    def forward(self, features) -> tuple[OrderedDict, torch.Tensor | None]:
+        if isinstance(features, dict):
+            features = list(features.values())
+        if len(features) != len(self.lateral_convs):
+            raise ValueError(f"expected {len(self.lateral_convs)} backbone maps (C2..C5), got {len(features)}")
+        merged = [self.lateral_convs[-1](features[-1])]
+        for conv, feature in zip(reversed(self.lateral_convs[:-1]), reversed(features[:-1])):
+            merged.insert(0, ops.upsample_add(merged[0], conv(feature), mode=self.upsample_mode))
+        logits = None
+        if self.semantic_head is not None and self.fusion_point == "before":
+            logits, embedding = self.semantic_head(merged)
+            merged = self._fuse(merged, embedding)
+        outputs = [conv(m) for conv, m in zip(self.output_convs, merged)]
+        if self.semantic_head is not None and self.fusion_point == "after":
+            logits, embedding = self.semantic_head(outputs)
+            outputs = self._fuse(outputs, embedding)
+        outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
+        return OrderedDict(zip(LEVEL_NAMES, outputs)), logits
+
+    def semantic_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Unweighted pixel-wise CE of ``logits (N, K, h, w)`` against ``labels (N, H, W)`` int64
+        (0 background, 255 ignored). The detector multiplies it by ``alpha``."""
+        if self.semantic_head is None:
+            raise RuntimeError("semantic_loss needs the semantic branch, which this neck does not have")
+        return self.semantic_head.loss(logits, labels)
+
+
+class FPN(SFPN):
+    """Plain FPN: :class:`SFPN` with the semantic branch off (same parameter names)."""
+
+    def __init__(self, in_channels: list[int], out_channels: int = 256, *, upsample_mode: str = "nearest"):
+        super().__init__(in_channels, out_channels, semantic=False, upsample_mode=upsample_mode)
