@@ -155,19 +155,18 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def model_from_checkpoint(path: str, device="cpu"):
-    """Rebuilds the detector a checkpoint was trained as and loads its weights.
-
-    Returns (model in eval mode, the checkpoint's ``meta``).
-    """
-    from .. import build_detector
+    """Rebuilds the detector a checkpoint was trained as (from its stored config) and loads its
+    weights. Returns (model in eval mode, the checkpoint's ``meta``)."""
+    from ..config import DetectorConfig, build_from_config
 
     state = load_checkpoint(path, map_location=device)
     meta = state["meta"]
+    if "model_config" not in meta:
+        raise CheckpointError(f"{state['path']}: its meta lacks the model config")
     try:
-        model = build_detector(meta["preset"], meta["num_classes"], **meta.get("model_overrides", {}))
-    except KeyError as error:
-        raise CheckpointError(f"{state['path']}: its meta lacks {error}") from None
-    if "model_config" in meta:
-        check_model_config(state, config_to_dict(model.config))
+        config = DetectorConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{state['path']}: its model config does not fit this sfpn version ({error})") from None
+    model = build_from_config(config)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta

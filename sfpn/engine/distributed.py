@@ -75,3 +75,11 @@ def reduce_mean(values: dict[str, float]) -> dict[str, float]:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copies rank 0's buffers (e.g. BatchNorm running statistics, which each DDP replica
+    updates from its own batches) to every rank, so all ranks evaluate the same model."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, 0)

@@ -242,6 +242,7 @@ class Trainer:
         return {k: v.detach() for k, v in losses.items()}
 
     def evaluate(self) -> dict:
+        distributed.broadcast_buffers(self.model)
         metrics, table = evaluate(
             self.model,
             self.val_set,
