@@ -367,3 +367,19 @@ def test_synthetic_dataset_is_deterministic_and_valid(tmp_path):
         annotations = dataset.coco.imgToAnns[dataset.image_ids[index]]
         assert target["masks"].flatten(1).sum(1).tolist() == [a["area"] for a in annotations]
         assert set(target["semantic"].unique().tolist()) <= set(range(7))
+
+
+def test_dataset_semantic_from_label_pngs(coco_files, tmp_path):
+    labels = tmp_path / "stuff"
+    labels.mkdir()
+    Image.fromarray(np.full((30, 40), 255, np.uint8)).save(labels / "a.png")
+    raw = np.zeros((32, 20), np.uint8)
+    raw[0, 0] = 181
+    Image.fromarray(raw).save(labels / "b.png")
+    dataset = CocoDetection(*coco_files, semantic="png", semantic_dir=str(labels))
+    assert (dataset[0][1]["semantic"] == 255).all()  # COCO-stuff's unlabelled stays ignored
+    semantic = dataset[1][1]["semantic"]
+    assert semantic[0, 0] == 182 and (semantic.flatten()[1:] == 1).all()  # raw = category id - 1
+    os.unlink(labels / "b.png")
+    with pytest.raises(FileNotFoundError, match=r"b\.png"):
+        dataset[1]

@@ -169,7 +169,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transforms = transforms
         self.semantic = semantic
         self.semantic_dir = semantic_dir
-        self.semantic_lookup = semantic_lookup if semantic_lookup is not None else np.arange(256) + 1
+        if semantic_lookup is None:  # COCO-stuff: raw value = category id - 1, 255 unlabelled
+            semantic_lookup = np.append(np.arange(1, 256), 255)
+        self.semantic_lookup = semantic_lookup
         self.return_masks = return_masks
 
         self.coco = coco_from_dict(load_coco_annotations(ann_file))

@@ -162,7 +162,8 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         """Continues from a checkpoint: weights, optimizer, schedule, iteration, RNG states."""
-        state = load_checkpoint(path, map_location=self.device)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(path, map_location="cpu")
         if "model_config" in self.meta:
             check_model_config(state, self.meta["model_config"])
         self.model.load_state_dict(state["model"])
