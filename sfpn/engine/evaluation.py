@@ -5,8 +5,8 @@ back to each image's original size and to the dataset's COCO category ids before
 the results file is a standard COCO results file for the original annotation file.
 
 Instance masks for ``segm``: a Mask R-CNN's predicted masks; for a box-only SFPN detector, the
-predicted semantic map inside each box where it agrees with the box's class (the semantic branch
-gives instance masks for free); a box-only detector without a semantic map is scored on boxes
+predicted semantic map's foreground inside each box (the semantic branch gives instance masks for
+free); a box-only detector without a semantic map is scored on boxes
 only (``segm`` is None).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.semantic import IGNORE_INDEX
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from . import distributed
 
@@ -36,7 +37,7 @@ def _masks_for(output: dict) -> torch.Tensor | None:
         return masks[:, 0] if masks.dim() == 4 else masks
     if "semantic" not in output:
         return None
-    semantic, boxes, labels = output["semantic"], output["boxes"], output["labels"]
+    semantic, boxes = output["semantic"], output["boxes"]
     height, width = semantic.shape
     ys = torch.arange(height, device=semantic.device).view(1, -1, 1) + 0.5
     xs = torch.arange(width, device=semantic.device).view(1, 1, -1) + 0.5
@@ -44,7 +45,9 @@ def _masks_for(output: dict) -> torch.Tensor | None:
         (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
         & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
     )
-    return inside & (semantic[None] == labels[:, None, None])
+    # Foreground rather than the box's own class: the box head already decided the class, and
+    # the semantic map's class confusions would otherwise punch holes in the masks.
+    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_INDEX)
 
 
 def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], label_to_category_id: list[int], with_masks: bool) -> list[dict]:
