@@ -73,13 +73,34 @@ class RoIHeadsConfig:
 
 
 @dataclass
+class MaskHeadConfig:  # mask_rcnn only
+    resolution: int = 14  # RoI features; the logits are twice as large
+    conv_dim: int = 256
+    num_convs: int = 4
+    threshold: float = 0.5  # binarisation of the pasted probabilities
+
+
+@dataclass
+class CascadeConfig:  # cascade_rcnn only
+    iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
+    stage_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    box_coder_weights: tuple[tuple[float, float, float, float], ...] = (
+        (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+
+
+META_ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_rcnn")
+
+
+@dataclass
 class DetectorConfig:
-    meta_architecture: str = "faster_rcnn"
+    meta_architecture: str = "faster_rcnn"  # faster_rcnn | mask_rcnn | cascade_rcnn
     num_classes: int = 80  # foreground categories; labels are 1..num_classes, 0 background
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     size_divisibility: int = 32
 
     def to_dict(self) -> dict:
@@ -102,18 +123,26 @@ def _from_dict(cls, data: dict):
         if dataclasses.is_dataclass(hints[name]):
             value = _from_dict(hints[name], value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = _as_tuple(value)
         values[name] = value
     return cls(**values)
 
 
+def _as_tuple(value):
+    """Lists (from a dict or a command line) back to the tuples the config holds, nested too."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 # ----------------------------------------------------------------------------------------- presets
-def _faster_rcnn(depth: int, semantic: bool) -> DetectorConfig:
-    return DetectorConfig(backbone=BackboneConfig(depth=depth), neck=NeckConfig(semantic=semantic))
+def _paper_config(meta_architecture: str, depth: int, semantic: bool) -> DetectorConfig:
+    """The 1x COCO configs of the paper's rows (ImageNet-initialised ResNet, frozen BN)."""
+    return DetectorConfig(meta_architecture, backbone=BackboneConfig(depth=depth), neck=NeckConfig(semantic=semantic))
 
 
-def _faster_rcnn_small(semantic: bool) -> DetectorConfig:
+def _small_config(meta_architecture: str, semantic: bool) -> DetectorConfig:
+    """Sized for CPU training from scratch in minutes on 256-320 px images."""
     return DetectorConfig(
+        meta_architecture,
         backbone=BackboneConfig(depth=18, width=32, norm="bn", freeze_at=0),
         neck=NeckConfig(out_channels=64, semantic=semantic, semantic_channels=64, semantic_convs=2, num_groups=16),
         rpn=RPNConfig(
@@ -121,14 +150,19 @@ def _faster_rcnn_small(semantic: bool) -> DetectorConfig:
             pre_nms_topk_train=600, pre_nms_topk_test=300, post_nms_topk_train=300, post_nms_topk_test=100,
         ),
         roi_heads=RoIHeadsConfig(fc_dim=256, batch_size_per_image=128),
+        mask_head=MaskHeadConfig(conv_dim=64),
     )
 
 
 PRESETS: dict[str, typing.Callable[[], DetectorConfig]] = {}
 for _neck in ("fpn", "sfpn"):
-    for _depth in (50, 101):
-        PRESETS[f"faster_rcnn_r{_depth}_{_neck}_1x"] = (lambda d=_depth, s=_neck == "sfpn": _faster_rcnn(d, s))
-    PRESETS[f"faster_rcnn_r18_{_neck}_small"] = (lambda s=_neck == "sfpn": _faster_rcnn_small(s))
+    _semantic = _neck == "sfpn"
+    for _arch, _depths in (("faster_rcnn", (50, 101)), ("mask_rcnn", (50, 101)), ("cascade_rcnn", (50, 101))):
+        for _depth in _depths:
+            PRESETS[f"{_arch}_r{_depth}_{_neck}_1x"] = (
+                lambda a=_arch, d=_depth, s=_semantic: _paper_config(a, d, s)
+            )
+        PRESETS[f"{_arch}_r18_{_neck}_small"] = (lambda a=_arch, s=_semantic: _small_config(a, s))
 
 
 def list_presets() -> list[str]:
@@ -171,8 +205,7 @@ def apply_override(config, key: str, value) -> None:
         except (ValueError, SyntaxError):
             if current is not None:
                 raise ValueError(f"config key {key!r}: cannot parse {value!r} as {type(current).__name__}") from None
-    if isinstance(value, list):
-        value = tuple(value)
+    value = _as_tuple(value)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if current is not None and value is not None and not isinstance(value, type(current)):

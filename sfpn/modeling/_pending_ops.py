@@ -3,17 +3,18 @@
 Minimal pure-PyTorch versions of the public names other branches deliver, with the agreed
 signatures, so the detector runs and trains today:
 
-- ``multilevel_roi_align`` and ``batched_nms`` (final home: ``sfpn.ops``),
+- ``roi_align``, ``multilevel_roi_align`` and ``batched_nms`` (final home: ``sfpn.ops``),
 - ``semantic_fuse`` (final home: ``sfpn.ops``),
 - ``SemanticHead`` (final home: ``sfpn.modeling.semantic_head``).
 
-Only the modules ``neck.py`` (semantic_fuse, SemanticHead), ``rpn.py`` (batched_nms) and
-``roi_heads.py`` (multilevel_roi_align, batched_nms) import from here.
+Only ``neck.py`` (semantic_fuse, SemanticHead), ``rpn.py`` (batched_nms), ``roi_heads.py``
+(multilevel_roi_align, batched_nms) and ``mask_head.py`` (roi_align) import from here.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,18 +44,16 @@ def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS as the fixed point of ``keep[j] = not any(keep[i] and iou[i, j] > t for i < j)``
-    (boxes by decreasing score): vectorised, it converges in as many rounds as the longest chain
-    of suppressions, and its fixed point is unique, hence equal to the greedy result."""
+    """Greedy NMS over a precomputed suppression matrix, the scan in NumPy (CPU only, fine for a
+    stand-in)."""
     order = scores.float().argsort(descending=True)
     sorted_boxes = boxes[order].float()
-    suppresses = (_box_iou(sorted_boxes, sorted_boxes) > iou_threshold).triu_(diagonal=1)
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
-    while True:
-        updated = ~(suppresses & keep[:, None]).any(dim=0)
-        if torch.equal(updated, keep):
-            return order[keep]
-        keep = updated
+    suppresses = (_box_iou(sorted_boxes, sorted_boxes) > iou_threshold).cpu().numpy()
+    keep = np.ones(len(order), dtype=bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1 :] &= ~suppresses[i, i + 1 :]
+    return order[torch.from_numpy(keep).to(order.device)]
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -115,7 +114,7 @@ def multilevel_roi_align(
     num_images, channels = levels[0].shape[:2]
     level_ids = [round(-math.log2(s)) for s in scales]
     box_level = _level_of_boxes(boxes[:, 1:], level_ids, canonical_scale, canonical_level)
-    output = levels[0].new_zeros(len(boxes), channels, out_h, out_w)
+    indices, pooled = [], []
     offset = 0.5 if aligned else 0.0
     # Sample positions inside a unit box: bin b, sample s -> (b + (s + 0.5) / ratio) / bins.
     grid_y = (torch.arange(out_h * sampling_ratio, device=boxes.device, dtype=boxes.dtype) + 0.5) / (
@@ -148,8 +147,11 @@ def multilevel_roi_align(
                 padding_mode="border", align_corners=False,
             )  # (1, C, k * oh * r, ow * r)
             sampled = sampled.reshape(channels, k, out_h * sampling_ratio, out_w * sampling_ratio).transpose(0, 1)
-            output = output.index_copy(0, selected, F.avg_pool2d(sampled, sampling_ratio))
-    return output
+            indices.append(selected)
+            pooled.append(F.avg_pool2d(sampled, sampling_ratio))
+    if not pooled:
+        return levels[0].new_zeros(0, channels, out_h, out_w)
+    return torch.cat(pooled)[torch.cat(indices).argsort()]
 
 
 class SemanticHead(nn.Module):
@@ -193,3 +195,18 @@ class SemanticHead(nn.Module):
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, labels, ignore_index=255, reduction="sum")
         return loss / (labels != 255).sum().clamp(min=1)
+
+
+def roi_align(
+    input: torch.Tensor,
+    boxes: torch.Tensor | list[torch.Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """Single-level RoIAlign (torchvision's signature): ``input (N, C, H, W)``, ``boxes (K, 5)``
+    -> ``(K, C, oh, ow)``. The stand-in samples 2 x 2 points per bin when ``sampling_ratio <= 0``."""
+    return multilevel_roi_align(
+        [input], boxes, output_size, [spatial_scale], sampling_ratio if sampling_ratio > 0 else 2, aligned
+    )

@@ -160,7 +160,10 @@ class ResNet(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f"backbone weights {path!r} do not fit this ResNet: {error}") from None
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
         if missing or unexpected:

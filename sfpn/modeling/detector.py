@@ -108,3 +108,13 @@ class FasterRCNN(nn.Module):
         labels = pad_to(maps, 1, IGNORE_LABEL)
         return F.pad(labels, (0, padded_size[1] - labels.shape[-1], 0, padded_size[0] - labels.shape[-2]),
                      value=IGNORE_LABEL)
+
+
+class MaskRCNN(FasterRCNN):
+    """Faster R-CNN with :class:`~sfpn.modeling.mask_head.MaskRoIHeads`: training targets need
+    ``masks (K, H_i, W_i)`` uint8 and add ``loss_mask``; eval outputs add ``masks (D, H_i, W_i)`` bool."""
+
+
+class CascadeRCNN(FasterRCNN):
+    """Faster R-CNN with :class:`~sfpn.modeling.cascade.CascadeRoIHeads`: the box losses are per
+    stage, ``loss_cls_s{t}`` and ``loss_box_reg_s{t}``, already weighted by the stage weights."""

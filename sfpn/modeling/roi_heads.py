@@ -96,7 +96,8 @@ class RoIHeads(nn.Module):
     Training: the ground-truth boxes join each image's proposals; proposals with IoU >= ``fg_iou``
     are foreground (their box's class), the rest background; ``batch_size_per_image`` are sampled
     at ``positive_fraction``. Losses: CE over the sampled RoIs, smooth-L1 on the foreground's
-    class-specific deltas normalised by the number of sampled RoIs.
+    class-specific (or, with ``class_agnostic``, shared) deltas normalised by the number of sampled
+    RoIs.
     Inference: softmax, per-class boxes clipped to the image, ``score > score_threshold``, per-class
     NMS, the ``detections_per_image`` best.
 
@@ -117,6 +118,7 @@ class RoIHeads(nn.Module):
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         fg_iou_threshold: float = 0.5,
+        class_agnostic: bool = False,
         box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         smooth_l1_beta: float = 1.0,
         score_threshold: float = 0.05,
@@ -127,7 +129,7 @@ class RoIHeads(nn.Module):
         self.num_classes = num_classes
         self.pooler = RoIPooler(resolution, sampling_ratio)
         self.box_head = FCBoxHead(in_channels, resolution, fc_dim, num_fc)
-        self.predictor = BoxPredictor(fc_dim, num_classes)
+        self.predictor = BoxPredictor(fc_dim, num_classes, class_agnostic)
         self.box_coder = BoxCoder(box_coder_weights)
         self.matcher = Matcher(fg_iou_threshold, fg_iou_threshold)
         self.batch_size_per_image = batch_size_per_image
@@ -141,21 +143,39 @@ class RoIHeads(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")
-            sampled = self.sample(proposals, targets)
-            scores, deltas = self.predictor(self.box_head(self.pooler(features, sampled.boxes)))
-            return [], self.box_losses(scores, deltas, sampled)
-        scores, deltas = self.predictor(self.box_head(self.pooler(features, proposals)))
-        return self.postprocess(scores, deltas, proposals, image_sizes), {}
+            losses, _ = self.forward_train(features, proposals, targets)
+            return [], losses
+        return self.forward_eval(features, proposals, image_sizes), {}
+
+    def predict(self, features, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``(R, C + 1)`` and deltas ``(R, 4C or 4)`` of the boxes (list of ``(R_i, 4)``)."""
+        return self.predictor(self.box_head(self.pooler(features, boxes)))
+
+    def forward_train(self, features, proposals, targets) -> tuple[dict[str, torch.Tensor], "Proposals"]:
+        """Box losses and the sampled proposals they were computed on."""
+        sampled = self.label(proposals, targets, add_ground_truth=True, subsample=True)
+        scores, deltas = self.predict(features, sampled.boxes)
+        return self.box_losses(scores, deltas, sampled), sampled
+
+    def forward_eval(self, features, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
+        scores, deltas = self.predict(features, proposals)
+        return self.postprocess(F.softmax(scores.float(), dim=1), deltas, proposals, image_sizes)
 
     @torch.no_grad()
-    def sample(self, proposals: list[torch.Tensor], targets, matcher: Matcher | None = None) -> Proposals:
-        matcher = matcher or self.matcher
+    def label(self, proposals: list[torch.Tensor], targets, add_ground_truth: bool, subsample: bool) -> "Proposals":
+        """Matches each image's proposals (with its ground-truth boxes added if asked) to the ground
+        truth and, if asked, samples ``batch_size_per_image`` at ``positive_fraction``; the
+        foreground comes first in each image's list."""
         boxes, labels, matched_boxes, matched_indices = [], [], [], []
         for image_proposals, target in zip(proposals, targets):
             gt_boxes = target["boxes"].to(image_proposals)
-            candidates = torch.cat((image_proposals, gt_boxes))
-            matched, match_label = matcher(box_iou(gt_boxes, candidates))
-            positive, negative = sample_balanced(match_label, self.batch_size_per_image, self.positive_fraction)
+            candidates = torch.cat((image_proposals, gt_boxes)) if add_ground_truth else image_proposals
+            matched, match_label = self.matcher(box_iou(gt_boxes, candidates))
+            if subsample:
+                positive, negative = sample_balanced(match_label, self.batch_size_per_image, self.positive_fraction)
+            else:
+                positive = torch.nonzero(match_label == FOREGROUND).squeeze(1)
+                negative = torch.nonzero(match_label != FOREGROUND).squeeze(1)
             chosen = torch.cat((positive, negative))
             label = torch.zeros(len(chosen), dtype=torch.int64, device=chosen.device)
             if len(gt_boxes):
@@ -182,9 +202,9 @@ class RoIHeads(nn.Module):
         return {f"loss_cls{suffix}": loss_cls, f"loss_box_reg{suffix}": loss_box}
 
     @torch.no_grad()
-    def postprocess(self, scores, deltas, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
-        """``scores (R, C + 1)`` logits, ``deltas (R, 4C or 4)`` -> per-image detections."""
-        probabilities = F.softmax(scores.float(), dim=1)
+    def postprocess(self, probabilities, deltas, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
+        """``probabilities (R, C + 1)``, ``deltas (R, 4C or 4)`` of ``proposals`` (list of ``(R_i, 4)``)
+        -> per-image detections."""
         counts = [len(p) for p in proposals]
         boxes = self.box_coder.decode(deltas, torch.cat(proposals))
         return [
