@@ -81,12 +81,15 @@ def split_overrides(pairs: list[str], train_config) -> tuple[list[tuple[str, obj
     return train_overrides, model_overrides
 
 
-def build_datasets(paths, config, return_masks: bool):
+def build_datasets(paths, config, return_masks: bool, semantic: bool = True):
+    """Train and val datasets; ``semantic=False`` (a detector without the semantic loss) skips
+    rasterising semantic maps."""
     from .data.coco import CocoDetection
     from .data.transforms import build_transforms
 
     data = config.data
-    common = dict(semantic=data.semantic, semantic_dir=data.semantic_dir or None, return_masks=return_masks)
+    source = data.semantic if semantic else "none"
+    common = dict(semantic=source, semantic_dir=data.semantic_dir or None, return_masks=return_masks)
     train_set = CocoDetection(*paths["train"], transforms=build_transforms(data.min_size, data.max_size, data.flip_prob), remove_empty=True, **common)
     val_set = CocoDetection(*paths["val"], transforms=build_transforms(data.test_min_size, data.max_size), **common)
     if val_set.label_to_category_id != train_set.label_to_category_id:
@@ -97,6 +100,7 @@ def build_datasets(paths, config, return_masks: bool):
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     from . import build_detector
+    from .config import get_config
     from .engine import distributed
     from .engine.config import set_key, training_config
     from .engine.evaluation import format_metrics
@@ -123,7 +127,15 @@ def main(argv=None) -> dict | None:
     device = distributed.init_distributed(args.device)
     try:
         paths = resolve_data(args)
-        train_set, val_set = build_datasets(paths, config, return_masks=args.preset.startswith("mask_rcnn"))
+        # What the targets need (masks for Mask R-CNN, semantic maps for the SFPN loss) follows
+        # from the detector's config; num_classes does not matter for that.
+        detector = get_config(args.preset, 1, **model_overrides)
+        train_set, val_set = build_datasets(
+            paths,
+            config,
+            return_masks=detector.meta_architecture == "mask_rcnn",
+            semantic=detector.neck.semantic and detector.neck.alpha > 0,
+        )
         seed_everything(config.seed)
         model = build_detector(args.preset, train_set.num_classes, **model_overrides).to(device)
         meta = {

@@ -28,18 +28,18 @@ def data_args(paths):
     return ["--data-root", paths["train"][0], "--ann-file", paths["train"][1], "--val-data-root", paths["val"][0], "--val-ann-file", paths["val"][1]]
 
 
-def make_trainer(paths, output_dir, iters, num_workers=0, **model_overrides):
-    config = training_config(PRESET)
+def make_trainer(paths, output_dir, iters, num_workers=0, preset=PRESET, **model_overrides):
+    config = training_config(preset)
     config.solver.max_iters = iters
     config.solver.batch_size = 2
     config.solver.warmup_iters = 2
     config.data.min_size, config.data.max_size, config.data.test_min_size = (64,), 96, 64
     config.data.num_workers = num_workers
     config.checkpoint_every, config.log_every, config.eval_batch_size = 1000, 1, 3
-    train_set, val_set = build_datasets(paths, config, return_masks=False)
+    train_set, val_set = build_datasets(paths, config, return_masks=preset.startswith("mask_rcnn"))
     seed_everything(config.seed)
-    model = sfpn.build_detector(PRESET, train_set.num_classes, **model_overrides)
-    meta = {"preset": PRESET, "num_classes": train_set.num_classes, "model_overrides": model_overrides,
+    model = sfpn.build_detector(preset, train_set.num_classes, **model_overrides)
+    meta = {"preset": preset, "num_classes": train_set.num_classes, "model_overrides": model_overrides,
             "classes": train_set.class_names, "label_to_category_id": train_set.label_to_category_id,
             "data": {s: {"image_root": r, "ann_file": a} for s, (r, a) in paths.items()}}
     return Trainer(model, train_set, val_set, config, str(output_dir), torch.device("cpu"), meta, progress=False)
@@ -101,6 +101,16 @@ def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
     # The log has each iteration once, as if never interrupted.
     iters = [json.loads(line)["iter"] for line in open(tmp_path / "resumed" / "metrics.jsonl") if '"train"' in line]
     assert iters == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("preset", ["mask_rcnn_r18_sfpn_small", "cascade_rcnn_r18_fpn_small"])
+def test_other_detectors_train_and_evaluate(tiny_data, tmp_path, preset):
+    trainer = make_trainer(tiny_data, tmp_path, iters=1, preset=preset)
+    metrics = trainer.train()
+    # Mask R-CNN is scored on its own masks; a detector without masks or semantic map on boxes only.
+    assert (metrics["segm"] is None) == preset.startswith("cascade")
+    record = json.loads(open(tmp_path / "metrics.jsonl").readline())
+    assert ("loss_mask" in record) == preset.startswith("mask_rcnn")
 
 
 def test_checkpoint_errors(tiny_data, tmp_path):

@@ -69,10 +69,10 @@ def training_config(preset: str) -> TrainConfig:
         return TrainConfig()
     # Sized for about ten minutes on two CPU cores with the synthetic shapes dataset.
     return TrainConfig(
-        solver=SolverConfig(batch_size=4, lr=0.02, max_iters=800, steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.01),
+        solver=SolverConfig(batch_size=4, lr=0.02, max_iters=1000, steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.01),
         data=DataConfig(min_size=(256,), max_size=320, test_min_size=256, flip_prob=0.5, num_workers=1),
         eval_every=0,
-        checkpoint_every=200,
+        checkpoint_every=250,
         keep_checkpoints=2,
         log_every=10,
     )
