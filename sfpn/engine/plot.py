@@ -33,7 +33,8 @@ def plot_metrics(metrics_file: str, output_png: str) -> None:
         points = [(r["iter"], r[iou_type]["AP"]) for r in evals if r.get(iou_type)]
         if points:
             ap_axis.plot(*zip(*points), marker=marker, label=f"{iou_type} AP")
-    ap_axis.set(xlabel="iteration", ylabel="AP (%)", title="validation AP")
+    last = max((r["iter"] for r in records), default=0)
+    ap_axis.set(xlabel="iteration", ylabel="AP (%)", title="validation AP", xlim=(0, max(1, last) * 1.05))
     ap_axis.grid(True, alpha=0.3)
     if evals:
         ap_axis.legend()
