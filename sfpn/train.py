@@ -106,30 +106,32 @@ def main(argv=None) -> dict | None:
     from .engine.evaluation import format_metrics
     from .engine.trainer import Trainer, seed_everything
 
-    config = training_config(args.preset)
-    train_overrides, model_overrides = split_overrides(args.overrides, config)
-    for key, value in train_overrides:
-        set_key(config, key, value)
-    for key, value in (
-        ("solver.max_iters", args.iters),
-        ("eval_every", args.eval_every),
-        ("checkpoint_every", args.checkpoint_every),
-        ("solver.batch_size", args.batch_size),
-        ("solver.lr", args.lr),
-        ("seed", args.seed),
-        ("data.num_workers", args.num_workers),
-        ("solver.amp", args.amp),
-    ):
-        if value is not None:
-            set_key(config, key, value)
-    output_dir = args.output_dir or os.path.join("output", args.preset)
-
-    device = distributed.init_distributed(args.device)
     try:
-        paths = resolve_data(args)
+        config = training_config(args.preset)
+        train_overrides, model_overrides = split_overrides(args.overrides, config)
+        for key, value in train_overrides:
+            set_key(config, key, value)
+        for key, value in (
+            ("solver.max_iters", args.iters),
+            ("eval_every", args.eval_every),
+            ("checkpoint_every", args.checkpoint_every),
+            ("solver.batch_size", args.batch_size),
+            ("solver.lr", args.lr),
+            ("seed", args.seed),
+            ("data.num_workers", args.num_workers),
+            ("solver.amp", args.amp),
+        ):
+            if value is not None:
+                set_key(config, key, value)
+        output_dir = args.output_dir or os.path.join("output", args.preset)
         # What the targets need (masks for Mask R-CNN, semantic maps for the SFPN loss) follows
         # from the detector's config; num_classes does not matter for that.
         detector = get_config(args.preset, 1, **model_overrides)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    device = distributed.init_distributed(args.device)
+    try:
+        paths = resolve_data(args)
         train_set, val_set = build_datasets(
             paths,
             config,
