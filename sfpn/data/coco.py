@@ -169,7 +169,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transforms = transforms
         self.semantic = semantic
         self.semantic_dir = semantic_dir
-        self.semantic_lookup = semantic_lookup if semantic_lookup is not None else np.arange(256) + 1
+        if semantic_lookup is None:  # COCO-stuff: raw value = category id - 1, 255 unlabelled
+            semantic_lookup = np.append(np.arange(1, 256), 255)
+        self.semantic_lookup = semantic_lookup
         self.return_masks = return_masks
 
         self.coco = coco_from_dict(load_coco_annotations(ann_file))
@@ -278,15 +280,19 @@ class CocoDetection(torch.utils.data.Dataset):
         if segmentation:
             from pycocotools import mask as mask_utils
 
-            if isinstance(segmentation, list):
-                polygons = [p for p in segmentation if len(p) >= 6]
-                if polygons:
-                    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-                    return mask_utils.decode(rle)
-            elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-                return mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))
-            else:
-                return mask_utils.decode(segmentation)
+            try:
+                if isinstance(segmentation, list):
+                    polygons = [p for p in segmentation if len(p) >= 6]
+                    if polygons:
+                        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+                elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+                    return mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))
+                else:
+                    return mask_utils.decode(segmentation)
+            except (ValueError, TypeError, KeyError) as error:
+                raise AnnotationError(
+                    f"{self.ann_file}: annotation id {annotation['id']} has an invalid 'segmentation' ({error})"
+                ) from None
         mask = np.zeros((height, width), dtype=np.uint8)
         x, y, w, h = annotation["bbox"]
         mask[max(0, round(y)) : round(y + h), max(0, round(x)) : round(x + w)] = 1

@@ -9,7 +9,7 @@ Generation is deterministic: each image is drawn from its own random stream seed
 What makes it a detection problem rather than a colour lookup: objects take random colours and
 shading, are rotated, overlap (the masks are the visible parts), and sit on smooth colour fields
 with stripes, noise and clutter (lines and small blobs that are not objects). Sizes are mostly
-COCO "medium" (32^2..96^2 pixels of area), with some small and some large.
+COCO "medium" (32^2..96^2 pixels of area), about a fifth small and a fifth large.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 CATEGORIES = ("circle", "square", "triangle", "star", "cross", "ring")
 SPLITS = {"train": 0, "val": 1}
 #: Bumped whenever the generator changes, so a stale cache is never reused.
-VERSION = 1
+VERSION = 2
 #: (width, height) of the images: landscape, portrait and square, for aspect-ratio grouping.
 IMAGE_SIZES = ((320, 256), (256, 320), (288, 288))
 
@@ -40,7 +40,7 @@ class SyntheticSpec:
     max_objects: int = 6
     #: Object extent (bounding-circle diameter) range in pixels.
     min_extent: int = 24
-    max_extent: int = 110
+    max_extent: int = 150
 
     def folder_name(self) -> str:
         return f"shapes-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"

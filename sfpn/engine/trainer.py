@@ -1,0 +1,317 @@
+"""The training loop: SGD with warmup and step decay, AMP, DDP, checkpoints, evaluation, logs.
+
+Iteration-based, like the paper's schedules. Everything that decides what an iteration computes
+is checkpointed or derived from the iteration number (model, optimizer, scheduler, grad scaler,
+every rank's RNG states, and the data stream, which is a pure function of seed and position), so
+a resumed run continues exactly as the uninterrupted one would have.
+
+Only rank 0 writes files: checkpoints, ``metrics.jsonl`` (one JSON record per log step and per
+evaluation), ``plot.png`` and ``eval.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.coco import collate
+from ..data.samplers import GroupedTrainBatchSampler, loader_generator
+from . import distributed
+from .checkpoint import (
+    capture_rng_state,
+    check_model_config,
+    config_to_dict,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .evaluation import evaluate, format_metrics
+from .plot import plot_metrics
+
+
+class WarmupMultiStep:
+    """LR factor at an iteration: linear warmup from ``warmup_factor``, then x``gamma`` at each
+    milestone. A class rather than a closure so LambdaLR can checkpoint it."""
+
+    def __init__(self, warmup_iters: int, warmup_factor: float, milestones: list[int], gamma: float):
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+        self.milestones = sorted(milestones)
+        self.gamma = gamma
+
+    def __call__(self, iteration: int) -> float:
+        factor = self.gamma ** sum(iteration >= m for m in self.milestones)
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return factor
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch, numpy and Python; ranks get different streams (their RPN/RoI sampling)."""
+    seed = seed + distributed.get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum; no weight decay on biases and normalisation parameters (1-d tensors)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.dim() <= 1 else decay).append(parameter)
+    solver = config.solver
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": solver.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=solver.lr,
+        momentum=solver.momentum,
+    )
+
+
+def build_scheduler(optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    solver = config.solver
+    milestones = [round(step * solver.max_iters) for step in solver.steps]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupMultiStep(solver.warmup_iters, solver.warmup_factor, milestones, solver.gamma)
+    )
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32 (always on the CPU)."""
+    mode = config.solver.amp
+    if mode not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"solver.amp must be auto, bf16, fp16 or off, got {mode!r}")
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+class Trainer:
+    """Trains ``model`` on ``train_set`` and evaluates on ``val_set`` (COCO datasets).
+
+    Args:
+        model: a detector following the sfpn detector contract, on ``device``.
+        meta: what a checkpoint must record to rebuild the model (preset, overrides, classes...);
+            ``model_config`` is added from ``model.config``.
+        output_dir: where rank 0 writes checkpoints, metrics.jsonl, plot.png and eval.json.
+    """
+
+    def __init__(self, model, train_set, val_set, config: TrainConfig, output_dir: str, device: torch.device, meta: dict, progress: bool = True):
+        self.config = config
+        self.device = device
+        self.output_dir = output_dir
+        self.progress = progress
+        self.model = model
+        self.train_set = train_set
+        self.val_set = val_set
+        self.meta = dict(meta, train_config=config_to_dict(config))
+        if hasattr(model, "config"):
+            self.meta["model_config"] = config_to_dict(model.config)
+        self.world_size = distributed.get_world_size()
+        self.rank = distributed.get_rank()
+        if config.solver.batch_size % self.world_size:
+            raise ValueError(f"solver.batch_size ({config.solver.batch_size}) must be a multiple of the number of processes ({self.world_size})")
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.amp_dtype = amp_dtype(config, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.iteration = 0
+        if distributed.is_distributed():
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=config.find_unused_parameters,
+            )
+        else:
+            self.ddp_model = model
+        if distributed.is_main_process():
+            os.makedirs(output_dir, exist_ok=True)
+        self.metrics_file = os.path.join(output_dir, "metrics.jsonl")
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        """The full training state; collective (gathers every rank's RNG states)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "rng": distributed.all_gather_objects(capture_rng_state()),
+            "meta": self.meta,
+        }
+
+    def save(self, name: str) -> None:
+        state = self.checkpoint_state()
+        if distributed.is_main_process():
+            save_checkpoint(os.path.join(self.output_dir, name), state)
+            prune_checkpoints(self.output_dir, self.config.keep_checkpoints)
+
+    def resume(self, path: str) -> None:
+        """Continues from a checkpoint: weights, optimizer, schedule, iteration, RNG states."""
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(path, map_location="cpu")
+        if "model_config" in self.meta:
+            check_model_config(state, self.meta["model_config"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            restore_rng_state(rng[self.rank])
+        else:
+            # Another world size: the data stream and the sampling differ anyway; keep going.
+            seed_everything(self.config.seed + self.iteration)
+        if distributed.is_main_process() and os.path.isfile(self.metrics_file):
+            self._truncate_metrics(self.iteration)
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drops the log records written after the checkpoint, which the resumed run redoes."""
+        with open(self.metrics_file) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["iter"] <= iteration]
+        with open(self.metrics_file, "w") as f:
+            f.writelines(kept)
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _log(self, record: dict) -> None:
+        if distributed.is_main_process():
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loader(self):
+        sampler = GroupedTrainBatchSampler(
+            self.train_set.aspect_ratio_groups(),
+            self.config.solver.batch_size // self.world_size,
+            seed=self.config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            start_batch=self.iteration,
+        )
+        workers = self.config.data.num_workers
+        return torch.utils.data.DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
+            generator=loader_generator(),
+        )
+
+    def _to_device(self, images, targets):
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [
+            {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()}
+            for target in targets
+        ]
+        return images, targets
+
+    def step(self, images, targets) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the detached losses."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            losses = self.ddp_model(images, targets)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.solver.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    def evaluate(self) -> dict:
+        distributed.broadcast_buffers(self.model)
+        metrics, table = evaluate(
+            self.model,
+            self.val_set,
+            self.device,
+            batch_size=self.config.eval_batch_size,
+            num_workers=min(self.config.data.num_workers, 2),
+            results_file=os.path.join(self.output_dir, "results.json"),
+            progress=self.progress,
+        )
+        self._log({"type": "eval", "iter": self.iteration, **metrics})
+        if distributed.is_main_process():
+            tqdm.write(f"evaluation at iteration {self.iteration}:\n{table}")
+            plot_metrics(self.metrics_file, os.path.join(self.output_dir, "plot.png"))
+        return metrics
+
+    def train(self, max_iters: int | None = None) -> dict | None:
+        """Trains up to ``config.solver.max_iters`` (or stops early at ``max_iters``, leaving a
+        checkpoint there as a kill would); evaluates at the end. Returns the final metrics."""
+        config = self.config
+        total = config.solver.max_iters
+        stop = min(total, max_iters) if max_iters is not None else total
+        start = self.iteration
+        self.model.train()
+        bar = tqdm(total=total, initial=self.iteration, desc="training", disable=not (self.progress and distributed.is_main_process()), dynamic_ncols=True)
+        window: dict[str, float] = {}
+        window_iters, window_start, data_time = 0, time.perf_counter(), 0.0
+        batches = iter(self._loader()) if self.iteration < stop else None
+        while self.iteration < stop:
+            data_start = time.perf_counter()
+            images, targets = self._to_device(*next(batches))
+            data_time += time.perf_counter() - data_start
+            losses = self.step(images, targets)
+            self.iteration += 1
+            window_iters += 1
+            for key, value in losses.items():
+                window[key] = window.get(key, 0.0) + value
+            bar.update(1)
+            if self.iteration % config.log_every == 0 or self.iteration == stop:
+                means = distributed.reduce_mean({k: float(v) / window_iters for k, v in window.items()})
+                loss = sum(means.values())
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at iteration {self.iteration}: {means}")
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "type": "train",
+                    "iter": self.iteration,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "loss": loss,
+                    **means,
+                    "time": elapsed / window_iters,
+                    "data_time": data_time / window_iters,
+                }
+                self._log(record)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.4g}", s_it=f"{record['time']:.2f}")
+                window, window_iters, window_start, data_time = {}, 0, time.perf_counter(), 0.0
+            if self.iteration % config.checkpoint_every == 0 and self.iteration < total:
+                self.save(f"model_{self.iteration:07d}.pth")
+            elif self.iteration == stop and stop < total:
+                self.save(f"model_{self.iteration:07d}.pth")
+            if config.eval_every and self.iteration % config.eval_every == 0 and self.iteration < total:
+                self.evaluate()
+        bar.close()
+        if self.iteration < total:
+            return None
+        if self.iteration > start or not os.path.isfile(os.path.join(self.output_dir, "model_final.pth")):
+            self.save("model_final.pth")
+        metrics = self.evaluate()
+        if distributed.is_main_process():
+            with open(os.path.join(self.output_dir, "eval.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+        return metrics

@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint: ``python -m sfpn.eval CHECKPOINT``.
+
+Scores the detector with COCOeval (bbox, and segm when it predicts masks or a semantic map: see
+``sfpn.engine.evaluation``) on the validation split it was trained with, or on any COCO-format
+dataset given with ``--data-root``/``--ann-file``. Prints the COCO AP table (AP, AP50, AP75 and
+the per-size APs), writes the COCO results JSON and, with ``--metrics-json``, the metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sfpn.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint file, or a training output folder (its last checkpoint)")
+    parser.add_argument("--data-root", help="image folder (default: the checkpoint's validation split)")
+    parser.add_argument("--ann-file", help="COCO annotation file (with --data-root)")
+    parser.add_argument("--results", help="where to write the COCO results JSON (default: results_eval.json beside the checkpoint)")
+    parser.add_argument("--metrics-json", help="also write the metrics as JSON here")
+    parser.add_argument("--min-size", type=int, help="shorter side of the test images (default: the training config's)")
+    parser.add_argument("--max-size", type=int, help="cap on the longer side (default: the training config's)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from .data.coco import CocoDetection
+    from .data.transforms import build_transforms
+    from .engine import distributed
+    from .engine.checkpoint import model_from_checkpoint, resolve_checkpoint
+    from .engine.evaluation import evaluate, format_metrics
+
+    if (args.data_root is None) != (args.ann_file is None):
+        raise SystemExit("error: give both --data-root and --ann-file, or neither")
+    device = distributed.init_distributed(args.device)
+    try:
+        path = resolve_checkpoint(args.checkpoint)
+        model, meta = model_from_checkpoint(path, device)
+        if args.data_root is None:
+            image_root, ann_file = meta["data"]["val"]["image_root"], meta["data"]["val"]["ann_file"]
+        else:
+            image_root, ann_file = args.data_root, args.ann_file
+        data_config = meta.get("train_config", {}).get("data", {})
+        transforms = build_transforms(args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333))
+        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic="none")
+        if dataset.label_to_category_id != meta["label_to_category_id"]:
+            raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
+        results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")
+        metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file, progress=not args.no_progress)
+        if distributed.is_main_process():
+            print(f"{path} on {ann_file} ({len(dataset)} images):\n{table}\n\n{format_metrics(metrics)}")
+            print(f"wrote COCO results to {results_file}")
+            if args.metrics_json:
+                with open(args.metrics_json, "w") as f:
+                    json.dump(metrics, f, indent=2)
+        return metrics
+    finally:
+        distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

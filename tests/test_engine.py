@@ -1,0 +1,179 @@
+"""Training, evaluation, checkpoints and DDP, end to end on a tiny synthetic dataset (CPU)."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import sfpn
+from sfpn.data import SyntheticSpec, synthetic_dataset
+from sfpn.engine.checkpoint import CheckpointError, load_checkpoint
+from sfpn.engine.config import training_config
+from sfpn.engine.trainer import Trainer, WarmupMultiStep, seed_everything
+from sfpn.train import build_datasets
+
+PRESET = "faster_rcnn_r18_sfpn_small"
+TINY = ["--set", "log_every=1", "--set", "data.min_size=64", "--set", "data.max_size=96", "--set", "data.test_min_size=64", "--set", "data.num_workers=0"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """At these tiny sizes a second thread buys nothing, and on a loaded machine OpenMP workers
+    spinning for a core make each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    splits = synthetic_dataset(SyntheticSpec(seed=1, num_train=6, num_val=3), root=str(tmp_path_factory.mktemp("synthetic")), progress=False)
+    return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
+
+
+def data_args(paths):
+    return ["--data-root", paths["train"][0], "--ann-file", paths["train"][1], "--val-data-root", paths["val"][0], "--val-ann-file", paths["val"][1]]
+
+
+def make_trainer(paths, output_dir, iters, num_workers=0, preset=PRESET, **model_overrides):
+    config = training_config(preset)
+    config.solver.max_iters = iters
+    config.solver.batch_size = 2
+    config.solver.warmup_iters = 2
+    config.data.min_size, config.data.max_size, config.data.test_min_size = (64,), 96, 64
+    config.data.num_workers = num_workers
+    config.checkpoint_every, config.log_every, config.eval_batch_size = 1000, 1, 3
+    train_set, val_set = build_datasets(paths, config, return_masks=preset.startswith("mask_rcnn"))
+    seed_everything(config.seed)
+    model = sfpn.build_detector(preset, train_set.num_classes, **model_overrides)
+    meta = {"preset": preset, "num_classes": train_set.num_classes, "model_overrides": model_overrides,
+            "classes": train_set.class_names, "label_to_category_id": train_set.label_to_category_id,
+            "data": {s: {"image_root": r, "ann_file": a} for s, (r, a) in paths.items()}}
+    return Trainer(model, train_set, val_set, config, str(output_dir), torch.device("cpu"), meta, progress=False)
+
+
+def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
+    from sfpn import demo, eval as sfpn_eval, train
+
+    output = tmp_path / "run"
+    metrics = train.main(data_args(tiny_data) + TINY + ["--iters", "3", "--batch-size", "2", "--eval-every", "2", "--checkpoint-every", "2", "--output-dir", str(output), "--no-progress"])
+    assert "AP" in capsys.readouterr().out
+    with open(output / "eval.json") as f:
+        written = json.load(f)
+    assert written == metrics
+    assert set(written) == {"bbox", "segm"}
+    for iou_type in ("bbox", "segm"):  # SFPN's semantic map gives masks: segm is scored too
+        assert set(written[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert all(v is None or 0 <= v <= 100 for v in written[iou_type].values())
+    records = [json.loads(line) for line in open(output / "metrics.jsonl")]
+    assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3]
+    assert [r["iter"] for r in records if r["type"] == "eval"] == [2, 3]
+    assert {"loss", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_segm", "lr", "time"} <= set(records[0])
+    assert (output / "plot.png").stat().st_size > 0
+    assert open(output / "last_checkpoint").read().strip() == "model_final.pth"
+    assert sorted(p for p in os.listdir(output) if p.endswith(".pth")) == ["model_0000002.pth", "model_final.pth"]
+    state = load_checkpoint(str(output))
+    assert state["iteration"] == 3 and state["meta"]["preset"] == PRESET
+
+    evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
+    assert evaluated["bbox"] == metrics["bbox"]
+    results = json.load(open(tmp_path / "results.json"))
+    assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
+
+    image = os.path.join(tiny_data["val"][0], sorted(os.listdir(tiny_data["val"][0]))[0])
+    drawn = demo.main([image, str(output / "model_final.pth"), "--output", str(tmp_path / "demo.png"), "--score-threshold", "0"])
+    assert os.path.getsize(drawn) > 0
+
+
+def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
+    straight = make_trainer(tiny_data, tmp_path / "straight", iters=4)
+    straight.train()
+
+    interrupted = make_trainer(tiny_data, tmp_path / "resumed", iters=4)
+    assert interrupted.train(max_iters=2) is None  # stops as a kill after the checkpoint would
+    assert open(tmp_path / "resumed" / "last_checkpoint").read().strip() == "model_0000002.pth"
+    del interrupted
+    torch.manual_seed(12345)  # a fresh process's RNG: the checkpoint must restore it
+    resumed = make_trainer(tiny_data, tmp_path / "resumed", iters=4, num_workers=1)
+    resumed.resume(str(tmp_path / "resumed"))
+    assert resumed.iteration == 2
+    resumed.train()
+
+    expected, actual = straight.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    for a, b in zip(straight.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    # The log has each iteration once, as if never interrupted.
+    iters = [json.loads(line)["iter"] for line in open(tmp_path / "resumed" / "metrics.jsonl") if '"train"' in line]
+    assert iters == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("preset", ["mask_rcnn_r18_sfpn_small", "cascade_rcnn_r18_fpn_small"])
+def test_other_detectors_train_and_evaluate(tiny_data, tmp_path, preset):
+    trainer = make_trainer(tiny_data, tmp_path, iters=1, preset=preset)
+    metrics = trainer.train()
+    # Mask R-CNN is scored on its own masks; a detector without masks or semantic map on boxes only.
+    assert (metrics["segm"] is None) == preset.startswith("cascade")
+    record = json.loads(open(tmp_path / "metrics.jsonl").readline())
+    assert ("loss_mask" in record) == preset.startswith("mask_rcnn")
+
+
+def test_checkpoint_errors(tiny_data, tmp_path):
+    trainer = make_trainer(tiny_data, tmp_path, iters=1)
+    trainer.save("model_0000000.pth")
+    other = make_trainer(tiny_data, tmp_path, iters=1, **{"neck.alpha": 0.5})
+    with pytest.raises(CheckpointError, match=r"model_0000000\.pth was saved from another model config.*neck\.alpha: checkpoint 0\.2 vs model 0\.5"):
+        other.resume(str(tmp_path))
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(open(tmp_path / "model_0000000.pth", "rb").read()[:1000])
+    with pytest.raises(CheckpointError, match="broken.pth: not a readable sfpn checkpoint"):
+        load_checkpoint(str(broken))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        load_checkpoint(str(tmp_path / "empty"))
+
+
+def test_warmup_multistep_schedule():
+    schedule = WarmupMultiStep(warmup_iters=10, warmup_factor=0.001, milestones=[60, 80], gamma=0.1)
+    assert schedule(0) == pytest.approx(0.001)
+    assert schedule(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert [schedule(i) for i in (10, 59, 60, 79, 80, 89)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, paths, output_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from sfpn.engine import distributed
+
+    distributed.init_distributed("cpu")
+    try:
+        trainer = make_trainer(paths, output_dir, iters=2)
+        assert trainer.ddp_model is not trainer.model  # wrapped in DDP
+        trainer.train()
+        torch.save(trainer.model.state_dict(), os.path.join(output_dir, f"weights_rank{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tiny_data, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)
+    for key in rank0:  # DDP keeps the replicas identical
+        assert torch.equal(rank0[key], rank1[key]), key
+    # Only rank 0 writes: every record once, every rank's RNG in the checkpoint.
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["iter"] for r in records] == [1, 2, 2]
+    assert len(load_checkpoint(str(tmp_path))["rng"]) == 2
+    assert json.load(open(tmp_path / "eval.json"))["bbox"] is not None
