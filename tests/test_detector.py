@@ -10,14 +10,7 @@ from sfpn.config import DetectorConfig, get_config
 SMALL = ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These shapes are too small to gain from threads, and on a loaded machine OpenMP's spinning
-    workers make them an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 NUM_CLASSES = 2
 
 

@@ -18,14 +18,7 @@ PRESET = "faster_rcnn_r18_sfpn_small"
 TINY = ["--set", "log_every=1", "--set", "data.min_size=64", "--set", "data.max_size=96", "--set", "data.test_min_size=64", "--set", "data.num_workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """At these tiny sizes a second thread buys nothing, and on a loaded machine OpenMP workers
-    spinning for a core make each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ MASK = ["mask_rcnn_r18_fpn_small", "mask_rcnn_r18_sfpn_small"]
 CASCADE = ["cascade_rcnn_r18_fpn_small", "cascade_rcnn_r18_sfpn_small"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small shapes: threads only add OpenMP overhead (a lot of it on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def batch_with_masks():

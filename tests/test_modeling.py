@@ -12,13 +12,7 @@ from sfpn.modeling.neck import DOWNSAMPLE_MODES, FUSION_OPS, FUSION_POINTS
 SMALL_CHANNELS = [16, 32, 64, 128]  # C2..C5 of ResNet(18, width=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny shapes: threads only add OpenMP overhead (a lot of it on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------ boxes

@@ -17,15 +17,6 @@ needs_kernels = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def device():
-    if torch.cuda.is_available():
-        yield torch.device("cuda")
-    else:
-        with kernels.interpret_on_cpu():
-            yield torch.device("cpu")
-
-
 def pyramid(generator, in_channels, batch=2, finest=(12, 16), device="cpu"):
     """Maps at strides 4, 8, 16, ... of an image; odd division on purpose at the coarse end."""
     height, width = finest

@@ -26,16 +26,6 @@ LOW = dict(rtol=2e-2, atol=2e-2)
 
 
 @pytest.fixture
-def device():
-    """CUDA when present, else the CPU with the Triton kernels opted in (run by the interpreter)."""
-    if torch.cuda.is_available():
-        yield torch.device("cuda")
-    else:
-        with kernels.interpret_on_cpu():
-            yield torch.device("cpu")
-
-
-@pytest.fixture
 def launches(monkeypatch):
     """Counts the kernel launches per op, to prove the kernels (not the references) ran."""
     from sfpn.kernels import cross_entropy, group_norm_relu, resize_sum
