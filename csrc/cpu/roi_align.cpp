@@ -29,6 +29,14 @@
 namespace sfpn::roi_align {
 namespace {
 
+// One RoI's taps along one axis: `count` per bin, bin p's at [p * count, (p + 1) * count).
+template <typename acc_t>
+struct TapView {
+  int64_t count;
+  const int64_t* index;
+  const acc_t* weight;
+};
+
 // The taps of every bin along one axis, for every RoI: bin p of RoI k reads pixels
 // index[offset[k] + p * count[k] + j] with weights weight[...], j < count[k]. Every bin of a RoI
 // has the same count (short bins are padded with zero weights), so the inner loops run a trip
@@ -39,6 +47,10 @@ struct AxisTaps {
   std::vector<int64_t> lo, hi;         // per RoI: the pixel span its taps cover (hi < lo: none)
   std::vector<int64_t> index;
   std::vector<acc_t> weight;
+
+  TapView<acc_t> of(int64_t k) const {
+    return {count[k], &index[offset[k]], &weight[offset[k]]};
+  }
 };
 
 template <typename acc_t>
@@ -169,16 +181,20 @@ RoiTaps<acc_t> tabulate_taps(const at::Tensor& rois, int64_t batch_size, at::Arr
 // The inner loops over the column taps of one bin, unrolled for the counts 2x2 sampling gives
 // (COLS > 0) or run to `count` (COLS == 0).
 template <int COLS, typename acc_t, typename scalar_t>
-inline acc_t row_dot(const scalar_t* row, const int64_t* index, const acc_t* weight, int64_t count) {
-  const int64_t n = COLS > 0 ? COLS : count;
+inline acc_t row_dot(const scalar_t* row, const TapView<acc_t>& cols, int64_t bin) {
+  const int64_t n = COLS > 0 ? COLS : cols.count;
+  const int64_t* index = cols.index + bin * cols.count;
+  const acc_t* weight = cols.weight + bin * cols.count;
   acc_t sum = 0;
   for (int64_t j = 0; j < n; ++j) sum += weight[j] * static_cast<acc_t>(row[index[j]]);
   return sum;
 }
 
 template <int COLS, typename acc_t>
-inline void row_spread(acc_t* row, const int64_t* index, const acc_t* weight, int64_t count, acc_t grad) {
-  const int64_t n = COLS > 0 ? COLS : count;
+inline void row_spread(acc_t* row, const TapView<acc_t>& cols, int64_t bin, acc_t grad) {
+  const int64_t n = COLS > 0 ? COLS : cols.count;
+  const int64_t* index = cols.index + bin * cols.count;
+  const acc_t* weight = cols.weight + bin * cols.count;
   for (int64_t j = 0; j < n; ++j) row[index[j]] += grad * weight[j];
 }
 
@@ -189,16 +205,12 @@ inline void row_spread(acc_t* row, const int64_t* index, const acc_t* weight, in
 template <int COLS, typename scalar_t, typename acc_t>
 void pool_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t width, int64_t pooled_h,
                      int64_t pooled_w, scalar_t* out_bins) {
-  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
-  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
-  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
-  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
-  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
+  const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
   for (int64_t ph = 0; ph < pooled_h; ++ph) {
     for (int64_t pw = 0; pw < pooled_w; ++pw) {
       acc_t sum = 0;
-      for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
-        sum += y_weight[i] * row_dot<COLS>(plane + y_index[i] * width, x_index + pw * nx, x_weight + pw * nx, nx);
+      for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+        sum += row_taps.weight[i] * row_dot<COLS>(plane + row_taps.index[i] * width, col_taps, pw);
       }
       out_bins[ph * pooled_w + pw] = static_cast<scalar_t>(sum);
     }
@@ -208,22 +220,18 @@ void pool_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, 
 template <int COLS, typename scalar_t, typename acc_t>
 void pool_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, int64_t width, int64_t pooled_h,
                     int64_t pooled_w, scalar_t* out_bins, acc_t* __restrict__ span_row) {
-  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
+  const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
   const int64_t lo = t.cols.lo[k], span = t.cols.hi[k] - lo + 1;
-  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
-  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
-  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
-  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
   const acc_t* row_at = span_row - lo;  // row_at[x] for x in [lo, hi]
   for (int64_t ph = 0; ph < pooled_h; ++ph) {
     std::fill(span_row, span_row + span, acc_t(0));
-    for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
-      const scalar_t* __restrict__ source = plane + y_index[i] * width + lo;
-      const acc_t w = y_weight[i];
+    for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+      const scalar_t* __restrict__ source = plane + row_taps.index[i] * width + lo;
+      const acc_t w = row_taps.weight[i];
       for (int64_t x = 0; x < span; ++x) span_row[x] += w * static_cast<acc_t>(source[x]);
     }
     for (int64_t pw = 0; pw < pooled_w; ++pw) {
-      out_bins[ph * pooled_w + pw] = static_cast<scalar_t>(row_dot<COLS>(row_at, x_index + pw * nx, x_weight + pw * nx, nx));
+      out_bins[ph * pooled_w + pw] = static_cast<scalar_t>(row_dot<COLS>(row_at, col_taps, pw));
     }
   }
 }
@@ -233,17 +241,13 @@ void pool_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* plane, i
 template <int COLS, typename scalar_t, typename acc_t>
 void spread_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, int64_t pooled_h,
                        int64_t pooled_w, acc_t* plane, int64_t width) {
-  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
-  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
-  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
-  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
-  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
+  const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
   for (int64_t ph = 0; ph < pooled_h; ++ph) {
     for (int64_t pw = 0; pw < pooled_w; ++pw) {
       const acc_t g = static_cast<acc_t>(grad_bins[ph * pooled_w + pw]);
       if (g == acc_t(0)) continue;
-      for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
-        row_spread<COLS>(plane + y_index[i] * width, x_index + pw * nx, x_weight + pw * nx, nx, g * y_weight[i]);
+      for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+        row_spread<COLS>(plane + row_taps.index[i] * width, col_taps, pw, g * row_taps.weight[i]);
       }
     }
   }
@@ -252,12 +256,8 @@ void spread_roi_sparse(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_
 template <int COLS, typename scalar_t, typename acc_t>
 void spread_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_bins, int64_t pooled_h,
                       int64_t pooled_w, acc_t* plane, int64_t width, acc_t* __restrict__ span_row) {
-  const int64_t ny = t.rows.count[k], nx = t.cols.count[k];
+  const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
   const int64_t lo = t.cols.lo[k], span = t.cols.hi[k] - lo + 1;
-  const int64_t* y_index = &t.rows.index[t.rows.offset[k]];
-  const acc_t* y_weight = &t.rows.weight[t.rows.offset[k]];
-  const int64_t* x_index = &t.cols.index[t.cols.offset[k]];
-  const acc_t* x_weight = &t.cols.weight[t.cols.offset[k]];
   acc_t* row_at = span_row - lo;
   for (int64_t ph = 0; ph < pooled_h; ++ph) {
     std::fill(span_row, span_row + span, acc_t(0));
@@ -266,12 +266,12 @@ void spread_roi_dense(const RoiTaps<acc_t>& t, int64_t k, const scalar_t* grad_b
       const acc_t g = static_cast<acc_t>(grad_bins[ph * pooled_w + pw]);
       if (g == acc_t(0)) continue;
       any = true;
-      row_spread<COLS>(row_at, x_index + pw * nx, x_weight + pw * nx, nx, g);
+      row_spread<COLS>(row_at, col_taps, pw, g);
     }
     if (!any) continue;
-    for (int64_t i = ph * ny; i < (ph + 1) * ny; ++i) {
-      acc_t* __restrict__ target = plane + y_index[i] * width + lo;
-      const acc_t w = y_weight[i];
+    for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+      acc_t* __restrict__ target = plane + row_taps.index[i] * width + lo;
+      const acc_t w = row_taps.weight[i];
       for (int64_t x = 0; x < span; ++x) target[x] += w * span_row[x];
     }
   }
