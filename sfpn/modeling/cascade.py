@@ -2,6 +2,8 @@
 refined boxes at a higher IoU threshold."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +47,15 @@ class CascadeRoIHeads(nn.Module):
             for iou, weights in zip(iou_thresholds, stage_box_coder_weights)
         )
         self.stage_weights = tuple(stage_weights)
+
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, cascade_config) -> CascadeRoIHeads:
+        """The stages of a :class:`sfpn.config.RoIHeadsConfig` and a :class:`sfpn.config.CascadeConfig`."""
+        return cls(
+            in_channels, num_classes, iou_thresholds=cascade_config.iou_thresholds,
+            stage_weights=cascade_config.stage_weights, stage_box_coder_weights=cascade_config.box_coder_weights,
+            **dataclasses.asdict(config),
+        )
 
     @torch.no_grad()
     def _refine(self, stage: RoIHeads, deltas, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:

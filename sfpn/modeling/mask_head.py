@@ -92,6 +92,14 @@ class MaskRoIHeads(RoIHeads):
         self.mask_head = MaskHead(in_channels, num_classes, mask_conv_dim, mask_num_convs)
         self.mask_threshold = mask_threshold
 
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, mask_config) -> MaskRoIHeads:
+        """The heads of a :class:`sfpn.config.RoIHeadsConfig` and a :class:`sfpn.config.MaskHeadConfig`."""
+        return super().from_config(
+            config, in_channels, num_classes, mask_resolution=mask_config.resolution, mask_conv_dim=mask_config.conv_dim,
+            mask_num_convs=mask_config.num_convs, mask_threshold=mask_config.threshold,
+        )
+
     def forward(self, features, proposals, image_sizes, targets=None):
         if not self.training:
             detections = self.forward_eval(features, proposals, image_sizes)

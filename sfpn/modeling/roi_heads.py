@@ -1,6 +1,8 @@
 """The RoI box head of Faster R-CNN: RoIAlign over P2..P5, 2 fc layers, class-specific boxes."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,6 +140,11 @@ class RoIHeads(nn.Module):
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
+
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, **options) -> RoIHeads:
+        """The heads a :class:`sfpn.config.RoIHeadsConfig` describes (``options``: the subclass's own)."""
+        return cls(in_channels, num_classes, **dataclasses.asdict(config), **options)
 
     def forward(self, features, proposals: list[torch.Tensor], image_sizes, targets=None):
         if self.training:

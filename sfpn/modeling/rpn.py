@@ -79,6 +79,18 @@ class RPN(nn.Module):
         self.positive_fraction = positive_fraction
         self.smooth_l1_beta = smooth_l1_beta
 
+    @classmethod
+    def from_config(cls, config, channels: int, strides: tuple[int, ...]) -> RPN:
+        """The RPN a :class:`sfpn.config.RPNConfig` describes, on ``channels``-channel levels of ``strides``."""
+        return cls(
+            channels, AnchorGenerator(config.anchor_sizes, config.aspect_ratios, strides),
+            pre_nms_topk=(config.pre_nms_topk_train, config.pre_nms_topk_test),
+            post_nms_topk=(config.post_nms_topk_train, config.post_nms_topk_test), nms_threshold=config.nms_threshold,
+            min_size=config.min_size, fg_iou_threshold=config.fg_iou_threshold, bg_iou_threshold=config.bg_iou_threshold,
+            batch_size_per_image=config.batch_size_per_image, positive_fraction=config.positive_fraction,
+            smooth_l1_beta=config.smooth_l1_beta,
+        )
+
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None):
         objectness, deltas = self.head(features)
         num_images = features[0].shape[0]
