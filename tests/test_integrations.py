@@ -22,7 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
 from torchvision.ops import boxes as torchvision_box_ops  # noqa: E402
 
 from sfpn.data.semantic import semantic_from_boxes  # noqa: E402
-from sfpn.integrations import torchvision as integration  # noqa: E402
+from sfpn import ops as sfpn_ops  # noqa: E402
 from sfpn.integrations.torchvision import (  # noqa: E402
     MultiScaleRoIAlign,
     SFPNBackbone,
@@ -236,9 +236,9 @@ def test_semantic_labels_follow_the_transformed_targets():
 
     def spy(logits, labels):
         seen["logits"], seen["labels"] = logits, labels
-        return logits.sum() * 0
+        return {"loss_segm": logits.sum() * 0}
 
-    model.backbone.semantic_loss = spy
+    model.backbone.neck.losses = spy
     images = [torch.rand(3, 100, 150), torch.rand(3, 120, 100)]
     boxes = torch.tensor([[30.0, 20.0, 90.0, 60.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([2])}, {"boxes": boxes, "labels": torch.tensor([3])}]
@@ -372,8 +372,8 @@ def test_use_sfpn_ops_gives_the_same_detections_and_is_reversible():
     with use_sfpn_ops(model):
         assert isinstance(model.roi_heads.box_roi_pool, MultiScaleRoIAlign)
         assert isinstance(model.roi_heads.mask_roi_pool, MultiScaleRoIAlign)
-        assert torchvision_rpn.box_ops.batched_nms is integration.batched_nms
-        assert torchvision_roi_heads.box_ops.batched_nms is integration.batched_nms
+        assert torchvision_rpn.box_ops.batched_nms is sfpn_ops.batched_nms
+        assert torchvision_roi_heads.box_ops.batched_nms is sfpn_ops.batched_nms
         assert torchvision_rpn.box_ops.box_iou is torchvision_box_ops.box_iou
         with torch.no_grad():
             actual = model(images)
@@ -388,7 +388,7 @@ def test_use_sfpn_ops_gives_the_same_detections_and_is_reversible():
     first, second = use_sfpn_ops(model), use_sfpn_ops(other, roi_align=False)
     assert not isinstance(other.roi_heads.box_roi_pool, MultiScaleRoIAlign)
     first.remove()
-    assert torchvision_rpn.box_ops.batched_nms is integration.batched_nms
+    assert torchvision_rpn.box_ops.batched_nms is sfpn_ops.batched_nms
     second.remove()
     assert torchvision_rpn.box_ops is torchvision_box_ops
     with pytest.raises(TypeError, match="GeneralizedRCNN"):
