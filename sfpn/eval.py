@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from ._cli import check_not_shadowed
+
 
 def int_at_least(low: int):
     """An argparse ``type``: an integer >= ``low``, else argparse's one-line usage error."""
@@ -43,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    check_not_shadowed()
     args = parse_args(argv)
     from .data.coco import CocoDetection
     from .data.transforms import build_transforms

@@ -20,6 +20,8 @@ import argparse
 import os
 import sys
 
+from ._cli import check_not_shadowed
+
 DEFAULT_PRESET = "faster_rcnn_r18_sfpn_small"
 #: The flags that set a config key, and the key: a flag wins over ``--set`` of the same key.
 FLAG_KEYS = {
@@ -120,6 +122,7 @@ def list_keys(train, detector) -> str:
 
 
 def main(argv=None) -> dict | None:
+    check_not_shadowed()
     args = parse_args(argv)
     from .engine import distributed
     from .engine.build import build_trainer, run_configs

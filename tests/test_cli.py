@@ -100,3 +100,20 @@ def test_entry_points_exit_nonzero_with_one_line_not_a_traceback():
         result = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env, cwd=REPO)
         assert result.returncode != 0, argv
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_checkout_named_sfpn_in_the_working_directory_is_named(tmp_path):
+    (tmp_path / "sfpn" / "sfpn").mkdir(parents=True)  # a checkout of this repository, named sfpn
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    probe = subprocess.run([sys.executable, "-c", "import sfpn; print(sfpn.__file__)"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path)
+    if probe.stdout.strip() != "None":
+        pytest.skip("this install of sfpn is not shadowed by a folder in the working directory (only editable installs are)")
+    for entry in ("sfpn.train", "sfpn.eval"):
+        result = subprocess.run([sys.executable, "-m", entry, "x"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode != 0
+        assert result.stderr.strip() == (
+            f"error: 'import sfpn' found the folder {tmp_path / 'sfpn'} (a checkout named sfpn?), which shadows the "
+            "installed sfpn package; run from another folder, or rename that one"
+        )
