@@ -237,6 +237,85 @@ def set_key(config, key: str, value) -> None:
     setattr(node, name, _coerce(hint, value, key))
 
 
+class Range(typing.NamedTuple):
+    """The allowed values of a numeric field: ``low <= value <= high`` (``low < value`` when
+    ``low_open``; no upper bound when ``high`` is None)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Range(0, low_open=True), Range(0), Range(1), Range(0, 1)
+#: The range of the detector config's numeric fields (a tuple's range holds for each item),
+#: checked by :func:`check_ranges` before a run starts. Not here: ``backbone.depth``, a choice the
+#: ResNet checks, and ``roi_heads.sampling_ratio``, where any value <= 0 means adaptive.
+DETECTOR_RANGES: dict[str, Range] = {
+    "num_classes": AT_LEAST_ONE,
+    "size_divisibility": AT_LEAST_ONE,
+    "backbone.width": AT_LEAST_ONE,
+    "backbone.freeze_at": Range(0, 5),
+    "neck.out_channels": AT_LEAST_ONE,
+    "neck.semantic_channels": AT_LEAST_ONE,
+    "neck.semantic_convs": NON_NEGATIVE,
+    "neck.num_groups": AT_LEAST_ONE,
+    "neck.alpha": NON_NEGATIVE,
+    "rpn.anchor_sizes": POSITIVE,
+    "rpn.aspect_ratios": POSITIVE,
+    "rpn.pre_nms_topk_train": AT_LEAST_ONE,
+    "rpn.pre_nms_topk_test": AT_LEAST_ONE,
+    "rpn.post_nms_topk_train": AT_LEAST_ONE,
+    "rpn.post_nms_topk_test": AT_LEAST_ONE,
+    "rpn.nms_threshold": FRACTION,
+    "rpn.min_size": NON_NEGATIVE,
+    "rpn.fg_iou_threshold": FRACTION,
+    "rpn.bg_iou_threshold": FRACTION,
+    "rpn.batch_size_per_image": AT_LEAST_ONE,
+    "rpn.positive_fraction": FRACTION,
+    "rpn.smooth_l1_beta": NON_NEGATIVE,
+    "roi_heads.resolution": AT_LEAST_ONE,
+    "roi_heads.fc_dim": AT_LEAST_ONE,
+    "roi_heads.num_fc": AT_LEAST_ONE,
+    "roi_heads.batch_size_per_image": AT_LEAST_ONE,
+    "roi_heads.positive_fraction": FRACTION,
+    "roi_heads.fg_iou_threshold": FRACTION,
+    "roi_heads.box_coder_weights": POSITIVE,
+    "roi_heads.smooth_l1_beta": NON_NEGATIVE,
+    "roi_heads.score_threshold": FRACTION,
+    "roi_heads.nms_threshold": FRACTION,
+    "roi_heads.detections_per_image": AT_LEAST_ONE,
+    "mask_head.resolution": AT_LEAST_ONE,
+    "mask_head.conv_dim": AT_LEAST_ONE,
+    "mask_head.num_convs": NON_NEGATIVE,
+    "mask_head.threshold": FRACTION,
+    "cascade.iou_thresholds": FRACTION,
+    "cascade.stage_weights": NON_NEGATIVE,
+    "cascade.box_coder_weights": POSITIVE,
+}
+
+
+def check_ranges(config, ranges: dict[str, Range]) -> None:
+    """A ``ValueError`` naming the first key of ``ranges`` whose value (each item of a tuple,
+    nested too) lies outside its range."""
+    keys = config_keys(config)
+    for key, allowed in ranges.items():
+        if not all(value in allowed for value in _flatten(keys[key])):
+            raise ValueError(f"config key {key!r} must be {allowed}, got {keys[key]!r}")
+
+
+def _flatten(value) -> list:
+    return [item for v in value for item in _flatten(v)] if isinstance(value, tuple) else [value]
+
+
 def _has_field(node, name: str) -> bool:
     return dataclasses.is_dataclass(node) and any(f.name == name for f in dataclasses.fields(node))
 

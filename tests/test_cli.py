@@ -39,6 +39,9 @@ def train_error(*argv: str) -> str:
         (["--set", "data.semantic=polygons"], "'data.semantic' must be one of"),
         (["--set", "find_unused_parameters=1"], "'find_unused_parameters' expects bool, got '1'"),
         (["--set", "model.neck.alpha=high"], "'neck.alpha' expects float, got 'high'"),
+        (["--set", "neck.alpha=-1"], "'neck.alpha' must be >= 0, got -1.0"),
+        (["--set", "model.rpn.nms_threshold=1.5"], "'rpn.nms_threshold' must be in [0, 1], got 1.5"),
+        (["--set", "cascade.box_coder_weights=((1, 1, 1, 0),)"], "'cascade.box_coder_weights' must be > 0"),
         (["--set", "num_classes=3"], "unknown config key 'num_classes'"),
         (["--set", "solver.lr"], "--set expects KEY=VALUE"),
     ],
@@ -53,12 +56,15 @@ def test_unknown_keys_suggest_the_closest():
     assert "--list-keys" in train_error("--set", "nothing_like_it=1")
 
 
-def test_every_numeric_training_field_has_a_range():
-    from sfpn.config import config_keys
+def test_every_numeric_field_has_a_range():
+    from sfpn.config import DETECTOR_RANGES, config_keys, preset_config
 
-    numeric = {k for k, v in config_keys(training_config("faster_rcnn_r50_sfpn_1x")).items()
-               if isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
-    assert numeric == set(RANGES)
+    def numeric(config):
+        return {k for k, v in config_keys(config).items() if isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
+
+    assert numeric(training_config("faster_rcnn_r50_sfpn_1x")) == set(RANGES)
+    unbounded = {"backbone.depth", "roi_heads.sampling_ratio"}  # a choice; <= 0 means adaptive
+    assert numeric(preset_config("cascade_rcnn_r50_sfpn_1x")) == set(DETECTOR_RANGES) | unbounded
 
 
 def test_flags_win_over_set_and_set_applies_in_order(capsys):

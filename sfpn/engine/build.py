@@ -15,7 +15,16 @@ import dataclasses
 
 import torch
 
-from ..config import DetectorConfig, build_from_config, config_keys, preset_config, set_key, unknown_key_message
+from ..config import (
+    DETECTOR_RANGES,
+    DetectorConfig,
+    build_from_config,
+    check_ranges,
+    config_keys,
+    preset_config,
+    set_key,
+    unknown_key_message,
+)
 from .config import TrainConfig, training_config, validate
 from .trainer import Trainer, seed_everything
 
@@ -32,7 +41,7 @@ def all_keys(train: TrainConfig, detector: DetectorConfig) -> dict[str, object]:
 
 def run_configs(preset: str, overrides: list[tuple[str, object]] = ()) -> tuple[TrainConfig, DetectorConfig]:
     """The training and detector configs of ``preset`` with ``(key, value)`` overrides applied in
-    order and the training config validated; a ``ValueError`` names the first bad key."""
+    order and both validated; a ``ValueError`` names the first bad key."""
     train, detector = training_config(preset), preset_config(preset)
     train_keys = config_keys(train)
     for key, value in overrides:
@@ -44,6 +53,7 @@ def run_configs(preset: str, overrides: list[tuple[str, object]] = ()) -> tuple[
         else:
             raise ValueError(unknown_key_message(key, all_keys(train, detector)))
     validate(train)
+    check_ranges(detector, DETECTOR_RANGES)
     return train, detector
 
 

@@ -8,9 +8,8 @@ a CPU-sized schedule for the ``*_small`` presets, the default of ``python -m sfp
 from __future__ import annotations
 
 import dataclasses
-import typing
 
-from ..config import config_keys
+from ..config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges, config_keys
 
 
 @dataclasses.dataclass
@@ -81,25 +80,6 @@ def training_config(preset: str) -> TrainConfig:
     )
 
 
-class Range(typing.NamedTuple):
-    """The allowed values of a numeric field: ``low <= value <= high`` (``low < value`` when
-    ``low_open``; no upper bound when ``high`` is None)."""
-
-    low: float
-    high: float | None = None
-    low_open: bool = False
-
-    def __contains__(self, value) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        return above and (self.high is None or value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
-
-
-POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Range(0, low_open=True), Range(0), Range(1), Range(0, 1)
 #: The range of every numeric field, checked by :func:`validate` before any work starts (a tuple
 #: field's range holds for each of its items).
 RANGES: dict[str, Range] = {
@@ -134,11 +114,8 @@ CHOICES = {
 
 def validate(config: TrainConfig) -> None:
     """Checks every field's range and choices; a ``ValueError`` names the first bad key."""
+    check_ranges(config, RANGES)
     keys = config_keys(config)
-    for key, allowed in RANGES.items():
-        values = keys[key] if isinstance(keys[key], tuple) else (keys[key],)
-        if not all(value in allowed for value in values):
-            raise ValueError(f"config key {key!r} must be {allowed}, got {keys[key]!r}")
     if not config.data.min_size:
         raise ValueError("config key 'data.min_size' needs at least one size")
     for key, options in CHOICES.items():
