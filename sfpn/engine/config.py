@@ -1,9 +1,11 @@
-"""Training configuration: solver, data and loop settings, with presets and dotted overrides.
+"""Training configuration: solver, data and loop settings, their presets and allowed ranges.
 
 The detector's own config lives with the model (``sfpn.build_detector``); this one says how it
 is trained. ``training_config(preset)`` gives the paper's 1x schedule for the full-size presets
 (batch 16, LR 0.02, 90k iterations, LR x0.1 at 60k and 80k, linear warmup, 800/1333 images) and
 a CPU-sized schedule for the ``*_small`` presets, the default of ``python -m sfpn.train``.
+Overrides go through :func:`sfpn.config.set_key`, as the detector config's do; :func:`validate`
+checks the result.
 """
 from __future__ import annotations
 
