@@ -114,6 +114,25 @@ def train(model: nn.Module, images, targets, steps: int) -> list[dict[str, float
 # The backbone
 
 
+def test_every_public_name_imports_from_the_package_and_lives_in_one_concern_module():
+    import sfpn.integrations.torchvision as integration
+
+    assert set(integration.__all__) == {
+        "LABEL_SOURCES", "MultiScaleRoIAlign", "SFPNBackbone", "SFPNOps", "SemanticLoss", "add_semantic_loss",
+        "convert_fpn_state_dict", "load_fpn_state_dict", "semantic_targets", "sfpn_resnet_backbone", "use_sfpn_ops",
+    }
+    modules = {"backbone", "semantic_loss", "swap_ops", "state_dict"}
+    for name in integration.__all__:
+        value = getattr(integration, name)
+        home = getattr(value, "__module__", None)
+        if home is not None and home.startswith("sfpn.integrations.torchvision."):
+            assert home.rsplit(".", 1)[1] in modules, (name, home)
+    # The one label-map helper serves the integration and the native detectors.
+    from sfpn.data.semantic import LABEL_SOURCES, semantic_labels
+
+    assert integration.semantic_targets is semantic_labels and integration.LABEL_SOURCES is LABEL_SOURCES
+
+
 def test_backbone_is_a_drop_in_for_backbone_with_fpn():
     torch.manual_seed(0)
     ours = sfpn_backbone()
