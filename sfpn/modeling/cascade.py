@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CascadeConfig
 from .boxes import clip_boxes
 from .roi_heads import RoIHeads
 
@@ -30,10 +31,9 @@ class CascadeRoIHeads(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
-        iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7),
-        stage_weights: tuple[float, ...] = (1.0, 0.5, 0.25),
-        stage_box_coder_weights: tuple[tuple[float, float, float, float], ...] = (
-            (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
+        iou_thresholds: tuple[float, ...] = CascadeConfig.iou_thresholds,
+        stage_weights: tuple[float, ...] = CascadeConfig.stage_weights,
+        stage_box_coder_weights: tuple[tuple[float, float, float, float], ...] = CascadeConfig.box_coder_weights,
         **box_options,
     ):
         super().__init__()
@@ -49,7 +49,7 @@ class CascadeRoIHeads(nn.Module):
         self.stage_weights = tuple(stage_weights)
 
     @classmethod
-    def from_config(cls, config, in_channels: int, num_classes: int, cascade_config) -> CascadeRoIHeads:
+    def from_config(cls, config, in_channels: int, num_classes: int, cascade_config: CascadeConfig) -> CascadeRoIHeads:
         """The stages of a :class:`sfpn.config.RoIHeadsConfig` and a :class:`sfpn.config.CascadeConfig`."""
         return cls(
             in_channels, num_classes, iou_thresholds=cascade_config.iou_thresholds,
