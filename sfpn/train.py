@@ -110,13 +110,15 @@ def resolve_data(args) -> dict[str, tuple[str, str]]:
 
 
 def list_keys(train, detector) -> str:
-    """One line per ``--set`` key: the key, its value and, for a training key, its range."""
-    from .engine.build import all_keys
+    """One line per ``--set`` key: the key, its value and its range or choices where declared."""
+    from .config import DETECTOR_RANGES
+    from .engine.build import MODEL_PREFIX, all_keys
     from .engine.config import CHOICES, RANGES
 
+    ranges = {**RANGES, **{MODEL_PREFIX + key: allowed for key, allowed in DETECTOR_RANGES.items()}}
     lines = []
     for key, value in all_keys(train, detector).items():
-        allowed = RANGES.get(key) or (f"one of {CHOICES[key]}" if key in CHOICES else "")
+        allowed = ranges.get(key) or (f"one of {CHOICES[key]}" if key in CHOICES else "")
         lines.append(f"{key}={value!r}" + (f"  ({allowed})" if allowed else ""))
     return "\n".join(lines)
 
