@@ -1,4 +1,4 @@
-"""RoIAlign forward+backward against torchvision, at the COCO shapes of DESIGN.md section 5.
+"""RoIAlign forward+backward against torchvision, at the COCO shapes of docs/design.md "Performance targets".
 
     python -m pytest benchmarks/bench_roi_align.py --benchmark-only [--benchmark-json out.json]
 

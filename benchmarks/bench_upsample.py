@@ -2,7 +2,7 @@
 
     pytest benchmarks/bench_upsample.py --benchmark-only [--benchmark-json out.json]
 
-Shapes: the COCO training shape of DESIGN.md §5 (batch 2 at 800x1344, 256 channels):
+Shapes: the COCO training shape of docs/design.md "Performance targets" (batch 2 at 800x1344, 256 channels):
 P2 200x336, P3 100x168, P4 50x84, P5 25x42; the semantic feature at stride 8 (P3's size).
 One group per case, so ours sits beside its peers: `sfpn` (our kernel), `eager`
 (`lateral + F.interpolate(...)`, a Python loop over levels for semantic_fuse) and `compiled`

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class NeckConfig:
     downsample: str = "bilinear"  # bilinear | max_pool (coarse levels)
     alpha: float = 0.2  # weight of the semantic loss
     upsample_mode: str = "nearest"
+    # Semantic labels of a target without a "semantic" map: auto (masks, else boxes) | masks | boxes
+    labels_from: str = "auto"
 
 
 @dataclass
@@ -103,6 +106,11 @@ class DetectorConfig:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     size_divisibility: int = 32
 
+    @property
+    def trains_semantic(self) -> bool:
+        """Whether training needs semantic labels: the branch is on and its loss weighs."""
+        return self.neck.semantic and self.neck.alpha > 0
+
     def to_dict(self) -> dict:
         """Plain nested dict of builtins (safe in a ``weights_only`` checkpoint)."""
         return dataclasses.asdict(self)
@@ -122,15 +130,10 @@ def _from_dict(cls, data: dict):
     for name, value in data.items():
         if dataclasses.is_dataclass(hints[name]):
             value = _from_dict(hints[name], value)
-        elif isinstance(value, list):
-            value = _as_tuple(value)
+        else:
+            value = _coerce(hints[name], value, name)
         values[name] = value
     return cls(**values)
-
-
-def _as_tuple(value):
-    """Lists (from a dict or a command line) back to the tuples the config holds, nested too."""
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -170,47 +173,200 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
+def preset_config(name: str) -> DetectorConfig:
+    """A fresh copy of the preset ``name`` (``num_classes`` still the default)."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list_presets(), n=3)
+        raise ValueError(f"unknown preset {name!r}; {f'did you mean {close}? ' if close else ''}choose one of {list_presets()}")
+    return PRESETS[name]()
+
+
 def get_config(name: str, num_classes: int, **overrides) -> DetectorConfig:
     """The preset ``name`` with ``num_classes`` and dotted-key ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    config = preset_config(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (foreground categories), got {num_classes!r}")
-    config = PRESETS[name]()
     config.num_classes = num_classes
     for key, value in overrides.items():
-        apply_override(config, key, value)
+        set_key(config, key, value)
     return config
 
 
-def apply_override(config, key: str, value) -> None:
-    """Sets ``config.<dotted key> = value`` in place. A string value for a non-string field is
-    parsed as a Python literal (``"0.5"``, ``"(16, 32)"``, ``"None"``), so command-line
-    ``--set key=value`` pairs can be passed through."""
-    *path, name = key.split(".")
-    target = config
-    for part in path:
-        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            raise ValueError(f"unknown config key {key!r}")
-        target = getattr(target, part)
-    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
-        options = [f.name for f in dataclasses.fields(target)] if dataclasses.is_dataclass(target) else []
-        raise ValueError(f"unknown config key {key!r}; {'.'.join(path) or 'the config'} has {options}")
-    current = getattr(target, name)
-    if dataclasses.is_dataclass(current):
+# --------------------------------------------------------------------------------------- overrides
+# One mechanism for every dotted-key override, of the detector's config and of the training
+# config (``sfpn.engine.config``): a key names a field of nested dataclasses, and a value is
+# converted to the field's annotated type (from text, as ``--set key=value`` gives it).
+
+
+def config_keys(config, prefix: str = "") -> dict[str, object]:
+    """Every settable dotted key of a nested dataclass config and its current value."""
+    keys = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.update(config_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = value
+    return keys
+
+
+def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
+    """``unknown config key 'x'`` with the closest valid keys, for a typo's sake."""
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown config key {key!r}{hint} (list them with python -m sfpn.train --list-keys)"
+
+
+def set_key(config, key: str, value) -> None:
+    """Sets ``config.<dotted key> = value`` in place, converted to the field's annotated type.
+
+    Text (from a command line) is parsed as a Python literal for non-string fields (``"0.5"``,
+    ``"(16, 32)"``, ``"None"``); a scalar given for a tuple field becomes a 1-tuple; an int is
+    accepted for a float field. Anything else of the wrong type is refused with a ``ValueError``
+    naming the key and the expected type.
+    """
+    *parents, name = key.split(".")
+    node = config
+    for part in parents:
+        node = getattr(node, part, None) if _has_field(node, part) else None
+    if node is None or not _has_field(node, name):
+        raise ValueError(unknown_key_message(key, config_keys(config)))
+    if dataclasses.is_dataclass(getattr(node, name)):
         raise ValueError(f"config key {key!r} is a section; set its fields, e.g. {key}.<field>")
-    if isinstance(value, str) and not isinstance(current, str):
+    hint = typing.get_type_hints(type(node))[name]
+    setattr(node, name, _coerce(hint, value, key))
+
+
+class Range(typing.NamedTuple):
+    """The allowed values of a numeric field: ``low <= value <= high`` (``low < value`` when
+    ``low_open``; no upper bound when ``high`` is None)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Range(0, low_open=True), Range(0), Range(1), Range(0, 1)
+#: The range of the detector config's numeric fields (a tuple's range holds for each item),
+#: checked by :func:`check_ranges` before a run starts. Not here: ``backbone.depth``, a choice the
+#: ResNet checks, and ``roi_heads.sampling_ratio``, where any value <= 0 means adaptive.
+DETECTOR_RANGES: dict[str, Range] = {
+    "num_classes": AT_LEAST_ONE,
+    "size_divisibility": AT_LEAST_ONE,
+    "backbone.width": AT_LEAST_ONE,
+    "backbone.freeze_at": Range(0, 5),
+    "neck.out_channels": AT_LEAST_ONE,
+    "neck.semantic_channels": AT_LEAST_ONE,
+    "neck.semantic_convs": NON_NEGATIVE,
+    "neck.num_groups": AT_LEAST_ONE,
+    "neck.alpha": NON_NEGATIVE,
+    "rpn.anchor_sizes": POSITIVE,
+    "rpn.aspect_ratios": POSITIVE,
+    "rpn.pre_nms_topk_train": AT_LEAST_ONE,
+    "rpn.pre_nms_topk_test": AT_LEAST_ONE,
+    "rpn.post_nms_topk_train": AT_LEAST_ONE,
+    "rpn.post_nms_topk_test": AT_LEAST_ONE,
+    "rpn.nms_threshold": FRACTION,
+    "rpn.min_size": NON_NEGATIVE,
+    "rpn.fg_iou_threshold": FRACTION,
+    "rpn.bg_iou_threshold": FRACTION,
+    "rpn.batch_size_per_image": AT_LEAST_ONE,
+    "rpn.positive_fraction": FRACTION,
+    "rpn.smooth_l1_beta": NON_NEGATIVE,
+    "roi_heads.resolution": AT_LEAST_ONE,
+    "roi_heads.fc_dim": AT_LEAST_ONE,
+    "roi_heads.num_fc": AT_LEAST_ONE,
+    "roi_heads.batch_size_per_image": AT_LEAST_ONE,
+    "roi_heads.positive_fraction": FRACTION,
+    "roi_heads.fg_iou_threshold": FRACTION,
+    "roi_heads.box_coder_weights": POSITIVE,
+    "roi_heads.smooth_l1_beta": NON_NEGATIVE,
+    "roi_heads.score_threshold": FRACTION,
+    "roi_heads.nms_threshold": FRACTION,
+    "roi_heads.detections_per_image": AT_LEAST_ONE,
+    "mask_head.resolution": AT_LEAST_ONE,
+    "mask_head.conv_dim": AT_LEAST_ONE,
+    "mask_head.num_convs": NON_NEGATIVE,
+    "mask_head.threshold": FRACTION,
+    "cascade.iou_thresholds": FRACTION,
+    "cascade.stage_weights": NON_NEGATIVE,
+    "cascade.box_coder_weights": POSITIVE,
+}
+
+
+def check_ranges(config, ranges: dict[str, Range]) -> None:
+    """A ``ValueError`` naming the first key of ``ranges`` whose value (each item of a tuple,
+    nested too) lies outside its range."""
+    keys = config_keys(config)
+    for key, allowed in ranges.items():
+        if not all(value in allowed for value in _flatten(keys[key])):
+            raise ValueError(f"config key {key!r} must be {allowed}, got {keys[key]!r}")
+
+
+def _flatten(value) -> list:
+    return [item for v in value for item in _flatten(v)] if isinstance(value, tuple) else [value]
+
+
+def _has_field(node, name: str) -> bool:
+    return dataclasses.is_dataclass(node) and any(f.name == name for f in dataclasses.fields(node))
+
+
+def parse_value(text: str):
+    """A command line's value: a Python literal (number, boolean, tuple, quoted string), else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def type_name(hint) -> str:
+    """``int``, ``tuple of float``, ``str or None``: how an error message names a field's type."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return f"tuple of {type_name(args[0])}" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)}-tuple"
+    if type(None) in args:
+        return " or ".join(type_name(a) for a in args if a is not type(None)) + " or None"
+    return hint.__name__
+
+
+def _coerce(hint, value, key: str):
+    """``value`` as the type ``hint`` (int, float, str, bool, ``X | None``, ``tuple[X, ...]``)."""
+    expected = f"config key {key!r} expects {type_name(hint)}, got {value!r}"
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None or value == "None":
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(hint, value, key)
+    if isinstance(value, str):  # command-line text; a quoted string is unquoted
+        parsed = parse_value(value)
+        value = parsed if hint is not str or isinstance(parsed, str) else value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = (value,)
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            raise ValueError(expected)
         try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            if current is not None:
-                raise ValueError(f"config key {key!r}: cannot parse {value!r} as {type(current).__name__}") from None
-    value = _as_tuple(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if current is not None and value is not None and not isinstance(value, type(current)):
-        raise ValueError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
-    setattr(target, name, value)
+            return tuple(_coerce(item, v, key) for item, v in zip(items, value))
+        except ValueError:
+            raise ValueError(expected) from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if type(value) is not hint:  # exact: True is not an int here
+        raise ValueError(expected)
+    return value
 
 
 def build_from_config(config: DetectorConfig):

@@ -12,6 +12,21 @@ import json
 import os
 import sys
 
+from ._cli import check_not_shadowed
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``, else argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its error
+    return parse
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sfpn.eval", description=__doc__.split("\n\n")[0])
@@ -20,29 +35,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ann-file", help="COCO annotation file (with --data-root)")
     parser.add_argument("--results", help="where to write the COCO results JSON (default: results_eval.json beside the checkpoint)")
     parser.add_argument("--metrics-json", help="also write the metrics as JSON here")
-    parser.add_argument("--min-size", type=int, help="shorter side of the test images (default: the training config's)")
-    parser.add_argument("--max-size", type=int, help="cap on the longer side (default: the training config's)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--min-size", type=int_at_least(1), help="shorter side of the test images (default: the training config's data.test_min_size)")
+    parser.add_argument("--max-size", type=int_at_least(1), help="cap on the longer side (default: the training config's data.max_size)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=1, help="images per forward pass (default 1)")
+    parser.add_argument("--num-workers", type=int_at_least(0), default=1, help="data loading workers (default 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
+    check_not_shadowed()
     args = parse_args(argv)
     from .data.coco import CocoDetection
     from .data.transforms import build_transforms
     from .engine import distributed
-    from .engine.checkpoint import model_from_checkpoint, resolve_checkpoint
+    from .engine.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
     from .engine.evaluation import evaluate, format_metrics
 
     if (args.data_root is None) != (args.ann_file is None):
         raise SystemExit("error: give both --data-root and --ann-file, or neither")
     device = distributed.init_distributed(args.device)
     try:
-        path = resolve_checkpoint(args.checkpoint)
-        model, meta = model_from_checkpoint(path, device)
+        try:
+            path = resolve_checkpoint(args.checkpoint)
+            model, meta = model_from_checkpoint(path, device)
+        except (FileNotFoundError, CheckpointError) as error:
+            raise SystemExit(f"error: {error}") from None
         if args.data_root is None:
             image_root, ann_file = meta["data"]["val"]["image_root"], meta["data"]["val"]["ann_file"]
         else:

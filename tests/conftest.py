@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 import pytest
@@ -18,12 +19,43 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--seed", type=int, default=0,
+        help="base of the random seeds: each test's seed is derived from it and the test's node id, so a "
+             "failure replays exactly with the same --seed (default 0)",
+    )
+
+
+def pytest_report_header(config):
+    return f"random seeds: --seed {config.getoption('--seed')} (each test's seed is derived from it and its node id)"
+
+
+def test_seed(base: int, nodeid: str) -> int:
+    """A test's seed: a hash of the run's ``--seed`` and the test's node id (stable across runs and
+    test selections, different between tests)."""
+    return int.from_bytes(hashlib.sha256(f"{base}/{nodeid}".encode()).digest()[:4], "little")
+
+
+test_seed.__test__ = False  # a helper, not a test
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and "generator" in getattr(item, "fixturenames", ()):
+        base = item.config.getoption("--seed")
+        report.sections.append(
+            ("random seed", f"generator seed {test_seed(base, item.nodeid)}; replay with: pytest '{item.nodeid}' --seed {base}")
+        )
+    return report
+
+
 @pytest.fixture
-def generator():
-    """A fresh random generator per test; its seed is printed so a failure can be replayed."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"random seed: {seed}")
-    return torch.Generator().manual_seed(seed)
+def generator(request):
+    """A random generator seeded for this test from ``--seed`` and its node id; a failure report
+    names the seed and the command that replays it."""
+    return torch.Generator().manual_seed(test_seed(request.config.getoption("--seed"), request.node.nodeid))
 
 
 @pytest.fixture(scope="module")

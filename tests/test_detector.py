@@ -6,6 +6,7 @@ import torch
 
 import sfpn
 from sfpn.config import DetectorConfig, get_config
+from sfpn.data.semantic import semantic_from_boxes, semantic_from_masks
 
 SMALL = ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"]
 
@@ -86,12 +87,25 @@ def test_training_losses(name):
     sum(losses.values()).backward()
 
 
-def test_semantic_branch_needs_semantic_targets():
+def test_semantic_labels_without_a_semantic_map_come_from_masks_else_boxes():
+    """torchvision-style targets (no ``semantic``) train the branch: labels painted from the
+    masks when a target has them, else from its boxes, as the neck's ``labels_from`` says."""
+    torch.manual_seed(0)
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES).train()
     images, targets = synthetic_batch()
+    box_maps = [semantic_from_boxes(t["boxes"], t["labels"], image.shape[-2:]) for t, image in zip(targets, images)]
+    masks = [torch.stack([t["semantic"] == label for label in t["labels"]]).to(torch.uint8) for t in targets]
+    with_maps = model(images, [{**t, "semantic": m} for t, m in zip(targets, box_maps)])["loss_segm"]
     for target in targets:
         del target["semantic"]
-    with pytest.raises(ValueError, match="semantic"):
+    from_boxes = model(images, targets)["loss_segm"]
+    torch.testing.assert_close(from_boxes, with_maps)
+    from_masks = model(images, [{**t, "masks": m} for t, m in zip(targets, masks)])["loss_segm"]
+    expected = model(images, [{**t, "semantic": semantic_from_masks(m, t["labels"])} for t, m in zip(targets, masks)])
+    torch.testing.assert_close(from_masks, expected["loss_segm"])
+
+    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.labels_from": "masks"}).train()
+    with pytest.raises(ValueError, match="'masks'"):
         model(images, targets)
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.alpha": 0.0}).train()
     assert "loss_segm" not in model(images, targets)

@@ -7,12 +7,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import sfpn
 from sfpn.data import SyntheticSpec, synthetic_dataset
 from sfpn.engine.checkpoint import CheckpointError, load_checkpoint
-from sfpn.engine.config import training_config
-from sfpn.engine.trainer import Trainer, WarmupMultiStep, seed_everything
-from sfpn.train import build_datasets
+from sfpn.engine.build import build_trainer, run_configs
+from sfpn.engine.trainer import WarmupMultiStep
 
 PRESET = "faster_rcnn_r18_sfpn_small"
 TINY = ["--set", "log_every=1", "--set", "data.min_size=64", "--set", "data.max_size=96", "--set", "data.test_min_size=64", "--set", "data.num_workers=0"]
@@ -32,20 +30,13 @@ def data_args(paths):
 
 
 def make_trainer(paths, output_dir, iters, num_workers=0, preset=PRESET, **model_overrides):
-    config = training_config(preset)
-    config.solver.max_iters = iters
-    config.solver.batch_size = 2
-    config.solver.warmup_iters = 2
-    config.data.min_size, config.data.max_size, config.data.test_min_size = (64,), 96, 64
-    config.data.num_workers = num_workers
-    config.checkpoint_every, config.log_every, config.eval_batch_size = 1000, 1, 3
-    train_set, val_set = build_datasets(paths, config, return_masks=preset.startswith("mask_rcnn"))
-    seed_everything(config.seed)
-    model = sfpn.build_detector(preset, train_set.num_classes, **model_overrides)
-    meta = {"preset": preset, "num_classes": train_set.num_classes, "model_overrides": model_overrides,
-            "classes": train_set.class_names, "label_to_category_id": train_set.label_to_category_id,
-            "data": {s: {"image_root": r, "ann_file": a} for s, (r, a) in paths.items()}}
-    return Trainer(model, train_set, val_set, config, str(output_dir), torch.device("cpu"), meta, progress=False)
+    overrides = [
+        ("solver.max_iters", iters), ("solver.batch_size", 2), ("solver.warmup_iters", 2), ("data.min_size", (64,)),
+        ("data.max_size", 96), ("data.test_min_size", 64), ("data.num_workers", num_workers),
+        ("checkpoint_every", 1000), ("log_every", 1), ("eval_batch_size", 3), *model_overrides.items(),
+    ]
+    train, detector = run_configs(preset, overrides)
+    return build_trainer(preset, paths, str(output_dir), train, detector, progress=False)
 
 
 def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):

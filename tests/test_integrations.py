@@ -22,7 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
 from torchvision.ops import boxes as torchvision_box_ops  # noqa: E402
 
 from sfpn.data.semantic import semantic_from_boxes  # noqa: E402
-from sfpn.integrations import torchvision as integration  # noqa: E402
+from sfpn import ops as sfpn_ops  # noqa: E402
 from sfpn.integrations.torchvision import (  # noqa: E402
     MultiScaleRoIAlign,
     SFPNBackbone,
@@ -112,6 +112,25 @@ def train(model: nn.Module, images, targets, steps: int) -> list[dict[str, float
 
 # ----------------------------------------------------------------------------------------------
 # The backbone
+
+
+def test_every_public_name_imports_from_the_package_and_lives_in_one_concern_module():
+    import sfpn.integrations.torchvision as integration
+
+    assert set(integration.__all__) == {
+        "LABEL_SOURCES", "MultiScaleRoIAlign", "SFPNBackbone", "SFPNOps", "SemanticLoss", "add_semantic_loss",
+        "convert_fpn_state_dict", "load_fpn_state_dict", "semantic_targets", "sfpn_resnet_backbone", "use_sfpn_ops",
+    }
+    modules = {"backbone", "semantic_loss", "swap_ops", "state_dict"}
+    for name in integration.__all__:
+        value = getattr(integration, name)
+        home = getattr(value, "__module__", None)
+        if home is not None and home.startswith("sfpn.integrations.torchvision."):
+            assert home.rsplit(".", 1)[1] in modules, (name, home)
+    # The one label-map helper serves the integration and the native detectors.
+    from sfpn.data.semantic import LABEL_SOURCES, semantic_labels
+
+    assert integration.semantic_targets is semantic_labels and integration.LABEL_SOURCES is LABEL_SOURCES
 
 
 def test_backbone_is_a_drop_in_for_backbone_with_fpn():
@@ -236,9 +255,9 @@ def test_semantic_labels_follow_the_transformed_targets():
 
     def spy(logits, labels):
         seen["logits"], seen["labels"] = logits, labels
-        return logits.sum() * 0
+        return {"loss_segm": logits.sum() * 0}
 
-    model.backbone.semantic_loss = spy
+    model.backbone.neck.losses = spy
     images = [torch.rand(3, 100, 150), torch.rand(3, 120, 100)]
     boxes = torch.tensor([[30.0, 20.0, 90.0, 60.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([2])}, {"boxes": boxes, "labels": torch.tensor([3])}]
@@ -372,8 +391,8 @@ def test_use_sfpn_ops_gives_the_same_detections_and_is_reversible():
     with use_sfpn_ops(model):
         assert isinstance(model.roi_heads.box_roi_pool, MultiScaleRoIAlign)
         assert isinstance(model.roi_heads.mask_roi_pool, MultiScaleRoIAlign)
-        assert torchvision_rpn.box_ops.batched_nms is integration.batched_nms
-        assert torchvision_roi_heads.box_ops.batched_nms is integration.batched_nms
+        assert torchvision_rpn.box_ops.batched_nms is sfpn_ops.batched_nms
+        assert torchvision_roi_heads.box_ops.batched_nms is sfpn_ops.batched_nms
         assert torchvision_rpn.box_ops.box_iou is torchvision_box_ops.box_iou
         with torch.no_grad():
             actual = model(images)
@@ -388,7 +407,7 @@ def test_use_sfpn_ops_gives_the_same_detections_and_is_reversible():
     first, second = use_sfpn_ops(model), use_sfpn_ops(other, roi_align=False)
     assert not isinstance(other.roi_heads.box_roi_pool, MultiScaleRoIAlign)
     first.remove()
-    assert torchvision_rpn.box_ops.batched_nms is integration.batched_nms
+    assert torchvision_rpn.box_ops.batched_nms is sfpn_ops.batched_nms
     second.remove()
     assert torchvision_rpn.box_ops is torchvision_box_ops
     with pytest.raises(TypeError, match="GeneralizedRCNN"):

@@ -174,8 +174,10 @@ def _small_sfpn(**kwargs):
 
 
 def test_sfpn_shapes_and_semantic_loss(generator):
-    neck = _small_sfpn()
-    pyramid, logits = neck(_backbone_maps(generator))
+    neck = _small_sfpn(alpha=0.3)
+    maps = _backbone_maps(generator)
+    pyramid, logits, no_losses = neck(maps)
+    assert no_losses == {}  # no labels, no loss
     assert list(pyramid) == ["p2", "p3", "p4", "p5", "p6"]
     assert [tuple(p.shape) for p in pyramid.values()] == [
         (2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3), (2, 32, 1, 2)
@@ -183,8 +185,11 @@ def test_sfpn_shapes_and_semantic_loss(generator):
     assert logits.shape == (2, 5, 8, 12)
     labels = torch.randint(0, 5, (2, 64, 96), generator=generator)
     labels[0, :10] = 255
-    loss = neck.semantic_loss(logits, labels)
+    _, _, losses = neck(maps, labels)
+    loss = losses["loss_segm"]
     assert loss.ndim == 0 and torch.isfinite(loss)
+    # The neck weighs its own loss.
+    torch.testing.assert_close(loss, 0.3 * neck.semantic_head.loss(logits, labels))
     loss.backward()
     assert neck.lateral_convs[0].weight.grad is not None
 
@@ -197,8 +202,8 @@ def test_sfpn_fusion_options(fusion_point, fusion_op, downsample, generator):
     plain = _small_sfpn(semantic=False)
     plain.load_state_dict(neck.state_dict(), strict=False)
     maps = _backbone_maps(generator)
-    pyramid, logits = neck(maps)
-    baseline, _ = plain(maps)
+    pyramid, logits, _ = neck(maps)
+    baseline, _, _ = plain(maps)
     assert all(p.shape == b.shape for p, b in zip(pyramid.values(), baseline.values()))
     assert not torch.allclose(pyramid["p3"], baseline["p3"])  # the semantics did reach the pyramid
     sum(p.sum() for p in pyramid.values()).backward()
@@ -211,8 +216,8 @@ def test_sfpn_without_branch_is_fpn_exactly(generator):
     assert sfpn.state_dict().keys() == fpn.state_dict().keys()
     sfpn.load_state_dict(fpn.state_dict())
     maps = _backbone_maps(generator)
-    expected, no_logits = fpn(maps)
-    actual, logits = sfpn(maps)
+    expected, no_logits, _ = fpn(maps)
+    actual, logits, _ = sfpn(maps)
     assert logits is None and no_logits is None
     for name in expected:
         assert torch.equal(actual[name], expected[name])
@@ -230,9 +235,9 @@ def test_neck_rejects_bad_options():
 def test_neck_compiles(generator):
     neck = _small_sfpn()
     maps = _backbone_maps(generator)
-    expected, expected_logits = neck(maps)
+    expected, expected_logits, _ = neck(maps)
     compiled = torch.compile(neck, fullgraph=True)
-    actual, logits = compiled(maps)
+    actual, logits, _ = compiled(maps)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-5)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 #: Label of pixels the semantic loss ignores.
-IGNORE_INDEX = 255
+IGNORE_LABEL = 255
+#: Where :func:`semantic_labels` takes an image's label map from: a ``semantic`` map the target
+#: already holds, its instance ``masks``, its ``boxes``, or ``auto``: the first of those three the
+#: target has.
+LABEL_SOURCES = ("auto", "semantic", "masks", "boxes")
 
 
 def _paint_order(areas: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,7 @@ def semantic_from_masks(
     if iscrowd is not None:
         if iscrowd.shape != labels.shape:
             raise ValueError(f"iscrowd: expected shape {tuple(labels.shape)}, got {tuple(iscrowd.shape)}")
-        values[iscrowd.bool()] = IGNORE_INDEX
+        values[iscrowd.bool()] = IGNORE_LABEL
     semantic = torch.zeros(masks.shape[1:], dtype=torch.int64, device=masks.device)
     for k in _paint_order(masks.flatten(1).sum(1)).tolist():
         semantic[masks[k]] = values[k]
@@ -81,7 +86,7 @@ def semantic_from_boxes(
     if iscrowd is not None:
         if iscrowd.shape != labels.shape:
             raise ValueError(f"iscrowd: expected shape {tuple(labels.shape)}, got {tuple(iscrowd.shape)}")
-        values[iscrowd.bool()] = IGNORE_INDEX
+        values[iscrowd.bool()] = IGNORE_LABEL
     semantic = torch.zeros((height, width), dtype=torch.int64, device=boxes.device)
     if boxes.shape[0] == 0:
         return semantic
@@ -94,6 +99,53 @@ def semantic_from_boxes(
     for k in _paint_order(areas).tolist():
         semantic[y1[k] : y2[k], x1[k] : x2[k]] = values[k]
     return semantic
+
+
+def semantic_labels(
+    targets: list[dict[str, torch.Tensor]],
+    image_sizes: list[tuple[int, int]],
+    padded_size: tuple[int, int],
+    labels_from: str = "auto",
+) -> torch.Tensor:
+    """The semantic labels of a padded image batch, from its detection targets.
+
+    Args:
+        targets: per image, ``boxes (K, 4)`` xyxy and ``labels (K,)`` in the image's current
+            coordinates, and ``semantic (H0_i, W0_i)`` or ``masks (K, h_i, w_i)`` as
+            ``labels_from`` needs; ``iscrowd (K,)`` optional (crowd instances become 255).
+        image_sizes: ``(h_i, w_i)`` of each image inside the batch.
+        padded_size: ``(H, W)`` of the padded batch.
+        labels_from: one of :data:`LABEL_SOURCES`. A ``semantic`` map of another size than its
+            image (one the transforms did not resize) is resized (nearest) to ``(h_i, w_i)``.
+
+    Returns:
+        ``(N, H, W)`` int64 on the device of the targets' labels: 0 background, 1..num_classes,
+        255 for crowd regions and the padding.
+    """
+    if labels_from not in LABEL_SOURCES:
+        raise ValueError(f"labels_from must be one of {LABEL_SOURCES}, got {labels_from!r}")
+    device = targets[0]["labels"].device if targets else torch.device("cpu")
+    labels = torch.full((len(targets), *padded_size), IGNORE_LABEL, dtype=torch.int64, device=device)
+    for i, (target, (h, w)) in enumerate(zip(targets, image_sizes)):
+        source = labels_from
+        if source == "auto":
+            source = next((key for key in LABEL_SOURCES[1:] if key in target), "boxes")
+        if source not in target:  # each source is read from the target key of its name
+            raise ValueError(
+                f"targets[{i}] has no {source!r}, which labels_from={labels_from!r} needs; "
+                f"choose labels_from among {LABEL_SOURCES} to match the dataset"
+            )
+        crowd = target.get("iscrowd")
+        if source == "masks":
+            semantic = semantic_from_masks(target["masks"], target["labels"], crowd)
+        elif source == "boxes":
+            semantic = semantic_from_boxes(target["boxes"], target["labels"], (h, w), crowd)
+        else:
+            semantic = target["semantic"]
+            if tuple(semantic.shape) != (h, w):
+                semantic = F.interpolate(semantic[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+        labels[i, :h, :w] = semantic.to(device=device, dtype=torch.int64)
+    return labels
 
 
 def read_label_png(path: str, lookup: np.ndarray | dict[int, int]) -> torch.Tensor:
@@ -137,7 +189,7 @@ def read_panoptic_png(
     with Image.open(path) as image:
         rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
     segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-    semantic = np.full(segment_ids.shape, IGNORE_INDEX, dtype=np.int64)
+    semantic = np.full(segment_ids.shape, IGNORE_LABEL, dtype=np.int64)
     for segment in segments_info:
         if segment.get("iscrowd", 0):
             continue
@@ -148,7 +200,7 @@ def read_panoptic_png(
 
 
 def _lookup_table(lookup: np.ndarray | dict[int, int], min_length: int) -> np.ndarray:
-    table = np.full(max(min_length, 256), IGNORE_INDEX, dtype=np.int64)
+    table = np.full(max(min_length, 256), IGNORE_LABEL, dtype=np.int64)
     if isinstance(lookup, dict):
         for raw, label in lookup.items():
             table[raw] = label

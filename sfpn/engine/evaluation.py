@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.semantic import IGNORE_INDEX
+from ..data.semantic import IGNORE_LABEL
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from . import distributed
 
@@ -47,7 +47,7 @@ def _masks_for(output: dict) -> torch.Tensor | None:
     )
     # Foreground rather than the box's own class: the box head already decided the class, and
     # the semantic map's class confusions would otherwise punch holes in the masks.
-    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_INDEX)
+    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
 
 
 def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], label_to_category_id: list[int], with_masks: bool) -> list[dict]:

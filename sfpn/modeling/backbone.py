@@ -1,11 +1,14 @@
 """ResNet backbones returning C2..C5, with frozen BatchNorm and torchvision-format weights."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..config import BackboneConfig
 
 #: depth -> (block type, blocks per stage)
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -113,11 +116,14 @@ class ResNet(nn.Module):
         weights: path of a torchvision-format ResNet state dict (``fc.*`` is ignored); nothing is
             ever downloaded.
 
+    The defaults are :class:`sfpn.config.BackboneConfig`'s.
+
     forward(x ``(N, 3, H, W)``) -> list of ``(N, C_i, H / s_i, W / s_i)``, ``C_i = out_channels[i]``.
     """
 
-    def __init__(self, depth: int = 50, width: int = 64, norm: str = "frozen_bn", freeze_at: int = 2,
-                 weights: str | None = None):
+    def __init__(self, depth: int = BackboneConfig.depth, width: int = BackboneConfig.width,
+                 norm: str = BackboneConfig.norm, freeze_at: int = BackboneConfig.freeze_at,
+                 weights: str | None = BackboneConfig.weights):
         super().__init__()
         if depth not in RESNET_STAGES:
             raise ValueError(f"depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
@@ -141,6 +147,11 @@ class ResNet(nn.Module):
         if weights is not None:
             self.load_pretrained(weights)
         self.freeze(freeze_at)
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig) -> ResNet:
+        """The ResNet a :class:`~sfpn.config.BackboneConfig` describes."""
+        return cls(**dataclasses.asdict(config))
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -2,10 +2,13 @@
 refined boxes at a higher IoU threshold."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CascadeConfig
 from .boxes import clip_boxes
 from .roi_heads import RoIHeads
 
@@ -28,10 +31,9 @@ class CascadeRoIHeads(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
-        iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7),
-        stage_weights: tuple[float, ...] = (1.0, 0.5, 0.25),
-        stage_box_coder_weights: tuple[tuple[float, float, float, float], ...] = (
-            (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
+        iou_thresholds: tuple[float, ...] = CascadeConfig.iou_thresholds,
+        stage_weights: tuple[float, ...] = CascadeConfig.stage_weights,
+        stage_box_coder_weights: tuple[tuple[float, float, float, float], ...] = CascadeConfig.box_coder_weights,
         **box_options,
     ):
         super().__init__()
@@ -45,6 +47,15 @@ class CascadeRoIHeads(nn.Module):
             for iou, weights in zip(iou_thresholds, stage_box_coder_weights)
         )
         self.stage_weights = tuple(stage_weights)
+
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, cascade_config: CascadeConfig) -> CascadeRoIHeads:
+        """The stages of a :class:`sfpn.config.RoIHeadsConfig` and a :class:`sfpn.config.CascadeConfig`."""
+        return cls(
+            in_channels, num_classes, iou_thresholds=cascade_config.iou_thresholds,
+            stage_weights=cascade_config.stage_weights, stage_box_coder_weights=cascade_config.box_coder_weights,
+            **dataclasses.asdict(config),
+        )
 
     @torch.no_grad()
     def _refine(self, stage: RoIHeads, deltas, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:

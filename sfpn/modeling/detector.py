@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.semantic import semantic_labels
+
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_LABEL = 255
 
 
 def pad_to(tensors: list[torch.Tensor], divisor: int, value: float) -> torch.Tensor:
@@ -28,7 +29,8 @@ class FasterRCNN(nn.Module):
 
     forward(images: list of ``(3, H_i, W_i)`` float RGB in [0, 1], targets: list of dicts (training)
     with ``boxes (K, 4)`` xyxy, ``labels (K,)`` in 1..num_classes and, for SFPN with alpha > 0,
-    ``semantic (H_i, W_i)`` int64):
+    optionally ``semantic (H_i, W_i)`` int64; without it the semantic labels are painted from the
+    target's ``masks``, else its ``boxes``, as the neck's ``labels_from`` says):
 
     - training: dict ``loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg`` (+ ``loss_segm``,
       already times alpha, when the branch is on and alpha > 0);
@@ -71,43 +73,23 @@ class FasterRCNN(nn.Module):
                 raise ValueError(f"targets[{i}]: boxes must be (K, 4) and labels (K,), got "
                                  f"{tuple(boxes.shape)} and {tuple(labels.shape)}")
 
-    @property
-    def semantic_weight(self) -> float:
-        return self.neck.alpha if getattr(self.neck, "has_semantic_branch", False) else 0.0
-
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
         batch, sizes = self.preprocess(images)
+        labels = None
         if self.training:
             self._check_targets(targets, len(images))
-        pyramid, logits = self.neck(self.backbone(batch))
+            if self.neck.trains_semantic:
+                labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), self.neck.labels_from).to(batch.device)
+        pyramid, logits, semantic_losses = self.neck(self.backbone(batch), labels)
         proposals, losses = self.rpn(list(pyramid.values()), sizes, targets if self.training else None)
         detections, head_losses = self.roi_heads(pyramid, proposals, sizes, targets if self.training else None)
         if self.training:
-            losses.update(head_losses)
-            if logits is not None and self.semantic_weight > 0:
-                losses["loss_segm"] = self.semantic_weight * self.neck.semantic_loss(
-                    logits, self._semantic_labels(targets, batch.shape[-2:])
-                )
-            return losses
+            return {**losses, **head_losses, **semantic_losses}
         if logits is not None:
             for detection, image_logits, (height, width) in zip(detections, logits, sizes):
                 full = F.interpolate(image_logits[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
                 detection["semantic"] = full[0, :, :height, :width].argmax(dim=0)
         return detections
-
-    def _semantic_labels(self, targets, padded_size) -> torch.Tensor:
-        """Per-image ``semantic (H_i, W_i)`` maps padded with ``255`` (ignored) to ``(N, H, W)``."""
-        maps = []
-        for i, target in enumerate(targets):
-            if "semantic" not in target:
-                raise ValueError(
-                    f"targets[{i}] has no 'semantic' map, which the semantic branch needs for its loss "
-                    "(alpha > 0); derive one with sfpn.data.semantic, or set neck.alpha=0"
-                )
-            maps.append(target["semantic"].to(device=self.pixel_mean.device, dtype=torch.int64))
-        labels = pad_to(maps, 1, IGNORE_LABEL)
-        return F.pad(labels, (0, padded_size[1] - labels.shape[-1], 0, padded_size[0] - labels.shape[-2]),
-                     value=IGNORE_LABEL)
 
 
 class MaskRCNN(FasterRCNN):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MaskHeadConfig
 from ..ops import roi_align
 from .roi_heads import Proposals, RoIHeads, RoIPooler
 
@@ -14,7 +15,8 @@ class MaskHead(nn.Module):
     """``num_convs`` x (3x3 conv + ReLU), a 2x2 stride-2 deconv + ReLU, a 1x1 conv to per-class
     logits: ``(R, C_in, S, S)`` -> ``(R, num_classes, 2S, 2S)``."""
 
-    def __init__(self, in_channels: int, num_classes: int, conv_dim: int = 256, num_convs: int = 4):
+    def __init__(self, in_channels: int, num_classes: int, conv_dim: int = MaskHeadConfig.conv_dim,
+                 num_convs: int = MaskHeadConfig.num_convs):
         super().__init__()
         dims = [in_channels] + [conv_dim] * num_convs
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
@@ -85,12 +87,21 @@ class MaskRoIHeads(RoIHeads):
     Inference adds ``masks (D, H, W)`` bool to each image's detections.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, mask_resolution: int = 14,
-                 mask_conv_dim: int = 256, mask_num_convs: int = 4, mask_threshold: float = 0.5, **box_options):
+    def __init__(self, in_channels: int, num_classes: int, *, mask_resolution: int = MaskHeadConfig.resolution,
+                 mask_conv_dim: int = MaskHeadConfig.conv_dim, mask_num_convs: int = MaskHeadConfig.num_convs,
+                 mask_threshold: float = MaskHeadConfig.threshold, **box_options):
         super().__init__(in_channels, num_classes, **box_options)
         self.mask_pooler = RoIPooler(mask_resolution, self.pooler.sampling_ratio)
         self.mask_head = MaskHead(in_channels, num_classes, mask_conv_dim, mask_num_convs)
         self.mask_threshold = mask_threshold
+
+    @classmethod
+    def from_config(cls, config, in_channels: int, num_classes: int, mask_config: MaskHeadConfig) -> MaskRoIHeads:
+        """The heads of a :class:`sfpn.config.RoIHeadsConfig` and a :class:`sfpn.config.MaskHeadConfig`."""
+        return super().from_config(
+            config, in_channels, num_classes, mask_resolution=mask_config.resolution, mask_conv_dim=mask_config.conv_dim,
+            mask_num_convs=mask_config.num_convs, mask_threshold=mask_config.threshold,
+        )
 
     def forward(self, features, proposals, image_sizes, targets=None):
         if not self.training:

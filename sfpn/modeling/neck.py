@@ -1,22 +1,27 @@
-"""The FPN and SFPN necks (DESIGN.md §2): one implementation, the semantic branch switched by config.
+"""The FPN and SFPN necks (docs/design.md, "The neck"): one implementation, the semantic branch
+switched by config.
 
 Data flow for backbone maps ``C2..C5`` (strides 4..32):
 
 1. laterals ``L_i = conv1x1(C_i)``; top-down ``M_5 = L_5``, ``M_i = upsample_add(M_{i+1}, L_i)``;
 2. semantic branch (SFPN only): ``logits, E = SemanticHead([M_2..M_5])`` at stride 8;
 3. fusion of the embedding ``E`` into every level, before the 3x3 output convs (default) or after;
-4. ``P_i = conv3x3(M_i')``; ``P6 = max_pool(P5, 1, stride 2)`` for the RPN.
+4. ``P_i = conv3x3(M_i')``; ``P6 = max_pool(P5, 1, stride 2)`` for the RPN;
+5. given semantic labels (training), the branch's own loss ``alpha * CE(logits, labels)``.
 
 With the branch off, nothing of 2-3 exists and the module is plain FPN, parameter for parameter.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import NeckConfig
+from ..data.semantic import IGNORE_LABEL, LABEL_SOURCES
 from ..ops import semantic_fuse, upsample_add
 from .semantic_head import SemanticHead
 
@@ -58,28 +63,36 @@ class SFPN(nn.Module):
         fusion_op: ``"add"`` (``M + E``), ``"concat"`` (``conv1x1([M, E])``) or ``"gate"``
             (``M + sigmoid(conv1x1(M)) * E``: each level decides per position how much to take).
         downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
-        alpha: weight of the semantic loss (read by the detector).
+        alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
+        labels_from: where the detector takes the semantic labels from when a target has no
+            ``semantic`` map (see :func:`sfpn.data.semantic.semantic_labels`).
 
-    forward(features: list or ordered dict of ``C2..C5``) -> (``OrderedDict p2..p6`` of
-    ``(N, out_channels, H / s, W / s)``, semantic logits ``(N, K, H / 8, W / 8)`` or None).
+    The defaults are :class:`sfpn.config.NeckConfig`'s.
+
+    forward(features: list or ordered dict of ``C2..C5``, semantic_labels: ``(N, H, W)`` int64
+    or None) -> (``OrderedDict p2..p6`` of ``(N, out_channels, H / s, W / s)``, semantic logits
+    ``(N, K, H / 8, W / 8)`` or None, losses: ``{"loss_segm": alpha * CE}`` when labels are given,
+    else ``{}``). ``H, W`` of the labels is the padded image size (255 =
+    ignored); the logits are upsampled to it inside the loss.
     """
 
     def __init__(
         self,
         in_channels: list[int],
-        out_channels: int = 256,
+        out_channels: int = NeckConfig.out_channels,
         num_semantic_classes: int = 0,
         *,
-        semantic: bool = True,
-        semantic_channels: int = 256,
-        semantic_convs: int = 4,
-        num_groups: int = 32,
-        fusion_point: str = "before",
-        fusion_op: str = "add",
-        downsample: str = "bilinear",
-        alpha: float = 0.2,
-        upsample_mode: str = "nearest",
+        semantic: bool = NeckConfig.semantic,
+        semantic_channels: int = NeckConfig.semantic_channels,
+        semantic_convs: int = NeckConfig.semantic_convs,
+        num_groups: int = NeckConfig.num_groups,
+        fusion_point: str = NeckConfig.fusion_point,
+        fusion_op: str = NeckConfig.fusion_op,
+        downsample: str = NeckConfig.downsample,
+        alpha: float = NeckConfig.alpha,
+        upsample_mode: str = NeckConfig.upsample_mode,
+        labels_from: str = NeckConfig.labels_from,
     ):
         super().__init__()
         if len(in_channels) != 4:
@@ -89,7 +102,10 @@ class SFPN(nn.Module):
         self.fusion_op = _choice("fusion_op", fusion_op, FUSION_OPS)
         self.downsample = _choice("downsample", downsample, DOWNSAMPLE_MODES)
         self.upsample_mode = upsample_mode
+        if alpha < 0:
+            raise ValueError(f"alpha (the semantic loss weight) must be >= 0, got {alpha}")
         self.alpha = alpha
+        self.labels_from = _choice("labels_from", labels_from, LABEL_SOURCES)
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None
@@ -111,9 +127,20 @@ class SFPN(nn.Module):
             nn.init.kaiming_uniform_(conv.weight, a=1)  # as FPN's reference implementations
             nn.init.zeros_(conv.bias)
 
+    @classmethod
+    def from_config(cls, config: NeckConfig, in_channels: list[int], num_semantic_classes: int) -> "SFPN":
+        """The neck a :class:`~sfpn.config.NeckConfig` describes, on backbone maps of ``in_channels``."""
+        options = dataclasses.asdict(config)
+        return cls(in_channels, options.pop("out_channels"), num_semantic_classes, **options)
+
     @property
     def has_semantic_branch(self) -> bool:
         return self.semantic_head is not None
+
+    @property
+    def trains_semantic(self) -> bool:
+        """Whether :meth:`forward` wants semantic labels while training (branch on, alpha > 0)."""
+        return self.semantic_head is not None and self.alpha > 0
 
     def _fuse(self, levels: list[torch.Tensor], embedding: torch.Tensor) -> list[torch.Tensor]:
         if self.fusion_op == "add" and self.downsample == "bilinear":
@@ -125,7 +152,9 @@ class SFPN(nn.Module):
             return [conv(torch.cat((level, e), dim=1)) for conv, level, e in zip(self.fusion_convs, levels, resized)]
         return [level + torch.sigmoid(conv(level)) * e for conv, level, e in zip(self.fusion_convs, levels, resized)]
 
-    def forward(self, features) -> tuple[OrderedDict, torch.Tensor | None]:
+    def forward(
+        self, features, semantic_labels: torch.Tensor | None = None
+    ) -> tuple[OrderedDict, torch.Tensor | None, dict[str, torch.Tensor]]:
         if isinstance(features, dict):
             features = list(features.values())
         if len(features) != len(self.lateral_convs):
@@ -142,18 +171,20 @@ class SFPN(nn.Module):
             logits, embedding = self.semantic_head(outputs)
             outputs = self._fuse(outputs, embedding)
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
-        return OrderedDict(zip(LEVEL_NAMES, outputs)), logits
+        losses = self.losses(logits, semantic_labels) if semantic_labels is not None else {}
+        return OrderedDict(zip(LEVEL_NAMES, outputs)), logits, losses
 
-    def semantic_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Unweighted pixel-wise CE of ``logits (N, K, h, w)`` against ``labels (N, H, W)`` int64
-        (0 background, 255 ignored). The detector multiplies it by ``alpha``."""
+    def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss_segm": alpha * CE(logits (N, K, h, w), labels (N, H, W))}`` (labels int64, 0
+        background, 255 ignored)."""
         if self.semantic_head is None:
-            raise RuntimeError("semantic_loss needs the semantic branch, which this neck does not have")
-        return self.semantic_head.loss(logits, labels)
+            raise RuntimeError("semantic labels need the semantic branch, which this neck does not have")
+        return {"loss_segm": self.alpha * self.semantic_head.loss(logits, labels, IGNORE_LABEL)}
 
 
 class FPN(SFPN):
     """Plain FPN: :class:`SFPN` with the semantic branch off (same parameter names)."""
 
-    def __init__(self, in_channels: list[int], out_channels: int = 256, *, upsample_mode: str = "nearest"):
+    def __init__(self, in_channels: list[int], out_channels: int = NeckConfig.out_channels, *,
+                 upsample_mode: str = NeckConfig.upsample_mode):
         super().__init__(in_channels, out_channels, semantic=False, upsample_mode=upsample_mode)

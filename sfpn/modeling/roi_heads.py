@@ -1,10 +1,13 @@
 """The RoI box head of Faster R-CNN: RoIAlign over P2..P5, 2 fc layers, class-specific boxes."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RoIHeadsConfig
 from ..ops import batched_nms, multilevel_roi_align
 from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
 from .matcher import FOREGROUND, Matcher, sample_balanced
@@ -111,19 +114,19 @@ class RoIHeads(nn.Module):
         in_channels: int,
         num_classes: int,
         *,
-        resolution: int = 7,
-        sampling_ratio: int = 2,
-        fc_dim: int = 1024,
-        num_fc: int = 2,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
-        fg_iou_threshold: float = 0.5,
+        resolution: int = RoIHeadsConfig.resolution,
+        sampling_ratio: int = RoIHeadsConfig.sampling_ratio,
+        fc_dim: int = RoIHeadsConfig.fc_dim,
+        num_fc: int = RoIHeadsConfig.num_fc,
+        batch_size_per_image: int = RoIHeadsConfig.batch_size_per_image,
+        positive_fraction: float = RoIHeadsConfig.positive_fraction,
+        fg_iou_threshold: float = RoIHeadsConfig.fg_iou_threshold,
         class_agnostic: bool = False,
-        box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
-        smooth_l1_beta: float = 1.0,
-        score_threshold: float = 0.05,
-        nms_threshold: float = 0.5,
-        detections_per_image: int = 100,
+        box_coder_weights: tuple[float, float, float, float] = RoIHeadsConfig.box_coder_weights,
+        smooth_l1_beta: float = RoIHeadsConfig.smooth_l1_beta,
+        score_threshold: float = RoIHeadsConfig.score_threshold,
+        nms_threshold: float = RoIHeadsConfig.nms_threshold,
+        detections_per_image: int = RoIHeadsConfig.detections_per_image,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -138,6 +141,11 @@ class RoIHeads(nn.Module):
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
+
+    @classmethod
+    def from_config(cls, config: RoIHeadsConfig, in_channels: int, num_classes: int, **options) -> RoIHeads:
+        """The heads a :class:`sfpn.config.RoIHeadsConfig` describes (``options``: the subclass's own)."""
+        return cls(in_channels, num_classes, **dataclasses.asdict(config), **options)
 
     def forward(self, features, proposals: list[torch.Tensor], image_sizes, targets=None):
         if self.training:

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RPNConfig
 from ..ops import batched_nms
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
@@ -56,15 +57,15 @@ class RPN(nn.Module):
         channels: int,
         anchor_generator: AnchorGenerator,
         *,
-        pre_nms_topk: tuple[int, int] = (2000, 1000),
-        post_nms_topk: tuple[int, int] = (1000, 1000),
-        nms_threshold: float = 0.7,
-        min_size: float = 0.0,
-        fg_iou_threshold: float = 0.7,
-        bg_iou_threshold: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        smooth_l1_beta: float = 1.0 / 9,
+        pre_nms_topk: tuple[int, int] = (RPNConfig.pre_nms_topk_train, RPNConfig.pre_nms_topk_test),
+        post_nms_topk: tuple[int, int] = (RPNConfig.post_nms_topk_train, RPNConfig.post_nms_topk_test),
+        nms_threshold: float = RPNConfig.nms_threshold,
+        min_size: float = RPNConfig.min_size,
+        fg_iou_threshold: float = RPNConfig.fg_iou_threshold,
+        bg_iou_threshold: float = RPNConfig.bg_iou_threshold,
+        batch_size_per_image: int = RPNConfig.batch_size_per_image,
+        positive_fraction: float = RPNConfig.positive_fraction,
+        smooth_l1_beta: float = RPNConfig.smooth_l1_beta,
     ):
         super().__init__()
         self.anchor_generator = anchor_generator
@@ -78,6 +79,18 @@ class RPN(nn.Module):
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.smooth_l1_beta = smooth_l1_beta
+
+    @classmethod
+    def from_config(cls, config: RPNConfig, channels: int, strides: tuple[int, ...]) -> RPN:
+        """The RPN a :class:`sfpn.config.RPNConfig` describes, on ``channels``-channel levels of ``strides``."""
+        return cls(
+            channels, AnchorGenerator(config.anchor_sizes, config.aspect_ratios, strides),
+            pre_nms_topk=(config.pre_nms_topk_train, config.pre_nms_topk_test),
+            post_nms_topk=(config.post_nms_topk_train, config.post_nms_topk_test), nms_threshold=config.nms_threshold,
+            min_size=config.min_size, fg_iou_threshold=config.fg_iou_threshold, bg_iou_threshold=config.bg_iou_threshold,
+            batch_size_per_image=config.batch_size_per_image, positive_fraction=config.positive_fraction,
+            smooth_l1_beta=config.smooth_l1_beta,
+        )
 
     def forward(self, features: list[torch.Tensor], image_sizes: list[tuple[int, int]], targets=None):
         objectness, deltas = self.head(features)

@@ -1,4 +1,4 @@
-"""SFPN's semantic branch (DESIGN.md section 2.2): per-level 1x1 convs, every level resized to the
+"""SFPN's semantic branch (docs/design.md, "The neck"): per-level 1x1 convs, every level resized to the
 stride-8 grid and summed, ``num_convs`` x (3x3 conv + GroupNorm + ReLU), then a 1x1 conv to the
 class logits and a 1x1 conv + ReLU to the embedding that is fused back into the pyramid.
 

@@ -1,0 +1,146 @@
+"""sfpn's RoIAlign and batched NMS inside torchvision's R-CNN heads: :func:`use_sfpn_ops`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import roi_heads as torchvision_roi_heads
+from torchvision.models.detection import rpn as torchvision_rpn
+from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
+from torchvision.ops import boxes as torchvision_box_ops
+
+from ...ops import batched_nms, multilevel_roi_align
+
+
+def _infer_scales(levels: list[torch.Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
+    """torchvision's rule: ``2 ** round(log2(feature height / largest image height))`` per level."""
+    if not image_shapes:
+        raise ValueError("image_shapes must not be empty")
+    height = max(shape[0] for shape in image_shapes)
+    return [2.0 ** float(torch.tensor(level.shape[-2] / height).log2().round()) for level in levels]
+
+
+class MultiScaleRoIAlign(TorchvisionMultiScaleRoIAlign):
+    """``torchvision.ops.MultiScaleRoIAlign`` pooling every box from its level in one
+    ``multilevel_roi_align`` call instead of one ``roi_align`` per level.
+
+    Same constructor, call, level rule (canonical 224 at level 4) and scale inference (from the
+    first call's ``image_shapes``, then kept in ``self.scales``), so it replaces torchvision's
+    module anywhere: ``forward(x: dict of (N, C, H_l, W_l), boxes: list of (K_i, 4) in image
+    coordinates, image_shapes: list of (h, w)) -> (sum K_i, C, PH, PW)``.
+    """
+
+    def forward(
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        levels = [feature for name, feature in x.items() if name in self.featmap_names]
+        if not levels:
+            raise ValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
+        if self.scales is None:
+            self.scales = _infer_scales(levels, image_shapes)
+        return multilevel_roi_align(
+            levels,
+            boxes,
+            self.output_size,
+            self.scales,
+            self.sampling_ratio,
+            False,  # torchvision's MultiScaleRoIAlign is not half-pixel aligned
+            self.canonical_scale,
+            self.canonical_level,
+        )
+
+    @classmethod
+    def from_torchvision(cls, pooler: TorchvisionMultiScaleRoIAlign) -> MultiScaleRoIAlign:
+        """The same pooler (settings and any scales it has already inferred) on sfpn's op."""
+        replacement = cls(
+            pooler.featmap_names,
+            pooler.output_size,
+            pooler.sampling_ratio,
+            canonical_scale=pooler.canonical_scale,
+            canonical_level=pooler.canonical_level,
+        )
+        replacement.scales = pooler.scales
+        return replacement
+
+
+class _BoxOpsWithSFPNNms:
+    """``torchvision.ops.boxes`` as torchvision's RPN and RoI heads see it, with sfpn's batched NMS."""
+
+    batched_nms = staticmethod(batched_nms)
+
+    def __getattr__(self, name: str):
+        return getattr(torchvision_box_ops, name)
+
+
+# torchvision's RPN and RoI heads call ``box_ops.batched_nms`` through their module global
+# ``box_ops``; pointing that global at the proxy swaps NMS for every torchvision detector in the
+# process (there is no per-model hook for it) and nothing else. Counted, so that handles of
+# several models can be removed in any order.
+_NMS_MODULES = (torchvision_rpn, torchvision_roi_heads)
+_nms_patch_count = 0
+
+
+def _patch_nms() -> None:
+    global _nms_patch_count
+    if _nms_patch_count == 0:
+        for module in _NMS_MODULES:
+            module.box_ops = _BoxOpsWithSFPNNms()
+    _nms_patch_count += 1
+
+
+def _unpatch_nms() -> None:
+    global _nms_patch_count
+    _nms_patch_count -= 1
+    if _nms_patch_count == 0:
+        for module in _NMS_MODULES:
+            module.box_ops = torchvision_box_ops
+
+
+_POOLERS = ("box_roi_pool", "mask_roi_pool", "keypoint_roi_pool")
+
+
+class SFPNOps:
+    """What :func:`use_sfpn_ops` changed; ``remove()`` (or the end of a ``with`` block) restores it."""
+
+    def __init__(self, model: nn.Module, roi_align: bool, nms: bool):
+        self._model = model
+        self._poolers = {}
+        if roi_align:
+            for name in _POOLERS:
+                pooler = getattr(model.roi_heads, name, None)
+                if isinstance(pooler, TorchvisionMultiScaleRoIAlign) and not isinstance(pooler, MultiScaleRoIAlign):
+                    self._poolers[name] = pooler
+                    setattr(model.roi_heads, name, MultiScaleRoIAlign.from_torchvision(pooler))
+        self._nms = nms
+        if nms:
+            _patch_nms()
+
+    def remove(self) -> None:
+        for name, pooler in self._poolers.items():
+            setattr(self._model.roi_heads, name, pooler)
+        self._poolers = {}
+        if self._nms:
+            _unpatch_nms()
+            self._nms = False
+
+    def __enter__(self) -> SFPNOps:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+
+def use_sfpn_ops(model: nn.Module, *, roi_align: bool = True, nms: bool = True) -> SFPNOps:
+    """Runs a torchvision R-CNN on sfpn's ops.
+
+    - ``roi_align``: the model's ``MultiScaleRoIAlign`` poolers (box, mask, keypoint) become
+      :class:`MultiScaleRoIAlign` (this model only).
+    - ``nms``: torchvision's RPN and RoI heads call sfpn's ``batched_nms``. This one is
+      process-wide: torchvision reaches NMS through a module global, not through the model.
+
+    Returns a handle: ``handle.remove()`` puts torchvision's poolers back into the model and, once
+    every handle asking for it is removed, torchvision's NMS back into its heads; ``with
+    use_sfpn_ops(model): ...`` does so at the end of the block.
+    """
+    if not isinstance(getattr(model, "roi_heads", None), torchvision_roi_heads.RoIHeads):
+        raise TypeError(f"use_sfpn_ops needs a torchvision GeneralizedRCNN with RoIHeads, got {type(model).__name__}")
+    return SFPNOps(model, roi_align, nms)
