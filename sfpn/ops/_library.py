@@ -122,4 +122,6 @@ def serving(name: str, device_type: str) -> str:
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sfpn::{name}", key):
         return "reference"
-    return "Triton" if name in OPS[name].triton and OPS[name].backend == TRITON else ("C++" if key == "CPU" else "CUDA")
+    if OPS[name].backend == TRITON:
+        return "Triton"
+    return "C++" if key == "CPU" else "CUDA"

@@ -68,6 +68,16 @@ def _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothin
         raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
 
 
+def _cross_entropy(name, logits, labels, ignore_index, reduction, label_smoothing) -> torch.Tensor:
+    """Checks the arguments of ``sfpn::<name>`` and returns its loss (the gradient, written by the
+    same pass, is kept for the backward when logits require grad)."""
+    same_size = name == "semantic_cross_entropy"
+    _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, same_size=same_size)
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    op = getattr(torch.ops.sfpn, name)
+    return op(logits, labels, ignore_index, reduction, float(label_smoothing), compute_grad)[0]
+
+
 def semantic_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -90,11 +100,7 @@ def semantic_cross_entropy(
         A float32 scalar (float64 for float64 logits). When logits require grad, the gradient is
         written during the forward pass; the backward only scales it.
     """
-    _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, same_size=True)
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    return torch.ops.sfpn.semantic_cross_entropy(
-        logits, labels, ignore_index, reduction, float(label_smoothing), compute_grad
-    )[0]
+    return _cross_entropy("semantic_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing)
 
 
 def upsample_cross_entropy(
@@ -118,11 +124,7 @@ def upsample_cross_entropy(
     Returns:
         A float32 scalar (float64 for float64 logits).
     """
-    _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, same_size=False)
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    return torch.ops.sfpn.upsample_cross_entropy(
-        logits, labels, ignore_index, reduction, float(label_smoothing), compute_grad
-    )[0]
+    return _cross_entropy("upsample_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing)
 
 
 # --------------------------------------------------------------------------------------------------
