@@ -273,6 +273,7 @@ def test_iou_threshold_as_tensor_or_numpy_scalar(generator, threshold):
         ops.nms(boxes, scores, torch.tensor([0.4, 0.5]))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_raw_ops_are_scriptable(generator):
     """The Python wrappers are not scriptable (see sfpn/ops/roi_align.py); the ops they call are."""
     x, rois = randn(generator, 2, 3, 9, 9), rois_for(generator, 4, 2, 9, 9)
