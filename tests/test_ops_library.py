@@ -273,18 +273,19 @@ def test_iou_threshold_as_tensor_or_numpy_scalar(generator, threshold):
         ops.nms(boxes, scores, torch.tensor([0.4, 0.5]))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_raw_ops_are_scriptable(generator):
     """The Python wrappers are not scriptable (see sfpn/ops/roi_align.py); the ops they call are."""
     x, rois = randn(generator, 2, 3, 9, 9), rois_for(generator, 4, 2, 9, 9)
     boxes, scores, idxs = nms_inputs(generator)
-    scripted = torch.jit.script(_scripted_ops)
-    pooled, kept, kept_per_class = scripted(x, rois, boxes, scores, idxs)
+    scripted = torch.jit.CompilationUnit(SCRIPT)
+    pooled, kept, kept_per_class = scripted.run(x, rois, boxes, scores, idxs)
     torch.testing.assert_close(pooled, ops.roi_align(x, rois, 3, 0.5, 2, True))
     assert torch.equal(kept, ops.nms(boxes, scores, 0.5))
     assert torch.equal(kept_per_class, ops.batched_nms(boxes, scores, idxs, 0.5))
 
 
-def _scripted_ops(x: torch.Tensor, rois: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor):
+SCRIPT = """
+def run(x: Tensor, rois: Tensor, boxes: Tensor, scores: Tensor, idxs: Tensor):
     pooled = torch.ops.sfpn.roi_align(x, rois, 0.5, 3, 3, 2, True, False)
     return pooled, torch.ops.sfpn.nms(boxes, scores, 0.5), torch.ops.sfpn.batched_nms(boxes, scores, idxs, 0.5)
+"""
