@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sfpn.ops import batched_nms, batched_nms_padded
-from sfpn.ops.suppression import batched_nms_reference
+from sfpn.ops.nms import batched_nms_reference
 
 tv = pytest.importorskip("torchvision")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sfpn import kernels, ops
-from sfpn.ops import reference
+from sfpn.ops import _library, reference
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
@@ -37,8 +37,9 @@ def batch_for(device: str) -> int:
 def _skip_unless_runnable(device: str, impl: str) -> None:
     if device == "cpu" and impl != "eager":
         pytest.skip("CPU: the Triton kernels serve CUDA only, so only the eager reference is timed here")
-    if device == "cuda" and impl == "sfpn" and not kernels.serves(torch.device("cuda")):
-        pytest.skip(f"Triton does not serve CUDA here: {kernels.backend('cuda')}")
+    triton_ops = [op.name for op in _library.OPS.values() if op.backend == _library.TRITON]
+    if device == "cuda" and impl == "sfpn" and any(_library.serving(op, "cuda") != "Triton" for op in triton_ops):
+        pytest.skip(f"Triton does not serve CUDA here: {kernels.UNAVAILABLE_REASON or 'no kernel registered'}")
 
 
 _COMPILED = {}

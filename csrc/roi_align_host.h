@@ -1,6 +1,6 @@
 // Host side of RoIAlign, shared by the CPU (cpu/roi_align.cpp) and CUDA (cuda/roi_align.cu)
 // backends, so that each backend file holds only its kernels and their launch: the argument
-// checks and preparation every call starts with, and the four operators of csrc/ops.cpp
+// checks and preparation every call starts with, and the four operators of sfpn/ops/_library.py
 // (sfpn::roi_align, sfpn::multilevel_roi_align and their backwards), written once over a
 // backend's engine and registered by register_roi_align_ops.
 #pragma once
@@ -98,7 +98,7 @@ inline BackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& rois
   return {grad.contiguous(), rois_in_compute_type(rois, grad.scalar_type())};
 }
 
-// The operators of csrc/ops.cpp over one backend's engine. The single-level ops are the engine
+// The operators of sfpn/ops/_library.py over one backend's engine. The single-level ops are the engine
 // on a one-level pyramid (the default mapper sends every RoI to level 0); the multi-level ops
 // map RoIs to levels with torchvision's LevelMapper rule.
 

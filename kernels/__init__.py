@@ -1,14 +1,16 @@
 """Triton kernels of the semantic segmentation head, installed as ``sfpn.kernels``.
 
-The kernels are plain launchers (tensors in, tensors out); ``sfpn.ops.semantic`` wraps them as
-dispatcher ops (``torch.ops.sfpn.*``) with fake implementations and autograd.
+The kernels are plain launchers (tensors in, tensors out). Each op's module in ``sfpn/ops``
+(``resize_sum.py``, ``group_norm_relu.py``, ``cross_entropy.py``) registers them with the
+dispatcher as the ``CUDA`` kernels of its ``torch.ops.sfpn.*`` op.
 
 Which device they serve:
-  * CUDA tensors, whenever Triton imports and a GPU is visible.
+  * CUDA tensors, whenever Triton imports (float64 and empty inputs run the reference).
   * CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1`` in the environment before
-    this package is imported) **and** inside :func:`interpret_on_cpu`. The interpreter runs the
-    real kernels in NumPy, orders of magnitude slower than the reference, so CPU training never
-    takes it by accident; the kernel tests opt in explicitly.
+    this package is imported) **and** inside :func:`interpret_on_cpu`, which registers them for
+    the ``CPU`` key for the length of a block. The interpreter runs the real kernels in NumPy,
+    orders of magnitude slower than the reference, so CPU training never takes it by accident;
+    the kernel tests opt in explicitly.
 
 Importing this package never fails: without Triton, :data:`AVAILABLE` is False and
 :data:`UNAVAILABLE_REASON` says why; the kernel modules themselves import Triton.
@@ -32,51 +34,49 @@ else:
 #: Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when a kernel module is imported.
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-# Flipped only by interpret_on_cpu(). A one-entry dict (not a rebindable global) so that functions
-# that read it see the current value and torch.compile guards on it.
-_CPU_OPT_IN = {"enabled": False}
+#: The dtypes the kernels take (they compute in float32); the registrations run the reference
+#: for others (float64) and for empty tensors.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# The temporary registration of interpret_on_cpu(), while one is active (it is reentrant).
+_cpu_registration = {"library": None, "depth": 0}
+
+
+def takes(tensor: torch.Tensor) -> bool:
+    """Whether the kernels take ``tensor``: a supported dtype and at least one element."""
+    return tensor.dtype in KERNEL_DTYPES and tensor.numel() > 0
 
 
 @contextlib.contextmanager
-def interpret_on_cpu(enabled: bool = True):
-    """Route CPU tensors to the Triton kernels (run by the interpreter) inside this block.
+def interpret_on_cpu():
+    """Register the Triton kernels for CPU tensors (run by the interpreter) inside this block.
 
-    Raises ``RuntimeError`` on entry when Triton is missing or ``TRITON_INTERPRET=1`` was not set
-    before ``sfpn.kernels`` was imported: silently testing the reference instead would be worse.
+    The registrations live in a temporary ``torch.library.Library`` destroyed on exit, so the
+    ops' references serve CPU tensors again afterwards. Raises ``RuntimeError`` on entry when
+    Triton is missing or ``TRITON_INTERPRET=1`` was not set before ``sfpn.kernels`` was imported:
+    silently testing the reference instead would be worse.
     """
-    if enabled and not (AVAILABLE and INTERPRETING):
+    if not (AVAILABLE and INTERPRETING):
         raise RuntimeError(
             "interpret_on_cpu() needs Triton and TRITON_INTERPRET=1 set before sfpn is imported"
             + (f"; {UNAVAILABLE_REASON}" if UNAVAILABLE_REASON else "")
         )
-    previous = _CPU_OPT_IN["enabled"]
-    _CPU_OPT_IN["enabled"] = enabled
+    from ..ops import _library
+
+    if _cpu_registration["depth"] == 0:
+        library = torch.library.Library("sfpn", "IMPL")
+        for op in _library.OPS.values():
+            for name, implementation in op.triton.items():
+                library.impl(name, implementation, "CPU")
+        _cpu_registration["library"] = library
+    _cpu_registration["depth"] += 1
     try:
         yield
     finally:
-        _CPU_OPT_IN["enabled"] = previous
-
-
-def serves(device: torch.device) -> bool:
-    """Whether the Triton kernels serve tensors on ``device`` (see the module docstring)."""
-    if not AVAILABLE:
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and INTERPRETING and _CPU_OPT_IN["enabled"]
-
-
-def backend(device_type: str) -> str:
-    """Which backend serves the semantic-head ops on ``device_type``, and why, in words."""
-    if device_type == "cpu":
-        if AVAILABLE and INTERPRETING and _CPU_OPT_IN["enabled"]:
-            return "Triton (interpreter)"
-        return "reference (Triton kernels serve CUDA)"
-    if not AVAILABLE:
-        return f"reference ({UNAVAILABLE_REASON})"
-    if not torch.cuda.is_available():
-        return "Triton (but no GPU is visible)"
-    return "Triton"
+        _cpu_registration["depth"] -= 1
+        if _cpu_registration["depth"] == 0:
+            library, _cpu_registration["library"] = _cpu_registration["library"], None
+            library._destroy()
 
 
 def launch_device(tensor: torch.Tensor):
@@ -91,7 +91,7 @@ def check_launchable(tensor: torch.Tensor, op: str) -> None:
     if tensor.device.type == "cpu" and not INTERPRETING:
         raise RuntimeError(
             f"sfpn::{op} runs a Triton kernel: CPU tensors need TRITON_INTERPRET=1 (set before sfpn is "
-            "imported); the public sfpn.ops functions run the reference on CPU instead"
+            "imported); without interpret_on_cpu() the reference serves CPU tensors"
         )
     if tensor.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"sfpn::{op} runs a Triton kernel, which does not support {tensor.device}")

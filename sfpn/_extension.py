@@ -1,10 +1,11 @@
-"""Loading the compiled kernels (``sfpn._C``) and telling which backend serves each op.
+"""Loading the compiled kernels (``sfpn._C``).
 
-The extension holds only ``TORCH_LIBRARY`` registrations (no ``PyInit_``), so it is loaded with
+The extension holds only kernel registrations (``TORCH_LIBRARY_IMPL`` for the CPU and CUDA keys
+of the ops that ``sfpn.ops`` defines) and a build probe, no ``PyInit_``, so it is loaded with
 ``torch.ops.load_library``. A missing, stale or ABI-mismatched build is a warning, never an import
-error: every op then runs its pure-PyTorch reference.
+error: the dispatcher then serves every op with its pure-PyTorch reference.
 
-Set ``SFPN_DISABLE_EXTENSION=1`` to ignore a built extension (the reference path serves).
+Set ``SFPN_DISABLE_EXTENSION=1`` to ignore a built extension (the references serve).
 """
 from __future__ import annotations
 
@@ -14,18 +15,6 @@ import os
 import warnings
 
 import torch
-
-#: The ops compiled into ``sfpn._C`` (see ``csrc/ops.cpp``).
-COMPILED_OPS = (
-    "upsample_add",
-    "semantic_fuse",
-    "roi_align",
-    "multilevel_roi_align",
-    "nms",
-    "batched_nms",
-    "batched_nms_padded",
-)
-_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,17 +55,3 @@ def _load() -> ExtensionStatus:
 
 
 STATUS = _load()
-
-#: (op name, device type) -> True when a compiled kernel serves it. A plain dict so that
-#: torch.compile can read it while tracing.
-KERNELS = {
-    (op, device): STATUS.loaded
-    and torch._C._dispatch_has_kernel_for_dispatch_key(f"sfpn::{op}", key)
-    for op in COMPILED_OPS
-    for device, key in _DISPATCH_KEYS.items()
-}
-
-
-def has_kernel(op: str, device: torch.device) -> bool:
-    """Whether ``sfpn._C`` has a kernel for ``op`` on ``device``'s type."""
-    return KERNELS.get((op, device.type), False)

@@ -9,6 +9,7 @@ import subprocess
 import torch
 
 from . import _extension, kernels
+from .ops import _library
 
 
 def _nvcc_version() -> str:
@@ -29,9 +30,21 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def _compiled_backend(op: str, device: str) -> str:
-    if _extension.KERNELS[(op, device)]:
-        return "C++ kernel" if device == "cpu" else "CUDA kernel"
+def _backend(op: _library.Op, device: str) -> str:
+    """Which backend serves ``op`` on ``device``, and why when it is the reference."""
+    served_by = _library.serving(op.name, device)
+    if served_by == "C++":
+        return "C++ kernel"
+    if served_by == "CUDA":
+        return "CUDA kernel"
+    if served_by == "Triton":
+        if device == "cpu":
+            return "Triton (interpreter)"
+        return "Triton" if torch.cuda.is_available() else "Triton (but no GPU is visible)"
+    if op.backend == _library.TRITON:
+        if device == "cpu":
+            return "reference (Triton kernels serve CUDA)"
+        return f"reference ({kernels.UNAVAILABLE_REASON})"
     if not _extension.STATUS.loaded:
         return "reference (extension not loaded)"
     if device == "cuda" and _extension.STATUS.cuda_version == 0:
@@ -39,15 +52,9 @@ def _compiled_backend(op: str, device: str) -> str:
     return "reference (no kernel registered)"
 
 
-#: The semantic head's ops, served by the Triton kernels in sfpn.kernels (see sfpn/ops/semantic.py).
-TRITON_OPS = ("resize_sum", "group_norm_relu", "semantic_cross_entropy", "upsample_cross_entropy")
-
-
 def backends() -> dict[str, dict[str, str]]:
     """Op name -> {"cpu": backend, "cuda": backend}, in words."""
-    table = {op: {dev: _compiled_backend(op, dev) for dev in ("cpu", "cuda")} for op in _extension.COMPILED_OPS}
-    table.update({op: {dev: kernels.backend(dev) for dev in ("cpu", "cuda")} for op in TRITON_OPS})
-    return table
+    return {name: {dev: _backend(op, dev) for dev in ("cpu", "cuda")} for name, op in _library.OPS.items()}
 
 
 def report() -> str:

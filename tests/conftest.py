@@ -72,7 +72,7 @@ def single_thread():
 @pytest.fixture
 def device():
     """Where the Triton kernel tests run: CUDA when present, else the CPU with the Triton kernels
-    opted in (run by the interpreter)."""
+    registered for CPU tensors for the test (``interpret_on_cpu``; run by the interpreter)."""
     from sfpn import kernels
 
     if torch.cuda.is_available():

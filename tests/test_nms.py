@@ -6,12 +6,11 @@ import sys
 import pytest
 import torch
 
-from sfpn import _extension
-from sfpn.ops import batched_nms, batched_nms_padded, nms
-from sfpn.ops.suppression import batched_nms_reference, nms_reference
+from sfpn.ops import _library, batched_nms, batched_nms_padded, nms
+from sfpn.ops.nms import batched_nms_reference, nms_reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-needs_cpu_kernel = pytest.mark.skipif(not _extension.has_kernel("batched_nms", torch.device("cpu")), reason="sfpn._C not built")
+needs_cpu_kernel = pytest.mark.skipif(_library.serving("batched_nms", "cpu") != "C++", reason="sfpn._C not built")
 
 
 def random_detections(n, generator, num_classes=80, extent=400.0, dtype=torch.float32, planted_pairs=0, threshold=0.5):

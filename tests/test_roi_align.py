@@ -6,12 +6,11 @@ import sys
 import pytest
 import torch
 
-from sfpn import _extension
 from sfpn.ops import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
-from sfpn.ops import reference
-from sfpn.ops.roi_align import map_levels_reference
+from sfpn.ops import _library, reference
+from sfpn.ops.multilevel_roi_align import map_levels_reference
 
-HAS_KERNEL = _extension.has_kernel("roi_align", torch.device("cpu"))
+HAS_KERNEL = _library.serving("roi_align", "cpu") == "C++"
 needs_kernel = pytest.mark.skipif(not HAS_KERNEL, reason="sfpn._C is not built")
 
 SCALES = [1 / 4, 1 / 8, 1 / 16]
@@ -269,6 +268,27 @@ def test_module_matches_torchvision_multiscale(generator):
     ours = MultiLevelRoIAlign(names, 7, 2)(features, boxes, image_shapes)
     theirs = tv.ops.MultiScaleRoIAlign(names, 7, 2)(features, boxes, image_shapes)
     close_with_grads(ours, theirs, [features[n] for n in names], generator)
+
+
+def test_multilevel_module_is_a_drop_in_for_torchvision(generator):
+    """Same attributes and scale rule as MultiScaleRoIAlign: scales inferred at the first call and
+    kept, also when converted from a torchvision pooler that has already run."""
+    tv = pytest.importorskip("torchvision")
+    features = {f"p{k}": torch.randn(1, 3, 64 >> (k - 2), 48 >> (k - 2), generator=generator) for k in (2, 3, 4)}
+    names = list(features)
+    boxes = [random_boxes(generator, 30, 256, 192, 1, spill=0.0)[:, 1:]]
+    theirs = tv.ops.MultiScaleRoIAlign(names, (3, 2), 2, canonical_scale=112, canonical_level=3)
+    ours = MultiLevelRoIAlign(names, (3, 2), 2, canonical_scale=112, canonical_level=3)
+    for attribute in ("featmap_names", "output_size", "sampling_ratio", "canonical_scale", "canonical_level", "scales"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    expected = theirs(features, boxes, [(256, 192)])
+    close(ours(features, boxes, [(256, 192)]), expected)
+    assert ours.scales == theirs.scales == [1 / 4, 1 / 8, 1 / 16]
+    # Later calls keep the first call's scales (torchvision's rule), even for other image sizes.
+    close(ours(features, boxes, [(512, 384)]), theirs(features, boxes, [(512, 384)]))
+    converted = MultiLevelRoIAlign.from_torchvision(theirs)
+    assert converted.scales == theirs.scales and converted.output_size == theirs.output_size
+    close(converted(features, boxes, [(512, 384)]), expected)
 
 
 def test_level_mapping_matches_torchvision(generator):

@@ -3,6 +3,7 @@
 The fused path runs the Triton kernels: on the GPU when present, else under the interpreter
 (tiny shapes: the interpreter is slow).
 """
+import contextlib
 import copy
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from sfpn import kernels
 from sfpn.modeling import SemanticHead
+from sfpn.ops import _library
 
 needs_kernels = pytest.mark.skipif(
     not kernels.AVAILABLE or not (torch.cuda.is_available() or kernels.INTERPRETING),
@@ -28,8 +30,7 @@ def pyramid(generator, in_channels, batch=2, finest=(12, 16), device="cpu"):
 
 
 def test_shapes_and_options(generator):
-    head = SemanticHead([8, 8, 8, 8], num_classes=5, channels=16, num_convs=2, embed_channels=12, num_groups=4,
-                        use_reference=True)
+    head = SemanticHead([8, 8, 8, 8], num_classes=5, channels=16, num_convs=2, embed_channels=12, num_groups=4)
     features = pyramid(generator, [8, 8, 8, 8], finest=(12, 15))
     logits, embedding = head(features)
     assert logits.shape == (2, 5, 6, 8) and embedding.shape == (2, 12, 6, 8)
@@ -53,13 +54,13 @@ def test_bad_configuration():
 @needs_kernels
 @pytest.mark.parametrize("full_size_labels", [False, True])
 def test_fused_path_matches_reference(device, generator, full_size_labels):
-    """Loss and every parameter gradient of the fused head equal the reference head's."""
+    """Loss and every parameter gradient of the fused head equal those of the same head run on the
+    references (``_library.references()``)."""
     in_channels = [6, 8, 8, 10]
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     reference_head = SemanticHead(in_channels, num_classes=7, channels=16, num_convs=2, embed_channels=8,
-                                  num_groups=4, use_reference=True).to(device)
+                                  num_groups=4).to(device)
     fused_head = copy.deepcopy(reference_head)
-    fused_head.use_reference = False
     features = pyramid(generator, in_channels, device=device)
     label_size = (12, 16) if full_size_labels else (6, 8)
     labels = torch.randint(0, 7, (2, *label_size), generator=generator)
@@ -67,11 +68,12 @@ def test_fused_path_matches_reference(device, generator, full_size_labels):
     labels = labels.to(device)
 
     results = []
-    for head in (fused_head, reference_head):
+    for head, registration in ((fused_head, contextlib.nullcontext()), (reference_head, _library.references())):
         inputs = [f.clone().requires_grad_() for f in features]
-        logits, embedding = head(inputs)
-        loss = head.loss(logits, labels)
-        (loss + embedding.square().mean()).backward()
+        with registration:
+            logits, embedding = head(inputs)
+            loss = head.loss(logits, labels)
+            (loss + embedding.square().mean()).backward()
         results.append((loss, embedding, [p.grad for p in head.parameters()], [f.grad for f in inputs]))
     (loss, embedding, param_grads, input_grads), expected = results
     tol = dict(rtol=1e-4, atol=1e-5)

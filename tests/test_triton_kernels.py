@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sfpn import kernels, ops
-from sfpn.ops import reference, semantic
+from sfpn.ops import reference
 
 pytestmark = pytest.mark.skipif(
     not kernels.AVAILABLE or not (torch.cuda.is_available() or kernels.INTERPRETING),
@@ -325,9 +325,11 @@ def test_cross_entropy_invalid_label_gives_nan(device, generator):
 def test_cross_entropy_without_grad_writes_none(device, generator, monkeypatch):
     logits = randn(generator, 1, 6, 3, 4, device=device)
     labels = labels_for(generator, (1, 3, 4), 6, device)
+    from sfpn.kernels import cross_entropy as launcher
+
     seen = []
-    op = semantic._semantic_cross_entropy_op
-    monkeypatch.setattr(semantic, "_semantic_cross_entropy_op", lambda *args: seen.append(args[-1]) or op(*args))
+    launch = launcher.cross_entropy
+    monkeypatch.setattr(launcher, "cross_entropy", lambda *args: seen.append(args[-1]) or launch(*args))
     with torch.no_grad():
         loss = ops.semantic_cross_entropy(leaf(logits), labels)
     torch.testing.assert_close(loss, reference.semantic_cross_entropy(logits, labels), **FP32)
@@ -404,7 +406,7 @@ def test_torch_compile_fullgraph(device, generator, launches):
 
 def test_without_interpreter_cpu_uses_reference_and_ops_say_why():
     """A CPU process without TRITON_INTERPRET: the public ops serve the reference, opting in is
-    refused, and calling the raw op explains what it needs."""
+    refused, and the Triton kernel's registration explains what it needs when called on the CPU."""
     code = """
 import warnings; warnings.simplefilter("ignore")
 import torch, sfpn
@@ -416,8 +418,9 @@ try:
         pass
 except RuntimeError as e:
     print("refused:", "TRITON_INTERPRET" in str(e))
+from sfpn.ops import _library
 try:
-    torch.ops.sfpn.resize_sum([x], 3, 3)
+    _library.OPS["resize_sum"].triton["resize_sum"]([x], 3, 3)
 except RuntimeError as e:
     print("op:", "TRITON_INTERPRET=1" in str(e))
 """

@@ -3,8 +3,8 @@ stride-8 grid and summed, ``num_convs`` x (3x3 conv + GroupNorm + ReLU), then a 
 class logits and a 1x1 conv + ReLU to the embedding that is fused back into the pyramid.
 
 The fused ops (``sfpn.ops.resize_sum``, ``group_norm_relu``, ``semantic_cross_entropy``,
-``upsample_cross_entropy``) run their Triton kernels on CUDA; ``use_reference=True`` runs the
-pure-PyTorch compositions instead (same parameters, same results within float tolerance).
+``upsample_cross_entropy``) run their Triton kernels on CUDA and their pure-PyTorch references
+elsewhere (the dispatcher's choice, see ``sfpn.ops``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import reference
+from ..ops.resize_sum import MAX_LEVELS
 
 
 class SemanticHead(nn.Module):
@@ -28,7 +28,6 @@ class SemanticHead(nn.Module):
         num_convs: number of 3x3 conv + GroupNorm + ReLU blocks.
         embed_channels: channels of the semantic embedding fused into the pyramid.
         num_groups: GroupNorm groups (must divide ``channels``).
-        use_reference: run the pure-PyTorch reference ops instead of the fused kernels.
         target_level: index of the level whose grid the branch works on (1: stride 8 for P2..P5).
     """
 
@@ -40,13 +39,12 @@ class SemanticHead(nn.Module):
         num_convs: int = 4,
         embed_channels: int = 256,
         num_groups: int = 32,
-        use_reference: bool = False,
         target_level: int = 1,
     ) -> None:
         super().__init__()
         in_channels = list(in_channels)
-        if not 1 <= len(in_channels) <= ops.semantic.MAX_LEVELS:
-            raise ValueError(f"in_channels must list 1 to {ops.semantic.MAX_LEVELS} levels, got {in_channels}")
+        if not 1 <= len(in_channels) <= MAX_LEVELS:
+            raise ValueError(f"in_channels must list 1 to {MAX_LEVELS} levels, got {in_channels}")
         if not 0 <= target_level < len(in_channels):
             raise ValueError(f"target_level must index in_channels (0..{len(in_channels) - 1}), got {target_level}")
         if num_classes < 1:
@@ -55,7 +53,6 @@ class SemanticHead(nn.Module):
             raise ValueError(f"channels ({channels}) must be divisible by num_groups ({num_groups})")
         self.num_classes = num_classes
         self.target_level = target_level
-        self.use_reference = use_reference
         self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         # Each block's GroupNorm holds the affine parameters; the fused op applies them.
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
@@ -90,10 +87,9 @@ class SemanticHead(nn.Module):
         if len(features) != len(self.laterals):
             raise ValueError(f"features must hold {len(self.laterals)} levels, got {len(features)}")
         size = tuple(features[self.target_level].shape[-2:])
-        impl = reference if self.use_reference else ops
-        x = impl.resize_sum([lateral(f) for lateral, f in zip(self.laterals, features)], size)
+        x = ops.resize_sum([lateral(f) for lateral, f in zip(self.laterals, features)], size)
         for conv, norm in zip(self.convs, self.norms):
-            x = impl.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)
+            x = ops.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)
         logits = self.logits(x) if compute_logits else None
         return logits, F.relu(self.embed(x))
 
@@ -109,7 +105,6 @@ class SemanticHead(nn.Module):
         Returns:
             A float32 scalar.
         """
-        impl = reference if self.use_reference else ops
         if tuple(labels.shape[-2:]) == tuple(logits.shape[-2:]):
-            return impl.semantic_cross_entropy(logits, labels, ignore_index)
-        return impl.upsample_cross_entropy(logits, labels, ignore_index)
+            return ops.semantic_cross_entropy(logits, labels, ignore_index)
+        return ops.upsample_cross_entropy(logits, labels, ignore_index)

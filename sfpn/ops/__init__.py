@@ -1,13 +1,20 @@
 """sfpn's ops: fused kernels behind validated, documented, differentiable functions.
 
-Each op runs a compiled kernel (``sfpn._C``) or a Triton kernel (``sfpn.kernels``) when one serves
-the input's device, and its pure-PyTorch reference otherwise (``sfpn.ops.reference``).
-``python -m sfpn.info`` says which backend serves each op.
+Each op is a dispatcher op ``torch.ops.sfpn.<name>`` defined in ``sfpn/ops/<name>.py`` (schema,
+reference fallback, fake, autograd; see :mod:`sfpn.ops._library`): its compiled kernel
+(``sfpn._C``) or Triton kernel (``sfpn.kernels``) serves when registered for the input's device,
+its pure-PyTorch reference otherwise (``sfpn.ops.reference``). ``python -m sfpn.info`` says which
+backend serves each op; ``sfpn.ops._library.OPS`` lists them.
 """
-from .roi_align import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, roi_align
-from .semantic import group_norm_relu, resize_sum, semantic_cross_entropy, upsample_cross_entropy
-from .suppression import batched_nms, batched_nms_padded, nms
-from .upsample import semantic_fuse, upsample_add
+# Imported in the order of the registry (sfpn.info's table): the compiled ops, then the Triton ops.
+from .upsample_add import upsample_add  # noqa: I001
+from .semantic_fuse import semantic_fuse
+from .roi_align import RoIAlign, roi_align
+from .multilevel_roi_align import MultiLevelRoIAlign, multilevel_roi_align
+from .nms import batched_nms, batched_nms_padded, nms
+from .resize_sum import resize_sum
+from .group_norm_relu import group_norm_relu
+from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 
 __all__ = [
     "upsample_add",

@@ -44,12 +44,6 @@ def check_same(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor)
         raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {value.dtype}")
 
 
-def check_finite(name: str, value: torch.Tensor) -> None:
-    """Reject NaN or infinite entries (costs one reduction, and a host sync on CUDA)."""
-    if value.numel() and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must contain only finite values")
-
-
 def check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -1,16 +1,16 @@
-"""Pure-PyTorch references of every op: the definitions the kernels are tested against, and the
-path that serves when no kernel does."""
-from .roi_align import multilevel_roi_align_reference as multilevel_roi_align
+"""Pure-PyTorch references of every op: the definitions the kernels are tested against, with the
+public functions' signatures. (The dispatcher's fallback of each op wraps the same code.)"""
+from .cross_entropy import semantic_cross_entropy_reference as semantic_cross_entropy
+from .cross_entropy import upsample_cross_entropy_reference as upsample_cross_entropy
+from .group_norm_relu import group_norm_relu_reference as group_norm_relu
+from .multilevel_roi_align import multilevel_roi_align_reference as multilevel_roi_align
+from .nms import batched_nms_padded_reference as batched_nms_padded
+from .nms import batched_nms_reference as batched_nms
+from .nms import nms_reference as nms
+from .resize_sum import resize_sum_reference as resize_sum
 from .roi_align import roi_align_reference as roi_align
-from .semantic import group_norm_relu_reference as group_norm_relu
-from .semantic import resize_sum_reference as resize_sum
-from .semantic import semantic_cross_entropy_reference as semantic_cross_entropy
-from .semantic import upsample_cross_entropy_reference as upsample_cross_entropy
-from .suppression import batched_nms_padded_reference as batched_nms_padded
-from .suppression import batched_nms_reference as batched_nms
-from .suppression import nms_reference as nms
-from .upsample import semantic_fuse_reference as semantic_fuse
-from .upsample import upsample_add_reference as upsample_add
+from .semantic_fuse import semantic_fuse_reference as semantic_fuse
+from .upsample_add import upsample_add_reference as upsample_add
 
 __all__ = [
     "upsample_add",

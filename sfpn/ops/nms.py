@@ -1,4 +1,5 @@
-"""Non-maximum suppression with torchvision's signatures, per class, without host syncs on CUDA.
+"""``nms``, ``batched_nms`` and ``batched_nms_padded``: non-maximum suppression with
+torchvision's signatures, per class, without host syncs on CUDA.
 
 ``nms(boxes, scores, iou_threshold)`` and ``batched_nms(boxes, scores, idxs, iou_threshold)``
 are drop-in replacements for ``torchvision.ops.nms`` / ``batched_nms``;
@@ -29,15 +30,18 @@ of a single class, about ``N**2 / 16`` bytes (torchvision's is ``N**2 / 8``), be
 are only known on the device. That scratch is the practical limit on boxes per call (about
 400k boxes take 10 GB).
 
-Compiled kernels: ``csrc/cpu/nms.cpp`` and ``csrc/cuda/nms.cu``.
+Schemas and reference fallbacks below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/nms.cpp``
+and ``csrc/cuda/nms.cu`` (IoU shared in ``csrc/nms_iou.h``). Under ``torch.autocast`` the boxes
+and scores are cast to float32, as torchvision does.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .. import _extension
+from . import _library
 from ._validate import check_same, check_tensor
 
 INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -48,11 +52,18 @@ _REFERENCE_BLOCK = 256
 
 
 def _check_threshold(iou_threshold) -> float:
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
-        raise TypeError(f"iou_threshold must be a float, got {type(iou_threshold).__name__}")
+    """A Python float from a real number (numpy scalars included) or a 0-dim real tensor, which
+    torchvision accepts too (a CUDA tensor costs a host sync to read, there as here)."""
+    is_scalar_tensor = (
+        isinstance(iou_threshold, torch.Tensor) and iou_threshold.dim() == 0 and iou_threshold.dtype != torch.bool
+        and not iou_threshold.is_complex()
+    )
+    if isinstance(iou_threshold, bool) or not (isinstance(iou_threshold, numbers.Real) or is_scalar_tensor):
+        raise TypeError(f"iou_threshold must be a float or a 0-dim tensor, got {type(iou_threshold).__name__}")
+    iou_threshold = float(iou_threshold)
     if math.isnan(iou_threshold):
         raise ValueError("iou_threshold must be a number, got nan")
-    return float(iou_threshold)
+    return iou_threshold
 
 
 def _check_nms(boxes, scores, idxs=None) -> None:
@@ -194,9 +205,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """
     iou_threshold = _check_threshold(iou_threshold)
     _check_nms(boxes, scores)
-    if _extension.has_kernel("nms", boxes.device):
-        return torch.ops.sfpn.nms(boxes, scores, iou_threshold)
-    return nms_reference(boxes, scores, iou_threshold)
+    return torch.ops.sfpn.nms(boxes, scores, iou_threshold)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -215,12 +224,14 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     Returns:
         int64 ``(K,)``: kept indices by decreasing score (ties by increasing index). On CUDA the
         only host sync is the final read of ``K``; use ``batched_nms_padded`` to avoid it.
+        Empty ``boxes`` give an empty result before the other arguments are looked at, as in
+        torchvision.
     """
+    if isinstance(boxes, torch.Tensor) and boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     iou_threshold = _check_threshold(iou_threshold)
     _check_nms(boxes, scores, idxs)
-    if _extension.has_kernel("batched_nms", boxes.device):
-        return torch.ops.sfpn.batched_nms(boxes, scores, idxs.long(), iou_threshold)
-    return batched_nms_reference(boxes, scores, idxs, iou_threshold)
+    return torch.ops.sfpn.batched_nms(boxes, scores, idxs.long(), iou_threshold)
 
 
 def batched_nms_padded(
@@ -240,27 +251,42 @@ def batched_nms_padded(
     iou_threshold = _check_threshold(iou_threshold)
     max_out = _check_max_out(max_out)
     _check_nms(boxes, scores, idxs)
-    if _extension.has_kernel("batched_nms_padded", boxes.device):
-        return torch.ops.sfpn.batched_nms_padded(boxes, scores, idxs.long(), iou_threshold, max_out)
-    return batched_nms_padded_reference(boxes, scores, idxs, iou_threshold, max_out)
+    return torch.ops.sfpn.batched_nms_padded(boxes, scores, idxs.long(), iou_threshold, max_out)
 
 
-def _register_nms() -> None:
-    def variable_length(boxes):
-        return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+# ---------------------------------------------------------------------------------------------
+# The dispatcher ops: schemas, reference fallbacks, fakes, autocast
+# ---------------------------------------------------------------------------------------------
 
-    @torch.library.register_fake("sfpn::nms")
-    def _(boxes, scores, iou_threshold):
-        return variable_length(boxes)
-
-    @torch.library.register_fake("sfpn::batched_nms")
-    def _(boxes, scores, idxs, iou_threshold):
-        return variable_length(boxes)
-
-    @torch.library.register_fake("sfpn::batched_nms_padded")
-    def _(boxes, scores, idxs, iou_threshold, max_out):
-        return boxes.new_empty((max_out,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
+_library.define("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor", nms_reference)
+_library.define("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor",
+                batched_nms_reference)
+# Fixed-size variant for CUDA graphs and compiled code: (indices padded with -1, count).
+_library.define(
+    "batched_nms_padded(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, int max_out) -> (Tensor, Tensor)",
+    batched_nms_padded_reference,
+)
 
 
-if _extension.STATUS.loaded:
-    _register_nms()
+def _variable_length(boxes):
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.register_fake("sfpn::nms")
+def _(boxes, scores, iou_threshold):
+    return _variable_length(boxes)
+
+
+@torch.library.register_fake("sfpn::batched_nms")
+def _(boxes, scores, idxs, iou_threshold):
+    return _variable_length(boxes)
+
+
+@torch.library.register_fake("sfpn::batched_nms_padded")
+def _(boxes, scores, idxs, iou_threshold, max_out):
+    return boxes.new_empty((max_out,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
+
+
+for _name in ("nms", "batched_nms", "batched_nms_padded"):
+    _library.autocast_to_float32(_name)
+    _library.register(_library.Op(_name, _library.COMPILED))

@@ -1,0 +1,127 @@
+"""The sfpn operator library: every op's schema, defined once, and the registry of ops.
+
+Every op is a dispatcher op, ``torch.ops.sfpn.<name>``, defined here from Python so that it
+exists whether or not the compiled extension is built. Each op module (``sfpn/ops/<op>.py``)
+calls :func:`define` with the op's schema and its pure-PyTorch reference, which is registered for
+``CompositeExplicitAutograd``: the fallback that serves every device no faster kernel claims.
+Faster kernels register per dispatch key and win over it:
+
+* C++ and CUDA kernels: ``csrc/cpu/<op>.cpp`` and ``csrc/cuda/<op>.cu`` end with a
+  ``TORCH_LIBRARY_IMPL(sfpn, CPU|CUDA, m)`` block; ``sfpn._extension`` loads them (before or
+  after the schemas are defined: the dispatcher accepts kernels for a not yet defined op).
+* Triton kernels (``kernels/<op>.py``): the op module registers them for ``CUDA``;
+  ``sfpn.kernels.interpret_on_cpu()`` registers them for ``CPU`` for the length of a block.
+
+So the public functions validate, document and call ``torch.ops.sfpn.<name>``; which kernel runs
+is the dispatcher's choice, the same in eager mode, under ``torch.compile``, ``opcheck`` and fake
+tensors. :data:`OPS` lists every public op: ``python -m sfpn.info``, the tests and the benchmarks
+read it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import torch
+
+LIBRARY = torch.library.Library("sfpn", "DEF")
+
+#: The backends an op can have besides its reference.
+COMPILED, TRITON = "compiled", "triton"
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One public op of the registry."""
+
+    name: str
+    #: ``COMPILED`` (C++ kernel for CPU, CUDA kernel for CUDA in ``sfpn._C``) or ``TRITON``.
+    backend: str
+    #: The names of the ops its autograd formula calls (``<name>_backward``), if any.
+    backward: tuple[str, ...] = ()
+    #: The Triton implementation registered for CUDA (and for CPU by ``interpret_on_cpu``), by op
+    #: name (the op and its backward ops).
+    triton: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+
+#: Public op name -> :class:`Op`, in the order ``sfpn.info`` prints them.
+OPS: dict[str, Op] = {}
+#: Every defined op's (public and backward) reference implementation, by name.
+REFERENCES: dict[str, Callable] = {}
+
+
+def define(schema: str, reference: Callable) -> str:
+    """Defines ``sfpn::<name>`` from ``schema`` with ``reference`` as its every-device fallback."""
+    name = schema.split("(", 1)[0]
+    LIBRARY.define(schema)
+    LIBRARY.impl(name, reference, "CompositeExplicitAutograd")
+    REFERENCES[name] = reference
+    return name
+
+
+@contextlib.contextmanager
+def references():
+    """Inside this block the references serve every op on CPU and CUDA, over any compiled or
+    Triton kernel: the comparison point of tests that run whole modules (the registrations are
+    temporary and removed on exit, which restores the kernels)."""
+    library = torch.library.Library("sfpn", "IMPL")
+    try:
+        with warnings.catch_warnings():  # "overriding a previously registered kernel": the point
+            warnings.simplefilter("ignore")
+            for name, reference in REFERENCES.items():
+                for key in ("CPU", "CUDA"):
+                    library.impl(name, reference, key)
+        yield
+    finally:
+        library._destroy()
+
+
+def register(op: Op) -> None:
+    """Adds ``op`` to :data:`OPS`, and registers its Triton kernels for CUDA when Triton imports."""
+    from .. import kernels
+
+    OPS[op.name] = op
+    if kernels.AVAILABLE:
+        for name, implementation in op.triton.items():
+            LIBRARY.impl(name, implementation, "CUDA")
+
+
+def autocast_to_float32(name: str, *, keep_dtype_of: int | None = None) -> None:
+    """Under ``torch.autocast`` (CPU and CUDA), run ``sfpn::<name>`` on float32 inputs, as
+    torchvision does for its box ops; with ``keep_dtype_of``, cast the (single tensor) result back
+    to the dtype of that argument (torchvision's ``roi_align``: features in, features out)."""
+    op = getattr(torch.ops.sfpn, name).default
+
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        if isinstance(value, (list, tuple)):
+            return [cast(v) for v in value]
+        return value
+
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(*args, _excluded=excluded):
+            with torch._C._ExcludeDispatchKeyGuard(_excluded):
+                out = op(*[cast(a) for a in args])
+            if keep_dtype_of is None:
+                return out
+            reference = args[keep_dtype_of]
+            return out.to((reference[0] if isinstance(reference, (list, tuple)) else reference).dtype)
+
+        LIBRARY.impl(name, kernel, key)
+
+
+def serving(name: str, device_type: str) -> str:
+    """Which kernel serves ``sfpn::<name>`` on ``device_type`` now: ``"C++"``, ``"CUDA"``,
+    ``"Triton"`` or ``"reference"``."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sfpn::{name}", key):
+        return "reference"
+    if OPS[name].backend == TRITON:
+        return "Triton"
+    return "C++" if key == "CPU" else "CUDA"

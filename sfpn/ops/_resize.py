@@ -1,0 +1,32 @@
+"""The resize shared by ``upsample_add`` and ``semantic_fuse``, and its adjoint (their backward)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._validate import check_choice
+
+MODES = ("nearest", "bilinear")
+
+
+def resolve_align_corners(mode: str, align_corners: bool | None) -> bool:
+    check_choice("mode", mode, MODES)
+    if mode == "nearest":
+        if align_corners:
+            raise ValueError("align_corners must be None or False with mode='nearest'")
+        return False
+    return bool(align_corners)
+
+
+def resize(x: torch.Tensor, size, mode: str, align_corners: bool) -> torch.Tensor:
+    """``F.interpolate(x, size)``: ``(N, C, h, w)`` -> ``(N, C, *size)``."""
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners if mode == "bilinear" else None)
+
+
+def resize_adjoint(grad: torch.Tensor, height, width, mode: str, align_corners: bool) -> torch.Tensor:
+    """The adjoint of :func:`resize` to ``(height, width)``: ``(N, C, H, W)`` -> ``(N, C, height, width)``."""
+    input_size = [grad.shape[0], grad.shape[1], height, width]
+    output_size = list(grad.shape[-2:])
+    if mode == "nearest":
+        return torch.ops.aten.upsample_nearest2d_backward(grad, output_size, input_size)
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, output_size, input_size, align_corners)

@@ -1,0 +1,149 @@
+"""``group_norm_relu``: ``relu(group_norm(x))`` as statistics, then one fused pass.
+
+Schema, reference fallback and the Triton kernel's registration for CUDA below
+(:mod:`sfpn.ops._library`); kernel: ``kernels/group_norm_relu.py``. The kernel computes in
+float32: float64 and empty inputs run the reference. Under ``torch.autocast`` it runs in x's dtype
+(computing in float32 at least, as autocast runs GroupNorm).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _library
+from .. import kernels
+from ._validate import check_tensor
+
+
+def group_norm_relu_reference(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Pure-PyTorch :func:`group_norm_relu`, computed in float32 at least (as the kernel, and as
+    autocast runs GroupNorm), returned in x's dtype; the parameters may have another dtype."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    out = F.group_norm(x.to(compute), num_groups, weight.to(compute), bias.to(compute), eps)
+    return F.relu(out).to(x.dtype)
+
+
+def group_norm_relu(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """``relu(group_norm(x, num_groups, weight, bias, eps))``: statistics, then one fused pass.
+
+    Args:
+        x: ``(N, C, H, W)``, C divisible by ``num_groups``.
+        num_groups: number of groups G.
+        weight, bias: the affine parameters ``(C,)``, any floating dtype (float32 under AMP).
+        eps: added to the variance.
+
+    Returns:
+        ``(N, C, H, W)`` in x's dtype, differentiable w.r.t. ``x``, ``weight`` and ``bias``.
+    """
+    check_tensor("x", x, ndim=4)
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups <= 0:
+        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+    if x.shape[1] % num_groups:
+        raise ValueError(f"x's channels ({x.shape[1]}) must be divisible by num_groups ({num_groups})")
+    for name, param in (("weight", weight), ("bias", bias)):
+        check_tensor(name, param, ndim=1)
+        if param.shape[0] != x.shape[1]:
+            raise ValueError(f"{name} must have shape ({x.shape[1]},) to match x's channels, got {tuple(param.shape)}")
+        if param.device != x.device:
+            raise ValueError(f"{name} must be on the same device as x ({x.device}), got {param.device}")
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    return torch.ops.sfpn.group_norm_relu(x, num_groups, weight, bias, float(eps))[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The dispatcher op: schema, reference fallback, Triton kernel, fake, autograd. The op returns
+# ``(out, mean, rstd)``; the statistics ``(N, G)`` (float32, float64 for float64 x) feed the
+# backward only.
+
+
+def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _group_norm_relu_op_reference(x, num_groups, weight, bias, eps):
+    grouped = x.to(_statistics_dtype(x)).reshape(x.shape[0], num_groups, -1)
+    mean = grouped.mean(-1)
+    rstd = (grouped.var(-1, unbiased=False) + eps).rsqrt()
+    return group_norm_relu_reference(x, num_groups, weight, bias, eps).contiguous(), mean, rstd
+
+
+def _group_norm_relu_backward_op_reference(grad, x, mean, rstd, weight, bias):
+    batch, channels, groups = x.shape[0], x.shape[1], mean.shape[1]
+    compute = mean.dtype
+    x_hat = ((x.to(compute).reshape(batch, groups, -1) - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+    scale, shift = weight.to(compute).view(1, -1, 1, 1), bias.to(compute).view(1, -1, 1, 1)
+    grad_y = grad.to(compute) * (x_hat * scale + shift > 0)  # through the ReLU
+    grad_weight, grad_bias = (grad_y * x_hat).sum((0, 2, 3)), grad_y.sum((0, 2, 3))
+    grad_x_hat = (grad_y * scale).reshape(batch, groups, -1)
+    x_hat = x_hat.reshape(batch, groups, -1)
+    grad_x = rstd[..., None] * (
+        grad_x_hat - grad_x_hat.mean(-1, keepdim=True) - x_hat * (grad_x_hat * x_hat).mean(-1, keepdim=True)
+    )
+    return grad_x.reshape(x.shape).to(x.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype)
+
+
+def _group_norm_relu_triton(x, num_groups, weight, bias, eps):
+    if not kernels.takes(x):
+        return _group_norm_relu_op_reference(x, num_groups, weight, bias, eps)
+    kernels.check_launchable(x, "group_norm_relu")
+    from ..kernels import group_norm_relu as launcher
+
+    return launcher.group_norm_relu(x.contiguous(), num_groups, weight.contiguous(), bias.contiguous(), eps)
+
+
+def _group_norm_relu_backward_triton(grad, x, mean, rstd, weight, bias):
+    if not kernels.takes(x):
+        return _group_norm_relu_backward_op_reference(grad, x, mean, rstd, weight, bias)
+    kernels.check_launchable(x, "group_norm_relu_backward")
+    from ..kernels import group_norm_relu as launcher
+
+    return launcher.group_norm_relu_backward(
+        grad.contiguous(), x.contiguous(), mean, rstd, weight.contiguous(), bias.contiguous()
+    )
+
+
+_library.define(
+    "group_norm_relu(Tensor x, int num_groups, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)",
+    _group_norm_relu_op_reference,
+)
+_library.define(
+    "group_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias) "
+    "-> (Tensor, Tensor, Tensor)",
+    _group_norm_relu_backward_op_reference,
+)
+
+
+@torch.library.register_fake("sfpn::group_norm_relu")
+def _(x, num_groups, weight, bias, eps):
+    stats = x.new_empty((x.shape[0], num_groups), dtype=_statistics_dtype(x))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("sfpn::group_norm_relu_backward")
+def _(grad, x, mean, rstd, weight, bias):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, _, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, mean, rstd, weight, bias)
+
+
+def _backward(ctx, grad, grad_mean, grad_rstd):
+    # mean and rstd are auxiliary outputs: the public function does not return them.
+    x, mean, rstd, weight, bias = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = torch.ops.sfpn.group_norm_relu_backward(grad, x, mean, rstd, weight, bias)
+    return grad_x, None, grad_weight, grad_bias, None
+
+
+torch.library.register_autograd("sfpn::group_norm_relu", _backward, setup_context=_setup_context)
+_library.register(_library.Op(
+    "group_norm_relu", _library.TRITON, backward=("group_norm_relu_backward",),
+    triton={"group_norm_relu": _group_norm_relu_triton, "group_norm_relu_backward": _group_norm_relu_backward_triton},
+))

@@ -1,0 +1,350 @@
+"""``multilevel_roi_align``: RoIAlign over a whole feature pyramid in one pass, and
+``MultiLevelRoIAlign``, a drop-in for ``torchvision.ops.MultiScaleRoIAlign`` running it.
+
+Each box is pooled from its FPN level, chosen inside the kernel with torchvision's
+``MultiScaleRoIAlign`` rule, so there is no per-level gather and scatter in Python. Schema and
+reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
+``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Under ``torch.autocast`` it runs in
+float32 and returns the levels' dtype, as ``roi_align``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import _library
+from .roi_align import (
+    boxes_to_rois,
+    check_input,
+    check_rois,
+    check_sampling_ratio,
+    check_scale,
+    deterministic_backward,
+    in_order,
+    output_size_pair,
+    roi_align_backward_reference_rois,
+    roi_align_reference_rois,
+)
+
+#: Pyramid levels one multi-level call takes (the CUDA kernel passes them by value).
+MAX_LEVELS = 8
+#: torchvision's LevelMapper epsilon.
+LEVEL_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision's scale and level rules (one implementation, used by the op and the module)
+
+
+def level_of_scale(scale: float) -> int:
+    """The level k of a map of scale 2**-k, as torchvision's MultiScaleRoIAlign computes it."""
+    return int(-math.log2(scale))
+
+
+def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
+    """torchvision's scale of a feature map: ``2**round(log2(feature_h / image_h))``."""
+    return 2.0 ** round(math.log2(float(feature_size[0]) / float(image_size[0])))
+
+
+def infer_scales(levels: Sequence[torch.Tensor], image_shapes: Sequence[tuple[int, int]]) -> list[float]:
+    """torchvision's scales of pyramid ``levels`` for a batch of ``image_shapes`` ``(h, w)``: each
+    level's :func:`infer_scale` against the largest image."""
+    if not image_shapes:
+        raise ValueError("image_shapes must not be empty")
+    largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    return [infer_scale(level.shape[-2:], largest) for level in levels]
+
+
+def map_levels_reference(boxes: torch.Tensor, scales, canonical_scale=224, canonical_level=4) -> torch.Tensor:
+    """torchvision's LevelMapper: the index into ``scales`` of each ``(K, 4)`` box's FPN level,
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` clamped to the levels.
+    Inverted boxes (NaN size) go to the finest level."""
+    k_min, k_max = level_of_scale(scales[0]), level_of_scale(scales[-1])
+    if k_min == k_max:
+        return torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    level = torch.floor(canonical_level + torch.log2(size / canonical_scale) + torch.tensor(LEVEL_EPS, dtype=size.dtype))
+    level = torch.nan_to_num(level, nan=k_min).clamp(k_min, k_max)
+    return level.long() - k_min
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _check_levels(levels, scales) -> tuple[list[torch.Tensor], list[float]]:
+    if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence):
+        raise TypeError(f"levels must be a list of (N, C, H, W) tensors, got {type(levels).__name__}")
+    levels = list(levels)
+    if not 1 <= len(levels) <= MAX_LEVELS:
+        raise ValueError(f"levels must hold 1 to {MAX_LEVELS} feature maps, got {len(levels)}")
+    for i, level in enumerate(levels):
+        check_input(f"levels[{i}]", level)
+        if level.shape[:2] != levels[0].shape[:2] or level.dtype != levels[0].dtype or level.device != levels[0].device:
+            raise ValueError(
+                f"levels[{i}] must share batch size, channels, dtype and device with levels[0]: got "
+                f"{tuple(level.shape)} {level.dtype} {level.device} and {tuple(levels[0].shape)} "
+                f"{levels[0].dtype} {levels[0].device}"
+            )
+    scales = [check_scale(f"scales[{i}]", s) for i, s in enumerate(scales)]
+    if len(scales) != len(levels):
+        raise ValueError(f"scales must give one scale per level: {len(scales)} scales for {len(levels)} levels")
+    ks = [level_of_scale(s) for s in scales]
+    if len(levels) > 1 and ks != list(range(ks[0], ks[0] + len(ks))):
+        raise ValueError(
+            f"scales must be 2**-k for consecutive levels k, finest first (as FPN's), got {scales} (levels {ks})"
+        )
+    return levels, scales
+
+
+def _multilevel_args(levels, boxes, output_size, scales):
+    """The ``(PH, PW)`` output size, levels, scales and ``(K, 5)`` rois of a multi-level call
+    (op or reference)."""
+    output_size = output_size_pair(output_size)
+    levels, scales = _check_levels(levels, scales)
+    return output_size, levels, scales, boxes_to_rois(boxes, levels[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference
+
+
+def _level_index(rois, scales, canonical_scale, canonical_level, dtype):
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return map_levels_reference(rois[:, 1:].detach().to(compute), scales, canonical_scale, canonical_level)
+
+
+def _multilevel_reference_rois(levels, rois, output_size, scales, sampling_ratio, aligned, canonical_scale, canonical_level):
+    level_index = _level_index(rois, scales, canonical_scale, canonical_level, levels[0].dtype)
+    pieces, order = [], []
+    for i, (level, scale) in enumerate(zip(levels, scales)):
+        index = torch.nonzero(level_index == i).flatten()
+        pieces.append(roi_align_reference_rois(level, rois[index], output_size, scale, sampling_ratio, aligned))
+        order.append(index)
+    return in_order(pieces, order)
+
+
+def multilevel_roi_align_reference(
+    levels,
+    boxes,
+    output_size,
+    scales,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+) -> torch.Tensor:
+    """Pure-PyTorch ``multilevel_roi_align``: the single-level reference applied per level."""
+    output_size, levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
+    return _multilevel_reference_rois(levels, rois, output_size, scales, sampling_ratio, aligned, canonical_scale,
+                                      canonical_level)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public op and module
+
+
+def multilevel_roi_align(
+    levels: Sequence[torch.Tensor],
+    boxes,
+    output_size,
+    scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+    *,
+    deterministic: bool | None = None,
+) -> torch.Tensor:
+    """RoIAlign over an FPN pyramid in one launch: each box is pooled from level
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` clamped to the levels
+    given (torchvision's ``MultiScaleRoIAlign`` rule), at that level's scale.
+
+    Args:
+        levels: 1..8 maps ``(N, C, H_l, W_l)`` sharing N, C, dtype and device, finest first.
+        boxes: as in :func:`sfpn.ops.roi_align`, in image coordinates.
+        output_size: ``int`` or ``(PH, PW)``.
+        scales: the scale of each level, ``2**-k`` for consecutive k (``[1/4, 1/8, 1/16, 1/32]``
+            for P2-P5).
+        sampling_ratio, aligned, deterministic: as in :func:`sfpn.ops.roi_align`.
+        canonical_scale, canonical_level: the box size that maps to ``canonical_level``.
+
+    Returns:
+        ``(K, C, PH, PW)``, differentiable (twice) w.r.t. every level.
+    """
+    (pooled_h, pooled_w), levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    canonical_scale = check_scale("canonical_scale", canonical_scale)
+    check_rois(rois, levels[0].shape[0])
+    return torch.ops.sfpn.multilevel_roi_align(
+        levels, rois, scales, pooled_h, pooled_w, sampling_ratio, bool(aligned), canonical_scale,
+        int(canonical_level), deterministic_backward(deterministic),
+    )
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """Drop-in for ``torchvision.ops.MultiScaleRoIAlign`` running :func:`multilevel_roi_align`.
+
+    Same constructor, attributes (``featmap_names``, ``output_size``, ``sampling_ratio``,
+    ``canonical_scale``, ``canonical_level``, ``scales``) and call as torchvision's:
+    ``forward(x, boxes, image_shapes)``: ``x`` a dict of feature maps (those named in
+    ``featmap_names`` are pooled, in ``x``'s order, finest first), ``boxes`` a list of ``(K_i, 4)``
+    per image in image coordinates, ``image_shapes`` the ``(h, w)`` of each image before the
+    backbone; returns ``(sum K_i, C, PH, PW)``. As torchvision, the scales are inferred
+    (:func:`infer_scales`) at the first call and then kept in ``self.scales``. ``aligned`` (not in
+    torchvision, default False as there) selects the half-pixel shift.
+    """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size,
+        sampling_ratio: int,
+        *,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        aligned: bool = False,
+    ):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = output_size_pair(output_size)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.aligned = aligned
+        self.scales: list[float] | None = None
+
+    @classmethod
+    def from_torchvision(cls, pooler: nn.Module) -> MultiLevelRoIAlign:
+        """The same pooler as a ``torchvision.ops.MultiScaleRoIAlign`` (settings and any scales it
+        has already inferred) on sfpn's op."""
+        replacement = cls(
+            pooler.featmap_names,
+            pooler.output_size,
+            pooler.sampling_ratio,
+            canonical_scale=pooler.canonical_scale,
+            canonical_level=pooler.canonical_level,
+        )
+        replacement.scales = pooler.scales
+        return replacement
+
+    def forward(
+        self, x: Mapping[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        levels = [v for k, v in x.items() if k in self.featmap_names]
+        if not levels:
+            raise ValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
+        if self.scales is None:
+            self.scales = infer_scales(levels, image_shapes)
+        return multilevel_roi_align(
+            levels,
+            boxes,
+            self.output_size,
+            self.scales,
+            self.sampling_ratio,
+            self.aligned,
+            self.canonical_scale,
+            self.canonical_level,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The dispatcher op: schema, reference fallback, fake, autograd (twice differentiable), autocast.
+
+
+def _multilevel_op_reference(levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_scale,
+                             canonical_level, deterministic=False):
+    return _multilevel_reference_rois(levels, rois, (pooled_h, pooled_w), scales, sampling_ratio, aligned,
+                                      canonical_scale, canonical_level)
+
+
+def _multilevel_backward_op_reference(grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio,
+                                      aligned, canonical_scale, canonical_level, deterministic):
+    level_index = _level_index(rois, scales, canonical_scale, canonical_level, grad.dtype)
+    output_size = tuple(grad.shape[-2:])
+    grads = []
+    for i, (scale, height, width) in enumerate(zip(scales, heights, widths)):
+        index = torch.nonzero(level_index == i).flatten()
+        grads.append(roi_align_backward_reference_rois(
+            grad[index], rois[index], scale, output_size, (batch_size, channels, height, width), sampling_ratio, aligned
+        ))
+    return grads
+
+
+# All FPN levels in one launch; the level of each RoI is chosen inside the kernel.
+_library.define(
+    "multilevel_roi_align(Tensor[] levels, Tensor rois, float[] scales, SymInt pooled_height, SymInt pooled_width, "
+    "int sampling_ratio, bool aligned, float canonical_scale, int canonical_level, bool deterministic=False) -> Tensor",
+    _multilevel_op_reference,
+)
+# The level sizes instead of the levels themselves, so that autograd need not keep them alive.
+_library.define(
+    "multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] scales, SymInt batch_size, SymInt channels, "
+    "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, float canonical_scale, "
+    "int canonical_level, bool deterministic) -> Tensor[]",
+    _multilevel_backward_op_reference,
+)
+
+
+@torch.library.register_fake("sfpn::multilevel_roi_align")
+def _(levels, rois, scales, pooled_height, pooled_width, *_):
+    return levels[0].new_empty((rois.shape[0], levels[0].shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("sfpn::multilevel_roi_align_backward")
+def _(grad, rois, scales, batch_size, channels, heights, widths, *_):
+    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+
+
+def _setup_context(ctx, inputs, output):
+    levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_scale, canonical_level, *rest = inputs
+    ctx.save_for_backward(rois)
+    ctx.level_shape = (levels[0].shape[0], levels[0].shape[1], [l.shape[2] for l in levels], [l.shape[3] for l in levels])
+    ctx.arguments = (scales, sampling_ratio, aligned, canonical_scale, canonical_level, bool(rest and rest[0]))
+
+
+def _backward(ctx, grad):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 10
+    (rois,) = ctx.saved_tensors
+    batch_size, channels, heights, widths = ctx.level_shape
+    scales, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic = ctx.arguments
+    grad_levels = torch.ops.sfpn.multilevel_roi_align_backward(
+        grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned,
+        canonical_scale, canonical_level, deterministic_backward(deterministic),
+    )
+    return (list(grad_levels),) + (None,) * 9
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic = inputs
+    ctx.save_for_backward(rois)
+    ctx.level_shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths)]
+    ctx.arguments = (scales, grad.shape[-2], grad.shape[-1], sampling_ratio, aligned, canonical_scale, canonical_level,
+                     deterministic)
+
+
+def _backward_backward(ctx, grad_grad_levels):
+    (rois,) = ctx.saved_tensors
+    defined = next(g for g in grad_grad_levels if g is not None)
+    # A level whose gradient took no part in the loss contributes zeros.
+    levels = [g if g is not None else defined.new_zeros(shape) for g, shape in zip(grad_grad_levels, ctx.level_shapes)]
+    grad_grad = torch.ops.sfpn.multilevel_roi_align(levels, rois, *ctx.arguments)
+    return (grad_grad,) + (None,) * 11
+
+
+torch.library.register_autograd("sfpn::multilevel_roi_align", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "sfpn::multilevel_roi_align_backward", _backward_backward, setup_context=_setup_backward_context
+)
+_library.autocast_to_float32("multilevel_roi_align", keep_dtype_of=0)
+_library.register(_library.Op("multilevel_roi_align", _library.COMPILED, backward=("multilevel_roi_align_backward",)))
