@@ -1,65 +1,19 @@
 """sfpn's RoIAlign and batched NMS inside torchvision's R-CNN heads: :func:`use_sfpn_ops`."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision.models.detection import roi_heads as torchvision_roi_heads
 from torchvision.models.detection import rpn as torchvision_rpn
 from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 from torchvision.ops import boxes as torchvision_box_ops
 
-from ...ops import batched_nms, multilevel_roi_align
+from ...ops import MultiLevelRoIAlign, batched_nms
 
 
-def _infer_scales(levels: list[torch.Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
-    """torchvision's rule: ``2 ** round(log2(feature height / largest image height))`` per level."""
-    if not image_shapes:
-        raise ValueError("image_shapes must not be empty")
-    height = max(shape[0] for shape in image_shapes)
-    return [2.0 ** float(torch.tensor(level.shape[-2] / height).log2().round()) for level in levels]
-
-
-class MultiScaleRoIAlign(TorchvisionMultiScaleRoIAlign):
-    """``torchvision.ops.MultiScaleRoIAlign`` pooling every box from its level in one
-    ``multilevel_roi_align`` call instead of one ``roi_align`` per level.
-
-    Same constructor, call, level rule (canonical 224 at level 4) and scale inference (from the
-    first call's ``image_shapes``, then kept in ``self.scales``), so it replaces torchvision's
-    module anywhere: ``forward(x: dict of (N, C, H_l, W_l), boxes: list of (K_i, 4) in image
-    coordinates, image_shapes: list of (h, w)) -> (sum K_i, C, PH, PW)``.
-    """
-
-    def forward(
-        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ) -> torch.Tensor:
-        levels = [feature for name, feature in x.items() if name in self.featmap_names]
-        if not levels:
-            raise ValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
-        if self.scales is None:
-            self.scales = _infer_scales(levels, image_shapes)
-        return multilevel_roi_align(
-            levels,
-            boxes,
-            self.output_size,
-            self.scales,
-            self.sampling_ratio,
-            False,  # torchvision's MultiScaleRoIAlign is not half-pixel aligned
-            self.canonical_scale,
-            self.canonical_level,
-        )
-
-    @classmethod
-    def from_torchvision(cls, pooler: TorchvisionMultiScaleRoIAlign) -> MultiScaleRoIAlign:
-        """The same pooler (settings and any scales it has already inferred) on sfpn's op."""
-        replacement = cls(
-            pooler.featmap_names,
-            pooler.output_size,
-            pooler.sampling_ratio,
-            canonical_scale=pooler.canonical_scale,
-            canonical_level=pooler.canonical_level,
-        )
-        replacement.scales = pooler.scales
-        return replacement
+#: ``torchvision.ops.MultiScaleRoIAlign`` on sfpn's ``multilevel_roi_align``: the same module as
+#: :class:`sfpn.ops.MultiLevelRoIAlign` (same constructor, call, level rule and scale inference,
+#: ``from_torchvision`` to convert a pooler), under torchvision's name.
+MultiScaleRoIAlign = MultiLevelRoIAlign
 
 
 class _BoxOpsWithSFPNNms:
@@ -107,7 +61,7 @@ class SFPNOps:
         if roi_align:
             for name in _POOLERS:
                 pooler = getattr(model.roi_heads, name, None)
-                if isinstance(pooler, TorchvisionMultiScaleRoIAlign) and not isinstance(pooler, MultiScaleRoIAlign):
+                if isinstance(pooler, TorchvisionMultiScaleRoIAlign):
                     self._poolers[name] = pooler
                     setattr(model.roi_heads, name, MultiScaleRoIAlign.from_torchvision(pooler))
         self._nms = nms
