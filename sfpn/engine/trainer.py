@@ -70,14 +70,14 @@ class DivergenceGuard:
     loss, is divergence. ``early_losses`` is checkpointed so that a resumed run keeps its reference.
     """
 
-    def __init__(self, factor: float, window: int, early_losses=()):
+    def __init__(self, factor: float, window: int):
         if not (factor == 0 or factor > 1):
             raise ValueError(f"divergence_factor must be 0 (off) or greater than 1, got {factor}")
         if window < 1:
             raise ValueError(f"divergence_window must be at least 1, got {window}")
         self.factor = factor
         self.window = window
-        self.early_losses = list(early_losses)
+        self.early_losses: list[float] = []
 
     def reference(self) -> float | None:
         """The median of the early losses seen so far, or None before the first."""
