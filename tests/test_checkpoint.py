@@ -118,10 +118,15 @@ def test_stale_temporaries_are_removed_by_the_next_save(checkpoint):
     assert sorted(os.listdir(folder)) == ["last_checkpoint", "model_0000007.pth", "model_0000009.pth", "notes.tmp"]
 
 
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("refuses to be pickled")
+
+
 def test_failed_write_keeps_the_previous_checkpoint(checkpoint):
     path, state = checkpoint
     before = path.read_bytes()
-    with pytest.raises(AttributeError, match="pickle"):
-        save_checkpoint(str(path), {**state, "meta": {"unpicklable": lambda: None}})
+    with pytest.raises(RuntimeError, match="refuses to be pickled"):
+        save_checkpoint(str(path), {**state, "meta": {"broken": _Unpicklable()}})
     assert path.read_bytes() == before
     assert [name for name in os.listdir(path.parent) if name.endswith(".tmp")] == []
