@@ -185,22 +185,28 @@ def test_batch_without_foreground_trains(edge_data, preset):
 
 
 @pytest.mark.parametrize("preset", FAMILIES)
-def test_zero_proposals_give_empty_detections(preset):
+def test_zero_proposals_give_empty_detections(preset, monkeypatch):
     """Item 3: on main the box head crashed on an image without proposals (e.g. Cascade R-CNN
     on random images, or diverged weights)."""
     torch.manual_seed(0)
     model = sfpn.build_detector(preset, num_classes=2).eval()
+    rpn_forward = model.rpn.forward
+
+    def no_proposals(*args, **kwargs):
+        proposals, losses = rpn_forward(*args, **kwargs)
+        return [p[:0] for p in proposals], losses
+
+    monkeypatch.setattr(model.rpn, "forward", no_proposals)
     sizes = [(64, 96), (64, 80)]
     with torch.no_grad():
-        batch, sizes = model.preprocess([torch.rand(3, *size) for size in sizes])
-        pyramid, _ = model.neck(model.backbone(batch))
-        detections, losses = model.roi_heads(pyramid, [torch.zeros(0, 4), torch.zeros(0, 4)], sizes)
-    assert losses == {} and len(detections) == 2
+        detections = model([torch.rand(3, *size) for size in sizes])
+    assert len(detections) == 2
     for detection, (height, width) in zip(detections, sizes):
         assert detection["boxes"].shape == (0, 4)
         assert detection["scores"].shape == (0,) and detection["labels"].shape == (0,)
         if preset.startswith("mask_rcnn"):
             assert detection["masks"].shape == (0, height, width)
+        assert detection["semantic"].shape == (height, width)  # the SFPN branch still runs
 
 
 # -- end to end -------------------------------------------------------------------------------
