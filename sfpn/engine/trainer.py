@@ -66,15 +66,16 @@ class DivergenceGuard:
 
     Detection losses start at their highest and fall, so the reference is the running median of
     the total loss over the run's first ``window`` iterations (robust to a few odd batches): a
-    later loss above ``factor`` times it (``factor`` > 1; 0 disables the test), or any non-finite
-    loss, is divergence. ``early_losses`` is checkpointed so that a resumed run keeps its reference.
+    later loss above ``factor`` (> 1) times it, or any non-finite loss, is divergence; ``window``
+    0 leaves only the non-finite test. ``early_losses`` is checkpointed so that a resumed run
+    keeps its reference.
     """
 
     def __init__(self, factor: float, window: int):
-        if not (factor == 0 or factor > 1):
-            raise ValueError(f"divergence_factor must be 0 (off) or greater than 1, got {factor}")
-        if window < 1:
-            raise ValueError(f"divergence_window must be at least 1, got {window}")
+        if not factor > 1:
+            raise ValueError(f"divergence_factor must be greater than 1, got {factor}")
+        if window < 0:
+            raise ValueError(f"divergence_window must be non-negative, got {window}")
         self.factor = factor
         self.window = window
         self.early_losses: list[float] = []
@@ -89,7 +90,7 @@ class DivergenceGuard:
         if not math.isfinite(loss):
             return f"non-finite loss {loss}"
         reference = self.reference()
-        if self.factor and reference is not None and loss > self.factor * reference:
+        if reference is not None and loss > self.factor * reference:
             count = len(self.early_losses)
             return (f"loss {loss:.4g} is over {self.factor:g}x the median {reference:.4g} of the first "
                     f"{count} iteration{'s' if count > 1 else ''}")
