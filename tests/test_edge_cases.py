@@ -182,6 +182,9 @@ def test_batch_without_foreground_trains(edge_data, preset):
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, f"{name} left out of the graph"
         assert torch.isfinite(parameter.grad).all(), name
+    # A batch whose every pixel is ignored: the semantic loss is 0, not the NaN of 0 / 0.
+    image, target = batch[1]
+    assert model([image], [target])["loss_segm"].item() == 0
 
 
 @pytest.mark.parametrize("preset", FAMILIES)
