@@ -153,9 +153,15 @@ def main(argv=None) -> dict | None:
                 f"{config.solver.max_iters} iterations of {config.solver.batch_size} images -> {output_dir}",
                 flush=True,
             )
-        if args.resume is not None:
-            trainer.resume(args.resume or output_dir)
-        metrics = trainer.train()
+        from .engine.checkpoint import CheckpointError
+        from .engine.trainer import TrainingDiverged
+
+        try:  # a broken checkpoint or a diverged run: one error line, not a traceback
+            if args.resume is not None:
+                trainer.resume(args.resume or output_dir)
+            metrics = trainer.train()
+        except (CheckpointError, TrainingDiverged) as error:
+            raise SystemExit(f"error: {error}") from None
         if distributed.is_main_process():
             print(format_metrics(metrics))
             print(f"wrote {os.path.join(output_dir, 'eval.json')}, metrics.jsonl, plot.png and checkpoints")

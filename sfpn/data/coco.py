@@ -8,6 +8,14 @@ is kept (``label_to_category_id``) so that predictions can be written back as CO
 Crowd annotations are not detection targets: they are dropped from ``boxes``/``labels`` and kept
 as ``crowd_boxes`` and as ignore (255) regions of the semantic map.
 
+Degenerate boxes (non-positive width or height, outside the image, or thinner than a pixel once
+clipped to it) cannot be regressed to and are not objects: they are dropped when the dataset is
+built, with one ``DegenerateBoxWarning`` that counts them per reason. Their images stay, as
+background-only images where nothing else is annotated (``remove_empty`` drops those).
+
+Images may be 8-bit RGB, RGBA (alpha dropped), grayscale, palette or 16-bit grayscale (scaled by
+its full range), in any format Pillow reads.
+
 The annotation file is validated when the dataset is built, so a broken file fails at once with
 an error naming the file and the offending entry, not hours into training.
 """
@@ -17,6 +25,8 @@ import contextlib
 import io
 import json
 import os
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from numbers import Real
 
@@ -33,6 +43,25 @@ SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
 
 class AnnotationError(ValueError):
     """A COCO annotation file that cannot be used; the message names the file and the problem."""
+
+
+class DegenerateBoxWarning(UserWarning):
+    """Annotations whose boxes are not usable objects were dropped (counted per reason)."""
+
+
+def degenerate_box_reason(bbox: list[float], width: int, height: int) -> str | None:
+    """Why a COCO ``[x, y, w, h]`` box in a ``width`` x ``height`` image is not a usable object
+    (the reason as the warning words it), or None for a usable box."""
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "with non-positive width or height"
+    clipped_width = min(x + w, width) - max(x, 0)
+    clipped_height = min(y + h, height) - max(y, 0)
+    if clipped_width <= 0 or clipped_height <= 0:
+        return "outside the image"
+    if clipped_width < 1 or clipped_height < 1:
+        return "under 1 px once clipped to the image"
+    return None
 
 
 def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> dict:
@@ -135,7 +164,8 @@ class CocoDetection(torch.utils.data.Dataset):
             ``.png``), mapped through ``semantic_lookup`` (raw value -> label; COCO-stuff's
             ``stuffthingmaps`` store category id - 1, the default maps that to the category id).
         return_masks: add the instances' ``masks`` to the target (for Mask R-CNN).
-        remove_empty: drop images without a non-crowd annotation (for training).
+        remove_empty: drop images without a non-crowd annotation whose box is usable (for
+            training; evaluation keeps every image).
 
     Items are ``(image, target)``: ``image`` (3, H, W) float32 RGB in [0, 1]; ``target`` holds
     ``boxes`` (K, 4) float32 xyxy, ``labels`` (K,) int64 in 1..num_classes, ``crowd_boxes``
@@ -181,17 +211,40 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_id_to_label = {c["id"]: label for label, c in enumerate(categories, start=1)}
         self.class_names = [c["name"] for c in categories]
 
+        self.degenerate_annotation_ids = self._find_degenerate_annotations()
         image_ids = sorted(self.coco.imgs)
         if remove_empty:
-            image_ids = [i for i in image_ids if any(not a["iscrowd"] for a in self.coco.imgToAnns[i])]
+            image_ids = [i for i in image_ids if any(not a["iscrowd"] for a in self.annotations(i))]
             if not image_ids:
-                raise AnnotationError(f"{ann_file}: no image has a non-crowd annotation")
+                raise AnnotationError(f"{ann_file}: no image has a non-crowd annotation with a usable box")
         self.image_ids = image_ids
         if check_images:
             for image_id in image_ids:
                 path = self.image_path(image_id)
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"image {path} (image id {image_id} in {ann_file}) not found")
+
+    def _find_degenerate_annotations(self) -> set[int]:
+        """Ids of the annotations whose boxes are degenerate; warns once with the count per reason."""
+        degenerate, reasons = set(), Counter()
+        for annotation in self.coco.dataset["annotations"]:
+            info = self.coco.imgs[annotation["image_id"]]
+            reason = degenerate_box_reason(annotation["bbox"], info["width"], info["height"])
+            if reason is not None:
+                degenerate.add(annotation["id"])
+                reasons[reason] += 1
+        if reasons:
+            counts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+            warnings.warn(
+                f"{self.ann_file}: dropped {len(degenerate)} annotations with degenerate boxes ({counts})",
+                DegenerateBoxWarning,
+                stacklevel=3,
+            )
+        return degenerate
+
+    def annotations(self, image_id: int) -> list[dict]:
+        """The image's annotations, without those with degenerate boxes."""
+        return [a for a in self.coco.imgToAnns[image_id] if a["id"] not in self.degenerate_annotation_ids]
 
     @property
     def num_classes(self) -> int:
@@ -222,47 +275,45 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_path(image_id)
         try:
             with Image.open(path) as pil:
-                array = np.asarray(pil.convert("RGB"))
+                image = _rgb_tensor(pil)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {path} (image id {image_id} in {self.ann_file}) not found") from None
         except OSError as error:
             raise OSError(f"cannot read image {path} (image id {image_id} in {self.ann_file}): {error}") from None
-        if array.shape[:2] != (info["height"], info["width"]):
+        if image.shape[1:] != (info["height"], info["width"]):
             raise ValueError(
-                f"image {path} is {array.shape[1]}x{array.shape[0]} but {self.ann_file} says "
+                f"image {path} is {image.shape[2]}x{image.shape[1]} but {self.ann_file} says "
                 f"{info['width']}x{info['height']} (image id {image_id})"
             )
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+        return image
 
     def _load_target(self, image_id: int) -> dict:
         info = self.coco.imgs[image_id]
         height, width = info["height"], info["width"]
-        annotations = self.coco.imgToAnns[image_id]
+        annotations = self.annotations(image_id)
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2].clamp_(0, width)
         boxes[:, 1::2].clamp_(0, height)
-        # Boxes thinner than a pixel after clipping cannot be regressed to and are not objects.
-        valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         labels = torch.tensor([self.category_id_to_label[a["category_id"]] for a in annotations], dtype=torch.int64)
         iscrowd = torch.tensor([bool(a["iscrowd"]) for a in annotations], dtype=torch.bool)
-        instance = valid & ~iscrowd
         target = {
             "image_id": image_id,
             "orig_size": (height, width),
-            "boxes": boxes[instance],
-            "labels": labels[instance],
-            "crowd_boxes": boxes[valid & iscrowd],
+            "boxes": boxes[~iscrowd],
+            "labels": labels[~iscrowd],
+            "crowd_boxes": boxes[iscrowd],
         }
-        need_masks = self.return_masks or self.semantic == "masks"
-        if need_masks:
-            masks = torch.from_numpy(np.stack([self._instance_mask(a, height, width) for a in annotations]).reshape(-1, height, width))
+        if self.return_masks or self.semantic == "masks":
+            masks = torch.zeros((len(annotations), height, width), dtype=torch.uint8)
+            for k, annotation in enumerate(annotations):
+                masks[k] = torch.from_numpy(self._instance_mask(annotation, height, width))
         if self.return_masks:
-            target["masks"] = masks[instance]
+            target["masks"] = masks[~iscrowd]
         if self.semantic == "masks":
-            target["semantic"] = semantic_from_masks(masks[valid], labels[valid], iscrowd[valid])
+            target["semantic"] = semantic_from_masks(masks, labels, iscrowd)
         elif self.semantic == "boxes":
-            target["semantic"] = semantic_from_boxes(boxes[valid], labels[valid], (height, width), iscrowd[valid])
+            target["semantic"] = semantic_from_boxes(boxes, labels, (height, width), iscrowd)
         elif self.semantic == "png":
             stem = os.path.splitext(info["file_name"])[0]
             path = os.path.join(self.semantic_dir, stem + ".png")
@@ -297,6 +348,17 @@ class CocoDetection(torch.utils.data.Dataset):
         x, y, w, h = annotation["bbox"]
         mask[max(0, round(y)) : round(y + h), max(0, round(x)) : round(x + w)] = 1
         return mask
+
+
+def _rgb_tensor(pil: Image.Image) -> torch.Tensor:
+    """A Pillow image as ``(3, H, W)`` float32 RGB in [0, 1]."""
+    if pil.mode.startswith("I"):
+        # 16-bit grayscale ("I;16*", or "I" from older Pillow): convert("RGB") would clip every
+        # value above 255 to white, so scale by the 16-bit range instead.
+        gray = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 65535).clamp_(0, 1)
+        return gray.expand(3, *gray.shape).contiguous()
+    array = np.asarray(pil.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
 def collate(batch):

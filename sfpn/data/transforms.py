@@ -39,6 +39,14 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of ``(K, H, W)`` label maps or masks to ``(K, *size)``; K may be 0
+    (an image without instances), which ``F.interpolate`` refuses."""
+    if maps.shape[0] == 0:
+        return maps.new_zeros((0, *size))
+    return F.interpolate(maps[None].float(), size=size, mode="nearest")[0].to(maps.dtype)
+
+
 class ResizeShortestEdge:
     """Resizes so the shorter side is ``min_size`` and the longer at most ``max_size``.
 
@@ -70,11 +78,9 @@ class ResizeShortestEdge:
             if key in target:
                 target[key] = target[key] * scale
         if "masks" in target:
-            masks = target["masks"]
-            target["masks"] = F.interpolate(masks[None].float(), size=(new_height, new_width), mode="nearest")[0].to(masks.dtype)
+            target["masks"] = _resize_maps(target["masks"], (new_height, new_width))
         if "semantic" in target:
-            semantic = target["semantic"]
-            target["semantic"] = F.interpolate(semantic[None, None].float(), size=(new_height, new_width), mode="nearest")[0, 0].to(semantic.dtype)
+            target["semantic"] = _resize_maps(target["semantic"][None], (new_height, new_width))[0]
         return image, target
 
     def __repr__(self):

@@ -7,29 +7,54 @@ the model overrides and config, the training config, the classes), from which ``
 ``sfpn.demo`` rebuild the model.
 
 It is written to a temporary file in the same folder, fsynced and renamed over the target, so a
-run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+run killed at any moment leaves either the previous checkpoint or the new one, never half of one;
+the temporary file such a kill leaves behind is deleted by the next save into that folder.
 ``last_checkpoint`` in the folder names the newest complete checkpoint (itself replaced
 atomically).
+
+Integrity: the file is the ``torch.save`` payload followed by a footer, ``FOOTER_MAGIC``, the
+payload's length (8 bytes, little-endian) and its SHA-256. Loading verifies both before
+unpickling anything, so an empty, truncated, extended or bit-flipped file, or a file that is not
+a checkpoint at all, is refused with a :class:`CheckpointError` naming the file and the reason.
+The footer is invisible to ``torch.load``, which still reads the file directly.
+Checkpoints written before the footer existed (a bare PyTorch zip) are still accepted, with a
+``UnverifiedCheckpointWarning``: refusing them would strand every run started on an older sfpn,
+and their structure is still checked; corruption inside them cannot be detected.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import pickle
 import random
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
 import torch
 
 LAST_CHECKPOINT = "last_checkpoint"
+#: Starts the footer that follows the payload: magic, payload length, SHA-256 of the payload.
+FOOTER_MAGIC = b"sfpn-sha256-v1\n\0"
+FOOTER_SIZE = len(FOOTER_MAGIC) + 8 + 32
+#: Every ``torch.save`` file (a zip archive) starts with these bytes...
+ZIP_SIGNATURE = b"PK\x03\x04"
+#: ...and ends with its end-of-central-directory record: this signature and 18 more bytes.
+ZIP_END_SIGNATURE = b"PK\x05\x06"
+ZIP_END_SIZE = 22
+_READ_CHUNK = 1 << 24
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without a checksum (written by an older sfpn) was loaded unverified."""
 
 
 def config_to_dict(config) -> dict:
@@ -83,9 +108,43 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+class _HashingWriter:
+    """A write-only file wrapper that counts and hashes what passes through it."""
+
+    def __init__(self, file):
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.length = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.length += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _write_with_footer(state: dict, file) -> None:
+    writer = _HashingWriter(file)
+    torch.save(state, writer)
+    file.write(FOOTER_MAGIC + writer.length.to_bytes(8, "little") + writer.sha256.digest())
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Deletes the temporary files that a write killed mid-way (``_atomic_write``) left in
+    ``folder``; returns their paths. Only one process writes checkpoints into a folder."""
+    stale = glob.glob(os.path.join(folder, ".*.pth.*.tmp")) + glob.glob(os.path.join(folder, f".{LAST_CHECKPOINT}.*.tmp"))
+    for path in stale:
+        os.unlink(path)
+    return stale
+
+
 def save_checkpoint(path: str, state: dict) -> None:
-    """Writes ``state`` to ``path`` atomically and points ``last_checkpoint`` at it."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    """Writes ``state`` with its checksum to ``path`` atomically and points ``last_checkpoint``
+    at it; first deletes temporary files left in the folder by an interrupted earlier write."""
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    _atomic_write(path, lambda f: _write_with_footer(state, f))
     _atomic_write(
         os.path.join(os.path.dirname(os.path.abspath(path)), LAST_CHECKPOINT),
         lambda f: f.write(os.path.basename(path).encode() + b"\n"),
@@ -113,15 +172,65 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
+def verify_checkpoint(path: str) -> bool:
+    """Checks ``path``'s footer and checksum without unpickling anything.
+
+    Returns True for a verified checkpoint, False for a complete PyTorch zip without a footer
+    (an older sfpn's checkpoint). Raises ``CheckpointError`` for an empty or non-PyTorch file, a
+    file cut or extended past its footer, or a checksum mismatch.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not an sfpn checkpoint")
+    with open(path, "rb") as f:
+        signature = f.read(len(ZIP_SIGNATURE))
+        if signature != ZIP_SIGNATURE:
+            raise CheckpointError(f"{path}: not an sfpn checkpoint (not a PyTorch file: it starts with {signature!r})")
+        f.seek(max(size - FOOTER_SIZE, 0))
+        footer = f.read(FOOTER_SIZE)
+        if not footer.startswith(FOOTER_MAGIC):
+            if footer[-ZIP_END_SIZE:].startswith(ZIP_END_SIGNATURE):
+                return False
+            raise CheckpointError(
+                f"{path}: not a readable sfpn checkpoint: truncated or corrupt (it ends in neither a "
+                "checksum footer nor the end of a PyTorch zip)"
+            )
+        length = int.from_bytes(footer[len(FOOTER_MAGIC) : len(FOOTER_MAGIC) + 8], "little")
+        if length != size - FOOTER_SIZE:
+            raise CheckpointError(
+                f"{path}: not a readable sfpn checkpoint: corrupt (its footer records {length} bytes "
+                f"of payload, the file holds {size - FOOTER_SIZE})"
+            )
+        sha256 = hashlib.sha256()
+        f.seek(0)
+        for remaining in range(length, 0, -_READ_CHUNK):
+            sha256.update(f.read(min(remaining, _READ_CHUNK)))
+    if sha256.digest() != footer[-32:]:
+        raise CheckpointError(
+            f"{path}: not a readable sfpn checkpoint: corrupt (the SHA-256 of its payload, "
+            f"{sha256.hexdigest()[:16]}..., differs from the {footer[-32:].hex()[:16]}... it was written with)"
+        )
+    return True
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Reads a checkpoint safely (``weights_only=True``); a clear error for a broken file."""
+    """Reads a checkpoint safely: verified (:func:`verify_checkpoint`), then loaded with
+    ``weights_only=True``; ``CheckpointError`` naming the file and the reason for a broken one."""
     path = resolve_checkpoint(path)
+    verified = verify_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable sfpn checkpoint ({str(error).splitlines()[0]})") from None
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+    except (RuntimeError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable sfpn checkpoint: truncated or corrupt ({reason})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("meta"), dict):
         raise CheckpointError(f"{path}: not an sfpn checkpoint (expected a dict with 'model' and 'meta')")
+    if not verified:
+        warnings.warn(
+            f"{path} has no checksum (written by an sfpn before checkpoints carried one): loaded unverified",
+            UnverifiedCheckpointWarning,
+            stacklevel=2,
+        )
     state["path"] = path
     return state
 

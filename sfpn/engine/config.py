@@ -64,6 +64,11 @@ class TrainConfig:
     eval_batch_size: int = 1
     #: DDP's find_unused_parameters, for detectors whose forward skips some parameters.
     find_unused_parameters: bool = False
+    #: The divergence guard stops the run when the total loss is non-finite or more than
+    #: ``divergence_factor`` times the median loss of its first ``divergence_window`` iterations
+    #: (a window of 0 disables the ratio test; non-finite losses always stop the run).
+    divergence_factor: float = 100.0
+    divergence_window: int = 20
 
 
 def training_config(preset: str) -> TrainConfig:
@@ -106,6 +111,8 @@ RANGES: dict[str, Range] = {
     "log_every": AT_LEAST_ONE,
     "seed": NON_NEGATIVE,
     "eval_batch_size": AT_LEAST_ONE,
+    "divergence_factor": Range(1, low_open=True),
+    "divergence_window": NON_NEGATIVE,
 }
 #: The allowed values of the string fields.
 CHOICES = {

@@ -158,7 +158,10 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
-    iou_types = IOU_TYPES if with_masks else ("bbox",)
+    # Masks can only be scored against ground truth that has them: COCOeval fails on the first
+    # annotation without a 'segmentation' (box-only datasets, whose SFPN still predicts masks).
+    ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
+    iou_types = IOU_TYPES if with_masks and ground_truth_masks else ("bbox",)
     metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids)
     metrics.setdefault("segm", None)
     return metrics, table

@@ -56,6 +56,49 @@ class WarmupMultiStep:
         return factor
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss became non-finite or exploded; the message names the iteration, the loss terms
+    and the last good checkpoint."""
+
+
+class DivergenceGuard:
+    """Decides whether a training loss means the run has diverged.
+
+    Detection losses start at their highest and fall, so the reference is the running median of
+    the total loss over the run's first ``window`` iterations (robust to a few odd batches): a
+    later loss above ``factor`` (> 1) times it, or any non-finite loss, is divergence; ``window``
+    0 leaves only the non-finite test. ``early_losses`` is checkpointed so that a resumed run
+    keeps its reference.
+    """
+
+    def __init__(self, factor: float, window: int):
+        if not factor > 1:
+            raise ValueError(f"divergence_factor must be greater than 1, got {factor}")
+        if window < 0:
+            raise ValueError(f"divergence_window must be non-negative, got {window}")
+        self.factor = factor
+        self.window = window
+        self.early_losses: list[float] = []
+
+    def reference(self) -> float | None:
+        """The median of the early losses seen so far, or None before the first."""
+        return float(np.median(self.early_losses)) if self.early_losses else None
+
+    def check(self, loss: float) -> str | None:
+        """Why ``loss`` (this iteration's total) is divergence, or None; records it while the
+        window is open."""
+        if not math.isfinite(loss):
+            return f"non-finite loss {loss}"
+        reference = self.reference()
+        if reference is not None and loss > self.factor * reference:
+            count = len(self.early_losses)
+            return (f"loss {loss:.4g} is over {self.factor:g}x the median {reference:.4g} of the first "
+                    f"{count} iteration{'s' if count > 1 else ''}")
+        if len(self.early_losses) < self.window:
+            self.early_losses.append(loss)
+        return None
+
+
 def seed_everything(seed: int) -> None:
     """Seeds torch, numpy and Python; ranks get different streams (their RPN/RoI sampling)."""
     seed = seed + distributed.get_rank()
@@ -128,6 +171,9 @@ class Trainer:
         self.amp_dtype = amp_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
+        self.guard = DivergenceGuard(config.divergence_factor, config.divergence_window)
+        #: The newest checkpoint written or resumed from, named when the run diverges.
+        self.last_checkpoint: str | None = None
         if distributed.is_distributed():
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model,
@@ -151,13 +197,15 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
             "rng": distributed.all_gather_objects(capture_rng_state()),
+            "early_losses": list(self.guard.early_losses),
             "meta": self.meta,
         }
 
     def save(self, name: str) -> None:
         state = self.checkpoint_state()
+        self.last_checkpoint = os.path.join(self.output_dir, name)
         if distributed.is_main_process():
-            save_checkpoint(os.path.join(self.output_dir, name), state)
+            save_checkpoint(self.last_checkpoint, state)
             prune_checkpoints(self.output_dir, self.config.keep_checkpoints)
 
     def resume(self, path: str) -> None:
@@ -171,6 +219,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
+        self.guard.early_losses = list(state.get("early_losses", []))  # absent before the guard existed
+        self.last_checkpoint = state["path"]
         rng = state["rng"]
         if len(rng) == self.world_size:
             restore_rng_state(rng[self.rank])
@@ -225,12 +275,14 @@ class Trainer:
         return images, targets
 
     def step(self, images, targets) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the detached losses."""
+        """One optimisation step; returns the detached losses. Raises ``TrainingDiverged``
+        before touching the weights when the loss has diverged."""
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
         )
         with autocast:
             losses = self.ddp_model(images, targets)
+        self._check_divergence(losses)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -241,6 +293,21 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return {k: v.detach() for k, v in losses.items()}
+
+    def _check_divergence(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raises ``TrainingDiverged`` when this iteration's loss, averaged over the ranks (so
+        that every rank stops together rather than leaving the others waiting in backward), has
+        diverged. Costs one device-to-host copy of the loss terms per iteration."""
+        terms = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+        terms = distributed.reduce_mean(terms)
+        reason = self.guard.check(sum(terms.values()))
+        if reason is not None:
+            listed = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+            raise TrainingDiverged(
+                f"training diverged at iteration {self.iteration + 1}: {reason} ({listed}); last good "
+                f"checkpoint: {self.last_checkpoint or 'none written yet'}; lower solver.lr or set "
+                "solver.clip_grad_norm"
+            )
 
     def evaluate(self) -> dict:
         distributed.broadcast_buffers(self.model)
@@ -284,8 +351,6 @@ class Trainer:
             if self.iteration % config.log_every == 0 or self.iteration == stop:
                 means = distributed.reduce_mean({k: float(v) / window_iters for k, v in window.items()})
                 loss = sum(means.values())
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at iteration {self.iteration}: {means}")
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "type": "train",

@@ -78,7 +78,9 @@ def select_class_deltas(deltas: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """``deltas (R, 4C)`` or ``(R, 4)``, foreground ``labels (R,)`` in ``1..C`` -> ``(R, 4)``."""
     if deltas.shape[1] == 4:
         return deltas
-    return deltas.reshape(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), labels - 1]
+    # An explicit class count: reshape cannot infer a -1 dimension when there are no RoIs.
+    per_class = deltas.reshape(len(deltas), deltas.shape[1] // 4, 4)
+    return per_class[torch.arange(len(deltas), device=deltas.device), labels - 1]
 
 
 class Proposals:
@@ -223,7 +225,8 @@ class RoIHeads(nn.Module):
     def _detections(self, boxes, probabilities, image_size) -> dict[str, torch.Tensor]:
         """One image: ``boxes (R, 4C or 4)``, ``probabilities (R, C + 1)``."""
         num_rois = len(probabilities)
-        boxes = clip_boxes(boxes.reshape(num_rois, -1, 4), image_size).expand(num_rois, self.num_classes, 4)
+        boxes = boxes.reshape(num_rois, boxes.shape[1] // 4, 4)  # no -1: there may be no RoIs
+        boxes = clip_boxes(boxes, image_size).expand(num_rois, self.num_classes, 4)
         scores = probabilities[:, 1:]
         roi, cls = torch.nonzero(scores > self.score_threshold, as_tuple=True)
         boxes, scores = boxes[roi, cls], scores[roi, cls]

@@ -103,8 +103,10 @@ class SemanticHead(nn.Module):
                 kernel (no full-size logits tensor is made).
 
         Returns:
-            A float32 scalar.
+            A float32 scalar; 0 (still in the graph) when every pixel is ignored, e.g. a batch of
+            crowd-only or unlabelled images, where a plain mean would be 0 / 0 = NaN.
         """
-        if tuple(labels.shape[-2:]) == tuple(logits.shape[-2:]):
-            return ops.semantic_cross_entropy(logits, labels, ignore_index)
-        return ops.upsample_cross_entropy(logits, labels, ignore_index)
+        same_grid = tuple(labels.shape[-2:]) == tuple(logits.shape[-2:])
+        cross_entropy = ops.semantic_cross_entropy if same_grid else ops.upsample_cross_entropy
+        labelled = (labels != ignore_index).sum().clamp(min=1)
+        return cross_entropy(logits, labels, ignore_index, reduction="sum") / labelled
