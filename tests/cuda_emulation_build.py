@@ -14,8 +14,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 
 
+def _put_ninja_on_path() -> None:
+    """torch's JIT build runs `ninja` from PATH; the pip package (the [test] extra) may sit in a
+    virtual environment that is not activated."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def load():
     """Builds (when the sources changed) and loads the library; returns torch.ops.sfpn_emulated."""
+    _put_ninja_on_path()
     build_dir = os.path.join(ROOT, "build", "cuda_emulation")
     os.makedirs(build_dir, exist_ok=True)
     sources = [os.path.join(CSRC, "emulation", "cuda_emulation.cpp")] + sorted(
