@@ -10,7 +10,8 @@
 //   - out-of-bounds accesses: while emulated ops run (set_checked_memory), every CPU allocation
 //     ends at a PROT_NONE page and is framed by canary bytes, and so is every shared-memory
 //     buffer; a read or write past the end faults, a write before the start or into the padding
-//     breaks a canary, and either fails the launch with the kernel's name;
+//     breaks a canary, and either fails the launch with the kernel's name (a read shortly before
+//     the start returns canary bytes, 0xA5, rather than failing: the buffer ends at the guard page);
 //   - CUDA_KERNEL_ASSERT(_MSG) fails the launch with the kernel's name, the block and the thread.
 // A failed launch raises a c10::Error (a RuntimeError in Python).
 #pragma once
