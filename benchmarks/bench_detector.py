@@ -1,23 +1,40 @@
-"""Training-step cost of the detectors: SFPN against its FPN twin (the semantic branch's price).
+"""Training-step cost of the detectors: SFPN against its FPN twin (the semantic branch's price)
+and against torchvision's Faster R-CNN.
 
-    python -m pytest benchmarks/bench_detector.py --benchmark-only
+    python -m pytest benchmarks/bench_detector.py --benchmark-only [-k cuda|cpu]
 
-One step = forward + backward of the training losses (no optimizer step). Groups:
-``step-coco``: the R50 presets at the COCO training shape (batch 2 at 800x1344, 80 classes; on a
+One step = forward + backward of the training losses (no optimizer step), in fp32; on CUDA the
+step ends with a synchronize, so the time is the step's wall time. Groups:
+``step-coco [device]``: R50 detectors at the COCO training shape (batch 2 at 800x1344, 80 classes,
+20 boxes per image): ``sfpn`` (faster_rcnn_r50_sfpn_1x), ``fpn`` (faster_rcnn_r50_fpn_1x, the same
+detector without the semantic branch), ``torchvision`` (fasterrcnn_resnet50_fpn, random weights,
+its resize set to leave 800x1344 as it is), and the Mask and Cascade R-CNN SFPN presets. On a
 2-core CPU one single-threaded step takes about half a minute, hence two timed rounds after one
-warm-up);
-``step-small``: the CPU presets at 2 x 320 x 320 (the size the synthetic default trains at).
+warm-up there.
+``step-small [device]``: the CPU presets at 2 x 320 x 320 (the size the synthetic default trains at).
 
 On a machine shared with other jobs, run with ``OMP_NUM_THREADS=1``: oversubscribed OpenMP workers
 spin and make a step up to ~30x slower (measured here: 0.6 s vs 18 s for the small SFPN step).
 """
+import math
+
 import pytest
 import torch
 
 import sfpn
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# impl -> preset (None: torchvision's). The ratios are read against "sfpn".
+COCO_DETECTORS = {
+    "sfpn": "faster_rcnn_r50_sfpn_1x",
+    "fpn": "faster_rcnn_r50_fpn_1x",
+    "torchvision": None,
+    "mask-sfpn": "mask_rcnn_r50_sfpn_1x",
+    "cascade-sfpn": "cascade_rcnn_r50_sfpn_1x",
+}
 
-def _batch(height: int, width: int, num_classes: int, boxes_per_image: int, seed: int = 0):
+
+def _batch(height: int, width: int, num_classes: int, boxes_per_image: int, device: str, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(2):
@@ -27,37 +44,60 @@ def _batch(height: int, width: int, num_classes: int, boxes_per_image: int, seed
         masks = torch.zeros(boxes_per_image, height, width, dtype=torch.uint8)
         for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
             mask[y1:y2, x1:x2] = 1
-        images.append(torch.rand(3, height, width, generator=generator))
+        images.append(torch.rand(3, height, width, generator=generator).to(device))
         targets.append({
-            "boxes": boxes,
-            "masks": masks,
-            "labels": torch.randint(1, num_classes + 1, (boxes_per_image,), generator=generator),
-            "semantic": torch.randint(0, num_classes + 1, (height, width), generator=generator),
+            "boxes": boxes.to(device),
+            "masks": masks.to(device),
+            "labels": torch.randint(1, num_classes + 1, (boxes_per_image,), generator=generator).to(device),
+            "semantic": torch.randint(0, num_classes + 1, (height, width), generator=generator).to(device),
         })
     return images, targets
 
 
-def _train_step(model, images, targets):
-    losses = model(images, targets)
-    sum(losses.values()).backward()
-    model.zero_grad(set_to_none=True)
+def _torchvision_faster_rcnn(num_classes: int, height: int, width: int):
+    detection = pytest.importorskip("torchvision.models.detection")
+    # min_size/max_size equal to the batch's size: torchvision's transform then keeps 800x1344.
+    return detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=height, max_size=width
+    )
 
 
-@pytest.mark.benchmark(group="step-coco")
-@pytest.mark.parametrize("name", [
-    "faster_rcnn_r50_fpn_1x", "faster_rcnn_r50_sfpn_1x", "mask_rcnn_r50_sfpn_1x", "cascade_rcnn_r50_sfpn_1x",
-])
-def test_step_coco_shape(benchmark, name):
+def _time_steps(benchmark, model, images, targets, device: str, rounds: int, warmup: int):
+    def step():
+        losses = model(images, targets)
+        total = sum(losses.values())
+        total.backward()
+        model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return total.item()
+
+    loss = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    assert math.isfinite(loss), f"the training loss is {loss}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", list(COCO_DETECTORS))
+def test_step_coco_shape(benchmark, device, impl):
+    benchmark.group = f"step-coco [{device}]"
     torch.manual_seed(0)
-    model = sfpn.build_detector(name, 80).train()
-    images, targets = _batch(800, 1344, 80, 20)
-    benchmark.pedantic(_train_step, args=(model, images, targets), rounds=2, iterations=1, warmup_rounds=1)
+    height, width, num_classes = 800, 1344, 80
+    images, targets = _batch(height, width, num_classes, 20, device)
+    preset = COCO_DETECTORS[impl]
+    if preset is None:
+        model = _torchvision_faster_rcnn(num_classes, height, width)
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]  # all it trains on
+    else:
+        model = sfpn.build_detector(preset, num_classes)
+    rounds = {"rounds": 10, "warmup": 3} if device == "cuda" else {"rounds": 2, "warmup": 1}
+    _time_steps(benchmark, model.to(device).train(), images, targets, device, **rounds)
 
 
-@pytest.mark.benchmark(group="step-small")
-@pytest.mark.parametrize("name", ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"])
-def test_step_small(benchmark, name):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"])
+def test_step_small(benchmark, device, impl):
+    benchmark.group = f"step-small [{device}]"
     torch.manual_seed(0)
-    model = sfpn.build_detector(name, 4).train()
-    images, targets = _batch(320, 320, 4, 4)
-    benchmark.pedantic(_train_step, args=(model, images, targets), rounds=7, iterations=1, warmup_rounds=2)
+    model = sfpn.build_detector(impl, 4).to(device).train()
+    images, targets = _batch(320, 320, 4, 4, device)
+    _time_steps(benchmark, model, images, targets, device, rounds=7, warmup=2)

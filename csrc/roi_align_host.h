@@ -139,9 +139,10 @@ std::vector<at::Tensor> multilevel_roi_align_backward_op(const at::Tensor& grad,
                   deterministic);
 }
 
-// Registers the four operators for the backend whose TORCH_LIBRARY_IMPL block calls this.
-template <ForwardEngine* forward, BackwardEngine* backward>
-void register_roi_align_ops(torch::Library& m) {
+// Registers the four operators for the backend whose TORCH_LIBRARY_IMPL block calls this (`m`
+// is a torch::Library, or the CUDA emulation's stand-in for one).
+template <ForwardEngine* forward, BackwardEngine* backward, typename Library>
+void register_roi_align_ops(Library& m) {
   m.impl("roi_align", &roi_align_op<forward>);
   m.impl("roi_align_backward", &roi_align_backward_op<backward>);
   m.impl("multilevel_roi_align", &multilevel_roi_align_op<forward>);

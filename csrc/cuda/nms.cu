@@ -16,20 +16,17 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <optional>
 
 #include "nms_iou.h"
+#include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn {
 namespace {
@@ -56,8 +53,8 @@ template <typename acc_t>
 __global__ void __launch_bounds__(kWord) overlap_mask_kernel(
     int64_t n, int64_t num_blocks, const acc_t* __restrict__ boxes, const int64_t* __restrict__ classes,
     acc_t threshold, uint64_t* __restrict__ mask) {
-  __shared__ acc_t column_box[kWord][5];  // x1, y1, x2, y2, area
-  __shared__ int64_t column_class[kWord];
+  SFPN_SHARED(acc_t[kWord][5], column_box);  // x1, y1, x2, y2, area
+  SFPN_SHARED(int64_t[kWord], column_class);
   const int64_t row_block = blockIdx.y;
   const int64_t row_begin = row_block * kWord;
   const int64_t row_end = min(n, row_begin + kWord);
@@ -109,10 +106,11 @@ __global__ void __launch_bounds__(kWord) overlap_mask_kernel(
 __global__ void __launch_bounds__(kScanThreads) greedy_scan_kernel(
     int64_t n, int64_t num_blocks, const int64_t* __restrict__ classes, const uint64_t* __restrict__ mask,
     const int64_t* __restrict__ score_position, uint8_t* __restrict__ keep) {
-  extern __shared__ uint64_t removed[];  // one word per row block of the current class
-  __shared__ uint64_t diagonal[kWord];
-  __shared__ uint64_t run_starts, kept_rows;
-  __shared__ int64_t run_end;
+  SFPN_DYNAMIC_SHARED(uint64_t, removed);  // one word per row block of the current class
+  SFPN_SHARED(uint64_t[kWord], diagonal);
+  SFPN_SHARED(uint64_t, run_starts);
+  SFPN_SHARED(uint64_t, kept_rows);
+  SFPN_SHARED(int64_t, run_end);
   const int tid = threadIdx.x;
   const int64_t block_begin = static_cast<int64_t>(blockIdx.x) * kWord;
   const int64_t block_end = min(n, block_begin + kWord);
@@ -201,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
     TORCH_CHECK(idxs->scalar_type() == at::kLong && idxs->device() == boxes.device(), "sfpn::nms: idxs must be int64 on the device of boxes");
   }
   TORCH_CHECK(max_out >= 0, "sfpn::batched_nms_padded: max_out must be >= 0, got ", max_out);
-  const c10::cuda::CUDAGuard guard(boxes.device());
+  const gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_options = boxes.options().dtype(at::kLong);
   at::Tensor out = at::full({max_out}, -1, long_options);
@@ -210,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
   const int64_t num_blocks = (n + kWord - 1) / kWord;
   TORCH_CHECK(num_blocks <= 65535, "sfpn::nms: at most ", 65535 * kWord, " boxes are supported, got ", n);
   const size_t removed_bytes = static_cast<size_t>(num_blocks) * sizeof(uint64_t);
-  const int max_shared = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  const int max_shared = gpu::max_shared_bytes_per_block();
   TORCH_CHECK(removed_bytes + (kWord + 2) * sizeof(uint64_t) + sizeof(int64_t) <= static_cast<size_t>(max_shared),
       "sfpn::nms: ", n, " boxes need more shared memory than the device has for the scan");
 
@@ -225,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
   }
   at::Tensor keep = at::empty({n}, boxes.options().dtype(at::kByte));
   const at::Tensor mask = at::empty({band_offset(num_blocks, num_blocks)}, long_options);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const gpu::Stream stream = gpu::current_stream();
   const int64_t* classes = idxs ? sorted_classes.const_data_ptr<int64_t>() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "sfpn_nms_cuda", [&] {
@@ -233,27 +231,22 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
     const at::Tensor sorted_boxes = boxes.index_select(0, class_order).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     // 2. Overlap mask.
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(num_blocks, kColumnCtasPerRowBlock)), static_cast<unsigned>(num_blocks));
-    overlap_mask_kernel<acc_t><<<grid, kWord, 0, stream>>>(
+    gpu::launch<overlap_mask_kernel<acc_t>>({grid, dim3(kWord)}, stream,
         n, num_blocks, sorted_boxes.const_data_ptr<acc_t>(), classes, static_cast<acc_t>(iou_threshold),
         reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
   // 3. Greedy scan, one CTA per row block (it handles the classes starting there).
-  if (removed_bytes > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(greedy_scan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(removed_bytes)));
-  greedy_scan_kernel<<<static_cast<unsigned>(num_blocks), kScanThreads, removed_bytes, stream>>>(
+  gpu::launch<greedy_scan_kernel>({dim3(static_cast<unsigned>(num_blocks)), dim3(kScanThreads), removed_bytes}, stream,
       n, num_blocks, classes, reinterpret_cast<const uint64_t*>(mask.const_data_ptr<int64_t>()),
       idxs ? score_position.const_data_ptr<int64_t>() : nullptr, keep.mutable_data_ptr<uint8_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   // 4. Kept indices in score order.
   const at::Tensor kept_through = at::cumsum(keep, 0, at::kLong);
   at::Tensor count = at::empty({}, long_options);
-  compact_kernel<<<static_cast<unsigned>((n + kCompactThreads - 1) / kCompactThreads), kCompactThreads, 0, stream>>>(
-      n, max_out, keep.const_data_ptr<uint8_t>(), kept_through.const_data_ptr<int64_t>(),
+  gpu::launch<compact_kernel>({dim3(static_cast<unsigned>((n + kCompactThreads - 1) / kCompactThreads)), dim3(kCompactThreads)},
+      stream, n, max_out, keep.const_data_ptr<uint8_t>(), kept_through.const_data_ptr<int64_t>(),
       score_order.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, count};
 }
 
@@ -278,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
+SFPN_CUDA_OPS(m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
   m.impl("batched_nms_padded", &batched_nms_padded_cuda);

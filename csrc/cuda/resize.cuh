@@ -61,11 +61,4 @@ inline bool fits_int32(int64_t n) {
   return n < std::numeric_limits<int32_t>::max();
 }
 
-// Threads per block and a grid for grid-stride loops over `work` items.
-constexpr int kThreads = 256;
-inline unsigned int blocks_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(blocks < (int64_t(1) << 20) ? (blocks > 0 ? blocks : 1) : (int64_t(1) << 20));
-}
-
 }  // namespace sfpn::cuda

@@ -16,23 +16,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <limits>
 
 #include "roi_align_host.h"
+#include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn::roi_align {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, std::numeric_limits<int32_t>::max()));
-}
 
 // Feature maps (or their gradients) of every level, passed by value to a kernel. `offset` numbers
 // the pixels (channel excluded) of the whole pyramid: level l's start, N * H * W per level.
@@ -65,11 +56,16 @@ LevelMaps<T> level_maps(const std::vector<U*>& data, int64_t batch_size, at::Int
   return maps;
 }
 
-// RoIs whose batch index lies outside [0, N) read and write nothing (the Python layer rejects
-// them; this keeps a direct call of the op memory-safe).
+// A RoI [batch, x1, y1, x2, y2] must have a batch index in [0, N) and finite coordinates. The
+// kernels assert it on the device: a check on the host would cost a device-to-host sync per call.
 template <typename acc_t>
-__device__ __forceinline__ bool valid_batch(acc_t index, int64_t batch_size) {
-  return index >= acc_t(0) && index < static_cast<acc_t>(batch_size);
+__device__ __forceinline__ void assert_valid_roi(const acc_t* roi, int64_t batch_size) {
+  CUDA_KERNEL_ASSERT_MSG(roi[0] >= acc_t(0) && roi[0] < static_cast<acc_t>(batch_size),
+                         "roi_align: a RoI's batch index lies outside [0, N)");
+  // x - x is 0 for a finite x, NaN for an infinite or NaN one.
+  CUDA_KERNEL_ASSERT_MSG(roi[1] - roi[1] == acc_t(0) && roi[2] - roi[2] == acc_t(0) && roi[3] - roi[3] == acc_t(0) &&
+                             roi[4] - roi[4] == acc_t(0),
+                         "roi_align: a RoI has a non-finite coordinate");
 }
 
 struct BinIndex {
@@ -95,10 +91,7 @@ __global__ void forward_kernel(int64_t total, LevelMaps<const scalar_t> levels, 
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const BinIndex b = unravel(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + b.roi * 5;
-    if (!valid_batch(roi[0], levels.batch_size)) {
-      out[index] = scalar_t(0);
-      continue;
-    }
+    assert_valid_roi(roi, levels.batch_size);
     const int64_t level = mapper(roi + 1);
     const int64_t height = levels.height[level], width = levels.width[level];
     const RoiGrid<acc_t> g =
@@ -132,11 +125,11 @@ __global__ void backward_atomic_kernel(int64_t total, const scalar_t* __restrict
                                        bool aligned, LevelMapper mapper, LevelMaps<acc_t> grad_levels) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < total;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t g_out = static_cast<acc_t>(grad[index]);
-    if (g_out == acc_t(0)) continue;
     const BinIndex b = unravel(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + b.roi * 5;
-    if (!valid_batch(roi[0], grad_levels.batch_size)) continue;
+    assert_valid_roi(roi, grad_levels.batch_size);
+    const acc_t g_out = static_cast<acc_t>(grad[index]);
+    if (g_out == acc_t(0)) continue;
     const int64_t level = mapper(roi + 1);
     const int64_t height = grad_levels.height[level], width = grad_levels.width[level];
     const RoiGrid<acc_t> g =
@@ -173,6 +166,7 @@ __global__ void count_taps_kernel(int64_t num_rois, const acc_t* __restrict__ ro
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < num_rois;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const acc_t* roi = rois + k * 5;
+    assert_valid_roi(roi, levels.batch_size);
     const int64_t level = mapper(roi + 1);
     const RoiGrid<acc_t> g =
         roi_grid(roi + 1, static_cast<acc_t>(levels.scale[level]), pooled_h, pooled_w, sampling_ratio, aligned);
@@ -181,6 +175,7 @@ __global__ void count_taps_kernel(int64_t num_rois, const acc_t* __restrict__ ro
 }
 
 // One thread per (RoI, bin): lists the bin's taps from (tap_end[k - 1]) + bin * 4 * grid_h * grid_w.
+// count_taps_kernel has asserted every RoI valid.
 template <typename acc_t>
 __global__ void list_taps_kernel(int64_t num_bins, const acc_t* __restrict__ rois, LevelMaps<acc_t> levels,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned,
@@ -198,8 +193,7 @@ __global__ void list_taps_kernel(int64_t num_bins, const acc_t* __restrict__ roi
         roi_grid(roi + 1, static_cast<acc_t>(levels.scale[level]), pooled_h, pooled_w, sampling_ratio, aligned);
     const int64_t samples = g.grid_h * g.grid_w;
     const int64_t first = (k > 0 ? tap_end[k - 1] : 0) + bin * 4 * samples;
-    const bool valid = valid_batch(roi[0], levels.batch_size);
-    const int64_t image = levels.offset[level] + (valid ? static_cast<int64_t>(roi[0]) : 0) * height * width;
+    const int64_t image = levels.offset[level] + static_cast<int64_t>(roi[0]) * height * width;
     const acc_t inv_count = samples > 0 ? acc_t(1) / static_cast<acc_t>(samples) : acc_t(1);
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
       int64_t y[2];
@@ -209,7 +203,7 @@ __global__ void list_taps_kernel(int64_t num_bins, const acc_t* __restrict__ roi
       for (int64_t ix = 0; ix < g.grid_w; ++ix) {
         int64_t x[2];
         acc_t wx[2];
-        const bool inside = valid && y_inside &&
+        const bool inside = y_inside &&
                             axis_taps(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width, x[0], x[1], wx[0], wx[1]);
         const int64_t base = first + 4 * (iy * g.grid_w + ix);
         for (int corner = 0; corner < 4; ++corner) {
@@ -255,18 +249,17 @@ at::Tensor forward_cuda(at::TensorList levels, const at::Tensor& rois, at::Array
                         int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
   ForwardArgs args = forward_args(levels, rois, scales, pooled_h, pooled_w);
   const at::Tensor& first = levels[0];
-  c10::cuda::CUDAGuard guard(first.device());
+  const gpu::DeviceGuard guard(first.device());
   const int64_t total = args.output.numel();
   if (total == 0) return args.output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "sfpn::roi_align", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<const scalar_t*> data;
     for (const at::Tensor& level : args.levels) data.push_back(level.const_data_ptr<scalar_t>());
-    forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    gpu::launch<forward_kernel<scalar_t, acc_t>>(gpu::grid_stride(total), gpu::current_stream(),
         total, level_maps<const scalar_t>(data, first.size(0), args.heights, args.widths, scales),
         args.rois.const_data_ptr<acc_t>(), first.size(1), pooled_h, pooled_w, sampling_ratio, aligned, mapper,
         args.output.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return args.output;
 }
@@ -278,8 +271,8 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   const BackwardArgs args = backward_args(grad, rois, scales, channels, heights, widths);
   TORCH_CHECK(scales.size() <= static_cast<size_t>(kMaxLevels), "roi_align_backward: at most ", kMaxLevels,
               " levels");
-  c10::cuda::CUDAGuard guard(grad.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const gpu::DeviceGuard guard(grad.device());
+  const gpu::Stream stream = gpu::current_stream();
   const int64_t num_rois = grad.size(0), pooled_h = grad.size(2), pooled_w = grad.size(3);
   const int64_t num_levels = static_cast<int64_t>(scales.size());
   const bool low_precision = grad.scalar_type() == at::kHalf || grad.scalar_type() == at::kBFloat16;
@@ -303,20 +296,18 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
     if (!deterministic) {
       std::vector<acc_t*> data;
       for (at::Tensor& g : grad_levels) data.push_back(g.mutable_data_ptr<acc_t>());
-      backward_atomic_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      gpu::launch<backward_atomic_kernel<scalar_t, acc_t>>(gpu::grid_stride(total), stream,
           total, args.grad.const_data_ptr<scalar_t>(), roi_data, channels, pooled_h, pooled_w, sampling_ratio, aligned,
           mapper, level_maps<acc_t>(data, batch_size, heights, widths, scales));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     // 1. taps per RoI and their running total (one host sync for the count), 2. the taps,
     // 3. a stable sort by pixel, 4. the fixed-order reduction.
     const auto long_options = grad.options().dtype(at::kLong);
     at::Tensor taps_per_roi = at::empty({num_rois}, long_options);
-    count_taps_kernel<acc_t><<<blocks_for(num_rois), kThreads, 0, stream>>>(
+    gpu::launch<count_taps_kernel<acc_t>>(gpu::grid_stride(num_rois), stream,
         num_rois, roi_data, geometry, pooled_h, pooled_w, sampling_ratio, aligned, mapper,
         taps_per_roi.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const at::Tensor tap_end = at::cumsum(taps_per_roi, 0);
     const int64_t num_taps = tap_end[num_rois - 1].item<int64_t>();
     if (num_taps == 0) return;
@@ -325,21 +316,19 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
     at::Tensor tap_bin = at::empty({num_taps}, grad.options().dtype(at::kInt));
     at::Tensor tap_weight = at::empty({num_taps}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const int64_t num_bins = num_rois * pooled_h * pooled_w;
-    list_taps_kernel<acc_t><<<blocks_for(num_bins), kThreads, 0, stream>>>(
+    gpu::launch<list_taps_kernel<acc_t>>(gpu::grid_stride(num_bins), stream,
         num_bins, roi_data, geometry, pooled_h, pooled_w, sampling_ratio, aligned, mapper,
         tap_end.const_data_ptr<int64_t>(), pixel.mutable_data_ptr<int64_t>(), tap_roi.mutable_data_ptr<int32_t>(),
         tap_bin.mutable_data_ptr<int32_t>(), tap_weight.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto [sorted_pixel, order] = at::sort(pixel, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     std::vector<scalar_t*> data;
     for (at::Tensor& g : grad_levels) data.push_back(g.mutable_data_ptr<scalar_t>());
     const int64_t work = num_taps * channels;
-    reduce_taps_kernel<scalar_t, acc_t><<<blocks_for(work), kThreads, 0, stream>>>(
+    gpu::launch<reduce_taps_kernel<scalar_t, acc_t>>(gpu::grid_stride(work), stream,
         work, num_taps, channels, pooled_h * pooled_w, sorted_pixel.const_data_ptr<int64_t>(),
         order.const_data_ptr<int64_t>(), tap_roi.const_data_ptr<int32_t>(), tap_bin.const_data_ptr<int32_t>(),
         tap_weight.const_data_ptr<acc_t>(), args.grad.const_data_ptr<scalar_t>(),
         level_maps<scalar_t>(data, batch_size, heights, widths, scales));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (low_precision && !deterministic) {
     for (at::Tensor& g : grad_levels) g = g.to(grad.scalar_type());
@@ -350,6 +339,6 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
 }  // namespace
 }  // namespace sfpn::roi_align
 
-TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
+SFPN_CUDA_OPS(m) {
   sfpn::roi_align::register_roi_align_ops<sfpn::roi_align::forward_cuda, sfpn::roi_align::backward_cuda>(m);
 }

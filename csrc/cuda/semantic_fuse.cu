@@ -7,15 +7,12 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "resize.cuh"
+#include "cuda/resize.cuh"
+#include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn::cuda {
 namespace {
@@ -79,7 +76,7 @@ std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
   TORCH_CHECK(semantic.dim() == 4, "semantic_fuse: semantic must be 4-D (N, C, H, W)");
   const bool linear = resize::is_bilinear(mode);
-  const c10::cuda::CUDAGuard guard(semantic.device());
+  const gpu::DeviceGuard guard(semantic.device());
   const at::Tensor semantic_c = semantic.contiguous();
   std::vector<at::Tensor> inputs, outs;
   for (const at::Tensor& level : levels) {
@@ -107,15 +104,13 @@ std::vector<at::Tensor> semantic_fuse(
         batch.end[slot] = total;
       }
       if (batch.count == 0) continue;
-      const auto stream = c10::cuda::getCurrentCUDAStream();
       if (fits_int32(total) && fits_int32(semantic_c.numel())) {
-        semantic_fuse_kernel<scalar_t, acc_t, int32_t>
-            <<<blocks_for(total), kThreads, 0, stream>>>(semantic_c.const_data_ptr<scalar_t>(), batch);
+        gpu::launch<semantic_fuse_kernel<scalar_t, acc_t, int32_t>>(
+            gpu::grid_stride(total), gpu::current_stream(), semantic_c.const_data_ptr<scalar_t>(), batch);
       } else {
-        semantic_fuse_kernel<scalar_t, acc_t, int64_t>
-            <<<blocks_for(total), kThreads, 0, stream>>>(semantic_c.const_data_ptr<scalar_t>(), batch);
+        gpu::launch<semantic_fuse_kernel<scalar_t, acc_t, int64_t>>(
+            gpu::grid_stride(total), gpu::current_stream(), semantic_c.const_data_ptr<scalar_t>(), batch);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return outs;
@@ -127,7 +122,7 @@ at::Tensor semantic_fuse_backward(
   const bool linear = resize::is_bilinear(mode);
   const at::Tensor& first_grad = grads[0];
   TORCH_CHECK(first_grad.dim() == 4, "semantic_fuse_backward: grads must be 4-D (N, C, H, W)");
-  const c10::cuda::CUDAGuard guard(first_grad.device());
+  const gpu::DeviceGuard guard(first_grad.device());
   at::Tensor grad_semantic = at::empty(
       {first_grad.size(0), first_grad.size(1), semantic_height, semantic_width}, first_grad.options());
   if (grad_semantic.numel() == 0) return grad_semantic;
@@ -145,7 +140,6 @@ at::Tensor semantic_fuse_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first_grad.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t total = grad_semantic.numel();
-    const auto stream = c10::cuda::getCurrentCUDAStream();
     for (size_t first = 0; first < grads_c.size(); first += kMaxLevels) {
       Levels<scalar_t, acc_t> batch{};
       for (size_t k = first; k < std::min(grads_c.size(), first + kMaxLevels); ++k) {
@@ -156,13 +150,12 @@ at::Tensor semantic_fuse_backward(
       }
       const bool accumulate = first > 0;  // later batches add to the first one's sums
       if (fits_int32(largest)) {
-        semantic_fuse_backward_kernel<scalar_t, acc_t, int32_t><<<blocks_for(total), kThreads, 0, stream>>>(
-            grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+        gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int32_t>>(gpu::grid_stride(total),
+            gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
       } else {
-        semantic_fuse_backward_kernel<scalar_t, acc_t, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
-            grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+        gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int64_t>>(gpu::grid_stride(total),
+            gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return grad_semantic;
@@ -170,7 +163,7 @@ at::Tensor semantic_fuse_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
+SFPN_CUDA_OPS(m) {
   m.impl("semantic_fuse", &semantic_fuse);
   m.impl("semantic_fuse_backward", &semantic_fuse_backward);
 }

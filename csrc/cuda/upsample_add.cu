@@ -5,12 +5,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
-#include "resize.cuh"
+#include "cuda/resize.cuh"
+#include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn::cuda {
 namespace {
@@ -64,11 +61,9 @@ template <typename scalar_t, typename acc_t, typename index_t, int kVec>
 void launch_forward(const at::Tensor& top, const at::Tensor& lateral, at::Tensor& out, const Axis<acc_t>& rows,
     const Axis<acc_t>& cols) {
   const index_t packs = out.numel() / kVec;
-  upsample_add_kernel<scalar_t, acc_t, index_t, kVec>
-      <<<blocks_for(packs), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          top.const_data_ptr<scalar_t>(), lateral.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), packs,
-          rows, cols);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gpu::launch<upsample_add_kernel<scalar_t, acc_t, index_t, kVec>>(gpu::grid_stride(packs), gpu::current_stream(),
+      top.const_data_ptr<scalar_t>(), lateral.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), packs,
+      rows, cols);
 }
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
@@ -78,7 +73,7 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
   TORCH_CHECK(top.scalar_type() == lateral.scalar_type(), "upsample_add: top and lateral must share a dtype");
   TORCH_CHECK(top.device() == lateral.device(), "upsample_add: top and lateral must be on one device");
   const bool linear = resize::is_bilinear(mode);
-  const c10::cuda::CUDAGuard guard(lateral.device());
+  const gpu::DeviceGuard guard(lateral.device());
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
   at::Tensor out = at::empty(lateral.sizes(), lateral.options());
   if (out.numel() == 0) return out;
@@ -110,7 +105,7 @@ at::Tensor upsample_add_backward(
   TORCH_CHECK(grad.dim() == 4, "upsample_add_backward: grad must be 4-D (N, C, H, W)");
   TORCH_CHECK(top_height >= 0 && top_width >= 0, "upsample_add_backward: negative top size");
   const bool linear = resize::is_bilinear(mode);
-  const c10::cuda::CUDAGuard guard(grad.device());
+  const gpu::DeviceGuard guard(grad.device());
   const at::Tensor grad_c = grad.contiguous();
   at::Tensor grad_top = at::empty({grad.size(0), grad.size(1), top_height, top_width}, grad.options());
   if (grad_top.numel() == 0) return grad_top;
@@ -119,23 +114,21 @@ at::Tensor upsample_add_backward(
     using acc_t = at::opmath_type<scalar_t>;
     const Axis<acc_t> rows(top_height, grad.size(2), linear, align_corners);
     const Axis<acc_t> cols(top_width, grad.size(3), linear, align_corners);
-    const auto stream = c10::cuda::getCurrentCUDAStream();
     const int64_t total = grad_top.numel();
     if (fits_int32(grad_c.numel()) && fits_int32(grad_top.numel())) {
-      upsample_add_backward_kernel<scalar_t, acc_t, int32_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      gpu::launch<upsample_add_backward_kernel<scalar_t, acc_t, int32_t>>(gpu::grid_stride(total), gpu::current_stream(),
           grad_c.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
     } else {
-      upsample_add_backward_kernel<scalar_t, acc_t, int64_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      gpu::launch<upsample_add_backward_kernel<scalar_t, acc_t, int64_t>>(gpu::grid_stride(total), gpu::current_stream(),
           grad_c.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_top;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sfpn, CUDA, m) {
+SFPN_CUDA_OPS(m) {
   m.impl("upsample_add", &upsample_add);
   m.impl("upsample_add_backward", &upsample_add_backward);
 }
