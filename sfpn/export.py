@@ -111,7 +111,8 @@ def interface(detector: nn.Module, batch_size: int, max_size: int) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m sfpn.export", description=__doc__.split("\n\n")[0],
+        prog="python -m sfpn.export",
+        description=f"Export a detector's inference forward with torch.export: OUTPUT_DIR/{MODEL_FILE} and {METADATA_FILE}.",
         epilog="Load it with `import sfpn; torch.export.load(path).module()` (importing sfpn registers its ops).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
