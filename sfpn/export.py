@@ -8,7 +8,7 @@ The exported program's interface:
 
 - input ``images (N, 3, H, W)`` float32 RGB in ``[0, 1]`` (the program normalises them as the
   detector does). ``N`` is fixed at export (``--batch-size``); ``H`` and ``W`` are dynamic,
-  multiples of the detector's ``size_divisibility`` (32) from ``2 * 32`` to ``--max-size``. Pad
+  multiples of the detector's ``size_divisibility`` (32) from 128 to ``--max-size``. Pad
   other images at the bottom and right (or resize them) to such a size: the program treats the
   whole ``H x W`` as the image, so boxes are clipped to it and masks and semantic maps cover it.
 - output: a list of ``N`` dicts, exactly the eager detector's eval output for those images:
@@ -38,8 +38,9 @@ import time
 import torch
 from torch import nn
 
-#: Smallest exported height and width, in units of ``size_divisibility``: P6 (stride 64) needs 2.
-MIN_BLOCKS = 2
+#: Smallest exported height and width, in units of ``size_divisibility`` (32): 128 px keeps P6
+#: (stride 64) at least 2 x 2, since tracing specialises a dimension of size 1 to a constant.
+MIN_BLOCKS = 4
 MODEL_FILE = "model.pt2"
 METADATA_FILE = "export.json"
 

@@ -1,5 +1,6 @@
 """``python -m sfpn.export``: the exported program, loaded in a fresh process, gives the eager
 detector's detections; bad arguments and inputs outside the interface are clear errors."""
+import contextlib
 import json
 import os
 import subprocess
@@ -46,21 +47,24 @@ def exported(tmp_path_factory):
     meta = {"preset": PRESET, "classes": CLASSES, "model_config": config_to_dict(model.config)}
     save_checkpoint(checkpoint, {"model": model.state_dict(), "meta": meta})
     output_dir = str(folder / "exported")
-    try:
+    with xfail_if_ops_untraceable():
         main([output_dir, "--checkpoint", checkpoint, "--batch-size", str(BATCH),
               "--height", str(EXAMPLE_SIZE[0]), "--width", str(EXAMPLE_SIZE[1])])
-    except GuardOnDataDependentSymNode as error:
-        if _raised_in_ops(error):
-            pytest.xfail(f"an sfpn.ops wrapper is not traceable yet (issue 16 item 6, ops layer): {str(error).splitlines()[0]}")
-        raise
     return model, output_dir
 
 
-def _raised_in_ops(error: BaseException) -> bool:
-    """Whether the innermost sfpn frame of ``error``'s traceback is in ``sfpn/ops``."""
-    package = os.path.dirname(os.path.abspath(sfpn.__file__))
-    frames = [f.filename for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(package)]
-    return bool(frames) and frames[-1].startswith(os.path.join(package, "ops"))
+@contextlib.contextmanager
+def xfail_if_ops_untraceable():
+    """An expected failure while an sfpn.ops wrapper (not this feature's code) cannot be traced:
+    the innermost sfpn frame of the data-dependent guard is in ``sfpn/ops``. Anything else fails."""
+    try:
+        yield
+    except GuardOnDataDependentSymNode as error:
+        package = os.path.dirname(os.path.abspath(sfpn.__file__))
+        frames = [f.filename for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(package)]
+        if frames and frames[-1].startswith(os.path.join(package, "ops")):
+            pytest.xfail(f"an sfpn.ops wrapper is not traceable yet (issue 16 item 6): {str(error).splitlines()[0]}")
+        raise
 
 
 @pytest.mark.slow
@@ -99,9 +103,24 @@ def test_fresh_process_matches_eager(exported, tmp_path):
 @pytest.mark.slow
 def test_program_rejects_sizes_outside_its_interface(exported):
     program = torch.export.load(os.path.join(exported[1], MODEL_FILE)).module()
-    for shape in [(BATCH, 3, 100, 160), (BATCH + 1, 3, 128, 160), (BATCH, 3, 32, 160)]:
+    for shape in [(BATCH, 3, 100, 160), (BATCH + 1, 3, 128, 160), (BATCH, 3, 96, 160)]:
         with pytest.raises(Exception, match="images"):
             program(torch.rand(shape))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", ["rpn.min_size", "roi_heads.score_threshold"])
+def test_no_proposals_or_no_detections(override):
+    """No proposals survive (min_size beyond the image), or none of them scores enough: the
+    program returns empty detections (and empty masks) as eager does, not an error."""
+    model = sfpn.build_detector("mask_rcnn_r18_fpn_small", num_classes=2, **{override: 1e4}).eval()
+    with xfail_if_ops_untraceable():
+        program = export_detector(model, batch_size=1, height=128, width=128).module()
+    images = torch.rand(1, 3, 160, 128)
+    with torch.no_grad():
+        got, expected = program(images)[0], model(list(images))[0]
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in expected.items()} == {
+        "boxes": (0, 4), "scores": (0,), "labels": (0,), "masks": (0, 160, 128)}
 
 
 @pytest.mark.parametrize("argv, message", [
