@@ -35,6 +35,8 @@ class AnchorGenerator(nn.Module):
 
     def forward(self, grid_sizes: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
         """``grid_sizes``: ``(H_l, W_l)`` per level -> anchors ``(H_l * W_l * A, 4)`` per level."""
+        if torch.compiler.is_compiling():  # traced sizes may be symbolic, and traced tensors must not be cached
+            return [self._grid_anchors(s, i, device) for i, s in enumerate(grid_sizes)]
         key = (tuple(tuple(s) for s in grid_sizes), str(device))
         if key not in self._cache:
             self._cache = {key: [self._grid_anchors(s, i, device) for i, s in enumerate(grid_sizes)]}

@@ -60,7 +60,7 @@ class CascadeRoIHeads(nn.Module):
     @torch.no_grad()
     def _refine(self, stage: RoIHeads, deltas, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         refined = stage.box_coder.decode(deltas.detach(), torch.cat(boxes))
-        return [clip_boxes(b, size) for b, size in zip(refined.split([len(b) for b in boxes]), image_sizes)]
+        return [clip_boxes(b, size) for b, size in zip(refined.split([b.shape[0] for b in boxes]), image_sizes)]
 
     def forward(self, features, proposals: list[torch.Tensor], image_sizes, targets=None):
         if self.training:

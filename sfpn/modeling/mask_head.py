@@ -36,7 +36,7 @@ class MaskHead(nn.Module):
 
 def select_class_masks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``logits (R, C, M, M)``, ``labels (R,)`` in ``1..C`` -> ``(R, M, M)``."""
-    return logits[torch.arange(len(logits), device=logits.device), labels - 1]
+    return logits[torch.arange(logits.shape[0], device=logits.device), labels - 1]
 
 
 @torch.no_grad()
@@ -57,26 +57,35 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
 
     All boxes at once with ``grid_sample``: pixel centre ``x + 0.5`` samples mask coordinate
     ``(x + 0.5 - x1) / (x2 - x1) * M - 0.5`` (bilinear, zero outside the mask), so the mask's
-    edges lie on the box's edges. Chunks over boxes bound the memory to ``chunk_pixels`` samples.
+    edges lie on the box's edges. Chunks over boxes bound the memory to ``chunk_pixels`` samples,
+    except in a traced graph (``torch.export``), where ``D`` is data-dependent and a Python loop
+    over it cannot be traced: there all boxes are one chunk.
     """
     height, width = image_size
+    if torch.compiler.is_compiling():
+        return _paste_chunk(masks, boxes, height, width, threshold)
     result = torch.zeros((len(masks), height, width), dtype=torch.bool, device=masks.device)
     if len(masks) == 0:
         return result
-    ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
     per_chunk = max(1, chunk_pixels // max(height * width, 1))
     for start in range(0, len(masks), per_chunk):
-        box = boxes[start : start + per_chunk].float()
-        box_w = (box[:, 2] - box[:, 0]).clamp(min=1e-6)[:, None]
-        box_h = (box[:, 3] - box[:, 1]).clamp(min=1e-6)[:, None]
-        gx = (xs[None] - box[:, 0, None]) / box_w * 2 - 1  # (d, W)
-        gy = (ys[None] - box[:, 1, None]) / box_h * 2 - 1  # (d, H)
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (d, H, W, 2)
-        pasted = F.grid_sample(masks[start : start + per_chunk, None].float(), grid, mode="bilinear",
-                               padding_mode="zeros", align_corners=False)
-        result[start : start + per_chunk] = pasted[:, 0] >= threshold
+        chunk = slice(start, start + per_chunk)
+        result[chunk] = _paste_chunk(masks[chunk], boxes[chunk], height, width, threshold)
     return result
+
+
+def _paste_chunk(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float) -> torch.Tensor:
+    """:func:`paste_masks` of ``masks (d, M, M)`` into ``boxes (d, 4)`` in one ``grid_sample``."""
+    ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
+    box = boxes.float()
+    box_w = (box[:, 2] - box[:, 0]).clamp(min=1e-6)[:, None]
+    box_h = (box[:, 3] - box[:, 1]).clamp(min=1e-6)[:, None]
+    gx = (xs[None] - box[:, 0, None]) / box_w * 2 - 1  # (d, W)
+    gy = (ys[None] - box[:, 1, None]) / box_h * 2 - 1  # (d, H)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (d, H, W, 2)
+    pasted = F.grid_sample(masks[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return pasted[:, 0] >= threshold
 
 
 class MaskRoIHeads(RoIHeads):
@@ -109,8 +118,8 @@ class MaskRoIHeads(RoIHeads):
             boxes = [d["boxes"] for d in detections]
             logits = self.mask_head(self.mask_pooler(features, boxes))
             labels = torch.cat([d["labels"] for d in detections])
-            probabilities = select_class_masks(logits, labels).sigmoid() if len(labels) else logits[:, 0]
-            for detection, image_masks, size in zip(detections, probabilities.split([len(b) for b in boxes]), image_sizes):
+            probabilities = select_class_masks(logits, labels).sigmoid()
+            for detection, image_masks, size in zip(detections, probabilities.split([b.shape[0] for b in boxes]), image_sizes):
                 detection["masks"] = paste_masks(image_masks, detection["boxes"], size, self.mask_threshold)
             return detections, {}
         if targets is None:

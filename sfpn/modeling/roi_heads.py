@@ -215,7 +215,7 @@ class RoIHeads(nn.Module):
     def postprocess(self, probabilities, deltas, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
         """``probabilities (R, C + 1)``, ``deltas (R, 4C or 4)`` of ``proposals`` (list of ``(R_i, 4)``)
         -> per-image detections."""
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]
         boxes = self.box_coder.decode(deltas, torch.cat(proposals))
         return [
             self._detections(b, p, size)
@@ -224,7 +224,7 @@ class RoIHeads(nn.Module):
 
     def _detections(self, boxes, probabilities, image_size) -> dict[str, torch.Tensor]:
         """One image: ``boxes (R, 4C or 4)``, ``probabilities (R, C + 1)``."""
-        num_rois = len(probabilities)
+        num_rois = probabilities.shape[0]
         boxes = boxes.reshape(num_rois, boxes.shape[1] // 4, 4)  # no -1: there may be no RoIs
         boxes = clip_boxes(boxes, image_size).expand(num_rois, self.num_classes, 4)
         scores = probabilities[:, 1:]
