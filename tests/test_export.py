@@ -1,15 +1,12 @@
 """``python -m sfpn.export``: the exported program, loaded in a fresh process, gives the eager
 detector's detections; bad arguments and inputs outside the interface are clear errors."""
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 import sfpn
 from sfpn.engine.checkpoint import config_to_dict, save_checkpoint
@@ -47,24 +44,9 @@ def exported(tmp_path_factory):
     meta = {"preset": PRESET, "classes": CLASSES, "model_config": config_to_dict(model.config)}
     save_checkpoint(checkpoint, {"model": model.state_dict(), "meta": meta})
     output_dir = str(folder / "exported")
-    with xfail_if_ops_untraceable():
-        main([output_dir, "--checkpoint", checkpoint, "--batch-size", str(BATCH),
-              "--height", str(EXAMPLE_SIZE[0]), "--width", str(EXAMPLE_SIZE[1])])
+    main([output_dir, "--checkpoint", checkpoint, "--batch-size", str(BATCH),
+          "--height", str(EXAMPLE_SIZE[0]), "--width", str(EXAMPLE_SIZE[1])])
     return model, output_dir
-
-
-@contextlib.contextmanager
-def xfail_if_ops_untraceable():
-    """An expected failure while an sfpn.ops wrapper (not this feature's code) cannot be traced:
-    the innermost sfpn frame of the data-dependent guard is in ``sfpn/ops``. Anything else fails."""
-    try:
-        yield
-    except GuardOnDataDependentSymNode as error:
-        package = os.path.dirname(os.path.abspath(sfpn.__file__))
-        frames = [f.filename for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(package)]
-        if frames and frames[-1].startswith(os.path.join(package, "ops")):
-            pytest.xfail(f"an sfpn.ops wrapper is not traceable yet (issue 16 item 6): {str(error).splitlines()[0]}")
-        raise
 
 
 @pytest.mark.slow
@@ -114,8 +96,7 @@ def test_no_proposals_or_no_detections(override):
     """No proposals survive (min_size beyond the image), or none of them scores enough: the
     program returns empty detections (and empty masks) as eager does, not an error."""
     model = sfpn.build_detector("mask_rcnn_r18_fpn_small", num_classes=2, **{override: 1e4}).eval()
-    with xfail_if_ops_untraceable():
-        program = export_detector(model, batch_size=1, height=128, width=128).module()
+    program = export_detector(model, batch_size=1, height=128, width=128).module()
     images = torch.rand(1, 3, 160, 128)
     with torch.no_grad():
         got, expected = program(images)[0], model(list(images))[0]

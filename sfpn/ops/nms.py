@@ -40,6 +40,7 @@ import math
 import numbers
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import _library
 from ._validate import check_same, check_tensor
@@ -227,7 +228,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         Empty ``boxes`` give an empty result before the other arguments are looked at, as in
         torchvision.
     """
-    if isinstance(boxes, torch.Tensor) and boxes.numel() == 0:
+    # guard_or_false: under torch.export the box count may be data-dependent (unbacked); such a
+    # count is not known to be 0, so the op below runs and returns its own empty result.
+    if isinstance(boxes, torch.Tensor) and guard_or_false(boxes.numel() == 0):
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     iou_threshold = _check_threshold(iou_threshold)
     _check_nms(boxes, scores, idxs)

@@ -53,7 +53,7 @@ def boxes_to_rois(boxes, input: torch.Tensor) -> torch.Tensor:
     if not boxes:
         return input.new_zeros((0, 5))
     dtype = boxes[0].dtype
-    return torch.cat([torch.cat([b.new_full((len(b), 1), i, dtype=dtype), b.to(dtype)], 1) for i, b in enumerate(boxes)])
+    return torch.cat([torch.cat([b.new_full((b.shape[0], 1), i, dtype=dtype), b.to(dtype)], 1) for i, b in enumerate(boxes)])
 
 
 def check_rois(rois: torch.Tensor, batch_size: int) -> None:
