@@ -48,7 +48,10 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     with open(output / "eval.json") as f:
         written = json.load(f)
     assert written == metrics
-    assert set(written) == {"bbox", "segm"}
+    assert set(written) == {"bbox", "segm", "semantic"}
+    for where in ("image", "stride"):  # the semantic branch's own scores, at both resolutions
+        assert set(written["semantic"][where]) == {"mIoU", "fgIoU", "IoU"}
+        assert list(written["semantic"][where]["IoU"]) == ["background", *sfpn.data.synthetic.CATEGORIES]
     for iou_type in ("bbox", "segm"):  # SFPN's semantic map gives masks: segm is scored too
         assert set(written[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
         assert all(v is None or 0 <= v <= 100 for v in written[iou_type].values())
