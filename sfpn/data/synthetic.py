@@ -45,6 +45,13 @@ class SyntheticSpec:
     def folder_name(self) -> str:
         return f"shapes-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"
 
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return CATEGORIES
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        return render_image(rng, self)
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSplit:
@@ -58,6 +65,11 @@ def cache_dir() -> str:
 
 def synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root: str | None = None, progress: bool = True) -> dict[str, SyntheticSplit]:
     """The paths of the synthetic train and val splits, generating them first if needed.
+
+    ``spec`` says what to draw: this module's shapes (:class:`SyntheticSpec`) or any spec with
+    ``seed``, ``num_train``, ``num_val``, ``folder_name()``, ``categories`` and ``render(rng) ->
+    (pixels (H, W, 3) uint8, [(category id, visible mask (H, W) uint8)])``, such as
+    :class:`sfpn.data.clutter.ClutterSpec`.
 
     Generation writes into a temporary folder beside the target and renames it into place, so
     an interrupted generation leaves nothing behind and concurrent processes (DDP ranks) are safe:
@@ -90,14 +102,14 @@ def _generate(spec: SyntheticSpec, folder: str, progress: bool) -> None:
     from tqdm import tqdm
 
     os.makedirs(os.path.join(folder, "annotations"))
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(spec.categories)]
     for split, split_id in SPLITS.items():
         count = spec.num_train if split == "train" else spec.num_val
         os.makedirs(os.path.join(folder, split))
         images, annotations = [], []
         for index in tqdm(range(count), desc=f"generating synthetic {split}", disable=not progress, leave=False):
             rng = np.random.default_rng([spec.seed, split_id, index])
-            pixels, objects = render_image(rng, spec)
+            pixels, objects = spec.render(rng)
             file_name = f"{index:06d}.png"
             Image.fromarray(pixels).save(os.path.join(folder, split, file_name))
             image_id = index + 1
