@@ -67,6 +67,7 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
 
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
     assert evaluated["bbox"] == metrics["bbox"]
+    assert evaluated["semantic"] == metrics["semantic"]
     results = json.load(open(tmp_path / "results.json"))
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
 
