@@ -231,6 +231,9 @@ def format_table(table: dict, baseline: str | None, runs: dict | None = None) ->
     header.append("load at start → end")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config, rows in table.items():
+        if not any(row["n"] for row in rows.values()):
+            lines.append("| " + " | ".join([config, *["not run"] * (len(header) - 1)]) + " |")
+            continue
         cells = [config, *[f"{_cell(rows[m]['mean'], rows[m]['std'])} ({rows[m]['n']})" for m in metrics]]
         if baseline and metrics:
             first = rows[metrics[0]]
@@ -250,7 +253,7 @@ def plot_table(table: dict, output_png: str) -> None:
 
     metrics = [name for name, _ in METRICS if any(table[c][name]["n"] for c in table)]
     figure, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)) + 1, 4), squeeze=False)
-    configs = list(table)
+    configs = [c for c in table if any(row["n"] for row in table[c].values())]
     for axis, metric in zip(axes[0], metrics):
         means = [table[c][metric]["mean"] or 0.0 for c in configs]
         axis.bar(range(len(configs)), means, color="#cfd8e3")
@@ -268,13 +271,15 @@ def plot_table(table: dict, output_png: str) -> None:
 def write_report(output: str, configs: Sequence[RunConfig], seeds: Sequence[int], baseline: str | None) -> str:
     """Writes study.json, study.md and study.png under ``output``; returns the markdown table."""
     values, runs = collect(output, configs, seeds)
+    for config in configs:  # configurations without a finished run stay in the table, as not run
+        values.setdefault(config.name, {})
     table = summarise(values, baseline)
     markdown = format_table(table, baseline, runs)
     with open(os.path.join(output, "study.json"), "w") as f:
         json.dump({"baseline": baseline, "configs": [dataclasses.asdict(c) for c in configs], "seeds": list(seeds), "table": table, "runs": runs}, f, indent=1)
     with open(os.path.join(output, "study.md"), "w") as f:
         f.write(markdown + "\n")
-    if table:
+    if any(values.values()):
         plot_table(table, os.path.join(output, "study.png"))
     return markdown
 

@@ -85,6 +85,8 @@ def test_runs_are_skipped_once_finished_and_resumed_from_a_checkpoint(tmp_path):
     assert table["sfpn"]["bbox AP"]["diff_mean"] == pytest.approx(((12 - 10) + (14 - 11)) / 2)
     assert table["sfpn"]["semantic mIoU"]["mean"] == pytest.approx(30.5)
     assert "| sfpn |" in markdown and (tmp_path / "study.png").stat().st_size > 0
+    with_unrun = study.write_report(str(tmp_path), CONFIGS + (RunConfig("sfpn_boxes", study.SMALL_SFPN, ("data.semantic=boxes",)),), [0, 1], "fpn")
+    assert "| sfpn_boxes | not run |" in with_unrun
 
 
 def test_a_failed_run_is_reported_and_retried(tmp_path):
