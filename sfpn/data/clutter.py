@@ -28,6 +28,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .synthetic import visible_parts
+
 CATEGORIES = ("arrow", "crescent", "letter_h", "checker_ellipse", "striped_ellipse", "frame")
 #: Bumped whenever the generator changes, so a stale cache is never reused.
 VERSION = 1
@@ -83,14 +85,7 @@ def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarra
             continue
         _paint(rng, canvas, mask, texture)
         drawn.append((label, mask))
-    objects = []
-    hidden = np.zeros((height, width), dtype=bool)
-    for label, mask in reversed(drawn):
-        visible = mask & ~hidden
-        hidden |= mask
-        if label and visible.sum() >= 12:
-            objects.append((label, visible.astype(np.uint8)))
-    objects.reverse()
+    objects = visible_parts(drawn, min_pixels=12)
     pixels = (canvas * 255).round().clip(0, 255).astype(np.uint8)
     return _jpeg(pixels, int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
 

@@ -149,15 +149,23 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
         _paint_object(rng, canvas, mask)
         full_masks.append(mask)
         labels.append(label)
+    objects = visible_parts(list(zip(labels, full_masks)), min_pixels=16)
+    return (canvas * 255).round().clip(0, 255).astype(np.uint8), objects
+
+
+def visible_parts(drawn: list[tuple[int, np.ndarray]], min_pixels: int) -> list[tuple[int, np.ndarray]]:
+    """The annotations of objects painted in order: ``drawn`` is [(label, full mask (H, W) bool)]
+    in painting order, label 0 for a distractor (it hides what lies under it, but is no object).
+    Returns [(label, visible mask (H, W) uint8)] of the objects with ``min_pixels`` or more visible."""
     objects = []
-    hidden = np.zeros((height, width), dtype=bool)
-    for label, mask in zip(reversed(labels), reversed(full_masks)):
-        visible = mask & ~hidden
-        hidden |= mask
-        if visible.sum() >= 16:
+    hidden = None
+    for label, mask in reversed(drawn):
+        visible = mask if hidden is None else mask & ~hidden
+        hidden = mask.copy() if hidden is None else hidden | mask
+        if label and visible.sum() >= min_pixels:
             objects.append((label, visible.astype(np.uint8)))
     objects.reverse()
-    return (canvas * 255).round().clip(0, 255).astype(np.uint8), objects
+    return objects
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
