@@ -271,8 +271,8 @@ def plot_table(table: dict, output_png: str) -> None:
 def write_report(output: str, configs: Sequence[RunConfig], seeds: Sequence[int], baseline: str | None) -> str:
     """Writes study.json, study.md and study.png under ``output``; returns the markdown table."""
     values, runs = collect(output, configs, seeds)
-    for config in configs:  # configurations without a finished run stay in the table, as not run
-        values.setdefault(config.name, {})
+    # In the given order; configurations without a finished run stay in the table, as not run.
+    values = {config.name: values.get(config.name, {}) for config in configs}
     table = summarise(values, baseline)
     markdown = format_table(table, baseline, runs)
     with open(os.path.join(output, "study.json"), "w") as f:
