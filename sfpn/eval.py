@@ -68,7 +68,13 @@ def main(argv=None) -> dict:
             image_root, ann_file = args.data_root, args.ann_file
         data_config = meta.get("train_config", {}).get("data", {})
         transforms = build_transforms(args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333))
-        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic="none")
+        # Semantic labels as in training, so that the semantic branch is scored too (its mIoU).
+        has_branch = getattr(model.neck, "has_semantic_branch", False)
+        semantic = data_config.get("semantic", "masks") if has_branch else "none"
+        if semantic == "png" and args.data_root is not None:  # the label PNGs belong to the training data
+            semantic = "none"
+        semantic_dir = data_config.get("semantic_dir") or None
+        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir)
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")

@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from sfpn.data import SyntheticSpec, synthetic_dataset
+from sfpn.data.synthetic import CATEGORIES as SHAPES
 from sfpn.engine.checkpoint import CheckpointError, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
 from sfpn.engine.trainer import WarmupMultiStep
@@ -48,7 +49,10 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     with open(output / "eval.json") as f:
         written = json.load(f)
     assert written == metrics
-    assert set(written) == {"bbox", "segm"}
+    assert set(written) == {"bbox", "segm", "semantic"}
+    for where in ("image", "stride"):  # the semantic branch's own scores, at both resolutions
+        assert set(written["semantic"][where]) == {"mIoU", "fgIoU", "IoU"}
+        assert list(written["semantic"][where]["IoU"]) == ["background", *SHAPES]
     for iou_type in ("bbox", "segm"):  # SFPN's semantic map gives masks: segm is scored too
         assert set(written[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
         assert all(v is None or 0 <= v <= 100 for v in written[iou_type].values())
@@ -64,6 +68,7 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
 
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
     assert evaluated["bbox"] == metrics["bbox"]
+    assert evaluated["semantic"] == metrics["semantic"]
     results = json.load(open(tmp_path / "results.json"))
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
 

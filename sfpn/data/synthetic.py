@@ -45,6 +45,13 @@ class SyntheticSpec:
     def folder_name(self) -> str:
         return f"shapes-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"
 
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return CATEGORIES
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        return render_image(rng, self)
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSplit:
@@ -58,6 +65,11 @@ def cache_dir() -> str:
 
 def synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root: str | None = None, progress: bool = True) -> dict[str, SyntheticSplit]:
     """The paths of the synthetic train and val splits, generating them first if needed.
+
+    ``spec`` says what to draw: this module's shapes (:class:`SyntheticSpec`) or any spec with
+    ``seed``, ``num_train``, ``num_val``, ``folder_name()``, ``categories`` and ``render(rng) ->
+    (pixels (H, W, 3) uint8, [(category id, visible mask (H, W) uint8)])``, such as
+    :class:`sfpn.data.clutter.ClutterSpec`.
 
     Generation writes into a temporary folder beside the target and renames it into place, so
     an interrupted generation leaves nothing behind and concurrent processes (DDP ranks) are safe:
@@ -90,14 +102,14 @@ def _generate(spec: SyntheticSpec, folder: str, progress: bool) -> None:
     from tqdm import tqdm
 
     os.makedirs(os.path.join(folder, "annotations"))
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(spec.categories)]
     for split, split_id in SPLITS.items():
         count = spec.num_train if split == "train" else spec.num_val
         os.makedirs(os.path.join(folder, split))
         images, annotations = [], []
         for index in tqdm(range(count), desc=f"generating synthetic {split}", disable=not progress, leave=False):
             rng = np.random.default_rng([spec.seed, split_id, index])
-            pixels, objects = render_image(rng, spec)
+            pixels, objects = spec.render(rng)
             file_name = f"{index:06d}.png"
             Image.fromarray(pixels).save(os.path.join(folder, split, file_name))
             image_id = index + 1
@@ -137,15 +149,23 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
         _paint_object(rng, canvas, mask)
         full_masks.append(mask)
         labels.append(label)
+    objects = visible_parts(list(zip(labels, full_masks)), min_pixels=16)
+    return (canvas * 255).round().clip(0, 255).astype(np.uint8), objects
+
+
+def visible_parts(drawn: list[tuple[int, np.ndarray]], min_pixels: int) -> list[tuple[int, np.ndarray]]:
+    """The annotations of objects painted in order: ``drawn`` is [(label, full mask (H, W) bool)]
+    in painting order, label 0 for a distractor (it hides what lies under it, but is no object).
+    Returns [(label, visible mask (H, W) uint8)] of the objects with ``min_pixels`` or more visible."""
     objects = []
-    hidden = np.zeros((height, width), dtype=bool)
-    for label, mask in zip(reversed(labels), reversed(full_masks)):
-        visible = mask & ~hidden
-        hidden |= mask
-        if visible.sum() >= 16:
+    hidden = None
+    for label, mask in reversed(drawn):
+        visible = mask if hidden is None else mask & ~hidden
+        hidden = mask.copy() if hidden is None else hidden | mask
+        if label and visible.sum() >= min_pixels:
             objects.append((label, visible.astype(np.uint8)))
     objects.reverse()
-    return (canvas * 255).round().clip(0, 255).astype(np.uint8), objects
+    return objects
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -8,6 +8,11 @@ Instance masks for ``segm``: a Mask R-CNN's predicted masks; for a box-only SFPN
 predicted semantic map's foreground inside each box (the semantic branch gives instance masks for
 free); a box-only detector without a semantic map is scored on boxes
 only (``segm`` is None).
+
+The semantic branch is scored on its own too, when the detector has one and the dataset gives
+semantic labels: ``metrics["semantic"]`` holds mIoU, foreground IoU and per-class IoU (percent)
+over the validation pixels, at image size (the upsampled class map the detector outputs) and at
+the head's stride (its logits' argmax against the label at each cell's centre pixel).
 """
 from __future__ import annotations
 
@@ -50,6 +55,67 @@ def _masks_for(output: dict) -> torch.Tensor | None:
     return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
 
 
+def semantic_confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(K, K)`` int64 pixel counts, row = true class, column = predicted class.
+
+    Args:
+        predicted: ``(H, W)`` integer classes in ``0..K-1``.
+        labels: ``(H, W)`` integer classes; 255 (ignore) and values >= K are not counted.
+        num_classes: K.
+    """
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and labels {tuple(labels.shape)} must have the same shape")
+    labels, predicted = labels.reshape(-1).long(), predicted.reshape(-1).long()
+    counted = (labels >= 0) & (labels < num_classes)
+    pairs = labels[counted] * num_classes + predicted[counted].clamp(0, num_classes - 1)
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+
+
+def labels_at_stride(labels: torch.Tensor, stride: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The label of the centre pixel of each ``stride`` x ``stride`` cell: ``(H, W)`` -> ``grid``.
+
+    Cell ``(i, j)`` covers pixels ``[s i, s (i + 1))``, where the head's logits sit; a last,
+    partial cell takes the centre of its part inside the image.
+    """
+    def centres(cells: int, extent: int) -> torch.Tensor:
+        starts = torch.arange(cells, device=labels.device) * stride
+        return (starts + (starts + stride).clamp(max=extent)) // 2
+
+    return labels[centres(grid[0], labels.shape[0])][:, centres(grid[1], labels.shape[1])]
+
+
+def grid_stride(size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """The power-of-two stride ``s`` with ``grid == ceil(size / s)``: the grid of a head whose
+    input was padded at the bottom and right. Where several fit (a one-cell axis), all of them
+    give the same cell centres."""
+    for stride in (1 << k for k in range(16)):
+        if all(-(-extent // stride) == cells for extent, cells in zip(size, grid)):
+            return stride
+    raise ValueError(f"no power-of-two stride maps an image of size {tuple(size)} to a grid of {tuple(grid)}")
+
+
+def semantic_scores(confusion: torch.Tensor, class_names: list[str]) -> dict:
+    """mIoU, foreground IoU and per-class IoU in percent from a ``(K, K)`` confusion matrix.
+
+    A class with no true and no predicted pixel has no IoU (None) and stays out of the mean;
+    ``fgIoU`` is the IoU of "any class but background" (0), which separates finding objects from
+    naming them.
+    """
+    confusion = confusion.double()
+    true_positive = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - true_positive
+    ious = [None if u == 0 else round(float(100 * tp / u), 3) for tp, u in zip(true_positive, union)]
+    present = [v for v in ious if v is not None]
+    foreground_hit = confusion[1:, 1:].sum()
+    foreground_union = confusion.sum() - confusion[0, 0]
+    names = class_names if len(class_names) == len(ious) else [str(k) for k in range(len(ious))]
+    return {
+        "mIoU": round(sum(present) / len(present), 3) if present else None,
+        "fgIoU": round(float(100 * foreground_hit / foreground_union), 3) if foreground_union > 0 else None,
+        "IoU": dict(zip(names, ious)),
+    }
+
+
 def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], label_to_category_id: list[int], with_masks: bool) -> list[dict]:
     """One image's detections as COCO result dicts, in original-image coordinates."""
     from pycocotools import mask as mask_utils
@@ -80,11 +146,22 @@ def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], lab
     return results
 
 
+def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
+    """Adds one image's semantic confusion matrices, at image size and at the head's stride."""
+    logits, labels = output["semantic_logits"], target["semantic"].to(output["semantic"].device)
+    num_classes = logits.shape[0]
+    coarse = labels_at_stride(labels, grid_stride(tuple(labels.shape), tuple(logits.shape[-2:])), tuple(logits.shape[-2:]))
+    for key, predicted, truth in (("image", output["semantic"], labels), ("stride", logits.argmax(0), coarse)):
+        confusion = semantic_confusion(predicted, truth, num_classes)
+        confusions[key] = confusion if key not in confusions else confusions[key] + confusion
+
+
 @torch.no_grad()
-def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True) -> tuple[list[dict], bool]:
+def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True) -> tuple[list[dict], bool, dict]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
 
-    Returns (results, whether the results have masks).
+    Returns (results, whether the results have masks, ``{"image", "stride"}`` semantic confusion
+    matrices summed over all ranks, empty without a semantic branch or semantic labels).
     """
     from ..data.coco import collate
 
@@ -98,7 +175,7 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     )
     was_training = model.training
     model.eval()
-    results, with_masks = [], None
+    results, with_masks, confusions = [], None, {}
     try:
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
             outputs = model([image.to(device) for image in images])
@@ -106,10 +183,16 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
                 if with_masks is None:
                     with_masks = "masks" in output or "semantic" in output
                 results.extend(to_coco_results(output, target, tuple(image.shape[-2:]), dataset.label_to_category_id, with_masks))
+                if "semantic_logits" in output and "semantic" in target:
+                    _accumulate_semantic(confusions, output, target)
     finally:
         model.train(was_training)
-    gathered = distributed.all_gather_objects((results, bool(with_masks)))
-    return [r for rank_results, _ in gathered for r in rank_results], any(m for _, m in gathered)
+    gathered = distributed.all_gather_objects((results, bool(with_masks), confusions))
+    summed = {}
+    for _, _, rank_confusions in gathered:
+        for key, confusion in rank_confusions.items():
+            summed[key] = confusion if key not in summed else summed[key] + confusion
+    return [r for rank_results, _, _ in gathered for r in rank_results], any(m for _, m, _ in gathered), summed
 
 
 def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None) -> tuple[dict, str]:
@@ -151,10 +234,11 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
 def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True) -> tuple[dict, str]:
     """Predicts over ``dataset`` and scores it. Every rank returns the same metrics.
 
-    Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None}, the COCO table).
+    Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None, "semantic":
+    {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
     Rank 0 writes the COCO results to ``results_file`` when given.
     """
-    results, with_masks = predict(model, dataset, device, batch_size, num_workers, progress)
+    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
@@ -164,16 +248,26 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     iou_types = IOU_TYPES if with_masks and ground_truth_masks else ("bbox",)
     metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids)
     metrics.setdefault("segm", None)
+    class_names = ["background", *dataset.class_names]
+    metrics["semantic"] = {key: semantic_scores(c, class_names) for key, c in confusions.items()} or None
     return metrics, table
 
 
 def format_metrics(metrics: dict) -> str:
-    """A compact AP table: one row per IoU type, AP in percent."""
+    """A compact AP table: one row per IoU type, AP in percent; then the semantic mIoU if any."""
     header = f"{'':6}" + "".join(f"{name:>8}" for name in METRIC_NAMES)
     rows = [header]
-    for iou_type, values in metrics.items():
+    for iou_type in IOU_TYPES:
+        values = metrics.get(iou_type)
         if values is None:
             continue
         cells = "".join(f"{'-' if values[n] is None or math.isnan(values[n]) else format(values[n], '.2f'):>8}" for n in METRIC_NAMES)
         rows.append(f"{iou_type:6}{cells}")
+    for where, scores in (metrics.get("semantic") or {}).items():
+        per_class = ", ".join(f"{name} {'-' if iou is None else format(iou, '.1f')}" for name, iou in scores["IoU"].items())
+        rows.append(f"semantic at {where}: mIoU {_percent(scores['mIoU'])}, foreground IoU {_percent(scores['fgIoU'])} ({per_class})")
     return "\n".join(rows)
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,4 +1,4 @@
-"""The training curves: losses and APs from metrics.jsonl, as a PNG."""
+"""The training curves: losses, APs and the semantic branch's mIoU from metrics.jsonl, as a PNG."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,9 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot_metrics(metrics_file: str, output_png: str) -> None:
-    """Left: total and per-term losses against iterations (log scale); right: val AP."""
+    """Left: total and per-term losses against iterations (log scale); right: val AP and, for a
+    detector with a semantic branch, its mIoU at image size and at its stride and its foreground
+    IoU (all in percent)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +35,14 @@ def plot_metrics(metrics_file: str, output_png: str) -> None:
         points = [(r["iter"], r[iou_type]["AP"]) for r in evals if r.get(iou_type)]
         if points:
             ap_axis.plot(*zip(*points), marker=marker, label=f"{iou_type} AP")
+    # mIoU counts background as a class; foreground IoU shows a head that predicts no object at all.
+    for where, score, marker, style in (("image", "mIoU", "^", "-"), ("stride", "mIoU", "^", ":"), ("image", "fgIoU", "v", "-")):
+        scores = [(r["iter"], ((r.get("semantic") or {}).get(where) or {}).get(score)) for r in evals]
+        points = [(iteration, value) for iteration, value in scores if value is not None]
+        if points:
+            ap_axis.plot(*zip(*points), marker=marker, linestyle=style, label=f"semantic {score} ({where})")
     last = max((r["iter"] for r in records), default=0)
-    ap_axis.set(xlabel="iteration", ylabel="AP (%)", title="validation AP", xlim=(0, max(1, last) * 1.05))
+    ap_axis.set(xlabel="iteration", ylabel="%", title="validation AP, semantic mIoU", xlim=(0, max(1, last) * 1.05))
     ap_axis.grid(True, alpha=0.3)
     if evals:
         ap_axis.legend()

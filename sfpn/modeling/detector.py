@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.semantic import semantic_labels
+from .semantic_head import upsample_argmax
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,7 +35,9 @@ class FasterRCNN(nn.Module):
     - training: dict ``loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg`` (+ ``loss_segm``,
       already times alpha, when the branch is on and alpha > 0);
     - eval: per image ``{boxes (D, 4), scores (D,), labels (D,)}`` (+ ``semantic (H_i, W_i)``
-      int64 when the branch is on), in the coordinates of the given images.
+      int64 when the branch is on), in the coordinates of the given images; with the branch on
+      also ``semantic_logits (K, ceil(H_i / 8), ceil(W_i / 8))``, the head's own output on its
+      stride-8 grid.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
@@ -86,9 +88,10 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**losses, **head_losses, **semantic_losses}
         if logits is not None:
+            stride = batch.shape[-2] // logits.shape[-2]
             for detection, image_logits, (height, width) in zip(detections, logits, sizes):
-                full = F.interpolate(image_logits[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
-                detection["semantic"] = full[0, :, :height, :width].argmax(dim=0)
+                detection["semantic"] = upsample_argmax(image_logits, batch.shape[-2:], (height, width))
+                detection["semantic_logits"] = image_logits[:, : -(-height // stride), : -(-width // stride)]
         return detections
 
 

@@ -1,0 +1,192 @@
+"""A second synthetic dataset, unlike the shapes set in kind: ``ClutterSpec``.
+
+Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on a smooth field
+with thin clutter, this one has:
+
+* object types told apart by **texture as well as outline**: two of the six classes are ellipses
+  that differ only in their fill (checkerboard or stripes), one is a thick-stroked letter "H",
+  and the others are arrows, crescents and hollow frames;
+* **distractors** that look like objects and are not: plain or noisy ellipses and polygons of
+  the same sizes and colours (hard negatives), over a multi-octave noise background with
+  rectangles of colour;
+* a **scale range down to ~10 px** (extents log-uniform in 10..120 px, so most objects are small);
+* **heavy occlusion** (objects may hide up to 60% of a smaller one; the masks are the visible
+  parts);
+* **JPEG artefacts** (each image goes through JPEG at quality 25..75 before it is stored);
+* **images of varied size**, each side drawn in 192..416 px.
+
+It is generated, cached and written as COCO exactly as the shapes set (``synthetic_dataset``
+with this spec): ``synthetic_dataset(ClutterSpec())``. Its parameters were fixed before any
+detector was trained on it and are not tuned to favour one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .synthetic import visible_parts
+
+CATEGORIES = ("arrow", "crescent", "letter_h", "checker_ellipse", "striped_ellipse", "frame")
+#: Bumped whenever the generator changes, so a stale cache is never reused.
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClutterSpec:
+    seed: int = 0
+    num_train: int = 1200
+    num_val: int = 200
+    min_objects: int = 3
+    max_objects: int = 12
+    min_distractors: int = 2
+    max_distractors: int = 8
+    #: Object extent (bounding-circle diameter) range in pixels, drawn log-uniformly.
+    min_extent: int = 10
+    max_extent: int = 120
+    #: Each image side is drawn uniformly in this range.
+    min_side: int = 192
+    max_side: int = 416
+    #: A later object may hide at most this fraction of an earlier, smaller one.
+    max_occlusion: float = 0.6
+    jpeg_quality: tuple[int, int] = (25, 75)
+
+    def folder_name(self) -> str:
+        return f"clutter-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return CATEGORIES
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        return render_image(rng, self)
+
+
+def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One image: (H, W, 3) uint8 pixels and its objects as (category id, visible mask (H, W) uint8)."""
+    width, height = (int(v) for v in rng.integers(spec.min_side, spec.max_side + 1, 2))
+    canvas = _background(rng, height, width)
+    # Objects and distractors are drawn in one shuffled order, so distractors occlude objects too.
+    items = [int(rng.integers(len(CATEGORIES))) + 1 for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1)))]
+    items += [0] * int(rng.integers(spec.min_distractors, spec.max_distractors + 1))
+    rng.shuffle(items)
+    drawn: list[tuple[int, np.ndarray]] = []
+    for label in items:
+        for _attempt in range(20):
+            extent = math.exp(rng.uniform(math.log(spec.min_extent), math.log(spec.max_extent)))
+            mask, texture = _object(rng, CATEGORIES[label - 1] if label else "distractor", extent, height, width)
+            area = mask.sum()
+            if area > 0 and all((mask & m).sum() <= spec.max_occlusion * min(area, m.sum()) for _, m in drawn):
+                break
+        else:
+            continue
+        _paint(rng, canvas, mask, texture)
+        drawn.append((label, mask))
+    objects = visible_parts(drawn, min_pixels=12)
+    pixels = (canvas * 255).round().clip(0, 255).astype(np.uint8)
+    return _jpeg(pixels, int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
+
+
+def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """The pixels after a JPEG round trip (block and ringing artefacts, chroma subsampling)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB")).copy()
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float in [0, 1]: multi-octave colour noise with rectangles of colour on it."""
+    canvas = np.zeros((height, width, 3))
+    for cells, weight in ((3, 0.5), (8, 0.3), (24, 0.2)):
+        grid = Image.fromarray((rng.random((cells, cells, 3)) * 255).astype(np.uint8))
+        canvas += weight * np.asarray(grid.resize((width, height), Image.BICUBIC), dtype=np.float64) / 255
+    image = Image.fromarray((canvas.clip(0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 10))):
+        x, y = rng.integers(0, (width, height))
+        w, h = rng.integers(8, max(9, width // 3)), rng.integers(8, max(9, height // 3))
+        draw.rectangle((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    canvas = np.asarray(image, dtype=np.float64) / 255
+    return (canvas + rng.normal(0, 0.04, canvas.shape)).clip(0, 1)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return points @ rotation.T
+
+
+def _object(rng, name: str, extent: float, height: int, width: int) -> tuple[np.ndarray, str]:
+    """The full (H, W) bool mask of one object or distractor, and how to fill it."""
+    radius = extent / 2
+    cx = rng.uniform(radius * 0.5, width - radius * 0.5)
+    cy = rng.uniform(radius * 0.5, height - radius * 0.5)
+    angle = rng.uniform(0, 2 * math.pi)
+    image = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+
+    def polygon(points):
+        draw.polygon([(cx + x, cy + y) for x, y in _rotate(np.asarray(points, dtype=np.float64) * radius, angle)], fill=1)
+
+    def ellipse(aspect):
+        # An ellipse of axes (radius, radius * aspect), rotated: as a 36-gon.
+        t = np.linspace(0, 2 * math.pi, 36, endpoint=False)
+        polygon(np.stack([np.cos(t), aspect * np.sin(t)], 1))
+
+    texture = "plain"
+    if name == "arrow":
+        polygon([(-1, -0.22), (0.2, -0.22), (0.2, -0.55), (1, 0), (0.2, 0.55), (0.2, 0.22), (-1, 0.22)])
+    elif name == "crescent":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
+        dx, dy = 0.45 * radius * math.cos(angle), 0.45 * radius * math.sin(angle)
+        inner = 0.85 * radius
+        draw.ellipse((cx + dx - inner, cy + dy - inner, cx + dx + inner, cy + dy + inner), fill=0)
+    elif name == "letter_h":
+        polygon([(-0.8, -1), (-0.4, -1), (-0.4, -0.2), (0.4, -0.2), (0.4, -1), (0.8, -1), (0.8, 1), (0.4, 1), (0.4, 0.2), (-0.4, 0.2), (-0.4, 1), (-0.8, 1)])
+    elif name in ("checker_ellipse", "striped_ellipse"):
+        ellipse(rng.uniform(0.55, 0.9))
+        texture = "checker" if name == "checker_ellipse" else "stripes"
+    elif name == "frame":
+        # A hollow rectangle: the outer one filled, then the inner one cut out.
+        polygon([(-1, -0.7), (1, -0.7), (1, 0.7), (-1, 0.7)])
+        draw = ImageDraw.Draw(image)
+        corners = _rotate(np.array([(-0.65, -0.38), (0.65, -0.38), (0.65, 0.38), (-0.65, 0.38)]) * radius, angle)
+        draw.polygon([(cx + x, cy + y) for x, y in corners], fill=0)
+    elif name == "distractor":
+        if rng.random() < 0.5:
+            ellipse(rng.uniform(0.4, 1.0))
+            texture = "noise"
+        else:
+            sides = int(rng.integers(3, 8))
+            t = np.sort(rng.uniform(0, 2 * math.pi, sides))
+            r = rng.uniform(0.5, 1.0, sides)
+            polygon(np.stack([r * np.cos(t), r * np.sin(t)], 1))
+    else:
+        raise ValueError(f"unknown object type {name!r}")
+    return np.asarray(image, dtype=bool), texture
+
+
+def _paint(rng, canvas: np.ndarray, mask: np.ndarray, texture: str) -> None:
+    """Fills ``mask``: one colour, two in a checkerboard or stripes, or colour noise."""
+    ys, xs = np.nonzero(mask)
+    first, second = rng.random(3), rng.random(3)
+    if texture == "plain":
+        colors = np.broadcast_to(first, (len(ys), 3))
+    elif texture == "noise":
+        colors = first + rng.normal(0, 0.15, (len(ys), 3))
+    else:
+        extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        period = max(3.0, extent / rng.uniform(3, 6))
+        angle = rng.uniform(0, math.pi)
+        u = xs * math.cos(angle) + ys * math.sin(angle)
+        v = -xs * math.sin(angle) + ys * math.cos(angle)
+        if texture == "checker":
+            pick = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+        else:
+            pick = np.floor(u / period) % 2 == 0
+        colors = np.where(pick[:, None], first, second)
+    canvas[ys, xs] = (colors + rng.normal(0, 0.03, (len(ys), 3))).clip(0, 1)

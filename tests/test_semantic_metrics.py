@@ -1,0 +1,113 @@
+"""The semantic branch's own metrics (confusion, IoU, labels at the head's stride) and the
+memory-light upsampled argmax the detector's class map comes from."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sfpn.engine.evaluation import format_metrics, grid_stride, labels_at_stride, semantic_confusion, semantic_scores
+from sfpn.modeling.semantic_head import upsample_argmax
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_confusion_counts_every_labelled_pixel_once(generator):
+    num_classes = 5
+    labels = torch.randint(0, num_classes + 2, (37, 23), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.2] = 255
+    predicted = torch.randint(0, num_classes, labels.shape, generator=generator)
+    expected = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for truth, guess in zip(labels.flatten().tolist(), predicted.flatten().tolist()):
+        if truth < num_classes:  # 255 and out-of-range labels are not counted
+            expected[truth, guess] += 1
+    assert torch.equal(semantic_confusion(predicted, labels, num_classes), expected)
+
+
+def test_confusion_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        semantic_confusion(torch.zeros(4, 5, dtype=torch.int64), torch.zeros(5, 4, dtype=torch.int64), 3)
+
+
+def test_scores_from_confusion(generator):
+    confusion = torch.randint(0, 50, (4, 4), generator=generator)
+    confusion[3, :] = 0  # class 3: never true and never predicted -> no IoU, not in the mean
+    confusion[:, 3] = 0
+    scores = semantic_scores(confusion, ["background", "a", "b", "c"])
+    ious = {}
+    for k, name in enumerate(["background", "a", "b"]):
+        union = confusion[k].sum() + confusion[:, k].sum() - confusion[k, k]
+        ious[name] = 100 * confusion[k, k].item() / union.item()
+    assert scores["IoU"]["c"] is None
+    for name, value in ious.items():
+        assert scores["IoU"][name] == pytest.approx(value, abs=1e-3)
+    assert scores["mIoU"] == pytest.approx(sum(ious.values()) / 3, abs=1e-3)
+    foreground_hit = confusion[1:, 1:].sum().item()
+    foreground_union = confusion.sum().item() - confusion[0, 0].item()
+    assert scores["fgIoU"] == pytest.approx(100 * foreground_hit / foreground_union, abs=1e-3)
+
+
+def test_scores_of_a_perfect_and_an_all_background_prediction():
+    perfect = torch.diag(torch.tensor([10, 3, 4]))
+    assert semantic_scores(perfect, ["bg", "x", "y"]) == {"mIoU": 100.0, "fgIoU": 100.0, "IoU": {"bg": 100.0, "x": 100.0, "y": 100.0}}
+    all_background = torch.tensor([[10, 0, 0], [3, 0, 0], [4, 0, 0]])  # the "no foreground" failure
+    scores = semantic_scores(all_background, ["bg", "x", "y"])
+    assert scores["fgIoU"] == 0.0 and scores["IoU"]["x"] == 0.0 and scores["IoU"]["bg"] == pytest.approx(100 * 10 / 17, abs=1e-3)
+
+
+def test_labels_at_stride_take_each_cells_centre(generator):
+    stride = 8
+    for height, width in ((64, 40), (61, 45), (5, 9)):
+        labels = torch.randint(0, 255, (height, width), generator=generator)
+        grid = (-(-height // stride), -(-width // stride))
+        coarse = labels_at_stride(labels, stride, grid)
+        assert coarse.shape == grid
+        for i in range(grid[0]):
+            for j in range(grid[1]):
+                y = (i * stride + min((i + 1) * stride, height)) // 2
+                x = (j * stride + min((j + 1) * stride, width)) // 2
+                assert coarse[i, j] == labels[y, x]
+
+
+@pytest.mark.parametrize("num_classes, logits_size, size, crop, chunk", [
+    (7, (32, 40), (256, 320), (250, 317), 1000),
+    (3, (5, 7), (37, 61), None, 1 << 22),
+    (81, (13, 9), (104, 72), (99, 70), 81 * 70 * 3),
+    (1, (4, 4), (32, 32), (32, 32), 10),
+])
+def test_upsample_argmax_matches_interpolate_then_argmax(generator, num_classes, logits_size, size, crop, chunk):
+    logits = torch.randn(num_classes, *logits_size, generator=generator)
+    upsampled = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    crop_h, crop_w = crop or size
+    upsampled = upsampled[:, :crop_h, :crop_w]
+    got = upsample_argmax(logits, size, crop, chunk_elements=chunk)
+    assert got.shape == (crop_h, crop_w) and got.dtype == torch.int64
+    # Equal except where two classes tie to float rounding (another summation order).
+    top = upsampled.topk(min(2, num_classes), dim=0).values
+    margin = top[0] - top[-1] if num_classes > 1 else torch.ones_like(top[0])
+    differ = got != upsampled.argmax(0)
+    assert (margin[differ] < 1e-5).all()
+    assert differ.float().mean() < 1e-3
+
+
+def test_upsample_argmax_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="logits"):
+        upsample_argmax(torch.zeros(2, 3), (8, 8))
+    with pytest.raises(ValueError, match="crop"):
+        upsample_argmax(torch.zeros(2, 3, 3), (8, 8), (9, 8))
+
+
+def test_format_metrics_prints_the_semantic_scores():
+    scores = semantic_scores(torch.diag(torch.tensor([5, 2])), ["background", "circle"])
+    text = format_metrics({"bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 1.0), "segm": None,
+                           "semantic": {"image": scores, "stride": scores}})
+    assert "semantic at image: mIoU 100.00" in text and "circle 100.0" in text
+    json.dumps(scores)  # eval.json-ready
+
+
+def test_grid_stride_recovers_the_heads_stride():
+    assert grid_stride((256, 320), (32, 40)) == 8
+    assert grid_stride((250, 317), (32, 40)) == 8  # padded to 256 x 320 before the backbone
+    assert grid_stride((9, 70), (2, 9)) == 8
+    with pytest.raises(ValueError, match="stride"):
+        grid_stride((256, 320), (31, 40))
