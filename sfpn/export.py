@@ -100,7 +100,7 @@ def interface(detector: nn.Module, batch_size: int, max_size: int) -> dict:
     if hasattr(detector.roi_heads, "mask_head"):
         outputs.append("masks")
     if getattr(detector.neck, "has_semantic_branch", False):
-        outputs.append("semantic")
+        outputs += ["semantic", "semantic_logits"]
     divisor = detector.size_divisibility
     size = {"multiple_of": divisor, "min": MIN_BLOCKS * divisor, "max": max_size}
     return {

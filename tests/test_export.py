@@ -12,7 +12,7 @@ import sfpn
 from sfpn.engine.checkpoint import config_to_dict, save_checkpoint
 from sfpn.export import METADATA_FILE, MODEL_FILE, export_detector, main
 
-PRESET = "mask_rcnn_r18_sfpn_small"  # every output: boxes, scores, labels, masks, semantic
+PRESET = "mask_rcnn_r18_sfpn_small"  # every output: boxes, scores, labels, masks, semantic (+ logits)
 CLASSES = ["circle", "square", "triangle"]
 BATCH = 2
 # Traced at one size, run at others (H and W are dynamic multiples of 32).
@@ -66,19 +66,20 @@ def test_fresh_process_matches_eager(exported, tmp_path):
             expected = model(list(images))
             assert len(got) == len(expected) == BATCH
             for g, e in zip(got, expected):
-                assert sorted(g) == sorted(e) == ["boxes", "labels", "masks", "scores", "semantic"]
+                assert sorted(g) == sorted(e) == ["boxes", "labels", "masks", "scores", "semantic", "semantic_logits"]
                 torch.testing.assert_close(g["boxes"], e["boxes"], rtol=1e-5, atol=1e-4)
                 torch.testing.assert_close(g["scores"], e["scores"], rtol=1e-5, atol=1e-6)
                 assert torch.equal(g["labels"], e["labels"])
                 assert torch.equal(g["masks"], e["masks"])
                 assert torch.equal(g["semantic"], e["semantic"])
+                torch.testing.assert_close(g["semantic_logits"], e["semantic_logits"], rtol=1e-5, atol=1e-5)
                 assert g["masks"].shape[1:] == g["semantic"].shape == images.shape[-2:]
                 counts.append(len(e["boxes"]))
     assert sum(counts) > 0, "no detections to compare: the test would prove nothing"
 
     metadata = json.loads(open(os.path.join(output_dir, METADATA_FILE)).read())
     assert metadata["classes"] == CLASSES
-    assert metadata["outputs"] == ["boxes", "scores", "labels", "masks", "semantic"]
+    assert metadata["outputs"] == ["boxes", "scores", "labels", "masks", "semantic", "semantic_logits"]
     assert metadata["input"]["shape"] == [BATCH, 3, "H", "W"]
 
 

@@ -141,6 +141,12 @@ def upsample_argmax(
     """
     if logits.dim() != 3:
         raise ValueError(f"logits: expected (K, h, w), got shape {tuple(logits.shape)}")
+    if torch.compiler.is_compiling():
+        # Traced (torch.export): the sizes are symbolic and a Python loop over row bands would fix
+        # them to the example's, so the graph takes the one whole-size pass this function avoids.
+        crop_h, crop_w = size if crop is None else crop
+        full = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+        return full[:, :crop_h, :crop_w].argmax(dim=0)
     height, width = int(size[0]), int(size[1])
     crop_h, crop_w = (height, width) if crop is None else (int(crop[0]), int(crop[1]))
     if not (0 <= crop_h <= height and 0 <= crop_w <= width):
