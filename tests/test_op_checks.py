@@ -215,16 +215,24 @@ CASES = [
 CASE_IDS = [case_id for case_id, _, _ in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS)
 
-# Runs the cases named on the command line in order; prints "start <id>" before each and one JSON
-# line of its outcome after, so that a crash is pinned on the case that started last.
+# Runs the (id, call) pairs given on the command line in order; prints "start <id>" before each and
+# one JSON line of its outcome (exception or value) after, so that a crash is pinned on the case
+# that started last.
 RUNNER = PRELUDE + """
 import json, sys
+
+def plain(value):  # a result as JSON: tensors as nested lists
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return None
+
 calls = json.loads(sys.argv[1])
 for case_id, call in calls:
     print("start", case_id, flush=True)
     try:
-        eval(call)
-        outcome = {"id": case_id, "raised": None, "message": ""}
+        outcome = {"id": case_id, "raised": None, "message": "", "value": plain(eval(call))}
     except Exception as error:
         outcome = {"id": case_id, "raised": type(error).__name__, "message": str(error)}
     print(json.dumps(outcome), flush=True)
@@ -288,27 +296,35 @@ EXTREME_IDS = {
 }
 
 
-@pytest.mark.parametrize("ids", EXTREME_IDS.values(), ids=EXTREME_IDS.keys())
-def test_batched_nms_any_int64_class_ids(ids, generator):
-    n = len(ids)
-    xy = torch.rand(n, 2, generator=generator) * 4
-    boxes = torch.cat([xy, xy + 10], 1)  # all overlap: only the class split keeps several
-    scores = torch.rand(n, generator=generator)
-    idxs = torch.tensor(ids, dtype=torch.int64)
-    tensors = {"boxes": boxes.tolist(), "scores": scores.tolist(), "idxs": ids}
-    load = f"d = {tensors!r}; b, s, i = torch.tensor(d['boxes']), torch.tensor(d['scores']), torch.tensor(d['idxs'])"
-    calls = [
-        ("op", f"{load}; print('kept', sfpn.batched_nms(b, s, i, 0.5).tolist())"),
-        ("padded", f"{load}; print('padded', [t.tolist() for t in sfpn.batched_nms_padded(b, s, i, 0.5, {n})])"),
-        ("public", f"{load}; print('public', public_ops.batched_nms(b, s, i, 0.5).tolist())"),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    script = PRELUDE + "\n".join(f"exec({call!r})" for _, call in calls)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"crashed (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    printed = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    expected = reference.batched_nms(boxes, scores, idxs, 0.5)
-    assert json.loads(printed["kept"]) == expected.tolist()
-    assert json.loads(printed["public"]) == expected.tolist()
-    padded, count = json.loads(printed["padded"])
-    assert count == len(expected) and padded[:count] == expected.tolist() and all(p == -1 for p in padded[count:])
+@pytest.fixture(scope="module")
+def extreme_ids_runs():
+    """For each id set of EXTREME_IDS: overlapping boxes (only the class split keeps several),
+    random scores, and what the ops returned for them in a child process."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"random seed: {seed}")
+    generator = torch.Generator().manual_seed(seed)
+    inputs, calls = {}, []
+    for name, ids in EXTREME_IDS.items():
+        xy = torch.rand(len(ids), 2, generator=generator) * 4
+        boxes, scores = torch.cat([xy, xy + 10], 1), torch.rand(len(ids), generator=generator)
+        inputs[name] = boxes, scores, torch.tensor(ids, dtype=torch.int64)
+        args = f"torch.tensor({boxes.tolist()}), torch.tensor({scores.tolist()}), torch.tensor({ids}), 0.5"
+        calls += [
+            (f"{name}/op", f"sfpn.batched_nms({args})"),
+            (f"{name}/padded", f"sfpn.batched_nms_padded({args}, {len(ids)})"),
+            (f"{name}/public", f"public_ops.batched_nms({args})"),
+        ]
+    return inputs, run_isolated(calls)
+
+
+@pytest.mark.parametrize("name", EXTREME_IDS)
+def test_batched_nms_any_int64_class_ids(extreme_ids_runs, name):
+    inputs, outcomes = extreme_ids_runs
+    expected = reference.batched_nms(*inputs[name], 0.5).tolist()
+    for call in ("op", "padded", "public"):
+        outcome = outcomes[f"{name}/{call}"]
+        assert outcome["raised"] is None, f"{name}/{call}: {outcome['raised']}: {outcome['message']}"
+    assert outcomes[f"{name}/op"]["value"] == expected
+    assert outcomes[f"{name}/public"]["value"] == expected
+    padded, count = outcomes[f"{name}/padded"]["value"]
+    assert count == len(expected) and padded[:count] == expected and all(p == -1 for p in padded[count:])
