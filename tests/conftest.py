@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 # cores; "long" is for a thorough local run. Tests scale max_examples by their cost. No deadline:
 # timings on a shared CI machine vary too much for one, and the first call of a kernel compiles.
 _PROFILE_DEFAULTS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("ci", max_examples=60, **_PROFILE_DEFAULTS)
+settings.register_profile("ci", max_examples=100, **_PROFILE_DEFAULTS)
 settings.register_profile("long", max_examples=1000, **_PROFILE_DEFAULTS)
 settings.load_profile("ci")
 
