@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "op_checks.h"
 #include "roi_align_geometry.h"
 
 namespace sfpn::roi_align {
@@ -39,14 +40,7 @@ inline at::Tensor rois_in_compute_type(const at::Tensor& rois, at::ScalarType in
   return rois.to(input_type == at::kDouble ? at::kDouble : at::kFloat).contiguous();
 }
 
-inline void check_rois(const at::Tensor& rois, const at::Tensor& like) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must have shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK(rois.device() == like.device(), "roi_align: rois must be on ", like.device(), ", got ", rois.device());
-  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), "roi_align: rois must be floating point, got ",
-              rois.scalar_type());
-}
-
-// A forward call's arguments, checked, in the form the kernels read.
+// A forward call's arguments (checked by the operator, op_checks.h) in the form the kernels read.
 struct ForwardArgs {
   std::vector<at::Tensor> levels;        // contiguous (N, C, H_l, W_l)
   std::vector<int64_t> heights, widths;  // H_l, W_l
@@ -54,23 +48,10 @@ struct ForwardArgs {
   at::Tensor output;                     // uninitialised (K, C, pooled_h, pooled_w)
 };
 
-inline ForwardArgs forward_args(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales,
-                                int64_t pooled_h, int64_t pooled_w) {
-  TORCH_CHECK(!levels.empty() && levels.size() == scales.size(), "roi_align: need one scale per level, got ",
-              levels.size(), " levels and ", scales.size(), " scales");
-  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got ", pooled_h, "x",
-              pooled_w);
+inline ForwardArgs forward_args(at::TensorList levels, const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
   const at::Tensor& first = levels[0];
-  TORCH_CHECK(first.dim() == 4, "roi_align: input must be (N, C, H, W), got ", first.sizes());
-  check_rois(rois, first);
   ForwardArgs args;
   for (const at::Tensor& level : levels) {
-    TORCH_CHECK(level.dim() == 4 && level.size(0) == first.size(0) && level.size(1) == first.size(1),
-                "roi_align: every level must be (N, C, H, W) with the same N and C, got ", level.sizes(), " and ",
-                first.sizes());
-    TORCH_CHECK(level.scalar_type() == first.scalar_type() && level.device() == first.device(),
-                "roi_align: every level must share dtype and device");
-    TORCH_CHECK(level.size(2) > 0 && level.size(3) > 0, "roi_align: empty feature map ", level.sizes());
     args.levels.push_back(level.contiguous());
     args.heights.push_back(level.size(2));
     args.widths.push_back(level.size(3));
@@ -80,21 +61,13 @@ inline ForwardArgs forward_args(at::TensorList levels, const at::Tensor& rois, a
   return args;
 }
 
-// A backward call's arguments, checked, in the form the kernels read.
+// A backward call's arguments (checked by the operator, op_checks.h) in the form the kernels read.
 struct BackwardArgs {
   at::Tensor grad;  // contiguous (K, C, pooled_h, pooled_w)
   at::Tensor rois;  // contiguous (K, 5) in the compute type
 };
 
-inline BackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
-                                  int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(1) == channels, "roi_align_backward: grad must be (K, C, PH, PW) with C = ",
-              channels, ", got ", grad.sizes());
-  check_rois(rois, grad);
-  TORCH_CHECK(rois.size(0) == grad.size(0), "roi_align_backward: ", rois.size(0), " rois but grad has ",
-              grad.size(0));
-  TORCH_CHECK(heights.size() == scales.size() && widths.size() == scales.size(),
-              "roi_align_backward: need one scale, height and width per level");
+inline BackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& rois) {
   return {grad.contiguous(), rois_in_compute_type(rois, grad.scalar_type())};
 }
 
@@ -105,14 +78,16 @@ inline BackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& rois
 template <ForwardEngine* forward>
 at::Tensor roi_align_op(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
                         int64_t pooled_w, int64_t sampling_ratio, bool aligned, bool /*deterministic*/) {
+  checks::roi_align(input, rois, spatial_scale, pooled_h, pooled_w);
   return forward({input}, rois, {spatial_scale}, pooled_h, pooled_w, sampling_ratio, aligned, LevelMapper{});
 }
 
 template <BackwardEngine* backward>
 at::Tensor roi_align_backward_op(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                 int64_t /*pooled_h*/, int64_t /*pooled_w*/, int64_t batch_size, int64_t channels,
+                                 int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
                                  bool deterministic) {
+  checks::roi_align_backward(grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width);
   return backward(grad, rois, {spatial_scale}, batch_size, channels, {height}, {width}, sampling_ratio, aligned,
                   LevelMapper{}, deterministic)[0];
 }
@@ -121,7 +96,7 @@ template <ForwardEngine* forward>
 at::Tensor multilevel_roi_align_op(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales,
                                    int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned,
                                    double canonical_scale, int64_t canonical_level, bool /*deterministic*/) {
-  TORCH_CHECK(!scales.empty(), "multilevel_roi_align: scales must not be empty");
+  checks::multilevel_roi_align(levels, rois, scales, pooled_h, pooled_w, canonical_scale);
   const LevelMapper mapper = make_level_mapper(scales.front(), scales.back(), canonical_scale, canonical_level);
   return forward(levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, mapper);
 }
@@ -133,7 +108,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_op(const at::Tensor& grad,
                                                          at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
                                                          double canonical_scale, int64_t canonical_level,
                                                          bool deterministic) {
-  TORCH_CHECK(!scales.empty(), "multilevel_roi_align_backward: scales must not be empty");
+  checks::multilevel_roi_align_backward(grad, rois, scales, batch_size, channels, heights, widths, canonical_scale);
   const LevelMapper mapper = make_level_mapper(scales.front(), scales.back(), canonical_scale, canonical_level);
   return backward(grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, mapper,
                   deterministic);

@@ -3,11 +3,21 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # The Triton kernels run on the CPU under Triton's interpreter when no GPU is visible. Triton reads
 # this when a kernel is decorated, so it must be set before sfpn.kernels is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Hypothesis profiles, chosen with `--hypothesis-profile NAME` (hypothesis' pytest option). "ci",
+# the default, keeps the property tests (tests/test_properties.py) to about two minutes on two
+# cores; "long" is for a thorough local run. Tests scale max_examples by their cost. No deadline:
+# timings on a shared CI machine vary too much for one, and the first call of a kernel compiles.
+_PROFILE_DEFAULTS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", max_examples=100, **_PROFILE_DEFAULTS)
+settings.register_profile("long", max_examples=1000, **_PROFILE_DEFAULTS)
+settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "nms_iou.h"
+#include "op_checks.h"
 
 namespace sfpn {
 namespace {
@@ -69,11 +70,16 @@ ClassGroups group_by_class(const int64_t* classes, const std::vector<int64_t>& o
     return groups;
   }
   const auto [min_it, max_it] = std::minmax_element(classes, classes + n);
-  const uint64_t range = static_cast<uint64_t>(*max_it) - static_cast<uint64_t>(*min_it) + 1;
+  // max - min in uint64 arithmetic, exact for any pair of int64 ids (it may exceed INT64_MAX);
+  // the range, one more, would wrap to 0 for the full int64 span, so it is only formed once the
+  // span is known to be small.
+  const uint64_t span = static_cast<uint64_t>(*max_it) - static_cast<uint64_t>(*min_it);
   std::vector<int64_t> class_of_position(n);  // class of the q-th box in score order
   for (int64_t q = 0; q < n; ++q) class_of_position[q] = classes[order[q]];
-  if (range <= static_cast<uint64_t>(2 * n + 1024)) {
-    // Dense ids (labels, pyramid levels): a stable counting sort, O(n + range).
+  if (span < static_cast<uint64_t>(2 * n + 1024)) {
+    // Dense ids (labels, pyramid levels): a stable counting sort, O(n + range). The offsets
+    // class - min fit in int64 here, as the span is small.
+    const uint64_t range = span + 1;
     std::vector<int64_t> start(range + 1, 0);
     for (int64_t q = 0; q < n; ++q) ++start[class_of_position[q] - *min_it + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
@@ -180,16 +186,6 @@ int64_t nms_into(
   return static_cast<int64_t>(out.size());
 }
 
-void check_inputs(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "sfpn::nms: boxes must be (N, 4), got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "sfpn::nms: scores must be (N,), got ", scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), "sfpn::nms: scores must have the dtype of boxes");
-  if (idxs) {
-    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), "sfpn::nms: idxs must be (N,), got ", idxs->sizes());
-    TORCH_CHECK(idxs->scalar_type() == at::kLong, "sfpn::nms: idxs must be int64");
-  }
-}
-
 at::Tensor to_tensor(const std::vector<int64_t>& kept) {
   at::Tensor result = at::empty({static_cast<int64_t>(kept.size())}, at::kLong);
   std::copy(kept.begin(), kept.end(), result.mutable_data_ptr<int64_t>());
@@ -197,14 +193,14 @@ at::Tensor to_tensor(const std::vector<int64_t>& kept) {
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_inputs(boxes, scores, nullptr);
+  checks::nms(boxes, scores);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, nullptr, iou_threshold, kept);
   return to_tensor(kept);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  check_inputs(boxes, scores, &idxs);
+  checks::batched_nms(boxes, scores, idxs);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, &idxs, iou_threshold, kept);
   return to_tensor(kept);
@@ -212,8 +208,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  check_inputs(boxes, scores, &idxs);
-  TORCH_CHECK(max_out >= 0, "sfpn::batched_nms_padded: max_out must be >= 0, got ", max_out);
+  checks::batched_nms_padded(boxes, scores, idxs, max_out);
   std::vector<int64_t> kept;
   const int64_t count = std::min(nms_into(boxes, scores, &idxs, iou_threshold, kept), max_out);
   at::Tensor indices = at::full({max_out}, -1, at::kLong);

@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -119,6 +120,27 @@ void fill_axis(AxisTaps<acc_t>& taps, int64_t k, acc_t start, acc_t bin, int64_t
   taps.hi[k] = hi;
 }
 
+// The taps of a RoI take room for two per sample along each axis: a RoI is refused when its
+// samples along an axis (bins x samples per bin) exceed kMaxAxisSamples, as an adaptive grid over
+// a RoI millions of pixels wide or a huge sampling_ratio would give, or when its grid is not
+// finite (finite coordinates can still overflow once scaled).
+constexpr double kMaxAxisSamples = 1 << 22;
+
+template <typename acc_t>
+void check_tabulable(const RoiGrid<acc_t>& g, int64_t k, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio) {
+  TORCH_CHECK(std::isfinite(g.start_h) && std::isfinite(g.start_w) && std::isfinite(g.bin_h) && std::isfinite(g.bin_w),
+              "roi_align: rois[", k, "] times its level's scale overflows ", c10::CppTypeToScalarType<acc_t>::value);
+  // The adaptive grid is ceil(bin size): bounded through the bin sizes, as their conversion to a
+  // sample count overflows for the largest.
+  auto samples = [&](acc_t bin, int64_t pooled) {
+    return (sampling_ratio > 0 ? static_cast<double>(sampling_ratio) : std::ceil(static_cast<double>(bin))) * pooled;
+  };
+  const double samples_h = samples(g.bin_h, pooled_h), samples_w = samples(g.bin_w, pooled_w);
+  TORCH_CHECK(samples_h <= kMaxAxisSamples && samples_w <= kMaxAxisSamples, "roi_align: rois[", k, "] needs ",
+              samples_h, " x ", samples_w, " samples (at most ", kMaxAxisSamples,
+              " per axis): the box or sampling_ratio is too large");
+}
+
 template <typename acc_t>
 RoiTaps<acc_t> tabulate_taps(const at::Tensor& rois, int64_t batch_size, at::ArrayRef<double> scales,
                              at::IntArrayRef heights, at::IntArrayRef widths, int64_t pooled_h, int64_t pooled_w,
@@ -134,10 +156,14 @@ RoiTaps<acc_t> tabulate_taps(const at::Tensor& rois, int64_t batch_size, at::Arr
       const acc_t* roi = roi_data + k * 5;
       TORCH_CHECK(roi[0] >= 0 && roi[0] < static_cast<acc_t>(batch_size), "roi_align: rois[", k, ", 0] = ", roi[0],
                   " is not a batch index in [0, ", batch_size, ")");
+      TORCH_CHECK(std::isfinite(roi[1]) && std::isfinite(roi[2]) && std::isfinite(roi[3]) && std::isfinite(roi[4]),
+                  "roi_align: rois[", k, "] = [", roi[1], ", ", roi[2], ", ", roi[3], ", ", roi[4],
+                  "] must have finite coordinates");
       t.batch[k] = static_cast<int64_t>(roi[0]);
       t.level[k] = mapper(roi + 1);
       grids[k] = roi_grid(roi + 1, static_cast<acc_t>(scales[t.level[k]]), pooled_h, pooled_w, sampling_ratio,
                           aligned);
+      check_tabulable(grids[k], k, pooled_h, pooled_w, sampling_ratio);
     }
   });
 
@@ -407,7 +433,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
 
 at::Tensor forward_cpu(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
                        int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
-  ForwardArgs args = forward_args(levels, rois, scales, pooled_h, pooled_w);
+  ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w);
   if (args.output.numel() == 0) return args.output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.output.scalar_type(), "sfpn::roi_align", [&] {
     forward_kernel<scalar_t>(args.levels, args.rois, scales, args.heights, args.widths, pooled_h, pooled_w,
@@ -422,7 +448,7 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& r
                                      int64_t batch_size, int64_t channels, at::IntArrayRef heights,
                                      at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
                                      const LevelMapper& mapper, bool /*deterministic*/) {
-  const BackwardArgs args = backward_args(grad, rois, scales, channels, heights, widths);
+  const BackwardArgs args = backward_args(grad, rois);
   std::vector<at::Tensor> grad_levels;
   for (size_t l = 0; l < scales.size(); ++l) {
     grad_levels.push_back(at::empty({batch_size, channels, heights[l], widths[l]}, grad.options()));

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "op_checks.h"
 #include "resize.h"
 
 namespace sfpn::cpu {
@@ -13,21 +14,17 @@ namespace {
 
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  TORCH_CHECK(semantic.dim() == 4, "semantic_fuse: semantic must be 4-D (N, C, H, W)");
+  checks::semantic_fuse(levels, semantic);
   const bool linear = is_bilinear(mode);
   const at::Tensor semantic_c = semantic.contiguous();
   const int64_t planes = semantic.size(0) * semantic.size(1);
   std::vector<at::Tensor> outs;
   outs.reserve(levels.size());
   for (const at::Tensor& level : levels) {
-    TORCH_CHECK(level.dim() == 4 && level.size(0) == semantic.size(0) && level.size(1) == semantic.size(1),
-        "semantic_fuse: every level must be (N, C, H, W) with semantic's N and C, got ", level.sizes());
-    TORCH_CHECK(level.scalar_type() == semantic.scalar_type(), "semantic_fuse: levels and semantic must share a dtype");
     const at::Tensor level_c = level.contiguous();
     at::Tensor out = empty_output(level.sizes(), level.options());
     outs.push_back(out);
     if (out.numel() == 0) continue;
-    TORCH_CHECK(semantic.numel() > 0, "semantic_fuse: semantic must not be empty");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sfpn::semantic_fuse", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const Resize2d<acc_t> resize(semantic.size(2), semantic.size(3), level.size(2), level.size(3), linear, align_corners);
@@ -41,18 +38,14 @@ std::vector<at::Tensor> semantic_fuse(
 
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  TORCH_CHECK(!grads.empty(), "semantic_fuse_backward: needs at least one gradient");
+  checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
   const bool linear = is_bilinear(mode);
   const at::Tensor& first = grads[0];
-  TORCH_CHECK(first.dim() == 4, "semantic_fuse_backward: grads must be 4-D (N, C, H, W)");
   at::Tensor grad_semantic =
       empty_output({first.size(0), first.size(1), semantic_height, semantic_width}, first.options());
   if (grad_semantic.numel() == 0) return grad_semantic;
   std::vector<at::Tensor> grads_c;
   for (const at::Tensor& grad : grads) {
-    TORCH_CHECK(grad.dim() == 4 && grad.size(0) == first.size(0) && grad.size(1) == first.size(1) &&
-            grad.scalar_type() == first.scalar_type(),
-        "semantic_fuse_backward: grads must share N, C and dtype, got ", grad.sizes());
     if (grad.numel() > 0) grads_c.push_back(grad.contiguous());  // an empty level contributes nothing
   }
   if (grads_c.empty()) return grad_semantic.zero_();

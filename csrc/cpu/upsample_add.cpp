@@ -6,21 +6,18 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "op_checks.h"
 #include "resize.h"
 
 namespace sfpn::cpu {
 namespace {
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
-  TORCH_CHECK(top.dim() == 4 && lateral.dim() == 4, "upsample_add: top and lateral must be 4-D (N, C, H, W)");
-  TORCH_CHECK(top.size(0) == lateral.size(0) && top.size(1) == lateral.size(1),
-      "upsample_add: top and lateral must share (N, C), got ", top.sizes(), " and ", lateral.sizes());
-  TORCH_CHECK(top.scalar_type() == lateral.scalar_type(), "upsample_add: top and lateral must share a dtype");
+  checks::upsample_add(top, lateral);
   const bool linear = is_bilinear(mode);
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
   at::Tensor out = empty_output(lateral.sizes(), lateral.options());
   if (out.numel() == 0) return out;
-  TORCH_CHECK(top.numel() > 0, "upsample_add: top must not be empty when lateral is not");
   const int64_t planes = lateral.size(0) * lateral.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sfpn::upsample_add", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -34,8 +31,7 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
 
 at::Tensor upsample_add_backward(
     const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
-  TORCH_CHECK(grad.dim() == 4, "upsample_add_backward: grad must be 4-D (N, C, H, W)");
-  TORCH_CHECK(top_height >= 0 && top_width >= 0, "upsample_add_backward: negative top size");
+  checks::upsample_add_backward(grad, top_height, top_width);
   const bool linear = is_bilinear(mode);
   const at::Tensor grad_c = grad.contiguous();
   at::Tensor grad_top = empty_output({grad.size(0), grad.size(1), top_height, top_width}, grad.options());

@@ -26,6 +26,7 @@
 #include <optional>
 
 #include "nms_iou.h"
+#include "op_checks.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn {
@@ -257,15 +258,18 @@ at::Tensor trim(const std::tuple<at::Tensor, at::Tensor>& padded) {
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  checks::nms(boxes, scores);
   return trim(nms_padded_cuda(boxes, scores, std::nullopt, iou_threshold, boxes.size(0)));
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
+  checks::batched_nms(boxes, scores, idxs);
   return trim(nms_padded_cuda(boxes, scores, idxs, iou_threshold, boxes.size(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
+  checks::batched_nms_padded(boxes, scores, idxs, max_out);
   return nms_padded_cuda(boxes, scores, idxs, iou_threshold, max_out);
 }
 

@@ -247,7 +247,7 @@ __global__ void reduce_taps_kernel(int64_t total, int64_t num_taps, int64_t chan
 
 at::Tensor forward_cuda(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
                         int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
-  ForwardArgs args = forward_args(levels, rois, scales, pooled_h, pooled_w);
+  ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w);
   const at::Tensor& first = levels[0];
   const gpu::DeviceGuard guard(first.device());
   const int64_t total = args.output.numel();
@@ -268,7 +268,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
                                       int64_t batch_size, int64_t channels, at::IntArrayRef heights,
                                       at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
                                       const LevelMapper& mapper, bool deterministic) {
-  const BackwardArgs args = backward_args(grad, rois, scales, channels, heights, widths);
+  const BackwardArgs args = backward_args(grad, rois);
   TORCH_CHECK(scales.size() <= static_cast<size_t>(kMaxLevels), "roi_align_backward: at most ", kMaxLevels,
               " levels");
   const gpu::DeviceGuard guard(grad.device());

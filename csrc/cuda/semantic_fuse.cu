@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "op_checks.h"
 #include "cuda/resize.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
@@ -74,6 +75,7 @@ __global__ void semantic_fuse_backward_kernel(
 
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
+  checks::semantic_fuse(levels, semantic);
   TORCH_CHECK(semantic.dim() == 4, "semantic_fuse: semantic must be 4-D (N, C, H, W)");
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(semantic.device());
@@ -118,6 +120,7 @@ std::vector<at::Tensor> semantic_fuse(
 
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
+  checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
   TORCH_CHECK(!grads.empty(), "semantic_fuse_backward: needs at least one gradient");
   const bool linear = resize::is_bilinear(mode);
   const at::Tensor& first_grad = grads[0];
