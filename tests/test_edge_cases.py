@@ -248,7 +248,8 @@ def test_every_family_trains_and_evaluates_on_edge_cases(edge_data, tmp_path, pr
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["iter"] for r in records if r["type"] == "train"] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in records if r["type"] == "train")
-    assert set(metrics) == {"bbox", "segm"}
+    assert set(metrics) == {"bbox", "segm", "semantic"}
+    assert (metrics["semantic"] is None) == (semantic == "none")  # the SFPN presets are given labels
     assert (metrics["segm"] is None) == (boxes_only or (semantic == "none" and not return_masks))
     results = json.load(open(tmp_path / "results.json"))
     image_ids = set(val_set.image_ids)
