@@ -110,7 +110,7 @@ def legend(names: list[str], colors: np.ndarray, fractions: np.ndarray, width: i
     class, in rows that wrap."""
     row_height, pad = 18, 6
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    entries = [f"{name} {100 * fraction:.0f}%" for name, fraction in zip(names, fractions)]
+    entries = [f"{name} {100 * fraction:.1f}%" for name, fraction in zip(names, fractions)]
     sizes = [draw.textbbox((0, 0), text)[2] + 14 + 3 * pad for text in entries]
     places, x, y = [], pad, pad
     for size in sizes:
