@@ -39,16 +39,14 @@ _LOAD_AT_START = pytest.StashKey[tuple]()
 SKIPPED: dict[str, list[str]] = {}
 
 
-def _params(item) -> dict:
-    return getattr(item, "callspec", None).params if hasattr(item, "callspec") else {}
-
-
 def long_on_cpu(item) -> str | None:
     """Why ``item`` runs only with ``--full`` on a machine without CUDA (None: it runs by default).
 
     Each of these takes from tens of seconds to minutes on a 2-core CPU; together they made the
-    CPU run 13 minutes. The default run keeps one case of every op against its peers."""
-    params, name = _params(item), item.originalname
+    CPU run 13 minutes. The default run keeps a case of every op with a CPU kernel, against its
+    peers."""
+    callspec = getattr(item, "callspec", None)
+    params, name = (callspec.params if callspec else {}), item.originalname
     if params.get("device", "cpu") != "cpu":
         return None
     if name == "test_step_coco_shape":
