@@ -35,6 +35,7 @@ def pytest_configure(config):
 
 
 _LOAD_AT_START = pytest.StashKey[tuple]()
+_JSON_WRITTEN = pytest.StashKey[bool]()
 #: reason -> node ids of the benchmarks skipped for it, this session (report hooks see no config).
 SKIPPED: dict[str, list[str]] = {}
 
@@ -88,12 +89,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["skipped"] = {reason: sorted(ids) for reason, ids in SKIPPED.items()}
+    config.stash[_JSON_WRITTEN] = True
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark has written the JSON
 def pytest_terminal_summary(terminalreporter, config):
-    path = config.getoption("benchmark_json")
-    if path is None or not os.path.isfile(path):
+    if not config.stash.get(_JSON_WRITTEN, False):  # nothing ran (--collect-only, no benchmark selected)
         return
+    path = config.getoption("benchmark_json")
     terminalreporter.write_sep("=", f"ours against each peer ({os.path.relpath(path)})")
     terminalreporter.write_line(table.table(table.load(path), "sfpn"))
