@@ -7,6 +7,8 @@ Environment knobs:
 """
 import glob
 import os
+import re
+import time
 
 from setuptools import find_packages, setup
 
@@ -74,6 +76,20 @@ def _extension():
     )
 
 
+class TimedBuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """Ninja compiles the translation units in parallel (without it torch falls back to
+    distutils); the build ends with one line saying which kernels were compiled and how long it
+    took (pip shows it with -v)."""
+
+    def build_extensions(self):
+        start = time.monotonic()
+        super().build_extensions()
+        with_cuda = any(source.endswith(".cu") for ext in self.extensions for source in ext.sources)
+        archs = ", ".join("sm_" + arch.replace(".", "") for arch in re.split(r"[;\s]+", os.environ["TORCH_CUDA_ARCH_LIST"].strip()))
+        kernels = f"C++ CPU kernels and CUDA kernels for {archs}" if with_cuda else "C++ CPU kernels, no CUDA kernels"
+        print(f"sfpn: built sfpn._C: {kernels}, in {time.monotonic() - start:.0f} s", flush=True)
+
+
 # kernels/ (the Triton kernels) installs as sfpn.kernels through pyproject's package-dir; package
 # discovery only sees folders under their own names, so the mapped package is added here.
 PACKAGES = find_packages(include=["sfpn", "sfpn.*"]) + ["sfpn.kernels"]
@@ -81,6 +97,5 @@ PACKAGES = find_packages(include=["sfpn", "sfpn.*"]) + ["sfpn.kernels"]
 setup(
     packages=PACKAGES,
     ext_modules=[_extension()],
-    # Ninja compiles the translation units in parallel; without it torch falls back to distutils.
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": TimedBuildExtension},
 )

@@ -1,12 +1,16 @@
-"""Turn a pytest-benchmark JSON file into a markdown table: per group, each implementation's
-median and its speed-up over every peer (peer time / our time, > 1 means ours is faster).
+"""Turn a pytest-benchmark JSON file into one markdown table: per group, our median beside each
+peer's and the ratio peer time / our time (> 1 means ours is faster), then the machine, its load
+and the benchmarks that were skipped, with why.
 
-    python benchmarks/table.py results.json [--ours sfpn]
+    python benchmarks/table.py benchmarks/results/latest.json [--ours sfpn]
 
+``pytest benchmarks/ --benchmark-only`` writes that file and prints this table last.
 The implementation is the `impl` parameter of a benchmark (or the last `-`-separated part of its
-id); CUDA runs report the CUDA-event median (extra_info["cuda_event_median_ms"]) when recorded.
-CPU runs that recorded their process CPU time (extra_info["cpu_time_median_ms"]) get two more
-columns: that time and the speed-up by it.
+id). Ours is the implementation named by --ours; a group without it is read against the entry
+that marks itself ``extra_info["reference"] = True`` (the shared-CPU step: alone vs shared).
+CUDA runs report the CUDA-event median (extra_info["cuda_event_median_ms"]) when recorded. CPU
+runs that recorded their process CPU time (extra_info["cpu_time_median_ms"]) get the ratio by CPU
+time too, which a shared machine disturbs less than wall time.
 """
 import argparse
 import json
@@ -33,37 +37,58 @@ def cpu_time_ms(bench: dict):
     return (bench.get("extra_info") or {}).get("cpu_time_median_ms")
 
 
+def load(path: str) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def machine_line(data: dict) -> str:
+    machine = data.get("machine_info", {})
+    cpu = machine.get("cpu", {})
+    parts = [f"machine: {cpu.get('brand_raw', '?')}, {machine.get('cpu_count', cpu.get('count', '?'))} CPUs"]
+    if "load_average_start" in machine:
+        start, end = machine["load_average_start"][0], machine["load_average_end"][0]
+        parts.append(f"load average {start:.1f} at start, {end:.1f} at end")
+    if "torch" in machine:
+        parts.append(f"torch {machine['torch']} with {machine['torch_threads']} threads, OMP_WAIT_POLICY={machine['omp_wait_policy']}")
+    parts.append(f"date {data.get('datetime', '?')}")
+    return "; ".join(parts)
+
+
 def table(data: dict, ours: str) -> str:
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
-        groups[bench.get("group") or bench["name"]][implementation(bench)] = (median_ms(bench), cpu_time_ms(bench))
-    with_cpu = any(cpu is not None for by_impl in groups.values() for _, cpu in by_impl.values())
-    header = "| group | implementation | median (ms) | speed-up of ours |"
-    rule = "| --- | --- | ---: | ---: |"
+        groups[bench.get("group") or bench["name"]][implementation(bench)] = bench
+    with_cpu = any(cpu_time_ms(bench) is not None for by_impl in groups.values() for bench in by_impl.values())
+    header = "| group | ours (ms) | peer | peer (ms) | peer / ours |"
+    rule = "| --- | ---: | --- | ---: | ---: |"
     if with_cpu:
-        header += " CPU time (ms) | speed-up by CPU time |"
-        rule += " ---: | ---: |"
-    lines = [
-        f"machine: {data.get('machine_info', {}).get('cpu', {}).get('brand_raw', '?')}, "
-        f"date: {data.get('datetime', '?')}",
-        "",
-        header,
-        rule,
-    ]
+        header += " by CPU time |"
+        rule += " ---: |"
+    lines = [machine_line(data), "", header, rule]
 
     def ratio(peer, mine):
         return "" if peer is None or mine is None else f"{peer / mine:.2f}x"
 
+    def ms(bench, time=median_ms):
+        return None if bench is None else time(bench)
+
     for group in sorted(groups):
         by_impl = groups[group]
-        mine = by_impl.get(ours, (None, None))
-        for impl in sorted(by_impl, key=lambda name: (name != ours, name)):
-            wall, cpu = by_impl[impl]
-            line = f"| {group} | {impl} | {wall:.3f} | {'' if impl == ours else ratio(wall, mine[0])} |"
+        reference = ours if ours in by_impl else next(
+            (impl for impl, bench in by_impl.items() if (bench.get("extra_info") or {}).get("reference")), None
+        )
+        mine = by_impl.get(reference)
+        ours_cell = "-" if mine is None else f"{median_ms(mine):.3f}" if reference == ours else f"{reference}: {median_ms(mine):.3f}"
+        for peer in [impl for impl in sorted(by_impl) if impl != reference] or ["-"]:
+            bench = by_impl.get(peer)
+            peer_cell = "" if bench is None else f"{median_ms(bench):.3f}"
+            line = f"| {group} | {ours_cell} | {peer} | {peer_cell} | {ratio(ms(bench), ms(mine))} |"
             if with_cpu:
-                cpu_text = "" if cpu is None else f"{cpu:.3f}"
-                line += f" {cpu_text} | {'' if impl == ours else ratio(cpu, mine[1])} |"
+                line += f" {ratio(ms(bench, cpu_time_ms), ms(mine, cpu_time_ms))} |"
             lines.append(line)
+    for reason, ids in sorted((data.get("skipped") or {}).items()):
+        lines.append(f"skipped {len(ids)}: {reason}")
     return "\n".join(lines)
 
 
@@ -72,8 +97,7 @@ def main() -> None:
     parser.add_argument("json", help="a file written by pytest --benchmark-json")
     parser.add_argument("--ours", default="sfpn", help="the implementation the ratios are taken against")
     args = parser.parse_args()
-    with open(args.json) as handle:
-        print(table(json.load(handle), args.ours))
+    print(table(load(args.json), args.ours))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 ``sfpn.kernels`` is the top-level ``kernels/`` folder: the build maps it (pyproject.toml's
 ``package-dir``), for regular and editable installs alike.
 """
-from . import _extension, ops
-from .config import DetectorConfig, build_detector, list_presets  # noqa: F401
+from ._threads import prefer_passive_waiting
+
+prefer_passive_waiting()  # before anything below imports torch: see sfpn/_threads.py
+
+from . import _extension, ops  # noqa: E402
+from .config import DetectorConfig, build_detector, list_presets  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

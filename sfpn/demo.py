@@ -2,7 +2,8 @@
 
 Writes a PNG with two panels: the image with the detections (boxes, class names and scores, and
 instance masks: Mask R-CNN's, or for an SFPN detector the semantic map inside each box) and, for
-SFPN, the predicted semantic map in the class colours.
+SFPN, the predicted semantic map: each class's colour over the image in dimmed grey, with a legend
+of the colours and the share of the pixels predicted as each class.
 """
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+
+#: Pixels between the detection panel and the semantic panel.
+PANEL_GAP = 8
+#: How strongly a class colour covers the (dimmed, grey) image in the semantic panel.
+SEMANTIC_OPACITY = 0.6
+#: Brightness of the grey image under the semantic colours, so that the colours stand out.
+SEMANTIC_DIMMING = 0.6
 
 
 def class_colors(count: int) -> np.ndarray:
@@ -71,15 +80,50 @@ def render(image: np.ndarray, prediction: dict, class_names: list[str], score_th
     if "semantic" not in prediction:
         return panel
     semantic = prediction["semantic"].clamp(0, len(class_names)).numpy()
-    semantic_panel = Image.fromarray(colors[semantic])
-    legend = ImageDraw.Draw(semantic_panel)
-    for k, name in enumerate(["background"] + list(class_names)):
-        legend.rectangle((4, 4 + 12 * k, 12, 12 + 12 * k), fill=tuple(int(c) for c in colors[k]), outline=(255, 255, 255))
-        legend.text((16, 2 + 12 * k), name, fill=(255, 255, 255))
-    combined = Image.new("RGB", (panel.width * 2 + 8, panel.height), (255, 255, 255))
+    semantic_panel = Image.fromarray(semantic_overlay(image, semantic, colors))
+    names = ["background"] + list(class_names)
+    key = legend(names, colors, class_fractions(semantic, len(names)), panel.width * 2 + PANEL_GAP)
+    combined = Image.new("RGB", (key.width, panel.height + key.height), (255, 255, 255))
     combined.paste(panel, (0, 0))
-    combined.paste(semantic_panel, (panel.width + 8, 0))
+    combined.paste(semantic_panel, (panel.width + PANEL_GAP, 0))
+    combined.paste(key, (0, panel.height))
     return combined
+
+
+def semantic_overlay(image: np.ndarray, semantic: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image and (H, W) class map -> (H, W, 3) uint8: the image in dimmed grey, each
+    foreground class painted over it in its colour at SEMANTIC_OPACITY (background stays grey), so
+    the map can be read against the objects it should cover."""
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2) * SEMANTIC_DIMMING
+    foreground = semantic > 0
+    grey[foreground] = (1 - SEMANTIC_OPACITY) * grey[foreground] + SEMANTIC_OPACITY * colors[semantic[foreground]]
+    return grey.round().astype(np.uint8)
+
+
+def class_fractions(semantic: np.ndarray, count: int) -> np.ndarray:
+    """(count,) float: the share of the (H, W) map's pixels predicted as each class."""
+    return np.bincount(semantic.ravel(), minlength=count)[:count] / max(semantic.size, 1)
+
+
+def legend(names: list[str], colors: np.ndarray, fractions: np.ndarray, width: int) -> Image.Image:
+    """A white strip ``width`` wide: a swatch, the name and the share of the map's pixels of each
+    class, in rows that wrap."""
+    row_height, pad = 18, 6
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [f"{name} {100 * fraction:.1f}%" for name, fraction in zip(names, fractions)]
+    sizes = [draw.textbbox((0, 0), text)[2] + 14 + 3 * pad for text in entries]
+    places, x, y = [], pad, pad
+    for size in sizes:
+        if x + size > width and x > pad:
+            x, y = pad, y + row_height
+        places.append((x, y))
+        x += size
+    strip = Image.new("RGB", (width, y + row_height + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for (x, y), text, color in zip(places, entries, colors):
+        draw.rectangle((x, y + 2, x + 12, y + 14), fill=tuple(int(c) for c in color), outline=(0, 0, 0))
+        draw.text((x + 12 + pad, y + 2), text, fill=(0, 0, 0))
+    return strip
 
 
 def main(argv=None) -> str:
