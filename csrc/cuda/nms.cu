@@ -191,15 +191,7 @@ __global__ void compact_kernel(
 std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs, double iou_threshold,
     int64_t max_out) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "sfpn::nms: boxes must be (N, 4), got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "sfpn::nms: scores must be (N,), got ", scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), "sfpn::nms: scores must have the dtype of boxes");
-  TORCH_CHECK(scores.device() == boxes.device(), "sfpn::nms: scores must be on the device of boxes");
-  if (idxs) {
-    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), "sfpn::nms: idxs must be (N,), got ", idxs->sizes());
-    TORCH_CHECK(idxs->scalar_type() == at::kLong && idxs->device() == boxes.device(), "sfpn::nms: idxs must be int64 on the device of boxes");
-  }
-  TORCH_CHECK(max_out >= 0, "sfpn::batched_nms_padded: max_out must be >= 0, got ", max_out);
+  // The op entry points below have checked the arguments (sfpn::checks).
   const gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_options = boxes.options().dtype(at::kLong);

@@ -76,16 +76,11 @@ __global__ void semantic_fuse_backward_kernel(
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
   checks::semantic_fuse(levels, semantic);
-  TORCH_CHECK(semantic.dim() == 4, "semantic_fuse: semantic must be 4-D (N, C, H, W)");
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(semantic.device());
   const at::Tensor semantic_c = semantic.contiguous();
   std::vector<at::Tensor> inputs, outs;
   for (const at::Tensor& level : levels) {
-    TORCH_CHECK(level.dim() == 4 && level.size(0) == semantic.size(0) && level.size(1) == semantic.size(1),
-        "semantic_fuse: every level must be (N, C, H, W) with semantic's N and C, got ", level.sizes());
-    TORCH_CHECK(level.scalar_type() == semantic.scalar_type() && level.device() == semantic.device(),
-        "semantic_fuse: levels and semantic must share a dtype and a device");
     inputs.push_back(level.contiguous());
     outs.push_back(at::empty(level.sizes(), level.options()));
   }
@@ -121,10 +116,8 @@ std::vector<at::Tensor> semantic_fuse(
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
   checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
-  TORCH_CHECK(!grads.empty(), "semantic_fuse_backward: needs at least one gradient");
   const bool linear = resize::is_bilinear(mode);
   const at::Tensor& first_grad = grads[0];
-  TORCH_CHECK(first_grad.dim() == 4, "semantic_fuse_backward: grads must be 4-D (N, C, H, W)");
   const gpu::DeviceGuard guard(first_grad.device());
   at::Tensor grad_semantic = at::empty(
       {first_grad.size(0), first_grad.size(1), semantic_height, semantic_width}, first_grad.options());
@@ -132,9 +125,6 @@ at::Tensor semantic_fuse_backward(
   std::vector<at::Tensor> grads_c;
   int64_t largest = grad_semantic.numel();
   for (const at::Tensor& grad : grads) {
-    TORCH_CHECK(grad.dim() == 4 && grad.size(0) == first_grad.size(0) && grad.size(1) == first_grad.size(1) &&
-            grad.scalar_type() == first_grad.scalar_type() && grad.device() == first_grad.device(),
-        "semantic_fuse_backward: grads must share N, C, dtype and device, got ", grad.sizes());
     if (grad.numel() == 0) continue;  // an empty level contributes nothing
     grads_c.push_back(grad.contiguous());
     largest = std::max(largest, grad.numel());

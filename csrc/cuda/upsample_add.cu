@@ -69,11 +69,6 @@ void launch_forward(const at::Tensor& top, const at::Tensor& lateral, at::Tensor
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
   checks::upsample_add(top, lateral);
-  TORCH_CHECK(top.dim() == 4 && lateral.dim() == 4, "upsample_add: top and lateral must be 4-D (N, C, H, W)");
-  TORCH_CHECK(top.size(0) == lateral.size(0) && top.size(1) == lateral.size(1),
-      "upsample_add: top and lateral must share (N, C), got ", top.sizes(), " and ", lateral.sizes());
-  TORCH_CHECK(top.scalar_type() == lateral.scalar_type(), "upsample_add: top and lateral must share a dtype");
-  TORCH_CHECK(top.device() == lateral.device(), "upsample_add: top and lateral must be on one device");
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(lateral.device());
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
@@ -105,8 +100,6 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
 at::Tensor upsample_add_backward(
     const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
   checks::upsample_add_backward(grad, top_height, top_width);
-  TORCH_CHECK(grad.dim() == 4, "upsample_add_backward: grad must be 4-D (N, C, H, W)");
-  TORCH_CHECK(top_height >= 0 && top_width >= 0, "upsample_add_backward: negative top size");
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(grad.device());
   const at::Tensor grad_c = grad.contiguous();
