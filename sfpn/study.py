@@ -10,8 +10,13 @@ subprocess per run, so a crash or a kill loses one run only), then writes a tabl
 
 Each run lives in ``<output>/<config>/seed<k>/``. A run whose ``eval.json`` exists is finished
 and skipped; one with a checkpoint but no ``eval.json`` is resumed (``--resume``); so the same
-command continues an interrupted study. Every run records the command, its wall time and the
-machine's load average at its start and end in ``study_run.json``.
+command continues an interrupted study. Every run records the command, its thread count, its
+wall time and the machine's load average at its start and end in ``study_run.json``.
+
+``--jobs N`` trains N runs at a time, each with an equal share of the cores
+(``OMP_NUM_THREADS = cores // N``): on a small CPU, two one-thread runs finish sooner than two
+two-thread runs one after the other, because a training step's parallel regions scale poorly
+past one core. The runs still start in seed-major order.
 
 The table (``study.md``, ``study.json``) gives per configuration and metric the mean, the sample
 standard deviation and the number of seeds, and against the baseline the paired difference: the
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 #: Metrics the table reports: (name, path in eval.json).
 METRICS = (
@@ -109,10 +115,22 @@ def train_argv(config: RunConfig, seed: int, directory: str, data_args: Sequence
     return argv
 
 
-def launch_subprocess(argv: list[str], directory: str) -> int:
-    """Runs ``python -m sfpn.train argv`` with its output in ``directory/train.log``."""
+def launch_subprocess(argv: list[str], directory: str, threads: int | None = None) -> int:
+    """Runs ``python -m sfpn.train argv`` with its output in ``directory/train.log``, on
+    ``threads`` OpenMP threads (None: torch's default)."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(os.path.join(directory, "train.log"), "a") as log:
-        return subprocess.call([sys.executable, "-m", "sfpn.train", *argv], stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.call([sys.executable, "-m", "sfpn.train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def threads_per_job(jobs: int) -> int | None:
+    """Each of ``jobs`` concurrent runs gets an equal share of the cores; None (torch's default)
+    for one job, or when the user fixed ``OMP_NUM_THREADS``."""
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _load() -> str:
@@ -125,31 +143,44 @@ def run_study(
     output: str,
     data_args: Sequence[str] = (),
     train_args: Sequence[str] = (),
-    launch: Callable[[list[str], str], int] = launch_subprocess,
+    launch: Callable[[list[str], str, int | None], int] = launch_subprocess,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> list[str]:
-    """Trains every (config, seed) not finished yet, seed-major (so that an interrupted study
-    has whole seeds of every configuration). Returns the run folders that failed."""
-    failed = []
+    """Trains every (config, seed) not finished yet, ``jobs`` at a time, started seed-major (so
+    that an interrupted study has whole seeds of every configuration). Returns the run folders
+    that failed."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    threads = threads_per_job(jobs)
+    pending = []
     for seed in seeds:
         for config in configs:
             directory = run_dir(output, config, seed)
             if is_finished(directory):
                 log(f"{config.name} seed {seed}: finished, skipped")
-                continue
-            os.makedirs(directory, exist_ok=True)
-            argv = train_argv(config, seed, directory, data_args, train_args)
-            log(f"{config.name} seed {seed}: python -m sfpn.train {shlex.join(argv)}")
-            record = {"args": argv, "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "load_start": _load()}
-            start = time.monotonic()
-            returncode = launch(argv, directory)
-            record.update(load_end=_load(), wall_s=round(time.monotonic() - start), returncode=returncode)
-            with open(os.path.join(directory, "study_run.json"), "w") as f:
-                json.dump(record, f, indent=1)
-            if returncode != 0 or not is_finished(directory):
-                log(f"{config.name} seed {seed}: FAILED (exit code {returncode}; see {directory}/train.log)")
-                failed.append(directory)
-    return failed
+            else:
+                pending.append((config, seed, directory))
+
+    def train(config: RunConfig, seed: int, directory: str) -> bool:
+        os.makedirs(directory, exist_ok=True)
+        argv = train_argv(config, seed, directory, data_args, train_args)
+        log(f"{config.name} seed {seed}: python -m sfpn.train {shlex.join(argv)}")
+        record = {"args": argv, "jobs": jobs, "threads": threads or os.environ.get("OMP_NUM_THREADS"),  # None: torch's default
+                  "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "load_start": _load()}
+        start = time.monotonic()
+        returncode = launch(argv, directory, threads)
+        record.update(load_end=_load(), wall_s=round(time.monotonic() - start), returncode=returncode)
+        with open(os.path.join(directory, "study_run.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        if returncode != 0 or not is_finished(directory):
+            log(f"{config.name} seed {seed}: FAILED (exit code {returncode}; see {directory}/train.log)")
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        succeeded = list(pool.map(lambda run: train(*run), pending))
+    return [directory for (_, _, directory), ok in zip(pending, succeeded) if not ok]
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -310,6 +341,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="shapes", help="shapes (the default synthetic set) or clutter (the second generator)")
     parser.add_argument("--output", required=True, help="study folder: <output>/<config>/seed<k>/ per run, study.md/.json/.png")
     parser.add_argument("--train-arg", action="append", default=[], metavar="ARG", help="extra sfpn.train argument for every run, e.g. --train-arg=--iters=200 (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each on cores // jobs threads (default 1)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; write the table from the finished runs")
     return parser.parse_args(argv)
 
@@ -323,6 +355,8 @@ def main(argv=None) -> int:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
             raise ValueError(f"configuration names must be unique, got {names}")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
         baseline = None if args.baseline == "none" else args.baseline
         if baseline is not None and baseline not in names:
             raise ValueError(f"--baseline {baseline!r} is not one of the configurations {names}")
@@ -330,7 +364,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     os.makedirs(args.output, exist_ok=True)
-    failed = [] if args.report_only else run_study(configs, args.seeds, args.output, data_args, [a for arg in args.train_arg for a in arg.split("=", 1)])
+    failed = [] if args.report_only else run_study(configs, args.seeds, args.output, data_args, [a for arg in args.train_arg for a in arg.split("=", 1)], jobs=args.jobs)
     print(write_report(args.output, configs, args.seeds, baseline))
     print(f"wrote {os.path.join(args.output, 'study.md')}, study.json and study.png")
     return 1 if failed else 0

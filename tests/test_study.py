@@ -15,7 +15,7 @@ CONFIGS = (RunConfig("fpn", study.SMALL_FPN), RunConfig("sfpn", study.SMALL_SFPN
 
 def fake_launch(evaluations, calls):
     """A launcher that 'trains' by writing eval.json with the AP given for (config dir, seed)."""
-    def launch(argv, directory):
+    def launch(argv, directory, threads):
         calls.append(argv)
         seed = int(argv[argv.index("--seed") + 1])
         name = os.path.basename(os.path.dirname(directory))
@@ -91,10 +91,32 @@ def test_runs_are_skipped_once_finished_and_resumed_from_a_checkpoint(tmp_path):
 
 def test_a_failed_run_is_reported_and_retried(tmp_path):
     calls = []
-    assert study.run_study(CONFIGS[:1], [0], str(tmp_path), launch=lambda argv, d: calls.append(argv) or 3, log=lambda _: None) == [str(tmp_path / "fpn" / "seed0")]
+    assert study.run_study(CONFIGS[:1], [0], str(tmp_path), launch=lambda argv, d, t: calls.append(argv) or 3, log=lambda _: None) == [str(tmp_path / "fpn" / "seed0")]
     assert json.load(open(tmp_path / "fpn" / "seed0" / "study_run.json"))["returncode"] == 3
-    study.run_study(CONFIGS[:1], [0], str(tmp_path), launch=lambda argv, d: calls.append(argv) or 3, log=lambda _: None)
+    study.run_study(CONFIGS[:1], [0], str(tmp_path), launch=lambda argv, d, t: calls.append(argv) or 3, log=lambda _: None)
     assert len(calls) == 2
+
+
+def test_jobs_run_every_pending_run_once_on_a_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    evaluations = {(c.name, s): evaluation(10.0 + s) for c in CONFIGS for s in (0, 1, 2)}
+    calls, threads_seen = [], set()
+    record_evaluation = fake_launch(evaluations, calls)
+
+    def launch(argv, directory, threads):
+        threads_seen.add(threads)
+        return record_evaluation(argv, directory, threads)
+
+    assert study.run_study(CONFIGS, [0, 1, 2], str(tmp_path), launch=launch, log=lambda _: None, jobs=3) == []
+    assert threads_seen == {2}  # 8 cores // 3 jobs
+    assert sorted((a[1], a[a.index("--seed") + 1]) for a in calls) == sorted((c.preset, str(s)) for c in CONFIGS for s in (0, 1, 2))
+    assert json.load(open(tmp_path / "fpn" / "seed2" / "study_run.json"))["threads"] == 2
+    assert study.threads_per_job(1) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert study.threads_per_job(4) is None  # the user's setting wins
+    with pytest.raises(ValueError, match="jobs"):
+        study.run_study(CONFIGS, [0], str(tmp_path), launch=launch, jobs=0)
 
 
 @pytest.mark.parametrize("spec, message", [("fpn", "NAME=PRESET"), ("a/b=x", "NAME=PRESET"), ("x=p alpha", "KEY=VALUE")])
