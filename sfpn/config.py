@@ -37,6 +37,9 @@ class NeckConfig:
     fusion_op: str = "add"  # add | concat | gate
     downsample: str = "bilinear"  # bilinear | max_pool (coarse levels)
     alpha: float = 0.2  # weight of the semantic loss
+    # How the semantic CE averages its pixels: "pixels" (each labelled pixel alike, the paper's CE)
+    # | "foreground_background" (the mean of the foreground pixels' mean and the background's)
+    semantic_loss_average: str = "pixels"
     upsample_mode: str = "nearest"
     # Semantic labels of a target without a "semantic" map: auto (masks, else boxes) | masks | boxes
     labels_from: str = "auto"

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from sfpn.data import SyntheticSpec, synthetic_dataset
 from sfpn.data.synthetic import CATEGORIES as SHAPES
-from sfpn.engine.checkpoint import CheckpointError, load_checkpoint
+from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
 from sfpn.engine.trainer import WarmupMultiStep
 
@@ -118,6 +118,13 @@ def test_checkpoint_errors(tiny_data, tmp_path):
     other = make_trainer(tiny_data, tmp_path, iters=1, **{"neck.alpha": 0.5})
     with pytest.raises(CheckpointError, match=r"model_0000000\.pth was saved from another model config.*neck\.alpha: checkpoint 0\.2 vs model 0\.5"):
         other.resume(str(tmp_path))
+    # A checkpoint from before a config field existed resumes: the field takes its default.
+    state = load_checkpoint(str(tmp_path / "model_0000000.pth"))
+    del state["meta"]["model_config"]["neck"]["semantic_loss_average"]
+    check_model_config(state, config_to_dict(trainer.model.config))
+    state["meta"]["model_config"]["neck"]["no_such_field"] = 1
+    with pytest.raises(CheckpointError, match="neck.no_such_field: checkpoint 1 vs model '<absent>'"):
+        check_model_config(state, config_to_dict(trainer.model.config))
     broken = tmp_path / "broken.pth"
     broken.write_bytes(open(tmp_path / "model_0000000.pth", "rb").read()[:1000])
     with pytest.raises(CheckpointError, match="broken.pth: not a readable sfpn checkpoint"):

@@ -194,6 +194,22 @@ def test_sfpn_shapes_and_semantic_loss(generator):
     assert neck.lateral_convs[0].weight.grad is not None
 
 
+def test_semantic_loss_average_reaches_the_head_from_the_config(generator):
+    import sfpn
+
+    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", num_classes=4, **{"neck.semantic_loss_average": "foreground_background"})
+    assert model.neck.semantic_head.loss_average == "foreground_background"
+    assert sfpn.build_detector("faster_rcnn_r18_sfpn_small", num_classes=4).neck.semantic_head.loss_average == "pixels"
+    with pytest.raises(ValueError, match="loss_average"):
+        _small_sfpn(semantic_loss_average="per_class")
+    # The neck weighs the head's loss, whichever average it takes.
+    neck = _small_sfpn(alpha=0.5, semantic_loss_average="foreground_background")
+    maps = _backbone_maps(generator)
+    labels = torch.randint(0, 5, (2, 64, 96), generator=generator)
+    _, logits, losses = neck(maps, labels)
+    torch.testing.assert_close(losses["loss_segm"], 0.5 * neck.semantic_head.loss(logits, labels))
+
+
 @pytest.mark.parametrize("fusion_point", FUSION_POINTS)
 @pytest.mark.parametrize("fusion_op", FUSION_OPS)
 @pytest.mark.parametrize("downsample", DOWNSAMPLE_MODES)

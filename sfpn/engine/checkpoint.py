@@ -236,8 +236,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def check_model_config(state: dict, model_config: dict) -> None:
-    """Raises ``CheckpointError`` when the checkpoint was made for a different model config."""
+    """Raises ``CheckpointError`` when the checkpoint was made for a different model config.
+
+    A field added to the config since the checkpoint was written takes its default, which by
+    rule reproduces the behaviour from before the field existed, so such a checkpoint resumes."""
+    from ..config import DetectorConfig
+
     saved = state["meta"].get("model_config")
+    try:
+        saved = config_to_dict(DetectorConfig.from_dict(saved))
+    except (TypeError, ValueError):
+        pass  # not a config this version can read: the comparison below names the differences
     if saved == model_config:
         return
     saved_flat, model_flat = _flatten(saved or {}), _flatten(model_config)

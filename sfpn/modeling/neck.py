@@ -67,6 +67,8 @@ class SFPN(nn.Module):
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
         labels_from: where the detector takes the semantic labels from when a target has no
             ``semantic`` map (see :func:`sfpn.data.semantic.semantic_labels`).
+        semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
+            ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
 
     The defaults are :class:`sfpn.config.NeckConfig`'s.
 
@@ -93,6 +95,7 @@ class SFPN(nn.Module):
         alpha: float = NeckConfig.alpha,
         upsample_mode: str = NeckConfig.upsample_mode,
         labels_from: str = NeckConfig.labels_from,
+        semantic_loss_average: str = NeckConfig.semantic_loss_average,
     ):
         super().__init__()
         if len(in_channels) != 4:
@@ -118,6 +121,7 @@ class SFPN(nn.Module):
                 num_classes=num_semantic_classes,
                 embed_channels=out_channels,
                 num_groups=num_groups,
+                loss_average=semantic_loss_average,
             )
             if fusion_op == "concat":
                 self.fusion_convs = nn.ModuleList(nn.Conv2d(2 * out_channels, out_channels, 1) for _ in in_channels)

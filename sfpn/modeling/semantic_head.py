@@ -17,6 +17,9 @@ from torch import nn
 from .. import ops
 from ..ops.resize_sum import MAX_LEVELS
 
+#: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy.
+LOSS_AVERAGES = ("pixels", "foreground_background")
+
 
 class SemanticHead(nn.Module):
     """Semantic segmentation branch of SFPN.
@@ -29,6 +32,11 @@ class SemanticHead(nn.Module):
         embed_channels: channels of the semantic embedding fused into the pyramid.
         num_groups: GroupNorm groups (must divide ``channels``).
         target_level: index of the level whose grid the branch works on (1: stride 8 for P2..P5).
+        loss_average: how :meth:`loss` averages the pixels' cross-entropy, one of
+            :data:`LOSS_AVERAGES`: ``"pixels"``, every labelled pixel alike (the paper's CE), or
+            ``"foreground_background"``, the mean over foreground pixels and the mean over
+            background pixels, averaged, so that background (~87% of the pixels of the
+            synthetic sets) cannot drown the classes the head should tell apart.
     """
 
     def __init__(
@@ -40,6 +48,7 @@ class SemanticHead(nn.Module):
         embed_channels: int = 256,
         num_groups: int = 32,
         target_level: int = 1,
+        loss_average: str = "pixels",
     ) -> None:
         super().__init__()
         in_channels = list(in_channels)
@@ -49,10 +58,13 @@ class SemanticHead(nn.Module):
             raise ValueError(f"target_level must index in_channels (0..{len(in_channels) - 1}), got {target_level}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"loss_average must be one of {LOSS_AVERAGES}, got {loss_average!r}")
         if channels % num_groups:
             raise ValueError(f"channels ({channels}) must be divisible by num_groups ({num_groups})")
         self.num_classes = num_classes
         self.target_level = target_level
+        self.loss_average = loss_average
         self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         # Each block's GroupNorm holds the affine parameters; the fused op applies them.
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
@@ -94,22 +106,35 @@ class SemanticHead(nn.Module):
         return logits, F.relu(self.embed(x))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-        """Mean pixel-wise cross-entropy over the labelled pixels.
+        """Pixel-wise cross-entropy over the labelled pixels, averaged as ``loss_average`` says.
 
         Args:
             logits: ``(N, K, H_t, W_t)`` from :meth:`forward`.
-            labels: ``(N, H, W)`` integer classes, 255 = ignore; either on the logits' grid or at
-                full image size, in which case the logits are bilinearly upsampled inside the loss
-                kernel (no full-size logits tensor is made).
+            labels: ``(N, H, W)`` integer classes, 0 = background, 255 = ignore; either on the
+                logits' grid or at full image size, in which case the logits are bilinearly
+                upsampled inside the loss kernel (no full-size logits tensor is made).
 
         Returns:
             A float32 scalar; 0 (still in the graph) when every pixel is ignored, e.g. a batch of
-            crowd-only or unlabelled images, where a plain mean would be 0 / 0 = NaN.
+            crowd-only or unlabelled images, where a plain mean would be 0 / 0 = NaN. With
+            ``"foreground_background"``, a batch without foreground (or without background) pixels
+            gives the other group's mean alone.
         """
         same_grid = tuple(labels.shape[-2:]) == tuple(logits.shape[-2:])
         cross_entropy = ops.semantic_cross_entropy if same_grid else ops.upsample_cross_entropy
-        labelled = (labels != ignore_index).sum().clamp(min=1)
-        return cross_entropy(logits, labels, ignore_index, reduction="sum") / labelled
+
+        def mean_over_labelled(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            labelled = (target != ignore_index).sum()
+            return cross_entropy(logits, target, ignore_index, reduction="sum") / labelled.clamp(min=1), labelled > 0
+
+        if self.loss_average == "pixels":
+            return mean_over_labelled(labels)[0]
+        background = labels == 0
+        foreground_mean, has_foreground = mean_over_labelled(labels.masked_fill(background, ignore_index))
+        background_mean, has_background = mean_over_labelled(labels.masked_fill(~background, ignore_index))
+        # Tensors, not Python branches: no host sync, and the graph stays one shape under compile.
+        groups = (has_foreground.float() + has_background.float()).clamp(min=1)
+        return (foreground_mean + background_mean) / groups
 
 
 def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
