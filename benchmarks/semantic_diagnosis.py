@@ -1,6 +1,6 @@
 """Checks behind benchmarks/ACCURACY.md's diagnosis of the semantic head (no training).
 
-    python benchmarks/semantic_diagnosis.py [--every 10] [--labels-png labels.png]
+    python benchmarks/semantic_diagnosis.py [--every 10] [--labels-png labels.png] [--checkpoint model_final.pth ...]
 
 1. The label maps the head trains on, as the training transforms make them (resize, a forced
    horizontal flip), drawn beside their images with the boxes, and on the head's stride-8 grid.
@@ -8,6 +8,10 @@
    (the class prior's entropy): a head whose loss sits there has learnt nothing but the prior.
 3. At initialisation, on one training batch of the small SFPN: which share of the semantic loss's
    gradient comes from foreground pixels, and each part's gradient norm over its weight norm.
+4. For each trained checkpoint given: the confusion matrix of its class map on the validation
+   split (at image size: rows the labelled class, columns the predicted one) and the norm and
+   bias of each class's row of the logits conv, which show whether the head tells the object
+   classes apart or only foreground from background.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import torch.nn.functional as F
 import sfpn
 from sfpn.data import SyntheticSpec, synthetic_dataset
 from sfpn.data.coco import CocoDetection, collate
+from sfpn.data.semantic import semantic_labels
 from sfpn.data.transforms import build_transforms
+from sfpn.engine.checkpoint import model_from_checkpoint
 from sfpn.engine.evaluation import labels_at_stride
 
 PRESET = "faster_rcnn_r18_sfpn_small"
@@ -61,9 +67,9 @@ def gradient_probe(dataset) -> None:
     torch.manual_seed(0)
     images, targets = collate([dataset[i] for i in range(4)])
     model = sfpn.build_detector(PRESET, dataset.num_classes).train()
-    batch, _ = model.preprocess(images)
-    _, logits = model.neck(model.backbone(batch))
-    labels = model._semantic_labels(targets, batch.shape[-2:])
+    batch, sizes = model.preprocess(images)
+    _, logits, _ = model.neck(model.backbone(batch))
+    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), model.neck.labels_from)
     upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     upsampled.retain_grad()
     F.cross_entropy(upsampled, labels, ignore_index=255).backward()
@@ -86,10 +92,35 @@ def gradient_probe(dataset) -> None:
         print(f"  {part:34s} {grad ** 0.5 / weight ** 0.5:.2e}")
 
 
+@torch.no_grad()
+def trained_head_probe(path: str, every: int) -> None:
+    model, meta = model_from_checkpoint(path, "cpu")
+    model.eval()
+    val = meta["data"]["val"]
+    size = meta.get("train_config", {}).get("data", {}).get("test_min_size", 256)
+    dataset = CocoDetection(val["image_root"], val["ann_file"], transforms=build_transforms(size, 320), semantic="masks")
+    classes = dataset.num_classes + 1
+    confusion = torch.zeros(classes, classes, dtype=torch.int64)
+    for index in range(0, len(dataset), every):
+        image, target = dataset[index]
+        predicted, truth = model([image])[0]["semantic"], target["semantic"]
+        labelled = truth != 255
+        confusion += torch.bincount(truth[labelled] * classes + predicted[labelled], minlength=classes**2).view(classes, classes)
+    names = ["background", *dataset.class_names]
+    print(f"{path}: class map on every {every}th validation image; rows labelled, columns predicted (% of the row)")
+    print(" " * 11 + "".join(f"{n[:8]:>9s}" for n in names))
+    for name, row in zip(names, confusion.double()):
+        print(f"{name[:10]:10s} " + "".join(f"{v:9.1f}" for v in (100 * row / row.sum().clamp(min=1)).tolist()))
+    logits = model.neck.semantic_head.logits
+    norms = logits.weight.flatten(1).norm(dim=1)
+    print("logits conv per class: " + ", ".join(f"{n} |w| {w:.3f} b {b:+.3f}" for n, w, b in zip(names, norms.tolist(), logits.bias.tolist())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--every", type=int, default=10, help="class shares over every N-th training image")
     parser.add_argument("--labels-png", default="semantic_labels.png", help="where to draw the label maps")
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="trained SFPN checkpoints to probe (item 4)")
     args = parser.parse_args()
     split = synthetic_dataset(SyntheticSpec())["train"]
     flipped = CocoDetection(split.image_root, split.ann_file, transforms=build_transforms((256,), 320, flip_prob=1.0), semantic="masks")
@@ -101,6 +132,8 @@ def main() -> None:
     print("labelled pixels: " + ", ".join(f"{n} {s:.3f}" for n, s in zip(names, shares.tolist())))
     print(f"CE of the best constant prediction (prior entropy): {float(-(shares * shares.clamp(min=1e-12).log()).sum()):.3f}")
     gradient_probe(dataset)
+    for path in args.checkpoint:
+        trained_head_probe(path, args.every)
 
 
 if __name__ == "__main__":
