@@ -1,9 +1,9 @@
 """Train a detector: ``python -m sfpn.train``.
 
 With no arguments: generates (once) the synthetic shapes dataset, trains the small SFPN detector
-on it (1000 iterations, 16 minutes on two idle CPU cores), evaluates it with
-COCOeval every 250 iterations and at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and ``eval.json`` to
-``./output/<preset>``.
+on it for 1000 iterations (README.md gives the measured time), evaluates it with COCOeval
+every 250 iterations and at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and
+``eval.json`` to ``./output/<preset>``.
 
 On COCO 2017 with the paper's schedule, on 8 GPUs::
 

@@ -75,8 +75,8 @@ def training_config(preset: str) -> TrainConfig:
     """The training schedule that goes with a detector preset."""
     if not preset.endswith("_small"):
         return TrainConfig()
-    # Sized for minutes, not hours, on two CPU cores with the synthetic shapes dataset (16
-    # minutes on an idle 2-core CPU); the three evaluations on the way draw the AP curve of plot.png.
+    # Sized for minutes, not hours, on two CPU cores with the synthetic shapes dataset (README.md
+    # gives the measured time); the three evaluations on the way draw the AP curve of plot.png.
     return TrainConfig(
         solver=SolverConfig(batch_size=4, lr=0.02, max_iters=1000, steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.01),
         data=DataConfig(min_size=(256,), max_size=320, test_min_size=256, flip_prob=0.5, num_workers=1),
