@@ -31,8 +31,9 @@ class SolverConfig:
     warmup_factor: float = 0.001
     #: Clip the gradients' global L2 norm to this; 0 disables clipping.
     clip_grad_norm: float = 0.0
-    #: Mixed precision on CUDA: "auto" (bf16 where supported, else fp16), "bf16", "fp16" or
-    #: "off". The CPU always trains in fp32.
+    #: Mixed precision, in training and evaluation: "auto" (CUDA: bf16 where supported, else
+    #: fp16; CPU: bf16 with channels_last where the CPU computes bf16 natively, else fp32),
+    #: "bf16", "fp16" (CUDA only) or "off" (fp32). See sfpn.engine.precision.
     amp: str = "auto"
 
 

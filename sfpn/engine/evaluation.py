@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..data.semantic import IGNORE_LABEL
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from . import distributed
+from .precision import Precision
 
 #: COCOeval.stats entries we report, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -157,8 +158,11 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
 
 
 @torch.no_grad()
-def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True) -> tuple[list[dict], bool, dict]:
+def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
+            precision: Precision | None = None) -> tuple[list[dict], bool, dict]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
+    ``precision`` gives the autocast to run the model under (default fp32); the model's layout is
+    the caller's (see :func:`~sfpn.engine.precision.prepare_model`).
 
     Returns (results, whether the results have masks, ``{"image", "stride"}`` semantic confusion
     matrices summed over all ranks, empty without a semantic branch or semantic labels).
@@ -175,10 +179,12 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     )
     was_training = model.training
     model.eval()
+    autocast = precision.autocast(torch.device(device).type) if precision is not None else contextlib.nullcontext()
     results, with_masks, confusions = [], None, {}
     try:
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
-            outputs = model([image.to(device) for image in images])
+            with autocast:
+                outputs = model([image.to(device) for image in images])
             for image, output, target in zip(images, outputs, targets):
                 if with_masks is None:
                     with_masks = "masks" in output or "semantic" in output
@@ -231,14 +237,16 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
     return metrics, "\n".join(tables)
 
 
-def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True) -> tuple[dict, str]:
-    """Predicts over ``dataset`` and scores it. Every rank returns the same metrics.
+def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True,
+             precision: Precision | None = None) -> tuple[dict, str]:
+    """Predicts over ``dataset`` (under ``precision``'s autocast, default fp32) and scores it.
+    Every rank returns the same metrics.
 
     Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None, "semantic":
     {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
     Rank 0 writes the COCO results to ``results_file`` when given.
     """
-    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress)
+    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress, precision)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
