@@ -68,8 +68,11 @@ def main(argv=None) -> dict:
             image_root, ann_file = meta["data"]["val"]["image_root"], meta["data"]["val"]["ann_file"]
         else:
             image_root, ann_file = args.data_root, args.ann_file
+        amp = args.amp or meta.get("train_config", {}).get("solver", {}).get("amp", "auto")
+        if args.amp is None and amp == "fp16" and device.type != "cuda":
+            amp = "auto"  # trained in fp16 on a GPU: on the CPU, the CPU's own choice
         try:
-            precision = choose_precision(args.amp or meta.get("train_config", {}).get("solver", {}).get("amp", "auto"), device)
+            precision = choose_precision(amp, device)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
         prepare_model(model, precision)
