@@ -145,19 +145,13 @@ def test_inference_coco_shape(benchmark, device, impl):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", with_bf16(SMALL_DETECTORS))
-def test_step_small(benchmark, device, impl):
-    benchmark.group = f"step-small [{device}]"
+@pytest.mark.parametrize("run", ["step", "infer"])
+def test_small_presets(benchmark, device, impl, run):
+    benchmark.group = f"{run}-small [{device}]"
     torch.manual_seed(0)
     model, precision = _prepared(sfpn.build_detector(SMALL_DETECTORS[impl.removesuffix(BF16)], 4), impl, device)
     images, targets = _batch(320, 320, 4, 4, device)
-    _time_steps(benchmark, model.train(), precision, images, targets, device, rounds=7, warmup=2)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", with_bf16(SMALL_DETECTORS))
-def test_inference_small(benchmark, device, impl):
-    benchmark.group = f"infer-small [{device}]"
-    torch.manual_seed(0)
-    model, precision = _prepared(sfpn.build_detector(SMALL_DETECTORS[impl.removesuffix(BF16)], 4), impl, device)
-    images, _ = _batch(320, 320, 4, 4, device)
-    _time_inference(benchmark, model.eval(), precision, images, device, rounds=7, warmup=2)
+    if run == "step":
+        _time_steps(benchmark, model.train(), precision, images, targets, device, rounds=7, warmup=2)
+    else:
+        _time_inference(benchmark, model.eval(), precision, images, device, rounds=7, warmup=2)
