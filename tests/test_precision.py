@@ -104,6 +104,10 @@ def test_off_and_bf16_force_their_precision_and_fp16_needs_cuda():
         choose_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="solver.amp must be one of"):
         choose_precision("half", "cpu")
+    # Another device type: fp32, unless a mode is forced.
+    assert choose_precision("auto", "meta").dtype == torch.float32
+    with pytest.raises(ValueError, match="no mixed precision rule for device type 'meta'"):
+        choose_precision("bf16", "meta")
 
 
 @pytest.mark.parametrize("supported,dtype", [(True, torch.bfloat16), (False, torch.float16)])

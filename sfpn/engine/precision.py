@@ -134,7 +134,9 @@ def choose_precision(amp: str, device: torch.device | str, flags=None) -> Precis
             return Precision(dtype, False, f"solver.amp=auto: the GPU {'supports' if supported else 'lacks'} bf16")
         return Precision(torch.bfloat16 if amp == "bf16" else torch.float16, False, f"solver.amp={amp}")
     if device_type != "cpu":
-        raise ValueError(f"solver.amp: no mixed precision rule for device type {device_type!r}; use solver.amp=off")
+        if amp == "auto":
+            return Precision(torch.float32, False, f"solver.amp=auto: no mixed precision rule for {device_type}")
+        raise ValueError(f"solver.amp={amp}: no mixed precision rule for device type {device_type!r}; use auto or off")
     if amp == "fp16":
         raise ValueError("solver.amp=fp16 needs CUDA; on the CPU use auto, bf16 or off")
     native, why = cpu_native_bf16(flags)
