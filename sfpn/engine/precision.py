@@ -103,8 +103,8 @@ def cpu_native_bf16(flags=None) -> tuple[bool, str]:
     Native means AMX-BF16 or AVX512-BF16: oneDNN then runs bf16 convolutions and matrix products
     on bf16 instructions. On any other CPU it emulates bf16 through fp32 and conversions, slower
     than fp32, so ``auto`` stays in fp32 there. AVX512-BF16 without AMX pays too: on an AMD EPYC
-    (Zen 5) the small SFPN preset's training step ran 1.7x faster in bf16 with channels_last
-    than in fp32, one thread (benchmarks/RESULTS.md).
+    (Zen 5) the default run's training step ran 1.84x faster in bf16 with channels_last than in
+    fp32 at one thread (1.74x at two), its inference 1.69x (benchmarks/RESULTS.md, 2026-12-03).
     """
     flags = cpu_flags() if flags is None else frozenset(flags)
     if not flags:
