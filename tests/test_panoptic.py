@@ -1,5 +1,7 @@
-"""Panoptic segmentation: the COCO panoptic ground-truth loader."""
+"""Panoptic segmentation: the PQ metric (against hand-computed COCO cases and a per-mask reference
+of COCO's definition) and the COCO panoptic ground-truth loader."""
 import json
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -15,8 +17,265 @@ from sfpn.data.panoptic import (
     segment_ids_to_rgb,
     write_segment_ids,
 )
+from sfpn.engine.panoptic_quality import PanopticQuality
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+THING, OTHER_THING, STUFF = 1, 3, 2
+CATEGORIES = [{"id": THING, "isthing": 1}, {"id": STUFF, "isthing": 0}, {"id": OTHER_THING, "isthing": 1}]
+
+
+def scores_of(pairs, categories=CATEGORIES):
+    """PQ over images given as ``(pred_ids, pred_segments, gt_ids, gt_segments)``."""
+    metric = PanopticQuality(categories)
+    for pair in pairs:
+        metric.update(*pair)
+    return metric.compute()
+
+
+def segments(*entries):
+    """``(id, category_id[, iscrowd])`` tuples -> segment dicts."""
+    return [{"id": e[0], "category_id": e[1], "iscrowd": e[2] if len(e) > 2 else 0} for e in entries]
+
+
+def assert_scores(result, expected):
+    for key, value in expected.items():
+        if value is None:
+            assert result[key] is None, key
+        else:
+            assert result[key] == pytest.approx(value, rel=1e-12), key
+
+
+# -- PQ: hand-computed COCO cases (10 x 10 images, scores in percent) -----------------------------
+
+def test_perfect_match_scores_100():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, :5], gt[:, 5:] = 1, 2
+    truth = segments((1, STUFF), (2, THING))
+    result = scores_of([(gt * 7, segments((7, STUFF), (14, THING)), gt, truth)])  # ids need not agree
+    assert_scores(result, {"PQ": 100, "SQ": 100, "RQ": 100, "PQ_th": 100, "PQ_st": 100})
+
+
+def test_one_match_at_a_known_iou():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, :5] = 1  # 50 px thing; the rest is void
+    pred = np.zeros_like(gt)
+    pred[:6, :5] = 5  # 30 px on the thing ...
+    pred[:, 5:7] = 5  # ... and 20 px on void, which leaves the union: IoU = 30 / 50
+    pred[6:, 0] = 9  # 4 px of another thing on the gt thing: no match, not on void -> a false positive
+    result = scores_of([(pred, segments((5, THING), (9, THING)), gt, segments((1, THING)))])
+    # TP 1 at IoU 0.6, FP 1: PQ = 0.6 / 1.5, SQ = 0.6, RQ = 1 / 1.5
+    assert_scores(result, {"PQ": 40, "SQ": 60, "RQ": 100 / 1.5, "PQ_th": 40, "PQ_st": None})
+    assert result["per_class"][THING] == {"PQ": pytest.approx(40), "SQ": pytest.approx(60), "RQ": pytest.approx(100 / 1.5),
+                                          "TP": 1, "FP": 1, "FN": 0}
+    assert result["per_class"][STUFF] == {"PQ": None, "SQ": None, "RQ": None, "TP": 0, "FP": 0, "FN": 0}
+
+
+def test_a_false_positive_and_the_thing_stuff_split():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, :5], gt[:, 5:] = 1, 2  # stuff 50 px, thing 50 px
+    pred = gt.copy()
+    pred[:2, :5] = 3  # a thing predicted on 10 px of the stuff
+    result = scores_of([(pred, segments((1, STUFF), (2, THING), (3, THING)), gt, segments((1, STUFF), (2, THING)))])
+    # thing: TP at IoU 1 and FP 1 -> PQ = RQ = 1 / 1.5; stuff: TP at IoU 40 / 50
+    assert_scores(result, {"PQ_th": 100 / 1.5, "SQ_th": 100, "RQ_th": 100 / 1.5, "PQ_st": 80, "SQ_st": 80, "RQ_st": 100,
+                           "PQ": (100 / 1.5 + 80) / 2, "SQ": 90, "RQ": (100 / 1.5 + 100) / 2})
+
+
+def test_a_false_negative_under_unlabelled_prediction():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[2:6, 2:7] = 4
+    pred = np.zeros_like(gt)  # the prediction leaves everything unlabelled: COCO still counts the FN
+    result = scores_of([(pred, [], gt, segments((4, THING)))])
+    assert_scores(result, {"PQ": 0, "SQ": 0, "RQ": 0, "PQ_th": 0, "PQ_st": None})
+    assert result["per_class"][THING]["FN"] == 1
+
+
+def test_unlabelled_prediction_pixels_stay_in_the_union():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, :] = 1
+    pred = np.zeros_like(gt)
+    pred[:6] = 1  # 60 of 100 px, the rest unlabelled: IoU 0.6 (torchmetrics 1.9 says 1.0)
+    assert_scores(scores_of([(pred, segments((1, STUFF)), gt, segments((1, STUFF)))]), {"PQ": 60, "SQ": 60, "RQ": 100})
+    pred[5] = 0  # 50 px: IoU 0.5 is no match -> FN + FP
+    result = scores_of([(pred, segments((1, STUFF)), gt, segments((1, STUFF)))])
+    assert result["per_class"][STUFF] == {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0, "TP": 0, "FP": 1, "FN": 1}
+
+
+@pytest.mark.parametrize("on_void,counted", [(6, False), (5, True)])
+def test_a_prediction_mostly_on_void_is_no_false_positive(on_void, counted):
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, 5:] = 1  # stuff on the right, void on the left
+    pred = gt.copy()
+    pred[:on_void, 0] = 2  # a 10 px thing, `on_void` of them on void
+    pred[: 10 - on_void, 5] = 2
+    result = scores_of([(pred, segments((1, STUFF), (2, THING)), gt, segments((1, STUFF)))])
+    assert result["per_class"][THING]["FP"] == int(counted)  # ignored only when more than half is void
+    assert result["per_class"][STUFF]["TP"] == 1
+
+
+def test_a_crowd_region_absorbs_predictions_of_its_category_only():
+    gt = np.zeros((10, 10), dtype=np.int64)
+    gt[:, :5], gt[:, 5:] = 1, 2  # stuff, and a crowd of THING
+    truth = segments((1, STUFF), (2, THING, 1))
+    pred = gt.copy()
+    pred[:, 5:] = 0
+    pred[0:2, 3:8] = 3  # THING, 10 px: 6 on the crowd -> ignored
+    pred[5:7, 3:8] = 4  # OTHER_THING, 10 px: 6 on the THING crowd -> a false positive
+    pred[8:10, 5:10] = 5  # THING, exactly the crowd's pixels: a crowd is never matched, and it is not an FP
+    result = scores_of([(pred, segments((1, STUFF), (3, THING), (4, OTHER_THING), (5, THING)), gt, truth)])
+    assert result["per_class"][THING] == {"PQ": None, "SQ": None, "RQ": None, "TP": 0, "FP": 0, "FN": 0}
+    assert result["per_class"][OTHER_THING]["FP"] == 1
+    assert result["per_class"][STUFF]["TP"] == 1  # IoU 42 / 50: 8 of its pixels went to the two things
+    assert_scores(result, {"PQ_st": 84, "PQ_th": 0, "PQ": 42})
+
+
+def test_images_accumulate_counts_not_scores():
+    first_gt = np.zeros((10, 10), dtype=np.int64)
+    first_gt[:, :5] = 1
+    first_pred = np.zeros_like(first_gt)
+    first_pred[:6, :5] = 1  # IoU 30 / 50
+    first = (first_pred, segments((1, THING)), first_gt, segments((1, THING)))
+    second_gt = np.zeros((10, 10), dtype=np.int64)
+    second_gt[:, :5], second_gt[:, 5:] = 1, 2
+    second_pred = np.full_like(second_gt, 8)  # one segment over two things: IoU 0.5 each -> 2 FN, 1 FP
+    second = (second_pred, segments((8, THING)), second_gt, segments((1, THING), (2, THING)))
+    # THING over both images: TP 1 (IoU 0.6), FP 1, FN 2 -> PQ = 0.6 / 2.5; the mean of the images' PQ would be 30
+    assert_scores(scores_of([first, second]), {"PQ": 24, "SQ": 60, "RQ": 40})
+    assert_scores(scores_of([first]), {"PQ": 60})
+    assert_scores(scores_of([second]), {"PQ": 0})
+    split = PanopticQuality(CATEGORIES)
+    split.update(*first)
+    rest = PanopticQuality(CATEGORIES)
+    rest.update(*second)
+    split += rest
+    assert split.compute() == scores_of([first, second])
+
+
+def test_torch_and_numpy_id_maps_score_alike(generator):
+    gt, gt_segments, pred, pred_segments = _random_image(generator, 17, 23)
+    as_numpy = scores_of([(pred, pred_segments, gt, gt_segments)])
+    as_torch = scores_of([(torch.from_numpy(pred).int(), pred_segments, torch.from_numpy(gt), gt_segments)])
+    assert as_numpy == as_torch
+
+
+def test_an_empty_evaluation_has_no_scores():
+    assert_scores(scores_of([]), {"PQ": None, "SQ": None, "RQ": None, "PQ_th": None, "PQ_st": None})
+
+
+@pytest.mark.parametrize(
+    "pred_segments,gt_segments,message",
+    [
+        (segments((1, THING)), segments((1, THING)), r"pred_ids holds segment ids \[2\]"),
+        (segments((1, THING), (2, THING), (3, THING)), segments((1, THING)), r"pred_segments lists segment ids \[3\]"),
+        (segments((1, THING), (2, 99)), segments((1, THING)), "category_id 99, which is not among"),
+        (segments((1, THING), (2, THING), (2, STUFF)), segments((1, THING)), "duplicate segment id 2"),
+        (segments((1, THING), (2, THING), (0, THING)), segments((1, THING)), "must be positive"),
+        (segments((1, THING), (2, THING)), [{"id": 1}], "must have 'id' and 'category_id'"),
+    ],
+)
+def test_inconsistent_segments_are_rejected(pred_segments, gt_segments, message):
+    gt = np.zeros((4, 4), dtype=np.int64)
+    gt[:2] = 1
+    pred = gt.copy()
+    pred[3] = 2
+    with pytest.raises(ValueError, match=message):
+        PanopticQuality(CATEGORIES).update(pred, pred_segments, gt, gt_segments)
+
+
+def test_bad_maps_and_categories_are_rejected():
+    metric = PanopticQuality(CATEGORIES)
+    with pytest.raises(ValueError, match="same shape"):
+        metric.update(np.zeros((4, 4), dtype=np.int64), [], np.zeros((4, 5), dtype=np.int64), [])
+    with pytest.raises(ValueError, match="pred_ids: expected an"):
+        metric.update(np.zeros((4, 4)), [], np.zeros((4, 4), dtype=np.int64), [])
+    with pytest.raises(ValueError, match="isthing"):
+        PanopticQuality([{"id": 1}])
+    with pytest.raises(ValueError, match="duplicate id 1"):
+        PanopticQuality([{"id": 1, "isthing": 1}, {"id": 1, "isthing": 0}])
+    with pytest.raises(ValueError, match="different categories"):
+        metric += PanopticQuality(CATEGORIES[:2])
+
+
+# -- PQ: random images against a per-mask reference of COCO's definition -------------------------
+
+def _random_image(generator, height, width):
+    """A ground truth of random rectangles over some void (a few crowd segments) and a prediction
+    made from it by moving pixels, dropping pixels to unlabelled and relabelling segments."""
+    category_ids = [c["id"] for c in CATEGORIES]
+
+    def randint(low, high):
+        return int(torch.randint(low, high, (), generator=generator))
+
+    gt = np.zeros((height, width), dtype=np.int64)
+    for segment_id in range(1, randint(3, 9)):
+        y, x = randint(0, height - 2), randint(0, width - 2)
+        gt[y: y + randint(2, height), x: x + randint(2, width)] = segment_id
+    present = sorted(set(np.unique(gt).tolist()) - {0})
+    gt_segments = [{"id": i, "category_id": category_ids[randint(0, 3)], "iscrowd": int(randint(0, 5) == 0)} for i in present]
+
+    pred = np.where(gt > 0, gt + 100, 0)
+    noise = torch.rand(gt.shape, generator=generator).numpy()
+    pred[noise < 0.15] = 0
+    moved = noise > 0.8
+    pred[moved] = np.roll(pred, randint(1, 4), axis=1)[moved]
+    pred_present = sorted(set(np.unique(pred).tolist()) - {0})
+    categories = {s["id"] + 100: s["category_id"] for s in gt_segments}
+    pred_segments = [{"id": i, "category_id": categories[i] if randint(0, 4) else category_ids[randint(0, 3)]} for i in pred_present]
+    return gt, gt_segments, pred, pred_segments
+
+
+def _reference_counts(pred, pred_segments, gt, gt_segments):
+    """COCO's per-category sums, written with one boolean mask per segment."""
+    counts = defaultdict(lambda: {"iou": 0.0, "TP": 0, "FP": 0, "FN": 0})
+    void = gt == 0
+    crowd = defaultdict(lambda: np.zeros(gt.shape, dtype=bool))
+    for g in gt_segments:
+        if g["iscrowd"]:
+            crowd[g["category_id"]] |= gt == g["id"]
+    matched = set()
+    for g in gt_segments:
+        if g["iscrowd"]:
+            continue
+        in_gt = gt == g["id"]
+        hit = False
+        for p in pred_segments:
+            in_pred = pred == p["id"]
+            union = (in_gt | in_pred).sum() - (in_pred & void).sum()
+            if p["category_id"] == g["category_id"] and (in_gt & in_pred).sum() / union > 0.5:
+                counts[g["category_id"]]["iou"] += (in_gt & in_pred).sum() / union
+                counts[g["category_id"]]["TP"] += 1
+                matched.add(p["id"])
+                hit = True
+        counts[g["category_id"]]["FN"] += not hit
+    for p in pred_segments:
+        in_pred = pred == p["id"]
+        ignored = (in_pred & (void | crowd[p["category_id"]])).sum()
+        if p["id"] not in matched and ignored / in_pred.sum() <= 0.5:
+            counts[p["category_id"]]["FP"] += 1
+    return counts
+
+
+def test_random_images_match_the_reference(generator):
+    images = [_random_image(generator, 13 + k, 19 - k) for k in range(12)]
+    metric = PanopticQuality(CATEGORIES)
+    expected = defaultdict(lambda: {"iou": 0.0, "TP": 0, "FP": 0, "FN": 0})
+    for gt, gt_segments, pred, pred_segments in images:
+        metric.update(pred, pred_segments, gt, gt_segments)
+        for category, counts in _reference_counts(pred, pred_segments, gt, gt_segments).items():
+            for key, value in counts.items():
+                expected[category][key] += value
+    result = metric.compute()
+    assert sum(c["TP"] for c in expected.values()) > 0 and sum(c["FP"] + c["FN"] for c in expected.values()) > 0
+    pq = {}
+    for category in (c["id"] for c in CATEGORIES):
+        counts, scores = expected[category], result["per_class"][category]
+        assert (scores["TP"], scores["FP"], scores["FN"]) == (counts["TP"], counts["FP"], counts["FN"])
+        if counts["TP"] + counts["FP"] + counts["FN"]:
+            pq[category] = 100 * counts["iou"] / (counts["TP"] + 0.5 * counts["FP"] + 0.5 * counts["FN"])
+            assert scores["PQ"] == pytest.approx(pq[category], rel=1e-12)
+    assert result["PQ"] == pytest.approx(sum(pq.values()) / len(pq), rel=1e-12)
+
 
 # -- the COCO panoptic ground-truth loader --------------------------------------------------------
 
@@ -61,6 +320,9 @@ def test_the_ground_truth_loader_reads_json_and_png(tmp_path):
     assert segs == [{"id": 1 + 256 * 300, "category_id": 90, "iscrowd": 0, "isthing": False, "area": 12},
                     {"id": 7, "category_id": 1, "iscrowd": 0, "isthing": True, "area": 6},
                     {"id": 9, "category_id": 1, "iscrowd": 1, "isthing": True, "area": 1}]
+    metric = PanopticQuality(data["categories"])
+    metric.update(segment_ids, segs, segment_ids, segs)
+    assert_scores(metric.compute(), {"PQ": 100, "PQ_th": 100, "PQ_st": 100})
 
 
 @pytest.mark.parametrize(
