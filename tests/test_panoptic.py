@@ -1,5 +1,6 @@
-"""Panoptic segmentation: the PQ metric (against hand-computed COCO cases and a per-mask reference
-of COCO's definition) and the COCO panoptic ground-truth loader."""
+"""Panoptic segmentation: the merge of instances and the semantic map, the PQ metric (against
+hand-computed COCO cases and a per-mask reference of COCO's definition), and the COCO panoptic
+ground-truth loader."""
 import json
 from collections import defaultdict
 
@@ -18,6 +19,8 @@ from sfpn.data.panoptic import (
     write_segment_ids,
 )
 from sfpn.engine.panoptic_quality import PanopticQuality
+from sfpn.modeling.boxes import box_pixel_masks
+from sfpn.modeling.panoptic import panoptic_merge
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -275,6 +278,153 @@ def test_random_images_match_the_reference(generator):
             pq[category] = 100 * counts["iou"] / (counts["TP"] + 0.5 * counts["FP"] + 0.5 * counts["FN"])
             assert scores["PQ"] == pytest.approx(pq[category], rel=1e-12)
     assert result["PQ"] == pytest.approx(sum(pq.values()) / len(pq), rel=1e-12)
+
+
+# -- the merge --------------------------------------------------------------------------------
+
+def merge(boxes, scores, labels, semantic, **options):
+    settings = {"label_to_semantic": {1: 1, 2: 2}, "stuff_classes": (5, 6), "score_threshold": 0.5,
+                "overlap_threshold": 0.5, "stuff_min_area": 1, **options}
+    return panoptic_merge(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores, dtype=torch.float32),
+                          torch.tensor(labels, dtype=torch.int64), semantic, **settings)
+
+
+def rectangle_masks(*rectangles, size=(10, 10)):
+    masks = torch.zeros(len(rectangles), *size, dtype=torch.bool)
+    for mask, (y0, y1, x0, x1) in zip(masks, rectangles):
+        mask[y0:y1, x0:x1] = True
+    return masks
+
+
+def test_instances_are_painted_by_score():
+    semantic = torch.zeros(10, 10, dtype=torch.int64)
+    masks = rectangle_masks((0, 4, 0, 5), (2, 6, 2, 8), (0, 10, 0, 10))  # 20 px, 24 px (6 shared), everything
+    ids, segs = merge([[0, 0, 1, 1]] * 3, [0.6, 0.9, 0.3], [1, 2, 1], semantic, masks=masks)
+    expected = torch.zeros(10, 10, dtype=torch.int32)
+    expected[0:4, 0:5] = 2  # the 0.6 instance, second
+    expected[2:6, 2:8] = 1  # the 0.9 instance, first, over it
+    assert torch.equal(ids, expected)
+    assert segs == [{"id": 1, "category_id": 2, "isthing": True, "score": pytest.approx(0.9), "area": 24},
+                    {"id": 2, "category_id": 1, "isthing": True, "score": pytest.approx(0.6), "area": 14}]  # 0.3 is below the threshold
+
+
+@pytest.mark.parametrize("overlap_threshold,kept", [(0.5, False), (0.6, True)])
+def test_the_overlap_threshold_drops_a_mostly_covered_instance(overlap_threshold, kept):
+    semantic = torch.zeros(10, 10, dtype=torch.int64)
+    masks = rectangle_masks((0, 10, 0, 5), (0, 10, 2, 7))  # the second: 30 of 50 px under the first (0.6)
+    ids, segs = merge([[0, 0, 1, 1]] * 2, [0.9, 0.8], [1, 1], semantic, masks=masks, overlap_threshold=overlap_threshold)
+    assert [s["area"] for s in segs] == ([50, 20] if kept else [50])
+    assert int((ids == 2).sum()) == (20 if kept else 0)
+
+
+def test_stuff_fills_what_instances_leave_above_a_minimum_area():
+    semantic = torch.zeros(10, 10, dtype=torch.int64)
+    semantic[:, :4] = 5  # 40 px of stuff 5, 15 of them under an instance
+    semantic[:, 4:6] = 6  # 20 px of stuff 6
+    semantic[:, 6:] = 1  # thing class 1, no instance: stays void
+    masks = rectangle_masks((0, 5, 1, 4))
+    ids, segs = merge([[0, 0, 1, 1]], [0.9], [2], semantic, masks=masks, stuff_min_area=21)
+    assert [(s["category_id"], s["isthing"], s["score"], s["area"]) for s in segs] == [(2, True, pytest.approx(0.9), 15), (5, False, None, 25)]
+    assert torch.equal(ids[:, 4:], torch.zeros(10, 6, dtype=torch.int32))  # stuff 6 under the minimum and thing pixels: void
+    assert torch.equal(ids[:, :4] == 2, (semantic[:, :4] == 5) & ~masks[0, :, :4])
+    _, segs = merge([[0, 0, 1, 1]], [0.9], [2], semantic, masks=masks, stuff_min_area=20)
+    assert [(s["category_id"], s["area"]) for s in segs] == [(2, 15), (5, 25), (6, 20)]
+    _, segs = merge([[0, 0, 1, 1]], [0.9], [2], semantic, masks=masks, stuff_min_area=26)
+    assert [s["category_id"] for s in segs] == [2]  # stuff 5's area is counted after the instance took its part
+
+
+def test_box_only_detectors_take_their_class_inside_the_box():
+    semantic = torch.zeros(10, 10, dtype=torch.int64)
+    semantic[2:8, 2:8] = 7  # the detection's class (label 1 is semantic class 7)
+    semantic[4:6, 4:6] = 8  # another thing class inside the box
+    semantic[:, 0] = 7  # the same class outside the box
+    semantic[8:] = 5  # stuff
+    box = [1.6, 1.5, 6.4, 9.0]  # pixel centres 2..5 in x, 2..8 in y
+    ids, segs = merge([box], [0.9], [1], semantic, label_to_semantic={1: 7, 2: 8}, stuff_min_area=1)
+    inside = torch.zeros(10, 10, dtype=torch.bool)
+    inside[1:9, 2:6] = True
+    assert torch.equal(ids == 1, inside & (semantic == 7))
+    assert segs[0] == {"id": 1, "category_id": 7, "isthing": True, "score": pytest.approx(0.9), "area": 20}
+    assert [(s["category_id"], s["area"]) for s in segs[1:]] == [(5, 20)]
+
+
+def test_box_pixel_masks_take_the_pixels_whose_centre_is_inside():
+    masks = box_pixel_masks(torch.tensor([[0.5, 0.5, 2.5, 1.5], [1.6, 0.0, 1.4, 3.0], [0.0, 0.0, 4.0, 3.0]]), (3, 4))
+    expected = torch.zeros(3, 3, 4, dtype=torch.bool)
+    expected[0, 0:2, 0:3] = True  # edges included: centres 0.5 and 2.5 in x, 0.5 and 1.5 in y
+    expected[2] = True  # box 1 is empty (x2 < x1)
+    assert torch.equal(masks, expected)
+
+
+def test_random_merges_keep_their_invariants(generator):
+    for _ in range(10):
+        height, width, count = 23, 31, int(torch.randint(0, 12, (), generator=generator))
+        semantic = torch.randint(0, 7, (height, width), generator=generator)
+        corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height])
+        boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
+        scores = torch.rand(count, generator=generator)
+        labels = torch.randint(1, 3, (count,), generator=generator)
+        masks = torch.rand(count, height, width, generator=generator) < 0.3 if count % 2 else None
+        ids, segs = panoptic_merge(boxes, scores, labels, semantic, label_to_semantic={1: 1, 2: 2}, stuff_classes=(5, 6),
+                                   score_threshold=0.3, overlap_threshold=0.4, stuff_min_area=8, masks=masks)
+        assert [s["id"] for s in segs] == list(range(1, len(segs) + 1))
+        assert set(torch.unique(ids).tolist()) <= {0, *range(1, len(segs) + 1)}
+        things = [s for s in segs if s["isthing"]]
+        assert [s["score"] for s in things] == sorted((s["score"] for s in things), reverse=True)
+        assert all(s["score"] >= 0.3 for s in things) and segs[: len(things)] == things
+        instance_masks = masks if masks is not None else box_pixel_masks(boxes, (height, width)) & (semantic[None] == labels[:, None, None])
+        for s in segs:
+            pixels = ids == s["id"]
+            assert int(pixels.sum()) == s["area"] > 0
+            if s["isthing"]:
+                detection = int(torch.nonzero(scores == s["score"])[0])
+                assert bool((pixels <= instance_masks[detection]).all()) and s["category_id"] == int(labels[detection])
+                mask_area = int(instance_masks[detection].sum())
+                assert (mask_area - s["area"]) / mask_area <= 0.4
+            else:
+                assert s["category_id"] in (5, 6) and s["area"] >= 8 and bool((semantic[pixels] == s["category_id"]).all())
+        left_stuff = ((semantic == 5) | (semantic == 6)) & (ids == 0)
+        for category in (5, 6):  # stuff is left void only where its segment was under the minimum area
+            left = int((left_stuff & (semantic == category)).sum())
+            assert left == 0 if any(s["category_id"] == category for s in segs) else left < 8
+
+
+def test_no_detections_give_stuff_only():
+    semantic = torch.full((4, 4), 6, dtype=torch.int64)
+    ids, segs = merge([], [], [], semantic)
+    assert torch.equal(ids, torch.ones(4, 4, dtype=torch.int32))
+    assert segs == [{"id": 1, "category_id": 6, "isthing": False, "score": None, "area": 16}]
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"label_to_semantic": {2: 2}}, r"no semantic class for the detector labels \[1\]"),
+        ({"stuff_classes": (2, 5)}, r"stuff_classes: \[2\] are thing classes too"),
+        ({"overlap_threshold": 1.5}, "overlap_threshold must be in"),
+        ({"masks": torch.zeros(1, 4, 5, dtype=torch.bool)}, "masks: expected shape"),
+    ],
+)
+def test_bad_merge_inputs_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        merge([[0, 0, 2, 2]], [0.9], [1], torch.zeros(4, 4, dtype=torch.int64), **options)
+
+
+def test_bad_merge_shapes_are_rejected():
+    semantic = torch.zeros(4, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="scores: expected shape"):
+        merge([[0, 0, 2, 2]], [0.9, 0.8], [1], semantic)
+    with pytest.raises(ValueError, match="semantic: expected an"):
+        merge([[0, 0, 2, 2]], [0.9], [1], semantic.float())
+
+
+def test_a_merge_scores_100_against_itself():
+    semantic = torch.zeros(10, 10, dtype=torch.int64)
+    semantic[5:] = 5
+    ids, segs = merge([[0, 0, 4, 4]], [0.9], [1], semantic, masks=rectangle_masks((0, 4, 0, 4)))
+    metric = PanopticQuality([{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 5, "isthing": 0}, {"id": 6, "isthing": 0}])
+    metric.update(ids, segs, ids, segs)
+    assert_scores(metric.compute(), {"PQ": 100, "PQ_th": 100, "PQ_st": 100})
 
 
 # -- the COCO panoptic ground-truth loader --------------------------------------------------------
