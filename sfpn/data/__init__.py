@@ -1,5 +1,11 @@
 """Datasets, semantic labels, transforms and samplers for training and evaluating detectors."""
 from .coco import AnnotationError, CocoDetection, collate, load_coco_annotations
+from .panoptic import (
+    load_panoptic_annotations,
+    read_panoptic_ground_truth,
+    read_segment_ids,
+    write_segment_ids,
+)
 from .samplers import GroupedTrainBatchSampler, ListBatchSampler, shard_indices
 from .semantic import (
     IGNORE_LABEL,
@@ -17,6 +23,10 @@ __all__ = [
     "CocoDetection",
     "collate",
     "load_coco_annotations",
+    "load_panoptic_annotations",
+    "read_panoptic_ground_truth",
+    "read_segment_ids",
+    "write_segment_ids",
     "GroupedTrainBatchSampler",
     "ListBatchSampler",
     "shard_indices",

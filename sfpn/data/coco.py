@@ -64,6 +64,18 @@ def degenerate_box_reason(bbox: list[float], width: int, height: int) -> str | N
     return None
 
 
+def read_annotation_json(path: str, kind: str):
+    """The JSON content of an annotation file; ``FileNotFoundError`` names the missing ``kind``
+    of file, ``AnnotationError`` a file that is not JSON."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{path}: not a valid JSON file ({error})") from None
+
+
 def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> dict:
     """Reads and validates a COCO annotation file; returns its JSON content.
 
@@ -71,13 +83,7 @@ def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> di
     missing or mistyped field, duplicate ids, an annotation whose ``image_id`` or ``category_id``
     is unknown, or (with ``require_annotations``) an empty annotation list.
     """
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
-    try:
-        with open(ann_file, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{ann_file}: not a valid JSON file ({error})") from None
+    data = read_annotation_json(ann_file, "COCO annotation file")
 
     def fail(message):
         raise AnnotationError(f"{ann_file}: {message}")

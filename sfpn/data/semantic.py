@@ -184,11 +184,9 @@ def read_panoptic_png(
     Returns:
         (H, W) int64.
     """
-    from PIL import Image
+    from .panoptic import read_segment_ids  # here: sfpn.data.panoptic imports coco, which imports this module
 
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
-    segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    segment_ids = read_segment_ids(path).numpy()
     semantic = np.full(segment_ids.shape, IGNORE_LABEL, dtype=np.int64)
     for segment in segments_info:
         if segment.get("iscrowd", 0):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..data.semantic import IGNORE_LABEL
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
+from ..modeling.boxes import box_pixel_masks
 from . import distributed
 
 #: COCOeval.stats entries we report, in order.
@@ -42,14 +43,8 @@ def _masks_for(output: dict) -> torch.Tensor | None:
         return masks[:, 0] if masks.dim() == 4 else masks
     if "semantic" not in output:
         return None
-    semantic, boxes = output["semantic"], output["boxes"]
-    height, width = semantic.shape
-    ys = torch.arange(height, device=semantic.device).view(1, -1, 1) + 0.5
-    xs = torch.arange(width, device=semantic.device).view(1, 1, -1) + 0.5
-    inside = (
-        (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
-        & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
-    )
+    semantic = output["semantic"]
+    inside = box_pixel_masks(output["boxes"], tuple(semantic.shape))
     # Foreground rather than the box's own class: the box head already decided the class, and
     # the semantic map's class confusions would otherwise punch holes in the masks.
     return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
