@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import sfpn
 from sfpn.data import SyntheticSpec, synthetic_dataset
 from sfpn.data.coco import CocoDetection, collate
-from sfpn.data.semantic import semantic_labels
+from sfpn.semantic_labels import semantic_labels
 from sfpn.data.transforms import build_transforms
 from sfpn.engine.checkpoint import model_from_checkpoint
 from sfpn.engine.evaluation import labels_at_stride

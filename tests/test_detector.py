@@ -6,7 +6,7 @@ import torch
 
 import sfpn
 from sfpn.config import DetectorConfig, get_config
-from sfpn.data.semantic import semantic_from_boxes, semantic_from_masks
+from sfpn.semantic_labels import semantic_from_boxes, semantic_from_masks
 
 SMALL = ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"]
 

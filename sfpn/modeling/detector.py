@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.semantic import semantic_labels
+from ..semantic_labels import semantic_labels
 from .semantic_head import upsample_argmax
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).

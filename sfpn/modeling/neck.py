@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import NeckConfig
-from ..data.semantic import IGNORE_LABEL, LABEL_SOURCES
 from ..ops import semantic_fuse, upsample_add
+from ..semantic_labels import IGNORE_LABEL, LABEL_SOURCES
 from .semantic_head import SemanticHead
 
 FUSION_POINTS = ("before", "after")
@@ -66,7 +66,7 @@ class SFPN(nn.Module):
         alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
         labels_from: where the detector takes the semantic labels from when a target has no
-            ``semantic`` map (see :func:`sfpn.data.semantic.semantic_labels`).
+            ``semantic`` map (see :func:`sfpn.semantic_labels.semantic_labels`).
         semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
             ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
 

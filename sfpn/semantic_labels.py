@@ -1,12 +1,17 @@
-"""Semantic label maps for the SFPN branch, derived from detection annotations.
+"""Semantic label maps for the SFPN branch, painted from detection annotations.
 
 SFPN needs a per-pixel class map, which plain detection datasets do not have. We rasterise one
-from what every COCO-format dataset does have: instance masks when present, boxes otherwise. The
-maps use the detector's label space: 0 = background, 1..num_classes = thing classes, 255 = ignore
-(crowd regions, and whatever a label PNG leaves unlabelled).
+from what every COCO-format dataset does have: instance masks when present, boxes otherwise, or
+read it from label PNGs. The maps use the detector's label space: 0 = background,
+1..num_classes = thing classes, 255 = ignore (crowd regions, and whatever a label PNG leaves
+unlabelled).
 
 Where instances overlap, the smaller one is painted last so that it stays visible: a large
 object's mask (or box) would otherwise swallow the small objects in front of it.
+
+The datasets (``sfpn.data``) paint a map per image, the detectors (``sfpn.modeling``) and the
+torchvision integration per batch of targets: this module sits below all of them and imports
+nothing from sfpn.
 """
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ import torch.nn.functional as F
 
 #: Label of pixels the semantic loss ignores.
 IGNORE_LABEL = 255
+#: How a dataset makes each image's semantic map: from its instance masks (a box where an
+#: annotation has none), from its boxes only, from label PNGs, or not at all. The training
+#: config's ``data.semantic`` takes these names.
+SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
 #: Where :func:`semantic_labels` takes an image's label map from: a ``semantic`` map the target
 #: already holds, its instance ``masks``, its ``boxes``, or ``auto``: the first of those three the
 #: target has.
