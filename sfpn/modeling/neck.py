@@ -22,19 +22,14 @@ from torch import nn
 
 from ..config import NeckConfig
 from ..ops import semantic_fuse, upsample_add
-from ..semantic_labels import IGNORE_LABEL, LABEL_SOURCES
+from ..overrides import allowed, check_value
+from ..semantic_labels import IGNORE_LABEL
 from .semantic_head import SemanticHead
 
-FUSION_POINTS = ("before", "after")
-FUSION_OPS = ("add", "concat", "gate")
-DOWNSAMPLE_MODES = ("bilinear", "max_pool")
+FUSION_POINTS = allowed(NeckConfig, "fusion_point")
+FUSION_OPS = allowed(NeckConfig, "fusion_op")
+DOWNSAMPLE_MODES = allowed(NeckConfig, "downsample")
 LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
-
-
-def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
 
 
 def resize_to(x: torch.Tensor, size, downsample: str) -> torch.Tensor:
@@ -101,14 +96,12 @@ class SFPN(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the channels of C2..C5, got {in_channels}")
         self.out_channels = out_channels
-        self.fusion_point = _choice("fusion_point", fusion_point, FUSION_POINTS)
-        self.fusion_op = _choice("fusion_op", fusion_op, FUSION_OPS)
-        self.downsample = _choice("downsample", downsample, DOWNSAMPLE_MODES)
-        self.upsample_mode = upsample_mode
-        if alpha < 0:
-            raise ValueError(f"alpha (the semantic loss weight) must be >= 0, got {alpha}")
-        self.alpha = alpha
-        self.labels_from = _choice("labels_from", labels_from, LABEL_SOURCES)
+        self.fusion_point = check_value("fusion_point", fusion_point, FUSION_POINTS)
+        self.fusion_op = check_value("fusion_op", fusion_op, FUSION_OPS)
+        self.downsample = check_value("downsample", downsample, DOWNSAMPLE_MODES)
+        self.upsample_mode = check_value("upsample_mode", upsample_mode, allowed(NeckConfig, "upsample_mode"))
+        self.alpha = check_value("alpha (the semantic loss weight)", alpha, allowed(NeckConfig, "alpha"))
+        self.labels_from = check_value("labels_from", labels_from, allowed(NeckConfig, "labels_from"))
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None
