@@ -69,7 +69,7 @@ def gradient_probe(dataset) -> None:
     model = sfpn.build_detector(PRESET, dataset.num_classes).train()
     batch, sizes = model.preprocess(images)
     _, logits, _ = model.neck(model.backbone(batch))
-    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), model.neck.labels_from)
+    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]))
     upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     upsampled.retain_grad()
     F.cross_entropy(upsampled, labels, ignore_index=255).backward()

@@ -46,8 +46,6 @@ class NeckConfig:
     # | "foreground_background" (the mean of the foreground pixels' mean and the background's)
     semantic_loss_average: str = setting("pixels", ("pixels", "foreground_background"))
     upsample_mode: str = setting("nearest", ("nearest", "bilinear"))  # of the top-down pathway
-    # Semantic labels of a target without a "semantic" map: auto (masks, else boxes) | masks | boxes
-    labels_from: str = setting("auto", ("auto", "semantic", "masks", "boxes"))
 
 
 @dataclass
@@ -122,7 +120,13 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
-        """The config of :meth:`to_dict`'s dict (a field added since it was written takes its default)."""
+        """The config of :meth:`to_dict`'s dict, or of an older sfpn's: a field added since takes its
+        default, and ``neck.labels_from``, which checkpoints stored until the detector stopped
+        choosing where its semantic labels come from, is dropped. Its values all came down to the
+        rule the detector now always follows for a target without a ``semantic`` map: its masks,
+        else its boxes (``"auto"``, the default and every preset's)."""
+        if "labels_from" in data.get("neck", {}):
+            data = {**data, "neck": {k: v for k, v in data["neck"].items() if k != "labels_from"}}
         return from_dict(cls, data)
 
 

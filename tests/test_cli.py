@@ -72,6 +72,7 @@ def train_error(*argv: str) -> str:
         (["--set", "solver.amp=bogus"], "'solver.amp' must be one of ('auto', 'bf16', 'fp16', 'off'), got 'bogus'"),
         (["--amp", "bogus"], "'solver.amp' must be one of ('auto', 'bf16', 'fp16', 'off'), got 'bogus'"),
         (["--set", "data.semantic=png"], "'data.semantic=png' needs data.semantic_dir"),
+        (["--set", "neck.labels_from=masks"], "unknown config key 'neck.labels_from'"),
     ],
 )
 def test_bad_config_values_exit_with_one_line_naming_the_key(argv, expected):

@@ -60,8 +60,6 @@ class SFPN(nn.Module):
         downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
         alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
-        labels_from: where the detector takes the semantic labels from when a target has no
-            ``semantic`` map (see :func:`sfpn.semantic_labels.semantic_labels`).
         semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
             ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
 
@@ -89,7 +87,6 @@ class SFPN(nn.Module):
         downsample: str = NeckConfig.downsample,
         alpha: float = NeckConfig.alpha,
         upsample_mode: str = NeckConfig.upsample_mode,
-        labels_from: str = NeckConfig.labels_from,
         semantic_loss_average: str = NeckConfig.semantic_loss_average,
     ):
         super().__init__()
@@ -101,7 +98,6 @@ class SFPN(nn.Module):
         self.downsample = check_value("downsample", downsample, DOWNSAMPLE_MODES)
         self.upsample_mode = check_value("upsample_mode", upsample_mode, allowed(NeckConfig, "upsample_mode"))
         self.alpha = check_value("alpha (the semantic loss weight)", alpha, allowed(NeckConfig, "alpha"))
-        self.labels_from = check_value("labels_from", labels_from, allowed(NeckConfig, "labels_from"))
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None
