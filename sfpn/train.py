@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     def config_flag(flag: str, help: str, **options) -> None:
         key = FLAG_KEYS[flag.removeprefix("--").replace("-", "_")]
         if isinstance(defaults[key].allowed, tuple):  # shown as argparse shows choices; checked with the config
-            options["metavar"] = "{" + ",".join(defaults[key].allowed) + "}"
+            options["metavar"] = "{" + ",".join(map(str, defaults[key].allowed)) + "}"
         parser.add_argument(flag, help=f"{help}; sets {key} (default {defaults[key].value!r})", **options)
 
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"detector preset (default {DEFAULT_PRESET}; see sfpn.list_presets())")

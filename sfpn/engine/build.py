@@ -86,11 +86,9 @@ def build_trainer(
     progress: bool = True,
 ) -> Trainer:
     """The trainer of a run: ``paths`` is ``{"train": (image folder, annotation file), "val": ...}``;
-    ``train`` and ``detector`` default to the preset's configs (see :func:`run_configs`) and are
-    checked before the data is read. ``num_classes`` comes from the training data."""
-    if train is None or detector is None:
-        default_train, default_detector = run_configs(preset)
-        train, detector = train or default_train, detector or default_detector
+    ``train`` and ``detector`` default to the preset's configs; both are checked before the data
+    is read (:func:`check_run`). ``num_classes`` comes from the training data."""
+    train, detector = train or training_config(preset), detector or preset_config(preset)
     check_run(train, detector)
     train_set, val_set = build_datasets(paths, train, detector)
     detector = dataclasses.replace(detector, num_classes=train_set.num_classes)
