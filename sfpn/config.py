@@ -121,10 +121,11 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
         """The config of :meth:`to_dict`'s dict, or of an older sfpn's: a field added since takes its
-        default, and ``neck.labels_from``, which checkpoints stored until the detector stopped
-        choosing where its semantic labels come from, is dropped. Its values all came down to the
-        rule the detector now always follows for a target without a ``semantic`` map: its masks,
-        else its boxes (``"auto"``, the default and every preset's)."""
+        default, and ``neck.labels_from``, which checkpoints stored until the training config's
+        ``data.semantic`` became the one label source, is dropped. It never shaped the model,
+        only the training labels of targets without a ``semantic`` map; its default ``"auto"``
+        (every preset's) is the rule the detector now always follows: a target's ``semantic``
+        map, else its masks, else its boxes."""
         if "labels_from" in data.get("neck", {}):
             data = {**data, "neck": {k: v for k, v in data["neck"].items() if k != "labels_from"}}
         return from_dict(cls, data)
