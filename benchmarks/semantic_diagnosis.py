@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import sfpn
 from sfpn.data import SyntheticSpec, synthetic_dataset
 from sfpn.data.coco import CocoDetection, collate
-from sfpn.data.semantic import semantic_labels
+from sfpn.semantic_labels import semantic_labels
 from sfpn.data.transforms import build_transforms
 from sfpn.engine.checkpoint import model_from_checkpoint
 from sfpn.engine.evaluation import labels_at_stride
@@ -69,7 +69,7 @@ def gradient_probe(dataset) -> None:
     model = sfpn.build_detector(PRESET, dataset.num_classes).train()
     batch, sizes = model.preprocess(images)
     _, logits, _ = model.neck(model.backbone(batch))
-    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), model.neck.labels_from)
+    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]))
     upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     upsampled.retain_grad()
     F.cross_entropy(upsampled, labels, ignore_index=255).backward()

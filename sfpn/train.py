@@ -43,10 +43,10 @@ Flag defaults shown are {DEFAULT_PRESET}'s; other presets have their own (--list
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .config import config_keys
     from .engine.config import training_config
+    from .overrides import config_fields
 
-    defaults = config_keys(training_config(DEFAULT_PRESET))
+    defaults = config_fields(training_config(DEFAULT_PRESET))
     parser = argparse.ArgumentParser(
         prog="python -m sfpn.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     def config_flag(flag: str, help: str, **options) -> None:
         key = FLAG_KEYS[flag.removeprefix("--").replace("-", "_")]
-        parser.add_argument(flag, help=f"{help}; sets {key} (default {defaults[key]!r})", **options)
+        if isinstance(defaults[key].allowed, tuple):  # shown as argparse shows choices; checked with the config
+            options["metavar"] = "{" + ",".join(map(str, defaults[key].allowed)) + "}"
+        parser.add_argument(flag, help=f"{help}; sets {key} (default {defaults[key].value!r})", **options)
 
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"detector preset (default {DEFAULT_PRESET}; see sfpn.list_presets())")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a training or detector config key (repeatable; see --list-keys)")
@@ -72,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     config_flag("--lr", "base learning rate", type=float)
     config_flag("--seed", "random seed", type=int)
     config_flag("--num-workers", "data loading workers per process", type=int)
-    config_flag("--amp", "mixed precision on CUDA", choices=("auto", "bf16", "fp16", "off"))
+    config_flag("--amp", "mixed precision on CUDA")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic dataset (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
@@ -110,17 +112,11 @@ def resolve_data(args) -> dict[str, tuple[str, str]]:
 
 
 def list_keys(train, detector) -> str:
-    """One line per ``--set`` key: the key, its value and its range or choices where declared."""
-    from .config import DETECTOR_RANGES
-    from .engine.build import MODEL_PREFIX, all_keys
-    from .engine.config import CHOICES, RANGES
+    """One line per ``--set`` key: the key, its value and what it accepts (its choices or range,
+    else its type)."""
+    from .engine.build import all_keys
 
-    ranges = {**RANGES, **{MODEL_PREFIX + key: allowed for key, allowed in DETECTOR_RANGES.items()}}
-    lines = []
-    for key, value in all_keys(train, detector).items():
-        allowed = ranges.get(key) or (f"one of {CHOICES[key]}" if key in CHOICES else "")
-        lines.append(f"{key}={value!r}" + (f"  ({allowed})" if allowed else ""))
-    return "\n".join(lines)
+    return "\n".join(f"{key}={field.value!r}  ({field.describe()})" for key, field in all_keys(train, detector).items())
 
 
 def main(argv=None) -> dict | None:

@@ -1,16 +1,32 @@
 """The command lines: config validation before any work, one precedence rule, helpful errors."""
+import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
 
+import sfpn
 from sfpn import eval as sfpn_eval
 from sfpn import train
-from sfpn.engine.build import run_configs
-from sfpn.engine.config import RANGES, training_config
+from sfpn.config import DetectorConfig, NeckConfig, preset_config
+from sfpn.engine import build as engine_build
+from sfpn.engine.build import all_keys, build_trainer, run_configs
+from sfpn.engine.config import SolverConfig, TrainConfig, training_config
+from sfpn.modeling.backbone import RESNET_STAGES
+from sfpn.modeling.build import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def no_data(monkeypatch):
+    """Any read of the data fails the test: every config error must come before it."""
+    def touched(*args, **kwargs):
+        raise AssertionError("the data was read before the configs were checked")
+
+    monkeypatch.setattr(train, "resolve_data", touched)
+    monkeypatch.setattr(engine_build, "build_datasets", touched)
 
 
 def train_error(*argv: str) -> str:
@@ -44,6 +60,19 @@ def train_error(*argv: str) -> str:
         (["--set", "cascade.box_coder_weights=((1, 1, 1, 0),)"], "'cascade.box_coder_weights' must be > 0"),
         (["--set", "num_classes=3"], "unknown config key 'num_classes'"),
         (["--set", "solver.lr"], "--set expects KEY=VALUE"),
+        # issue 26, item 1: strings were checked only by the modules, after the datasets were built
+        (["--set", "neck.fusion_op=bogus"], "'neck.fusion_op' must be one of ('add', 'concat', 'gate'), got 'bogus'"),
+        (["--set", "model.neck.downsample=area"], "'neck.downsample' must be one of ('bilinear', 'max_pool'), got 'area'"),
+        (["--set", "neck.semantic_loss_average=mean"], "'neck.semantic_loss_average' must be one of ('pixels', 'foreground_background')"),
+        (["--set", "neck.upsample_mode=bicubic"], "'neck.upsample_mode' must be one of ('nearest', 'bilinear'), got 'bicubic'"),
+        (["--set", "backbone.norm=ln"], "'backbone.norm' must be one of ('frozen_bn', 'bn', 'gn'), got 'ln'"),
+        (["--set", "backbone.depth=7"], "'backbone.depth' must be one of (18, 34, 50, 101), got 7"),
+        (["--set", "backbone.freeze_at=6"], "'backbone.freeze_at' must be in [0, 5], got 6"),
+        (["--set", "meta_architecture=retinanet"], "'meta_architecture' must be one of ('faster_rcnn', 'mask_rcnn', 'cascade_rcnn')"),
+        (["--set", "solver.amp=bogus"], "'solver.amp' must be one of ('auto', 'bf16', 'fp16', 'off'), got 'bogus'"),
+        (["--amp", "bogus"], "'solver.amp' must be one of ('auto', 'bf16', 'fp16', 'off'), got 'bogus'"),
+        (["--set", "data.semantic=png"], "'data.semantic=png' needs data.semantic_dir"),
+        (["--set", "neck.labels_from=masks"], "unknown config key 'neck.labels_from'"),
     ],
 )
 def test_bad_config_values_exit_with_one_line_naming_the_key(argv, expected):
@@ -56,15 +85,54 @@ def test_unknown_keys_suggest_the_closest():
     assert "--list-keys" in train_error("--set", "nothing_like_it=1")
 
 
-def test_every_numeric_field_has_a_range():
-    from sfpn.config import DETECTOR_RANGES, config_keys, preset_config
+def test_every_number_and_string_declares_its_allowed_values():
+    free = {"data.semantic_dir", "model.backbone.weights", "model.roi_heads.sampling_ratio"}  # paths; <= 0 means adaptive
+    keys = all_keys(training_config("cascade_rcnn_r50_sfpn_1x"), preset_config("cascade_rcnn_r50_sfpn_1x"))
+    for key, field in keys.items():
+        if field.hint is not bool:
+            assert (field.allowed is None) == (key in free), key
+    # The modules check their arguments against the same declarations; the ResNet builds each depth.
+    assert set(RESNET_STAGES) == set(keys["model.backbone.depth"].allowed)
 
-    def numeric(config):
-        return {k for k, v in config_keys(config).items() if isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
 
-    assert numeric(training_config("faster_rcnn_r50_sfpn_1x")) == set(RANGES)
-    unbounded = {"backbone.depth", "roi_heads.sampling_ratio"}  # a choice; <= 0 means adaptive
-    assert numeric(preset_config("cascade_rcnn_r50_sfpn_1x")) == set(DETECTOR_RANGES) | unbounded
+def test_list_keys_shows_what_every_key_accepts(capsys):
+    train.main(["--list-keys"])
+    lines = dict(line.split("  ", 1) for line in capsys.readouterr().out.splitlines())
+    keys = all_keys(training_config(train.DEFAULT_PRESET), preset_config(train.DEFAULT_PRESET))
+    assert {line.split("=", 1)[0] for line in lines} == set(keys)
+    assert lines["model.neck.fusion_op='add'"] == "(one of ('add', 'concat', 'gate'))"
+    assert lines["solver.amp='auto'"] == "(one of ('auto', 'bf16', 'fp16', 'off'))"
+    assert lines["data.semantic='masks'"] == "(one of ('masks', 'boxes', 'png', 'none'))"
+    assert lines["solver.steps=(0.75, 0.92)"] == "(tuple of float, each in (0, 1])"
+    assert lines["model.roi_heads.box_coder_weights=(10.0, 10.0, 5.0, 5.0)"] == "(4-tuple of float, each > 0)"
+    assert lines["checkpoint_every=250"] == "(>= 1)"
+    assert lines["model.backbone.weights=None"] == "(str or None)"
+    assert lines["model.neck.semantic=True"] == "(bool)"
+
+
+def test_bad_configs_are_refused_before_any_data_through_the_api(tmp_path):
+    """The same checks serve the Python entry points: run_configs, build_trainer with configs
+    made by hand, build_detector and build."""
+    with pytest.raises(ValueError, match=r"^config key 'neck.fusion_op' must be one of \('add', 'concat', 'gate'\), got 'bogus'$"):
+        run_configs("faster_rcnn_r18_sfpn_small", [("neck.fusion_op", "bogus")])
+    with pytest.raises(ValueError, match=r"^config key 'solver.amp' must be one of \('auto', 'bf16', 'fp16', 'off'\), got 'bogus'$"):
+        run_configs("faster_rcnn_r18_sfpn_small", [("solver.amp", "bogus")])
+    paths = {"train": ("/nonexistent", "a.json"), "val": ("/nonexistent", "b.json")}
+    detector = preset_config("faster_rcnn_r18_sfpn_small")
+    bad_train = TrainConfig(solver=SolverConfig(amp="bogus"))
+    with pytest.raises(ValueError, match="'solver.amp' must be one of"):  # the no_data fixture fails a read
+        build_trainer("faster_rcnn_r18_sfpn_small", paths, str(tmp_path), bad_train, detector)
+    bad_detector = DetectorConfig(neck=NeckConfig(fusion_op="bogus"))
+    with pytest.raises(ValueError, match="'neck.fusion_op' must be one of"):
+        build_trainer("faster_rcnn_r18_sfpn_small", paths, str(tmp_path), TrainConfig(), bad_detector)
+    with pytest.raises(ValueError, match=r"^config key 'neck.fusion_op' must be one of \('add', 'concat', 'gate'\)"):
+        sfpn.build_detector("faster_rcnn_r18_sfpn_small", 3, **{"neck.fusion_op": "bogus"})
+    with pytest.raises(ValueError, match="^config key 'neck.fusion_op' must be one of"):
+        build(bad_detector)
+    with pytest.raises(ValueError, match=r"^config key 'neck.alpha' expects float, got 'high'$"):
+        build(DetectorConfig(neck=NeckConfig(alpha="high")))
+    with pytest.raises(ValueError, match=r"^config key 'rpn.anchor_sizes' expects tuple of float, got \[16, 32\]$"):
+        build(dataclasses.replace(detector, rpn=dataclasses.replace(detector.rpn, anchor_sizes=[16, 32])))
 
 
 def test_flags_win_over_set_and_set_applies_in_order(capsys):

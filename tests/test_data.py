@@ -16,12 +16,9 @@ from sfpn.data import (
     ResizeShortestEdge,
     SyntheticSpec,
     build_transforms,
-    read_label_png,
-    read_panoptic_png,
-    semantic_from_boxes,
-    semantic_from_masks,
     synthetic_dataset,
 )
+from sfpn.semantic_labels import read_label_png, read_panoptic_png, semantic_from_boxes, semantic_from_masks
 
 # -- a small hand-made COCO dataset -----------------------------------------------------------
 

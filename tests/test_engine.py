@@ -134,6 +134,27 @@ def test_checkpoint_errors(tiny_data, tmp_path):
         load_checkpoint(str(tmp_path / "empty"))
 
 
+@pytest.mark.parametrize("labels_from", ["auto", "semantic", "masks", "boxes"])
+def test_a_checkpoint_with_the_retired_labels_from_loads_and_resumes(tmp_path, labels_from):
+    """Checkpoints written before issue 26 store neck.labels_from in their model config: the key
+    is dropped (the detector always takes a target's semantic map, else its masks, else its boxes,
+    as the default "auto" did), so the model rebuilds and the run resumes."""
+    import sfpn
+    from sfpn.engine.checkpoint import model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = sfpn.build_detector(PRESET, len(SHAPES))
+    old_config = config_to_dict(model.config)
+    old_config["neck"]["labels_from"] = labels_from
+    path = str(tmp_path / "model_0000001.pth")
+    save_checkpoint(path, {"model": model.state_dict(), "meta": {"preset": PRESET, "model_config": old_config}})
+    loaded, meta = model_from_checkpoint(path)
+    assert loaded.config == model.config and meta["model_config"] == old_config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    check_model_config(load_checkpoint(path), config_to_dict(model.config))  # a resume accepts it
+
+
 def test_warmup_multistep_schedule():
     schedule = WarmupMultiStep(warmup_iters=10, warmup_factor=0.001, milestones=[60, 80], gamma=0.1)
     assert schedule(0) == pytest.approx(0.001)

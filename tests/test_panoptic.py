@@ -14,10 +14,9 @@ from sfpn.data.panoptic import (
     load_panoptic_annotations,
     read_panoptic_ground_truth,
     read_segment_ids,
-    rgb_to_segment_ids,
-    segment_ids_to_rgb,
     write_segment_ids,
 )
+from sfpn.semantic_labels import rgb_to_segment_ids, segment_ids_to_rgb
 from sfpn.engine.panoptic_quality import PanopticQuality
 from sfpn.modeling.boxes import box_pixel_masks
 from sfpn.modeling.panoptic import panoptic_merge

@@ -1,4 +1,5 @@
-"""Datasets, semantic labels, transforms and samplers for training and evaluating detectors."""
+"""Datasets, transforms and samplers for training and evaluating detectors (their semantic label
+maps are painted by :mod:`sfpn.semantic_labels`)."""
 from .coco import AnnotationError, CocoDetection, collate, load_coco_annotations
 from .panoptic import (
     load_panoptic_annotations,
@@ -7,14 +8,6 @@ from .panoptic import (
     write_segment_ids,
 )
 from .samplers import GroupedTrainBatchSampler, ListBatchSampler, shard_indices
-from .semantic import (
-    IGNORE_LABEL,
-    read_label_png,
-    read_panoptic_png,
-    semantic_from_boxes,
-    semantic_from_masks,
-    semantic_labels,
-)
 from .synthetic import SyntheticSpec, synthetic_dataset
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, build_transforms
 
@@ -30,12 +23,6 @@ __all__ = [
     "GroupedTrainBatchSampler",
     "ListBatchSampler",
     "shard_indices",
-    "IGNORE_LABEL",
-    "read_label_png",
-    "read_panoptic_png",
-    "semantic_from_boxes",
-    "semantic_from_masks",
-    "semantic_labels",
     "SyntheticSpec",
     "synthetic_dataset",
     "Compose",

@@ -34,11 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .semantic import read_label_png, semantic_from_boxes, semantic_from_masks
-
-#: How the semantic map is obtained: from instance masks (boxes where an annotation has none),
-#: from boxes only, from label PNGs in ``semantic_dir``, or not at all.
-SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
+from ..semantic_labels import SEMANTIC_SOURCES, read_label_png, semantic_from_boxes, semantic_from_masks
 
 
 class AnnotationError(ValueError):
@@ -165,7 +161,7 @@ class CocoDetection(torch.utils.data.Dataset):
         image_root: folder the images' ``file_name`` entries are relative to.
         ann_file: the COCO annotation JSON.
         transforms: ``(image, target, generator) -> (image, target)`` (see ``transforms``).
-        semantic: how the semantic map is made, one of ``SEMANTIC_SOURCES``.
+        semantic: how the semantic map is made, one of :data:`~sfpn.semantic_labels.SEMANTIC_SOURCES`.
         semantic_dir: for ``semantic="png"``: folder of label PNGs named like the images (with
             ``.png``), mapped through ``semantic_lookup`` (raw value -> label; COCO-stuff's
             ``stuffthingmaps`` store category id - 1, the default maps that to the category id).

@@ -5,58 +5,18 @@ A COCO panoptic annotation file holds ``categories`` (``id``, ``name``, ``isthin
 segments' ``id``, ``category_id``, ``iscrowd``, ``area``, ``bbox``) and usually ``images``. Each
 PNG is RGB and stores segment id ``R + 256 G + 256^2 B`` per pixel; 0 is void (unlabelled). The
 PNGs lie in a folder named like the JSON file without ``.json`` (``panoptic_val2017.json`` ->
-``panoptic_val2017/``), COCO's convention.
+``panoptic_val2017/``), COCO's convention. The PNG codec (``read_segment_ids``,
+``write_segment_ids``) lives in :mod:`sfpn.semantic_labels`, beside the other label-map readers.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 
-import numpy as np
 import torch
-from PIL import Image
 
+from ..semantic_labels import read_segment_ids, write_segment_ids  # noqa: F401  (the PNG codec, re-exported)
 from .coco import AnnotationError, read_annotation_json
-
-#: PNG modes that hold RGB segment ids (palette images hold them through their palette).
-PANOPTIC_PNG_MODES = ("RGB", "RGBA", "P")
-
-
-def rgb_to_segment_ids(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` int64 segment ids ``R + 256 G + 256^2 B``."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb: expected an (H, W, 3) array, got shape {rgb.shape}")
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def segment_ids_to_rgb(segment_ids: np.ndarray) -> np.ndarray:
-    """``(H, W)`` segment ids in ``[0, 256^3)`` -> ``(H, W, 3)`` uint8 RGB; inverse of
-    :func:`rgb_to_segment_ids`."""
-    segment_ids = np.asarray(segment_ids)
-    if segment_ids.ndim != 2 or not np.issubdtype(segment_ids.dtype, np.integer):
-        raise ValueError(f"segment_ids: expected an (H, W) integer array, got {segment_ids.dtype} of shape {segment_ids.shape}")
-    if segment_ids.size and (segment_ids.min() < 0 or segment_ids.max() >= 256**3):
-        raise ValueError(f"segment_ids must lie in [0, 256^3), got [{segment_ids.min()}, {segment_ids.max()}]")
-    segment_ids = segment_ids.astype(np.int64)
-    return np.stack([segment_ids % 256, segment_ids // 256 % 256, segment_ids // (256 * 256)], axis=-1).astype(np.uint8)
-
-
-def read_segment_ids(path: str) -> torch.Tensor:
-    """Reads a COCO panoptic PNG: ``(H, W)`` int64 segment ids (0 = void)."""
-    with Image.open(path) as image:
-        if image.mode not in PANOPTIC_PNG_MODES:
-            raise ValueError(f"{path}: expected an RGB panoptic PNG (mode {', '.join(PANOPTIC_PNG_MODES)}), got mode {image.mode!r}")
-        rgb = np.asarray(image.convert("RGB"))
-    return torch.from_numpy(rgb_to_segment_ids(rgb))
-
-
-def write_segment_ids(path: str, segment_ids) -> None:
-    """Writes ``(H, W)`` segment ids (tensor or array) as a COCO panoptic PNG."""
-    if isinstance(segment_ids, torch.Tensor):
-        segment_ids = segment_ids.detach().cpu().numpy()
-    Image.fromarray(segment_ids_to_rgb(segment_ids), mode="RGB").save(path)
-
 
 def load_panoptic_annotations(json_file: str) -> dict:
     """Reads and validates a COCO panoptic annotation file; returns its JSON content, with

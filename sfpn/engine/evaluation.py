@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.semantic import IGNORE_LABEL
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from ..modeling.boxes import box_pixel_masks
+from ..semantic_labels import IGNORE_LABEL
 from . import distributed
 
 #: COCOeval.stats entries we report, in order.

@@ -33,7 +33,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, validate
 from .evaluation import evaluate, format_metrics
 from .plot import plot_metrics
 
@@ -132,8 +132,6 @@ def build_scheduler(optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32 (always on the CPU)."""
     mode = config.solver.amp
-    if mode not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"solver.amp must be auto, bf16, fp16 or off, got {mode!r}")
     if device.type != "cuda" or mode == "off":
         return None
     if mode == "auto":
@@ -152,6 +150,7 @@ class Trainer:
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig, output_dir: str, device: torch.device, meta: dict, progress: bool = True):
+        validate(config)
         self.config = config
         self.device = device
         self.output_dir = output_dir

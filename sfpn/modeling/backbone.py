@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BackboneConfig
+from ..overrides import allowed, check_value
 
-#: depth -> (block type, blocks per stage)
+#: depth -> (block type, blocks per stage), for each depth BackboneConfig allows
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
                  101: ("bottleneck", (3, 4, 23, 3))}
-NORMS = ("frozen_bn", "bn", "gn")
+NORMS = allowed(BackboneConfig, "norm")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -125,10 +126,8 @@ class ResNet(nn.Module):
                  norm: str = BackboneConfig.norm, freeze_at: int = BackboneConfig.freeze_at,
                  weights: str | None = BackboneConfig.weights):
         super().__init__()
-        if depth not in RESNET_STAGES:
-            raise ValueError(f"depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-        if not 0 <= freeze_at <= 5:
-            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        check_value("depth", depth, allowed(BackboneConfig, "depth"))
+        check_value("freeze_at", freeze_at, allowed(BackboneConfig, "freeze_at"))
         kind, blocks = RESNET_STAGES[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)

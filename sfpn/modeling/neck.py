@@ -21,20 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import NeckConfig
-from ..data.semantic import IGNORE_LABEL, LABEL_SOURCES
 from ..ops import semantic_fuse, upsample_add
+from ..overrides import allowed, check_value
+from ..semantic_labels import IGNORE_LABEL
 from .semantic_head import SemanticHead
 
-FUSION_POINTS = ("before", "after")
-FUSION_OPS = ("add", "concat", "gate")
-DOWNSAMPLE_MODES = ("bilinear", "max_pool")
+FUSION_POINTS = allowed(NeckConfig, "fusion_point")
+FUSION_OPS = allowed(NeckConfig, "fusion_op")
+DOWNSAMPLE_MODES = allowed(NeckConfig, "downsample")
 LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
-
-
-def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
 
 
 def resize_to(x: torch.Tensor, size, downsample: str) -> torch.Tensor:
@@ -65,8 +60,6 @@ class SFPN(nn.Module):
         downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
         alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
-        labels_from: where the detector takes the semantic labels from when a target has no
-            ``semantic`` map (see :func:`sfpn.data.semantic.semantic_labels`).
         semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
             ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
 
@@ -94,21 +87,17 @@ class SFPN(nn.Module):
         downsample: str = NeckConfig.downsample,
         alpha: float = NeckConfig.alpha,
         upsample_mode: str = NeckConfig.upsample_mode,
-        labels_from: str = NeckConfig.labels_from,
         semantic_loss_average: str = NeckConfig.semantic_loss_average,
     ):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the channels of C2..C5, got {in_channels}")
         self.out_channels = out_channels
-        self.fusion_point = _choice("fusion_point", fusion_point, FUSION_POINTS)
-        self.fusion_op = _choice("fusion_op", fusion_op, FUSION_OPS)
-        self.downsample = _choice("downsample", downsample, DOWNSAMPLE_MODES)
-        self.upsample_mode = upsample_mode
-        if alpha < 0:
-            raise ValueError(f"alpha (the semantic loss weight) must be >= 0, got {alpha}")
-        self.alpha = alpha
-        self.labels_from = _choice("labels_from", labels_from, LABEL_SOURCES)
+        self.fusion_point = check_value("fusion_point", fusion_point, FUSION_POINTS)
+        self.fusion_op = check_value("fusion_op", fusion_op, FUSION_OPS)
+        self.downsample = check_value("downsample", downsample, DOWNSAMPLE_MODES)
+        self.upsample_mode = check_value("upsample_mode", upsample_mode, allowed(NeckConfig, "upsample_mode"))
+        self.alpha = check_value("alpha (the semantic loss weight)", alpha, allowed(NeckConfig, "alpha"))
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None

@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..config import NeckConfig
 from ..ops.resize_sum import MAX_LEVELS
+from ..overrides import allowed, check_value
 
-#: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy.
-LOSS_AVERAGES = ("pixels", "foreground_background")
+#: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy (the neck config's
+#: ``semantic_loss_average``).
+LOSS_AVERAGES = allowed(NeckConfig, "semantic_loss_average")
 
 
 class SemanticHead(nn.Module):
@@ -58,8 +61,7 @@ class SemanticHead(nn.Module):
             raise ValueError(f"target_level must index in_channels (0..{len(in_channels) - 1}), got {target_level}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if loss_average not in LOSS_AVERAGES:
-            raise ValueError(f"loss_average must be one of {LOSS_AVERAGES}, got {loss_average!r}")
+        check_value("loss_average", loss_average, LOSS_AVERAGES)
         if channels % num_groups:
             raise ValueError(f"channels ({channels}) must be divisible by num_groups ({num_groups})")
         self.num_classes = num_classes
