@@ -9,7 +9,7 @@ from .semantic import (
     semantic_from_masks,
     semantic_labels,
 )
-from .synthetic import SyntheticSpec, synthetic_dataset
+from .synthetic import ClutterSpec, ShapesSpec, synthetic_dataset
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, build_transforms
 
 __all__ = [
@@ -26,7 +26,8 @@ __all__ = [
     "semantic_from_boxes",
     "semantic_from_masks",
     "semantic_labels",
-    "SyntheticSpec",
+    "ClutterSpec",
+    "ShapesSpec",
     "synthetic_dataset",
     "Compose",
     "RandomHorizontalFlip",
