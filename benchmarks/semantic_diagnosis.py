@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import sfpn
-from sfpn.data import SyntheticSpec, synthetic_dataset
+from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.data.coco import CocoDetection, collate
 from sfpn.semantic_labels import semantic_labels
 from sfpn.data.transforms import build_transforms
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--labels-png", default="semantic_labels.png", help="where to draw the label maps")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="trained SFPN checkpoints to probe (item 4)")
     args = parser.parse_args()
-    split = synthetic_dataset(SyntheticSpec())["train"]
+    split = synthetic_dataset(ShapesSpec())["train"]
     flipped = CocoDetection(split.image_root, split.ann_file, transforms=build_transforms((256,), 320, flip_prob=1.0), semantic="masks")
     draw_labels(flipped, range(4), args.labels_png)
     print(f"drew {args.labels_png}")

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 
@@ -37,24 +36,12 @@ def class_colors(count: int) -> np.ndarray:
 def predict_image(model, image: torch.Tensor, min_size: int, max_size: int) -> dict:
     """Detections for one (3, H, W) image in [0, 1], in its own (original) coordinates."""
     from .data.transforms import ResizeShortestEdge
-    from .engine.evaluation import _masks_for
+    from .modeling.postprocess import detections_at_original_size
 
-    height, width = image.shape[-2:]
     resized, _ = ResizeShortestEdge(min_size, max_size)(image, {}, None)
     device = next(model.parameters()).device
-    output = {k: v.cpu() for k, v in model([resized.to(device)])[0].items()}
-    in_h, in_w = resized.shape[-2:]
-    masks = _masks_for(output)
-    result = {
-        "boxes": output["boxes"] * torch.tensor([width / in_w, height / in_h] * 2),
-        "scores": output["scores"],
-        "labels": output["labels"],
-    }
-    if masks is not None:
-        result["masks"] = F.interpolate(masks[None].float(), size=(height, width), mode="nearest")[0].bool()
-    if "semantic" in output:
-        result["semantic"] = F.interpolate(output["semantic"][None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
-    return result
+    output = model([resized.to(device)])[0]
+    return detections_at_original_size(output, tuple(resized.shape[-2:]), tuple(image.shape[-2:]))
 
 
 def render(image: np.ndarray, prediction: dict, class_names: list[str], score_threshold: float) -> Image.Image:

@@ -9,6 +9,7 @@ On COCO 2017 with the paper's schedule, on 8 GPUs::
 
     torchrun --nproc_per_node=8 -m sfpn.train --preset faster_rcnn_r50_sfpn_1x --data-root /data/coco
 
+``--dataset clutter`` trains on another synthetic dataset (``sfpn.data.synthetic.DATASETS``).
 (``--data-root`` alone expects COCO's layout: train2017/, val2017/, annotations/instances_*.json;
 ``--ann-file``/``--val-ann-file``/``--val-data-root`` point anywhere else.) ``--set key=value``
 overrides a training config key (``solver.lr=0.01``, ``data.min_size=(640,800)``, ...) or a
@@ -23,6 +24,8 @@ import sys
 from ._cli import check_not_shadowed
 
 DEFAULT_PRESET = "faster_rcnn_r18_sfpn_small"
+#: The synthetic dataset trained on when no data is given.
+DEFAULT_DATASET = "shapes"
 #: The flags that set a config key, and the key: a flag wins over ``--set`` of the same key.
 FLAG_KEYS = {
     "iters": "solver.max_iters",
@@ -43,6 +46,7 @@ Flag defaults shown are {DEFAULT_PRESET}'s; other presets have their own (--list
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .data.synthetic import DATASETS
     from .engine.config import training_config
     from .overrides import config_fields
 
@@ -61,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"detector preset (default {DEFAULT_PRESET}; see sfpn.list_presets())")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a training or detector config key (repeatable; see --list-keys)")
     parser.add_argument("--list-keys", action="store_true", help="print every --set key of the preset with its value (after --set and flags) and exit")
+    parser.add_argument("--dataset", choices=list(DATASETS), help=f"a synthetic dataset, generated on first use (default {DEFAULT_DATASET} when no --data-root is given)")
     parser.add_argument("--data-root", help="training image folder, or a COCO root with train2017/, val2017/ and annotations/ (default: the synthetic dataset)")
     parser.add_argument("--ann-file", help="training annotation file (COCO format; default: none, see --data-root)")
     parser.add_argument("--val-data-root", help="validation image folder (default: --data-root, or <root>/val2017 for a COCO root)")
@@ -95,11 +100,14 @@ def overrides_of(args) -> list[tuple[str, object]]:
 
 def resolve_data(args) -> dict[str, tuple[str, str]]:
     """{"train": (image folder, annotation file), "val": (...)} from the arguments."""
-    from .data.synthetic import SyntheticSpec, synthetic_dataset
+    from .data.synthetic import DATASETS, synthetic_dataset
 
     if args.data_root is None and args.ann_file is None:
-        splits = synthetic_dataset(SyntheticSpec(seed=args.synthetic_seed), progress=not args.no_progress)
+        spec = DATASETS[args.dataset or DEFAULT_DATASET](seed=args.synthetic_seed)
+        splits = synthetic_dataset(spec, progress=not args.no_progress)
         return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
+    if args.dataset is not None:
+        raise SystemExit("error: --dataset names a synthetic dataset: give it or --data-root, not both")
     if args.data_root is None or (args.ann_file is None) != (args.val_ann_file is None):
         raise SystemExit("error: give --data-root alone (a COCO 2017 root) or with both --ann-file and --val-ann-file")
     if args.ann_file is None:

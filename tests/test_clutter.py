@@ -1,7 +1,7 @@
 """The second synthetic dataset: deterministic, its stated properties hold, loadable as COCO."""
 import numpy as np
 
-from sfpn.data.clutter import CATEGORIES, ClutterSpec, render_image
+from sfpn.data.synthetic.clutter import CATEGORIES, ClutterSpec, render_image
 from sfpn.data.coco import CocoDetection
 from sfpn.data.synthetic import synthetic_dataset
 

@@ -14,7 +14,7 @@ from sfpn.data import (
     GroupedTrainBatchSampler,
     RandomHorizontalFlip,
     ResizeShortestEdge,
-    SyntheticSpec,
+    ShapesSpec,
     build_transforms,
     synthetic_dataset,
 )
@@ -343,7 +343,7 @@ def test_grouped_sampler_groups_resumes_and_shards():
 # -- synthetic dataset ------------------------------------------------------------------------
 
 def test_synthetic_dataset_is_deterministic_and_valid(tmp_path):
-    spec = SyntheticSpec(seed=3, num_train=4, num_val=2)
+    spec = ShapesSpec(seed=3, num_train=4, num_val=2)
     first = synthetic_dataset(spec, root=str(tmp_path / "a"), progress=False)
     second = synthetic_dataset(spec, root=str(tmp_path / "b"), progress=False)
     for split in ("train", "val"):

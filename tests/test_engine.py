@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sfpn.data import SyntheticSpec, synthetic_dataset
-from sfpn.data.synthetic import CATEGORIES as SHAPES
+from sfpn.data import ShapesSpec, synthetic_dataset
+from sfpn.data.synthetic.shapes import CATEGORIES as SHAPES
 from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
 from sfpn.engine.trainer import WarmupMultiStep
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    splits = synthetic_dataset(SyntheticSpec(seed=1, num_train=6, num_val=3), root=str(tmp_path_factory.mktemp("synthetic")), progress=False)
+    splits = synthetic_dataset(ShapesSpec(seed=1, num_train=6, num_val=3), root=str(tmp_path_factory.mktemp("synthetic")), progress=False)
     return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
 
 

@@ -8,7 +8,7 @@ from .panoptic import (
     write_segment_ids,
 )
 from .samplers import GroupedTrainBatchSampler, ListBatchSampler, shard_indices
-from .synthetic import SyntheticSpec, synthetic_dataset
+from .synthetic import ClutterSpec, ShapesSpec, synthetic_dataset
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, build_transforms
 
 __all__ = [
@@ -23,7 +23,8 @@ __all__ = [
     "GroupedTrainBatchSampler",
     "ListBatchSampler",
     "shard_indices",
-    "SyntheticSpec",
+    "ClutterSpec",
+    "ShapesSpec",
     "synthetic_dataset",
     "Compose",
     "RandomHorizontalFlip",

@@ -1,13 +1,13 @@
 """COCO evaluation: run a detector over a dataset, write COCO results, score them with COCOeval.
 
 Predictions come out in the coordinates of the (resized) images the model saw; they are mapped
-back to each image's original size and to the dataset's COCO category ids before scoring, so
-the results file is a standard COCO results file for the original annotation file.
+back to each image's original size (:mod:`sfpn.modeling.postprocess`) and to the dataset's COCO
+category ids before scoring, so the results file is a standard COCO results file for the
+original annotation file.
 
 Instance masks for ``segm``: a Mask R-CNN's predicted masks; for a box-only SFPN detector, the
 predicted semantic map's foreground inside each box (the semantic branch gives instance masks for
-free); a box-only detector without a semantic map is scored on boxes
-only (``segm`` is None).
+free); a box-only detector without a semantic map is scored on boxes only (``segm`` is None).
 
 The semantic branch is scored on its own too, when the detector has one and the dataset gives
 semantic labels: ``metrics["semantic"]`` holds mIoU, foreground IoU and per-class IoU (percent)
@@ -23,31 +23,15 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
-from ..modeling.boxes import box_pixel_masks
-from ..semantic_labels import IGNORE_LABEL
+from ..modeling.postprocess import detections_at_original_size
 from . import distributed
 
 #: COCOeval.stats entries we report, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
-
-
-def _masks_for(output: dict) -> torch.Tensor | None:
-    """(D, H, W) bool instance masks at the model's input size, or None."""
-    if "masks" in output:
-        masks = output["masks"]
-        return masks[:, 0] if masks.dim() == 4 else masks
-    if "semantic" not in output:
-        return None
-    semantic = output["semantic"]
-    inside = box_pixel_masks(output["boxes"], tuple(semantic.shape))
-    # Foreground rather than the box's own class: the box head already decided the class, and
-    # the semantic map's class confusions would otherwise punch holes in the masks.
-    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
 
 
 def semantic_confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -115,29 +99,22 @@ def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], lab
     """One image's detections as COCO result dicts, in original-image coordinates."""
     from pycocotools import mask as mask_utils
 
-    boxes = output["boxes"].detach().float().cpu()
-    if boxes.numel() == 0:
+    if output["boxes"].numel() == 0:
         return []
-    orig_h, orig_w = target["orig_size"]
-    in_h, in_w = input_size
-    boxes = boxes * torch.tensor([orig_w / in_w, orig_h / in_h] * 2)
-    boxes[:, 0::2].clamp_(0, orig_w)
-    boxes[:, 1::2].clamp_(0, orig_h)
+    detections = detections_at_original_size(output, input_size, target["orig_size"], with_masks=with_masks, with_semantic=False)
+    boxes = detections["boxes"]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = output["scores"].detach().float().cpu().tolist()
-    category_ids = [label_to_category_id[int(label)] for label in output["labels"].cpu()]
+    scores = detections["scores"].float().tolist()
+    category_ids = [label_to_category_id[int(label)] for label in detections["labels"]]
     results = [
         {"image_id": target["image_id"], "category_id": c, "bbox": [round(v, 2) for v in b], "score": round(s, 5)}
         for b, s, c in zip(xywh, scores, category_ids)
     ]
-    if with_masks:
-        masks = _masks_for(output)
-        if masks is not None:
-            masks = F.interpolate(masks[None].float().cpu(), size=(orig_h, orig_w), mode="nearest")[0].to(torch.uint8)
-            encoded = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy()))
-            for result, rle in zip(results, encoded):
-                rle["counts"] = rle["counts"].decode("ascii")
-                result["segmentation"] = rle
+    if "masks" in detections:
+        encoded = mask_utils.encode(np.asfortranarray(detections["masks"].permute(1, 2, 0).numpy().astype(np.uint8)))
+        for result, rle in zip(results, encoded):
+            rle["counts"] = rle["counts"].decode("ascii")
+            result["segmentation"] = rle
     return results
 
 

@@ -1,4 +1,4 @@
-"""A second synthetic dataset, unlike the shapes set in kind: ``ClutterSpec``.
+"""The second synthetic dataset, ``clutter``, unlike the shapes set in kind: ``ClutterSpec``.
 
 Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on a smooth field
 with thin clutter, this one has:
@@ -15,31 +15,32 @@ with thin clutter, this one has:
 * **JPEG artefacts** (each image goes through JPEG at quality 25..75 before it is stored);
 * **images of varied size**, each side drawn in 192..416 px.
 
-It is generated, cached and written as COCO exactly as the shapes set (``synthetic_dataset``
-with this spec): ``synthetic_dataset(ClutterSpec())``. Its parameters were fixed before any
-detector was trained on it and are not tuned to favour one.
+It is generated, cached and written as COCO exactly as the shapes set:
+``synthetic_dataset(ClutterSpec())``. Its parameters were fixed before any detector was trained
+on it and are not tuned to favour one.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import visible_parts
+from .drawing import Pose, place, random_pose, random_rgb, rotate, to_pixels, visible_parts
+from .writer import DatasetSpec
 
 CATEGORIES = ("arrow", "crescent", "letter_h", "checker_ellipse", "striped_ellipse", "frame")
-#: Bumped whenever the generator changes, so a stale cache is never reused.
-VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class ClutterSpec:
-    seed: int = 0
-    num_train: int = 1200
-    num_val: int = 200
+class ClutterSpec(DatasetSpec):
+    name = "clutter"
+    version = 2
+    categories = CATEGORIES
+
     min_objects: int = 3
     max_objects: int = 12
     min_distractors: int = 2
@@ -50,16 +51,9 @@ class ClutterSpec:
     #: Each image side is drawn uniformly in this range.
     min_side: int = 192
     max_side: int = 416
-    #: A later object may hide at most this fraction of an earlier, smaller one.
-    max_occlusion: float = 0.6
+    #: A later object may hide less than this fraction of an earlier one, or of itself if smaller.
+    max_overlap: float = 0.6
     jpeg_quality: tuple[int, int] = (25, 75)
-
-    def folder_name(self) -> str:
-        return f"clutter-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return CATEGORIES
 
     def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
         return render_image(rng, self)
@@ -73,21 +67,21 @@ def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarra
     items = [int(rng.integers(len(CATEGORIES))) + 1 for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1)))]
     items += [0] * int(rng.integers(spec.min_distractors, spec.max_distractors + 1))
     rng.shuffle(items)
+
+    def candidate(label: int) -> tuple[np.ndarray, str]:
+        pose = random_pose(rng, (spec.min_extent, spec.max_extent), width, height, margin=0.5)
+        return _object(rng, CATEGORIES[label - 1] if label else "distractor", pose, height, width)
+
     drawn: list[tuple[int, np.ndarray]] = []
     for label in items:
-        for _attempt in range(20):
-            extent = math.exp(rng.uniform(math.log(spec.min_extent), math.log(spec.max_extent)))
-            mask, texture = _object(rng, CATEGORIES[label - 1] if label else "distractor", extent, height, width)
-            area = mask.sum()
-            if area > 0 and all((mask & m).sum() <= spec.max_occlusion * min(area, m.sum()) for _, m in drawn):
-                break
-        else:
+        placed = place(functools.partial(candidate, label), [m for _, m in drawn], spec.max_overlap)
+        if placed is None:
             continue
+        mask, texture = placed
         _paint(rng, canvas, mask, texture)
         drawn.append((label, mask))
     objects = visible_parts(drawn, min_pixels=12)
-    pixels = (canvas * 255).round().clip(0, 255).astype(np.uint8)
-    return _jpeg(pixels, int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
+    return _jpeg(to_pixels(canvas), int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
 
 
 def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
@@ -110,27 +104,19 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     for _ in range(int(rng.integers(3, 10))):
         x, y = rng.integers(0, (width, height))
         w, h = rng.integers(8, max(9, width // 3)), rng.integers(8, max(9, height // 3))
-        draw.rectangle((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw.rectangle((x, y, x + w, y + h), fill=random_rgb(rng))
     canvas = np.asarray(image, dtype=np.float64) / 255
     return (canvas + rng.normal(0, 0.04, canvas.shape)).clip(0, 1)
 
 
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return points @ rotation.T
-
-
-def _object(rng, name: str, extent: float, height: int, width: int) -> tuple[np.ndarray, str]:
-    """The full (H, W) bool mask of one object or distractor, and how to fill it."""
-    radius = extent / 2
-    cx = rng.uniform(radius * 0.5, width - radius * 0.5)
-    cy = rng.uniform(radius * 0.5, height - radius * 0.5)
-    angle = rng.uniform(0, 2 * math.pi)
+def _object(rng, name: str, pose: Pose, height: int, width: int) -> tuple[np.ndarray, str]:
+    """The full (H, W) bool mask of one object or distractor at ``pose``, and how to fill it."""
+    radius, cx, cy, angle = pose.radius, pose.cx, pose.cy, pose.angle
     image = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(image)
 
     def polygon(points):
-        draw.polygon([(cx + x, cy + y) for x, y in _rotate(np.asarray(points, dtype=np.float64) * radius, angle)], fill=1)
+        draw.polygon([(cx + x, cy + y) for x, y in rotate(np.asarray(points, dtype=np.float64) * radius, angle)], fill=1)
 
     def ellipse(aspect):
         # An ellipse of axes (radius, radius * aspect), rotated: as a 36-gon.
@@ -154,7 +140,7 @@ def _object(rng, name: str, extent: float, height: int, width: int) -> tuple[np.
         # A hollow rectangle: the outer one filled, then the inner one cut out.
         polygon([(-1, -0.7), (1, -0.7), (1, 0.7), (-1, 0.7)])
         draw = ImageDraw.Draw(image)
-        corners = _rotate(np.array([(-0.65, -0.38), (0.65, -0.38), (0.65, 0.38), (-0.65, 0.38)]) * radius, angle)
+        corners = rotate(np.array([(-0.65, -0.38), (0.65, -0.38), (0.65, 0.38), (-0.65, 0.38)]) * radius, angle)
         draw.polygon([(cx + x, cy + y) for x, y in corners], fill=0)
     elif name == "distractor":
         if rng.random() < 0.5:
