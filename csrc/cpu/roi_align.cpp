@@ -1,6 +1,6 @@
 // RoIAlign on the CPU, forward and backward, for one level (sfpn::roi_align) and for a whole
 // pyramid in one pass (sfpn::multilevel_roi_align); argument checks and the operators are
-// shared with CUDA in roi_align_host.h.
+// shared with CUDA in roi_align.h.
 //
 // Plan. The bilinear weight of a sample is a row weight times a column weight (see
 // roi_align_geometry.h), so for every RoI we tabulate once, per output row and per output column,
@@ -25,7 +25,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "roi_align_host.h"
+#include "roi_align.h"
 
 namespace sfpn::roi_align {
 namespace {

@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "op_checks.h"
-#include "resize.h"
+#include "cpu/resize_kernels.h"
 
 namespace sfpn::cpu {
 namespace {

@@ -1,5 +1,5 @@
 // CPU kernels of sfpn::upsample_add: lateral + resize(top) in one pass, and its gradient w.r.t.
-// top as a gather (see resize.h). Inputs of any strides are made contiguous first (a copy only
+// top as a gather (see cpu/resize_kernels.h). Inputs of any strides are made contiguous first (a copy only
 // when they are not already).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "op_checks.h"
-#include "resize.h"
+#include "cpu/resize_kernels.h"
 
 namespace sfpn::cpu {
 namespace {

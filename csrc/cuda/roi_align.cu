@@ -1,6 +1,6 @@
 // RoIAlign on CUDA, forward and backward, for one level (sfpn::roi_align) and for a whole
 // pyramid in one launch (sfpn::multilevel_roi_align); argument checks and the operators are
-// shared with the CPU in roi_align_host.h.
+// shared with the CPU in roi_align.h.
 //
 // Forward: one thread per output element (RoI, channel, bin); the RoI's level is chosen in the
 // thread (torchvision's LevelMapper rule), the level pointers travel by value in the launch.
@@ -19,7 +19,7 @@
 
 #include <limits>
 
-#include "roi_align_host.h"
+#include "roi_align.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn::roi_align {

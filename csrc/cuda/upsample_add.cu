@@ -7,7 +7,7 @@
 #include <ATen/ops/empty.h>
 
 #include "op_checks.h"
-#include "cuda/resize.cuh"
+#include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn::cuda {

@@ -1,4 +1,4 @@
-// Host check of the CUDA kernels' per-element logic (csrc/cuda/resize.cuh): sample() and
+// Host check of the CUDA kernels' per-element logic (csrc/cuda/resize_kernels.cuh): sample() and
 // adjoint() against a dense-matrix model of the resize, Y = Mh X Mw^T and its adjoint
 // Mh^T G Mw, built from the shared taps (which the Python tests check against F.interpolate).
 // Built and run by tests/test_upsample.py, so that the CUDA code is tested without a GPU.
@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "cuda/resize.cuh"
+#include "cuda/resize_kernels.cuh"
 
 using sfpn::cuda::Axis;
 
