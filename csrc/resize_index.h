@@ -11,18 +11,10 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
-#include <c10/util/Exception.h>
-#include <c10/util/string_view.h>
 
 #include <cstdint>
 
 namespace sfpn::resize {
-
-// The ops' `mode` argument: true for "bilinear", false for "nearest".
-inline bool is_bilinear(c10::string_view mode) {
-  TORCH_CHECK(mode == "nearest" || mode == "bilinear", "mode must be 'nearest' or 'bilinear', got '", mode, "'");
-  return mode == "bilinear";
-}
 
 struct Range {
   int64_t begin, end;  // [begin, end)

@@ -22,8 +22,7 @@
 #include <numeric>
 #include <vector>
 
-#include "nms_iou.h"
-#include "op_checks.h"
+#include "nms.h"
 
 namespace sfpn {
 namespace {
@@ -193,14 +192,14 @@ at::Tensor to_tensor(const std::vector<int64_t>& kept) {
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  checks::nms(boxes, scores);
+  nms::check_nms(boxes, scores);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, nullptr, iou_threshold, kept);
   return to_tensor(kept);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  checks::batched_nms(boxes, scores, idxs);
+  nms::check_batched_nms(boxes, scores, idxs);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, &idxs, iou_threshold, kept);
   return to_tensor(kept);
@@ -208,7 +207,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  checks::batched_nms_padded(boxes, scores, idxs, max_out);
+  nms::check_batched_nms_padded(boxes, scores, idxs, max_out);
   std::vector<int64_t> kept;
   const int64_t count = std::min(nms_into(boxes, scores, &idxs, iou_threshold, kept), max_out);
   at::Tensor indices = at::full({max_out}, -1, at::kLong);

@@ -21,8 +21,6 @@
 
 namespace sfpn::cpu {
 
-using resize::is_bilinear;
-
 // A fresh output tensor whose pages the kernel will fault in as huge pages. Written once from
 // scratch, a fresh multi-megabyte output otherwise costs more in 4 KiB page faults than in the
 // writing itself (P3->P2: ~30 ms of faults against ~7 ms of stores on the 2-core dev machine).

@@ -25,8 +25,7 @@
 
 #include <optional>
 
-#include "nms_iou.h"
-#include "op_checks.h"
+#include "nms.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
 namespace sfpn {
@@ -191,7 +190,7 @@ __global__ void compact_kernel(
 std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs, double iou_threshold,
     int64_t max_out) {
-  // The op entry points below have checked the arguments (sfpn::checks).
+  // The op entry points below have checked the arguments (nms.h).
   const gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_options = boxes.options().dtype(at::kLong);
@@ -250,18 +249,18 @@ at::Tensor trim(const std::tuple<at::Tensor, at::Tensor>& padded) {
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  checks::nms(boxes, scores);
+  nms::check_nms(boxes, scores);
   return trim(nms_padded_cuda(boxes, scores, std::nullopt, iou_threshold, boxes.size(0)));
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  checks::batched_nms(boxes, scores, idxs);
+  nms::check_batched_nms(boxes, scores, idxs);
   return trim(nms_padded_cuda(boxes, scores, idxs, iou_threshold, boxes.size(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  checks::batched_nms_padded(boxes, scores, idxs, max_out);
+  nms::check_batched_nms_padded(boxes, scores, idxs, max_out);
   return nms_padded_cuda(boxes, scores, idxs, iou_threshold, max_out);
 }
 

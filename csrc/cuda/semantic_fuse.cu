@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "op_checks.h"
+#include "resize.h"
 #include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
@@ -75,7 +75,7 @@ __global__ void semantic_fuse_backward_kernel(
 
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse(levels, semantic);
+  resize::check_semantic_fuse(levels, semantic);
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(semantic.device());
   const at::Tensor semantic_c = semantic.contiguous();
@@ -115,7 +115,7 @@ std::vector<at::Tensor> semantic_fuse(
 
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
+  resize::check_semantic_fuse_backward(grads, semantic_height, semantic_width);
   const bool linear = resize::is_bilinear(mode);
   const at::Tensor& first_grad = grads[0];
   const gpu::DeviceGuard guard(first_grad.device());

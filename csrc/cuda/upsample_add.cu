@@ -6,7 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
-#include "op_checks.h"
+#include "resize.h"
 #include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
@@ -68,7 +68,7 @@ void launch_forward(const at::Tensor& top, const at::Tensor& lateral, at::Tensor
 }
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
-  checks::upsample_add(top, lateral);
+  resize::check_upsample_add(top, lateral);
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(lateral.device());
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
@@ -99,7 +99,7 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
 
 at::Tensor upsample_add_backward(
     const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
-  checks::upsample_add_backward(grad, top_height, top_width);
+  resize::check_upsample_add_backward(grad, top_height, top_width);
   const bool linear = resize::is_bilinear(mode);
   const gpu::DeviceGuard guard(grad.device());
   const at::Tensor grad_c = grad.contiguous();
