@@ -24,11 +24,8 @@
 
 #include "nms.h"
 
-namespace sfpn {
+namespace sfpn::nms::cpu {
 namespace {
-
-using nms_detail::box_area;
-using nms_detail::iou_above;
 
 // Positions 0..n-1 ordered by decreasing score (NaN first), equal scores by increasing position.
 template <typename scalar_t>
@@ -192,14 +189,14 @@ at::Tensor to_tensor(const std::vector<int64_t>& kept) {
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  nms::check_nms(boxes, scores);
+  check_nms(boxes, scores);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, nullptr, iou_threshold, kept);
   return to_tensor(kept);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  nms::check_batched_nms(boxes, scores, idxs);
+  check_batched_nms(boxes, scores, idxs);
   std::vector<int64_t> kept;
   nms_into(boxes, scores, &idxs, iou_threshold, kept);
   return to_tensor(kept);
@@ -207,7 +204,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  nms::check_batched_nms_padded(boxes, scores, idxs, max_out);
+  check_batched_nms_padded(boxes, scores, idxs, max_out);
   std::vector<int64_t> kept;
   const int64_t count = std::min(nms_into(boxes, scores, &idxs, iou_threshold, kept), max_out);
   at::Tensor indices = at::full({max_out}, -1, at::kLong);
@@ -223,4 +220,4 @@ TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
   m.impl("batched_nms_padded", &batched_nms_padded_cpu);
 }
 
-}  // namespace sfpn
+}  // namespace sfpn::nms::cpu

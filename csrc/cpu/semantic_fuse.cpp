@@ -9,13 +9,13 @@
 #include "resize.h"
 #include "cpu/resize_kernels.h"
 
-namespace sfpn::cpu {
+namespace sfpn::resize::cpu {
 namespace {
 
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  resize::check_semantic_fuse(levels, semantic);
-  const bool linear = resize::is_bilinear(mode);
+  check_semantic_fuse(levels, semantic);
+  const bool linear = is_bilinear(mode);
   const at::Tensor semantic_c = semantic.contiguous();
   const int64_t planes = semantic.size(0) * semantic.size(1);
   std::vector<at::Tensor> outs;
@@ -38,8 +38,8 @@ std::vector<at::Tensor> semantic_fuse(
 
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  resize::check_semantic_fuse_backward(grads, semantic_height, semantic_width);
-  const bool linear = resize::is_bilinear(mode);
+  check_semantic_fuse_backward(grads, semantic_height, semantic_width);
+  const bool linear = is_bilinear(mode);
   const at::Tensor& first = grads[0];
   at::Tensor grad_semantic =
       empty_output({first.size(0), first.size(1), semantic_height, semantic_width}, first.options());
@@ -71,4 +71,4 @@ TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
   m.impl("semantic_fuse_backward", &semantic_fuse_backward);
 }
 
-}  // namespace sfpn::cpu
+}  // namespace sfpn::resize::cpu

@@ -9,12 +9,12 @@
 #include "resize.h"
 #include "cpu/resize_kernels.h"
 
-namespace sfpn::cpu {
+namespace sfpn::resize::cpu {
 namespace {
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
-  resize::check_upsample_add(top, lateral);
-  const bool linear = resize::is_bilinear(mode);
+  check_upsample_add(top, lateral);
+  const bool linear = is_bilinear(mode);
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
   at::Tensor out = empty_output(lateral.sizes(), lateral.options());
   if (out.numel() == 0) return out;
@@ -31,8 +31,8 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
 
 at::Tensor upsample_add_backward(
     const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
-  resize::check_upsample_add_backward(grad, top_height, top_width);
-  const bool linear = resize::is_bilinear(mode);
+  check_upsample_add_backward(grad, top_height, top_width);
+  const bool linear = is_bilinear(mode);
   const at::Tensor grad_c = grad.contiguous();
   at::Tensor grad_top = empty_output({grad.size(0), grad.size(1), top_height, top_width}, grad.options());
   if (grad_top.numel() == 0) return grad_top;
@@ -56,4 +56,4 @@ TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
   m.impl("upsample_add_backward", &upsample_add_backward);
 }
 
-}  // namespace sfpn::cpu
+}  // namespace sfpn::resize::cpu

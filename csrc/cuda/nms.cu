@@ -28,13 +28,10 @@
 #include "nms.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn {
+namespace sfpn::nms::cuda {
 namespace {
 
-using nms_detail::box_area;
-using nms_detail::iou_above;
-
-constexpr int kWord = nms_detail::kBoxesPerWord;  // boxes per mask word = rows per tile
+constexpr int kWord = kBoxesPerWord;              // boxes per mask word = rows per tile
 constexpr int kColumnCtasPerRowBlock = 16;        // CTAs striding over one row block's tiles
 constexpr int kScanThreads = 256;
 constexpr int kCompactThreads = 256;
@@ -42,7 +39,7 @@ constexpr int kCompactThreads = 256;
 // The mask holds, for row block rb, the tiles of column blocks rb..num_blocks-1: 64 rows of
 // (num_blocks - rb) words, row-major, so that the scan reads a row's words coalesced. The band is
 // sized for the worst case (one class) because the class sizes are only known on the device.
-__host__ __device__ inline int64_t band_offset(int64_t row_block, int64_t num_blocks) {
+C10_HOST_DEVICE inline int64_t band_offset(int64_t row_block, int64_t num_blocks) {
   return kWord * (row_block * num_blocks - row_block * (row_block - 1) / 2);
 }
 
@@ -249,18 +246,18 @@ at::Tensor trim(const std::tuple<at::Tensor, at::Tensor>& padded) {
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  nms::check_nms(boxes, scores);
+  check_nms(boxes, scores);
   return trim(nms_padded_cuda(boxes, scores, std::nullopt, iou_threshold, boxes.size(0)));
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  nms::check_batched_nms(boxes, scores, idxs);
+  check_batched_nms(boxes, scores, idxs);
   return trim(nms_padded_cuda(boxes, scores, idxs, iou_threshold, boxes.size(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  nms::check_batched_nms_padded(boxes, scores, idxs, max_out);
+  check_batched_nms_padded(boxes, scores, idxs, max_out);
   return nms_padded_cuda(boxes, scores, idxs, iou_threshold, max_out);
 }
 
@@ -272,4 +269,4 @@ SFPN_CUDA_OPS(m) {
   m.impl("batched_nms_padded", &batched_nms_padded_cuda);
 }
 
-}  // namespace sfpn
+}  // namespace sfpn::nms::cuda

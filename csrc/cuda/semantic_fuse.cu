@@ -15,7 +15,7 @@
 #include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn::cuda {
+namespace sfpn::resize::cuda {
 namespace {
 
 // Levels per launch: FPN has 4 or 5; more levels take one more launch per 8.
@@ -75,8 +75,8 @@ __global__ void semantic_fuse_backward_kernel(
 
 std::vector<at::Tensor> semantic_fuse(
     at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  resize::check_semantic_fuse(levels, semantic);
-  const bool linear = resize::is_bilinear(mode);
+  check_semantic_fuse(levels, semantic);
+  const bool linear = is_bilinear(mode);
   const gpu::DeviceGuard guard(semantic.device());
   const at::Tensor semantic_c = semantic.contiguous();
   std::vector<at::Tensor> inputs, outs;
@@ -115,8 +115,8 @@ std::vector<at::Tensor> semantic_fuse(
 
 at::Tensor semantic_fuse_backward(
     at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  resize::check_semantic_fuse_backward(grads, semantic_height, semantic_width);
-  const bool linear = resize::is_bilinear(mode);
+  check_semantic_fuse_backward(grads, semantic_height, semantic_width);
+  const bool linear = is_bilinear(mode);
   const at::Tensor& first_grad = grads[0];
   const gpu::DeviceGuard guard(first_grad.device());
   at::Tensor grad_semantic = at::empty(
@@ -161,4 +161,4 @@ SFPN_CUDA_OPS(m) {
   m.impl("semantic_fuse_backward", &semantic_fuse_backward);
 }
 
-}  // namespace sfpn::cuda
+}  // namespace sfpn::resize::cuda

@@ -10,7 +10,7 @@
 #include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn::cuda {
+namespace sfpn::resize::cuda {
 namespace {
 
 template <typename scalar_t, int kVec>
@@ -68,8 +68,8 @@ void launch_forward(const at::Tensor& top, const at::Tensor& lateral, at::Tensor
 }
 
 at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
-  resize::check_upsample_add(top, lateral);
-  const bool linear = resize::is_bilinear(mode);
+  check_upsample_add(top, lateral);
+  const bool linear = is_bilinear(mode);
   const gpu::DeviceGuard guard(lateral.device());
   const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
   at::Tensor out = at::empty(lateral.sizes(), lateral.options());
@@ -99,8 +99,8 @@ at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::s
 
 at::Tensor upsample_add_backward(
     const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
-  resize::check_upsample_add_backward(grad, top_height, top_width);
-  const bool linear = resize::is_bilinear(mode);
+  check_upsample_add_backward(grad, top_height, top_width);
+  const bool linear = is_bilinear(mode);
   const gpu::DeviceGuard guard(grad.device());
   const at::Tensor grad_c = grad.contiguous();
   at::Tensor grad_top = at::empty({grad.size(0), grad.size(1), top_height, top_width}, grad.options());
@@ -129,4 +129,4 @@ SFPN_CUDA_OPS(m) {
   m.impl("upsample_add_backward", &upsample_add_backward);
 }
 
-}  // namespace sfpn::cuda
+}  // namespace sfpn::resize::cuda
