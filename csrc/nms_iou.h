@@ -13,7 +13,7 @@
 
 #include <c10/macros/Macros.h>
 
-namespace sfpn::nms_detail {
+namespace sfpn::nms {
 
 // Boxes per mask word (CUDA) and rows per tile.
 constexpr int kBoxesPerWord = 64;
@@ -53,4 +53,4 @@ C10_HOST_DEVICE inline bool iou_above(
   return inter / ((area_a + area_b) - inter) > threshold;
 }
 
-}  // namespace sfpn::nms_detail
+}  // namespace sfpn::nms

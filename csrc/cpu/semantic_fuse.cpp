@@ -1,74 +1,57 @@
 // CPU kernels of sfpn::semantic_fuse: levels[i] + resize(semantic, size of level i) for every
 // level, and the gradient w.r.t. semantic (the sum over levels of the adjoint resizes) as one
-// gather over semantic rows, so each of its elements is written exactly once.
+// gather over semantic rows, so each of its elements is written exactly once. The operators
+// around them (checks, contiguous inputs, outputs, empty levels) are resize.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "op_checks.h"
-#include "resize.h"
+#include <vector>
 
-namespace sfpn::cpu {
+#include "resize.h"
+#include "cpu/resize_kernels.h"
+
+namespace sfpn::resize::cpu {
 namespace {
 
-std::vector<at::Tensor> semantic_fuse(
-    at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse(levels, semantic);
-  const bool linear = is_bilinear(mode);
-  const at::Tensor semantic_c = semantic.contiguous();
+void semantic_fuse(const at::Tensor& semantic, const std::vector<at::Tensor>& levels, std::vector<at::Tensor>& outs,
+                   bool linear, bool align_corners) {
   const int64_t planes = semantic.size(0) * semantic.size(1);
-  std::vector<at::Tensor> outs;
-  outs.reserve(levels.size());
-  for (const at::Tensor& level : levels) {
-    const at::Tensor level_c = level.contiguous();
-    at::Tensor out = empty_output(level.sizes(), level.options());
-    outs.push_back(out);
-    if (out.numel() == 0) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sfpn::semantic_fuse", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const Resize2d<acc_t> resize(semantic.size(2), semantic.size(3), level.size(2), level.size(3), linear, align_corners);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, semantic.scalar_type(), "sfpn::semantic_fuse", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (size_t k = 0; k < levels.size(); ++k) {
+      const Resize2d<acc_t> resize(
+          semantic.size(2), semantic.size(3), levels[k].size(2), levels[k].size(3), linear, align_corners);
       resize_add<scalar_t, acc_t>(
-          semantic_c.const_data_ptr<scalar_t>(), level_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-          planes, resize);
-    });
-  }
-  return outs;
+          semantic.const_data_ptr<scalar_t>(), levels[k].const_data_ptr<scalar_t>(),
+          outs[k].mutable_data_ptr<scalar_t>(), planes, resize);
+    }
+  });
 }
 
-at::Tensor semantic_fuse_backward(
-    at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
-  const bool linear = is_bilinear(mode);
-  const at::Tensor& first = grads[0];
-  at::Tensor grad_semantic =
-      empty_output({first.size(0), first.size(1), semantic_height, semantic_width}, first.options());
-  if (grad_semantic.numel() == 0) return grad_semantic;
-  std::vector<at::Tensor> grads_c;
-  for (const at::Tensor& grad : grads) {
-    if (grad.numel() > 0) grads_c.push_back(grad.contiguous());  // an empty level contributes nothing
-  }
-  if (grads_c.empty()) return grad_semantic.zero_();
-  const int64_t planes = first.size(0) * first.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    std::vector<const scalar_t*> pointers;
-    std::vector<Resize2d<acc_t>> resizes;
-    for (const at::Tensor& grad : grads_c) {
-      pointers.push_back(grad.const_data_ptr<scalar_t>());
-      resizes.emplace_back(semantic_height, semantic_width, grad.size(2), grad.size(3), linear, align_corners);
-    }
-    resize_adjoint<scalar_t, acc_t>(
-        pointers, resizes, grad_semantic.mutable_data_ptr<scalar_t>(), planes, semantic_height, semantic_width);
-  });
-  return grad_semantic;
+void semantic_fuse_backward(const std::vector<at::Tensor>& grads, at::Tensor& grad_semantic, bool linear,
+                            bool align_corners) {
+  const int64_t planes = grad_semantic.size(0) * grad_semantic.size(1);
+  const int64_t semantic_height = grad_semantic.size(2), semantic_width = grad_semantic.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_semantic.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        std::vector<const scalar_t*> pointers;
+        std::vector<Resize2d<acc_t>> resizes;
+        for (const at::Tensor& grad : grads) {
+          pointers.push_back(grad.const_data_ptr<scalar_t>());
+          resizes.emplace_back(semantic_height, semantic_width, grad.size(2), grad.size(3), linear, align_corners);
+        }
+        resize_adjoint<scalar_t, acc_t>(
+            pointers, resizes, grad_semantic.mutable_data_ptr<scalar_t>(), planes, semantic_height, semantic_width);
+      });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
-  m.impl("semantic_fuse", &semantic_fuse);
-  m.impl("semantic_fuse_backward", &semantic_fuse_backward);
+  register_semantic_fuse_ops<semantic_fuse, semantic_fuse_backward, empty_output>(m);
 }
 
-}  // namespace sfpn::cpu
+}  // namespace sfpn::resize::cpu

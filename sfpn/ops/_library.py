@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from .. import kernels
+
 LIBRARY = torch.library.Library("sfpn", "DEF")
 
 #: The backends an op can have besides its reference.
@@ -79,10 +81,10 @@ def references():
 
 
 def register(op: Op) -> None:
-    """Adds ``op`` to :data:`OPS`, and registers its Triton kernels for CUDA when Triton imports."""
-    from .. import kernels
-
+    """Adds ``op`` to :data:`OPS`, registers its Triton kernels for CUDA when Triton imports, and
+    hands them to :func:`sfpn.kernels.add_implementations` for ``interpret_on_cpu``."""
     OPS[op.name] = op
+    kernels.add_implementations(op.triton)
     if kernels.AVAILABLE:
         for name, implementation in op.triton.items():
             LIBRARY.impl(name, implementation, "CUDA")

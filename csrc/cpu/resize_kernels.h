@@ -19,9 +19,7 @@
 
 #include "resize_index.h"
 
-namespace sfpn::cpu {
-
-using resize::is_bilinear;
+namespace sfpn::resize::cpu {
 
 // A fresh output tensor whose pages the kernel will fault in as huge pages. Written once from
 // scratch, a fresh multi-megabyte output otherwise costs more in 4 KiB page faults than in the
@@ -44,7 +42,7 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
 // every source, so that the inner loops only load.
 template <typename acc_t>
 struct AxisTable {
-  resize::Axis<acc_t> axis;
+  Axis<acc_t> axis;
   std::vector<int64_t> index0, index1;  // (out,)
   std::vector<acc_t> weight0, weight1;  // (out,)
   std::vector<int64_t> begin[2], end[2];  // (in,) per tap: the outputs reading each source
@@ -63,7 +61,7 @@ struct AxisTable {
         index0(out), index1(out), weight0(out), weight1(out),
         taps(1), doubling(!linear && out == 2 * in), blended_doubling(false) {
     for (int64_t o = 0; o < out; ++o) {
-      const resize::Taps<acc_t> t = axis.taps_of(o);
+      const Taps<acc_t> t = axis.taps_of(o);
       index0[o] = t.index0;
       index1[o] = t.index1;
       weight0[o] = t.weight0;
@@ -74,7 +72,7 @@ struct AxisTable {
       begin[tap].resize(in);
       end[tap].resize(in);
       for (int64_t i = 0; i < in; ++i) {
-        const resize::Range range = axis.tap_range(tap, i);
+        const Range range = axis.tap_range(tap, i);
         begin[tap][i] = range.begin;
         end[tap][i] = range.end;
       }
@@ -252,4 +250,4 @@ void resize_adjoint(
   });
 }
 
-}  // namespace sfpn::cpu
+}  // namespace sfpn::resize::cpu
