@@ -44,14 +44,13 @@ def predict_image(model, image: torch.Tensor, min_size: int, max_size: int) -> d
     device = next(model.parameters()).device
     output = {k: v.cpu() for k, v in model([resized.to(device)])[0].items()}
     in_h, in_w = resized.shape[-2:]
-    masks = _masks_for(output)
     result = {
         "boxes": output["boxes"] * torch.tensor([width / in_w, height / in_h] * 2),
         "scores": output["scores"],
         "labels": output["labels"],
     }
-    if masks is not None:
-        result["masks"] = F.interpolate(masks[None].float(), size=(height, width), mode="nearest")[0].bool()
+    if "masks" in output:  # Mask R-CNN's; render() makes an SFPN detector's from the semantic map
+        result["masks"] = F.interpolate(_masks_for(output)[None].float(), size=(height, width), mode="nearest")[0].bool()
     if "semantic" in output:
         result["semantic"] = F.interpolate(output["semantic"][None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
     return result
@@ -59,11 +58,16 @@ def predict_image(model, image: torch.Tensor, min_size: int, max_size: int) -> d
 
 def render(image: np.ndarray, prediction: dict, class_names: list[str], score_threshold: float) -> Image.Image:
     """The drawing: (H, W, 3) uint8 image + prediction -> one PIL image (one or two panels)."""
+    from .engine.evaluation import _masks_for
+
     colors = class_colors(len(class_names))
     keep = prediction["scores"] >= score_threshold
     canvas = image.astype(np.float32)
-    if "masks" in prediction:
-        for mask, label in zip(prediction["masks"][keep], prediction["labels"][keep]):
+    masks = prediction["masks"][keep] if "masks" in prediction else None
+    if masks is None and "semantic" in prediction:  # SFPN: the map inside each box, made for the drawn ones only
+        masks = _masks_for({"semantic": prediction["semantic"], "boxes": prediction["boxes"][keep]})
+    if masks is not None:
+        for mask, label in zip(masks, prediction["labels"][keep]):
             mask = mask.numpy()
             canvas[mask] = 0.55 * canvas[mask] + 0.45 * colors[int(label)]
     panel = Image.fromarray(canvas.round().astype(np.uint8))
