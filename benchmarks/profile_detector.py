@@ -1,15 +1,17 @@
 """Where SFPN's extra time goes, against its FPN twin: torch.profiler on the CPU, for inference and
 for a training step (forward + backward of the losses, no optimizer step).
 
-    python benchmarks/profile_detector.py [--arch faster_rcnn] [--size 320] [--rounds 5] [--threads 1]
+    python benchmarks/profile_detector.py [--model small|r50] [--arch faster_rcnn] [--size 320 320]
+        [--modes inference training] [--rounds 5] [--threads 1]
 
 Prints, per mode, two tables of milliseconds per call (the median over ``--rounds`` profiled
 calls after two warm-up calls, FPN and SFPN in turns): the process CPU time of each stage (the
 detector's modules and functions, inclusive; ``backward`` is everything autograd runs), FPN
 against SFPN; then the ops whose self time in the profiler (wall time) grows the most from FPN
-to SFPN. The detectors are the ``<arch>_r18_{fpn,sfpn}_small`` presets (random
-weights, 4 classes) on a batch of two random images with 4 boxes each, as
-benchmarks/bench_detector.py's ``step-small``. On a shared machine use ``--threads 1`` and read the
+to SFPN. The detectors (random weights) run on a batch of two random images, as in
+benchmarks/bench_detector.py: by default the ``<arch>_r18_{fpn,sfpn}_small`` presets with 4
+classes and 4 boxes per image (its ``step-small``), with ``--model r50`` the ``_r50_*_1x`` ones
+with 80 classes and 20 boxes. On a shared machine use ``--threads 1`` and read the
 FPN/SFPN ratios, not the absolute times.
 """
 from __future__ import annotations
@@ -116,12 +118,17 @@ def medians(calls: list[dict]) -> dict:
     return {key: statistics.median(call.get(key, 0.0) for call in calls) for key in set().union(*calls)}
 
 
-def steps(arch: str, neck: str, size: int):
-    """(model, inference step, training step) of the small preset with ``neck``; a step takes the
+#: ``--model`` -> (preset name with ``{arch}`` and ``{neck}``, classes, boxes per image).
+MODELS = {"small": ("{arch}_r18_{neck}_small", 4, 4), "r50": ("{arch}_r50_{neck}_1x", 80, 20)}
+
+
+def steps(model_name: str, arch: str, neck: str, height: int, width: int):
+    """(model, inference step, training step) of ``--model`` with ``neck``; a step takes the
     :class:`Stages` that time it."""
+    preset, num_classes, boxes = MODELS[model_name]
     torch.manual_seed(0)
-    model = sfpn.build_detector(f"{arch}_r18_{neck}_small", 4)
-    images, targets = _batch(size, size, 4, 4, "cpu")
+    model = sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes)
+    images, targets = _batch(height, width, num_classes, boxes, "cpu")
 
     @torch.no_grad()
     def infer(stages: Stages):  # noqa: ARG001 (the model's own stages are timed by hooks)
@@ -140,17 +147,21 @@ def steps(arch: str, neck: str, size: int):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="small", choices=list(MODELS),
+                        help="small: the <arch>_r18_*_small presets, 4 classes; r50: <arch>_r50_*_1x, 80 classes")
     parser.add_argument("--arch", default="faster_rcnn", choices=["faster_rcnn", "mask_rcnn", "cascade_rcnn"])
-    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--modes", nargs="+", default=["inference", "training"], choices=["inference", "training"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--top", type=int, default=12, help="ops listed per mode")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{args.arch}_r18_*_small, batch 2 at {args.size}x{args.size}, {args.threads} thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
-    for mode in ("inference", "training step"):
-        detectors = {neck: steps(args.arch, neck, args.size) for neck in ("fpn", "sfpn")}
+    height, width = args.size
+    print(f"{MODELS[args.model][0].format(arch=args.arch, neck='*')}, batch 2 at {height}x{width}, "
+          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
+    for mode in args.modes:
+        detectors = {neck: steps(args.model, args.arch, neck, height, width) for neck in ("fpn", "sfpn")}
         calls = {neck: [] for neck in detectors}
         for index in range(2 + args.rounds):  # FPN and SFPN in turns, so that both see the same load
             for neck, (model, infer, train) in detectors.items():
