@@ -60,9 +60,8 @@ def _check_upsample_argmax(logits, size, crop) -> tuple[list[int], list[int]]:
     check_tensor("logits", logits, ndim=3, nonempty=True)
     sizes = {}
     for name, value in (("size", size), ("crop", size if crop is None else crop)):
-        if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) != 2:
-            raise TypeError(f"{name} must be a pair of ints (H, W), got {value!r}")
-        if any(not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool) for v in value):
+        if (isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) != 2
+                or any(not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool) for v in value)):
             raise TypeError(f"{name} must be a pair of ints (H, W), got {value!r}")
         sizes[name] = list(value)
     (height, width), (crop_h, crop_w) = sizes["size"], sizes["crop"]
@@ -98,10 +97,7 @@ def upsample_argmax(logits: torch.Tensor, size: Sequence[int], crop: Sequence[in
 # ----------------------------------------------------------------------------------------------
 # The dispatcher op: schema, reference fallback, fake. No autograd formula: the output is an index.
 
-_library.define(
-    "upsample_argmax(Tensor logits, SymInt[2] size, SymInt[2] crop) -> Tensor",
-    lambda logits, size, crop: upsample_argmax_reference(logits, size, crop),
-)
+_library.define("upsample_argmax(Tensor logits, SymInt[2] size, SymInt[2] crop) -> Tensor", upsample_argmax_reference)
 
 
 @torch.library.register_fake("sfpn::upsample_argmax")
