@@ -31,29 +31,13 @@ constexpr int64_t kTileWidth = 256;
 // thread, as waking a second one costs more (on a loaded machine, milliseconds).
 constexpr int64_t kMinTaskWork = int64_t(1) << 20;
 
-// The taps of one axis at outputs [0, count), tabulated.
-template <typename acc_t>
-struct AxisTaps {
-  std::vector<int64_t> index0, index1;
-  std::vector<acc_t> weight0, weight1;
-
-  AxisTaps(const resize::Axis<acc_t>& axis, int64_t count)
-      : index0(count), index1(count), weight0(count), weight1(count) {
-    for (int64_t o = 0; o < count; ++o) {
-      const resize::Taps<acc_t> taps = axis.taps_of(o);
-      index0[o] = taps.index0;
-      index1[o] = taps.index1;
-      weight0[o] = taps.weight0;
-      weight1[o] = taps.weight1;
-    }
-  }
-};
-
 template <typename scalar_t, typename acc_t>
 void upsample_argmax_kernel(const scalar_t* logits, int64_t classes, int64_t in_h, int64_t in_w, int64_t height,
                             int64_t width, int64_t* out, int64_t crop_h, int64_t crop_w) {
-  const AxisTaps<acc_t> rows(resize::Axis<acc_t>(in_h, height, /*linear=*/true, /*align_corners=*/false), crop_h);
-  const AxisTaps<acc_t> cols(resize::Axis<acc_t>(in_w, width, /*linear=*/true, /*align_corners=*/false), crop_w);
+  const resize::Axis<acc_t> rows(in_h, height, /*linear=*/true, /*align_corners=*/false);
+  const resize::Axis<acc_t> col_axis(in_w, width, /*linear=*/true, /*align_corners=*/false);
+  std::vector<resize::Taps<acc_t>> cols(crop_w);  // read K times per source row: tabulated
+  for (int64_t x = 0; x < crop_w; ++x) cols[x] = col_axis.taps_of(x);
   const int64_t plane = in_h * in_w;
   const int64_t grain = std::max<int64_t>(1, kMinTaskWork / (classes * crop_w));
   at::parallel_for(0, crop_h, grain, [&](int64_t begin, int64_t end) {
@@ -75,24 +59,23 @@ void upsample_argmax_kernel(const scalar_t* logits, int64_t classes, int64_t in_
         recent = 1 - recent;
         cached[recent] = y;
         acc_t* dst = cache.data() + recent * classes * tile;
-        const int64_t* i0 = cols.index0.data() + x0;
-        const int64_t* i1 = cols.index1.data() + x0;
-        const acc_t* w0 = cols.weight0.data() + x0;
-        const acc_t* w1 = cols.weight1.data() + x0;
+        const resize::Taps<acc_t>* taps = cols.data() + x0;
         for (int64_t k = 0; k < classes; ++k) {
           const scalar_t* src = logits + k * plane + y * in_w;
           acc_t* row = dst + k * tile;
           for (int64_t x = 0; x < count; ++x) {
-            row[x] = w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
+            const resize::Taps<acc_t>& t = taps[x];
+            row[x] = t.weight0 * static_cast<acc_t>(src[t.index0]) + t.weight1 * static_cast<acc_t>(src[t.index1]);
           }
         }
         return dst;
       };
 
       for (int64_t y = begin; y < end; ++y) {
-        const acc_t* upper = blended_row(rows.index0[y]);
-        const acc_t* lower = blended_row(rows.index1[y]);
-        const acc_t wu = rows.weight0[y], wl = rows.weight1[y];
+        const resize::Taps<acc_t> row = rows.taps_of(y);
+        const acc_t* upper = blended_row(row.index0);
+        const acc_t* lower = blended_row(row.index1);
+        const acc_t wu = row.weight0, wl = row.weight1;
         acc_t* __restrict__ top = best.data();
         int32_t* __restrict__ top_class = best_class.data();
         for (int64_t x = 0; x < count; ++x) {
