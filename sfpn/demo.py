@@ -41,16 +41,23 @@ def predict_image(model, image: torch.Tensor, min_size: int, max_size: int) -> d
     resized, _ = ResizeShortestEdge(min_size, max_size)(image, {}, None)
     device = next(model.parameters()).device
     output = model([resized.to(device)])[0]
+    # Masks as evaluation makes them (an SFPN detector's from its semantic map), so that the
+    # picture shows what COCOeval scores.
     return detections_at_original_size(output, tuple(resized.shape[-2:]), tuple(image.shape[-2:]))
 
 
 def render(image: np.ndarray, prediction: dict, class_names: list[str], score_threshold: float) -> Image.Image:
     """The drawing: (H, W, 3) uint8 image + prediction -> one PIL image (one or two panels)."""
+    from .modeling.postprocess import instance_masks
+
     colors = class_colors(len(class_names))
     keep = prediction["scores"] >= score_threshold
     canvas = image.astype(np.float32)
-    if "masks" in prediction:
-        for mask, label in zip(prediction["masks"][keep], prediction["labels"][keep]):
+    masks = prediction["masks"][keep] if "masks" in prediction else None
+    if masks is None and "semantic" in prediction:  # a prediction without masks: the map inside each drawn box
+        masks = instance_masks({"semantic": prediction["semantic"], "boxes": prediction["boxes"][keep]})
+    if masks is not None:
+        for mask, label in zip(masks, prediction["labels"][keep]):
             mask = mask.numpy()
             canvas[mask] = 0.55 * canvas[mask] + 0.45 * colors[int(label)]
     panel = Image.fromarray(canvas.round().astype(np.uint8))

@@ -14,6 +14,7 @@ import torch
 from sfpn.ops import reference
 
 from cuda_emulation_build import load
+from test_upsample_argmax import assert_class_map, expected_upsampled
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -111,6 +112,30 @@ def test_semantic_fuse_backward(emulated, generator, mode, align_corners, sizes)
     torch.autograd.backward(fused, grads)
     grad_semantic = run(emulated, "semantic_fuse_backward", grads, 10, 14, mode, align_corners)
     assert_close(grad_semantic, semantic.grad, torch.float64)
+
+
+# ---- upsample_argmax --------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_classes,logits_size,size,crop", [
+    (7, (5, 6), (40, 48), (37, 45)),  # 8x, cropped: the detector's case
+    (3, (4, 7), (11, 17), (11, 17)),  # sizes that do not divide
+    (1, (3, 3), (9, 9), (9, 9)),
+])
+def test_upsample_argmax(emulated, generator, seed, dtype, num_classes, logits_size, size, crop):
+    logits = (3 * torch.randn(num_classes, *logits_size, generator=generator)).to(dtype)
+    got = run(emulated, "upsample_argmax", logits, list(size), list(crop), seed=seed)
+    assert_class_map(got, expected_upsampled(logits, size, crop))
+
+
+def test_upsample_argmax_nan_and_empty(emulated, generator):
+    logits = torch.randn(4, 5, 5, generator=generator)
+    logits[2, 1, 3] = float("nan")
+    got = run(emulated, "upsample_argmax", logits, [20, 20], [20, 20])
+    upsampled = expected_upsampled(logits, (20, 20), None)
+    nan = upsampled.isnan().any(0)
+    assert nan.any() and torch.equal(got[nan], upsampled.argmax(0)[nan])
+    assert run(emulated, "upsample_argmax", logits, [20, 20], [0, 20]).shape == (0, 20)
 
 
 # ---- roi_align and multilevel_roi_align -------------------------------------------------------

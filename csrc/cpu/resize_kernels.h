@@ -7,35 +7,21 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "cpu/recycled_memory.h"
 #include "resize_index.h"
 
 namespace sfpn::resize::cpu {
 
-// A fresh output tensor whose pages the kernel will fault in as huge pages. Written once from
-// scratch, a fresh multi-megabyte output otherwise costs more in 4 KiB page faults than in the
-// writing itself (P3->P2: ~30 ms of faults against ~7 ms of stores on the 2-core dev machine).
-// This is what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for every allocation; here it is only
-// advice on our own outputs, given before their first touch, and ignored where unsupported.
+// A fresh output tensor, in memory recycled from earlier calls when it is large: see
+// recycled_memory.h for why (the page faults of fresh multi-megabyte outputs cost the FPN
+// top-down step more than its arithmetic).
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + out.nbytes()) & ~(kHugePage - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  return out;
+  return memory::empty_recycled(sizes, options);
 }
 
 // One axis of the resize, tabulated: the forward taps of every output and the adjoint ranges of

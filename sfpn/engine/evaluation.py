@@ -129,8 +129,12 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
 
 
 @torch.no_grad()
-def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True) -> tuple[list[dict], bool, dict]:
+def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
+            masks: bool = True) -> tuple[list[dict], bool, dict]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
+
+    ``masks``: whether the results get instance masks (the detector's, or those made from its
+    semantic map, one full-size mask per detection); False leaves them out, unmade.
 
     Returns (results, whether the results have masks, ``{"image", "stride"}`` semantic confusion
     matrices summed over all ranks, empty without a semantic branch or semantic labels).
@@ -153,7 +157,7 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
             outputs = model([image.to(device) for image in images])
             for image, output, target in zip(images, outputs, targets):
                 if with_masks is None:
-                    with_masks = "masks" in output or "semantic" in output
+                    with_masks = masks and ("masks" in output or "semantic" in output)
                 results.extend(to_coco_results(output, target, tuple(image.shape[-2:]), dataset.label_to_category_id, with_masks))
                 if "semantic_logits" in output and "semantic" in target:
                     _accumulate_semantic(confusions, output, target)
@@ -210,14 +214,15 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
     Rank 0 writes the COCO results to ``results_file`` when given.
     """
-    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress)
+    # Masks can only be scored against ground truth that has them: COCOeval fails on the first
+    # annotation without a 'segmentation'. On box-only datasets no masks are made at all.
+    ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
+    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress,
+                                              masks=ground_truth_masks)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
-    # Masks can only be scored against ground truth that has them: COCOeval fails on the first
-    # annotation without a 'segmentation' (box-only datasets, whose SFPN still predicts masks).
-    ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
-    iou_types = IOU_TYPES if with_masks and ground_truth_masks else ("bbox",)
+    iou_types = IOU_TYPES if with_masks else ("bbox",)
     metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids)
     metrics.setdefault("segm", None)
     class_names = ["background", *dataset.class_names]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import upsample_argmax
 from ..semantic_labels import semantic_labels
-from .semantic_head import upsample_argmax
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

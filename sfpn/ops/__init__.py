@@ -9,6 +9,7 @@ backend serves each op; ``sfpn.ops._library.OPS`` lists them.
 # Imported in the order of the registry (sfpn.info's table): the compiled ops, then the Triton ops.
 from .upsample_add import upsample_add  # noqa: I001
 from .semantic_fuse import semantic_fuse
+from .upsample_argmax import upsample_argmax
 from .roi_align import RoIAlign, roi_align
 from .multilevel_roi_align import MultiLevelRoIAlign, multilevel_roi_align
 from .nms import batched_nms, batched_nms_padded, nms
@@ -19,6 +20,7 @@ from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 __all__ = [
     "upsample_add",
     "semantic_fuse",
+    "upsample_argmax",
     "roi_align",
     "RoIAlign",
     "multilevel_roi_align",
