@@ -30,6 +30,7 @@ namespace {
 
 using nms_detail::box_area;
 using nms_detail::iou_above;
+using nms_detail::threshold_in;
 
 // Positions 0..n-1 ordered by decreasing score (NaN first), equal scores by increasing position.
 template <typename scalar_t>
@@ -121,7 +122,7 @@ std::vector<uint8_t> suppress(
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = static_cast<int64_t>(order.size());
   const int64_t num_runs = static_cast<int64_t>(groups.runs.size()) - 1;
-  const acc_t threshold = static_cast<acc_t>(iou_threshold);
+  const acc_t threshold = threshold_in<acc_t>(iou_threshold);
   // Coordinates in group order, one array per coordinate so the inner loop vectorises.
   std::vector<acc_t> x1(n), y1(n), x2(n), y2(n), area(n);
   std::vector<uint8_t> suppressed(n, 0), keep(n, 0);

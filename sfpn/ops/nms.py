@@ -10,8 +10,11 @@ Semantics shared by every backend (the compiled kernels and the reference below)
 * Boxes are ``(x1, y1, x2, y2)``; a box suppresses a later box of its class when their IoU is
   strictly greater than ``iou_threshold``. The IoU is computed in float32 for float16, bfloat16
   and float32 boxes and in float64 for float64 boxes, as
-  ``inter / ((area_a + area_b) - inter)``, the same expression as torchvision's float32 kernels,
-  so float32 results equal torchvision's.
+  ``inter / ((area_a + area_b) - inter)``, the same expression as torchvision's CPU kernel, and
+  compared as torchvision's CPU kernel compares it: as a float64 with the float64 threshold (a
+  float32 IoU of ``float32(0.3)``, 0.30000001, is above 0.3). So float32 and float64 results
+  equal torchvision's CPU results; float16 and bfloat16 boxes give the results of their float32
+  copies (torchvision's CPU kernel takes neither; for its CUDA kernel see the README).
 * Order: boxes are visited, and kept indices returned, by decreasing score; equal scores are
   ordered by increasing index (a stable sort); NaN scores rank above every number
   (``torch.sort``'s descending order).
@@ -96,10 +99,12 @@ def _check_max_out(max_out) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: float) -> torch.Tensor:
     """``iou(rows[i], cols[j]) > threshold`` for boxes ``(R, 4)`` x ``(C, 4)`` -> ``(R, C)`` bool.
 
-    The expression and its evaluation order match csrc/nms_iou.h, so the results are identical.
+    The IoU's expression and evaluation order match csrc/nms_iou.h, so the IoUs are identical; the
+    comparison is in float64 against the unrounded threshold (the kernels make the same decision in
+    the IoU's type with a threshold rounded down, ``threshold_in``).
     """
     rx1, ry1, rx2, ry2 = (c[:, None] for c in rows.unbind(1))
     cx1, cy1, cx2, cy2 = cols.unbind(1)
@@ -108,7 +113,7 @@ def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -
     width = (torch.minimum(rx2, cx2) - torch.maximum(rx1, cx1)).clamp_(min=0)
     height = (torch.minimum(ry2, cy2) - torch.maximum(ry1, cy1)).clamp_(min=0)
     inter = width * height
-    return inter / ((area_rows + area_cols) - inter) > threshold
+    return (inter / ((area_rows + area_cols) - inter)).double() > threshold
 
 
 def _visit_order(scores: torch.Tensor, idxs: torch.Tensor | None) -> torch.Tensor:
@@ -134,7 +139,6 @@ def batched_nms_reference(
     if count == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     accumulate = torch.float64 if boxes.dtype == torch.float64 else torch.float32
-    threshold = torch.tensor(iou_threshold, dtype=accumulate, device=boxes.device)
     order = _visit_order(scores, idxs)
     sorted_boxes = boxes[order].to(accumulate)
     classes = idxs[order].long() if idxs is not None else torch.zeros(count, dtype=torch.int64, device=boxes.device)
@@ -144,7 +148,7 @@ def batched_nms_reference(
         stop = min(start + _REFERENCE_BLOCK, count)
         block, block_classes = sorted_boxes[start:stop], classes[start:stop]
         same_class = block_classes[:, None] == block_classes[None, :]
-        earlier_overlaps = _overlaps(block, block, threshold).triu_(1) & same_class
+        earlier_overlaps = _overlaps(block, block, iou_threshold).triu_(1) & same_class
         alive = ~suppressed[start:stop]
         kept = alive
         while True:
@@ -156,7 +160,7 @@ def batched_nms_reference(
         tail_end = class_ends[stop - 1]
         if tail_end > stop and bool(kept.any()):
             tail_classes = classes[stop:tail_end]
-            hits = _overlaps(block[kept], sorted_boxes[stop:tail_end], threshold)
+            hits = _overlaps(block[kept], sorted_boxes[stop:tail_end], iou_threshold)
             hits &= block_classes[kept][:, None] == tail_classes[None, :]
             suppressed[stop:tail_end] |= hits.any(0)
     keep = torch.zeros(count, dtype=torch.bool, device=boxes.device)
