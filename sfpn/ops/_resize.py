@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_choice
+from ._validate import OpValueError, check_choice
 
 MODES = ("nearest", "bilinear")
 
@@ -13,7 +13,7 @@ def resolve_align_corners(mode: str, align_corners: bool | None) -> bool:
     check_choice("mode", mode, MODES)
     if mode == "nearest":
         if align_corners:
-            raise ValueError("align_corners must be None or False with mode='nearest'")
+            raise OpValueError("align_corners must be None or False with mode='nearest'")
         return False
     return bool(align_corners)
 

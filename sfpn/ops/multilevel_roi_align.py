@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import _library
+from ._validate import OpTypeError, OpValueError
 from .roi_align import (
     boxes_to_rois,
     check_input,
@@ -53,7 +54,7 @@ def infer_scales(levels: Sequence[torch.Tensor], image_shapes: Sequence[tuple[in
     """torchvision's scales of pyramid ``levels`` for a batch of ``image_shapes`` ``(h, w)``: each
     level's :func:`infer_scale` against the largest image."""
     if not image_shapes:
-        raise ValueError("image_shapes must not be empty")
+        raise OpValueError("image_shapes must not be empty")
     largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
     return [infer_scale(level.shape[-2:], largest) for level in levels]
 
@@ -77,24 +78,24 @@ def map_levels_reference(boxes: torch.Tensor, scales, canonical_scale=224, canon
 
 def _check_levels(levels, scales) -> tuple[list[torch.Tensor], list[float]]:
     if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence):
-        raise TypeError(f"levels must be a list of (N, C, H, W) tensors, got {type(levels).__name__}")
+        raise OpTypeError(f"levels must be a list of (N, C, H, W) tensors, got {type(levels).__name__}")
     levels = list(levels)
     if not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"levels must hold 1 to {MAX_LEVELS} feature maps, got {len(levels)}")
+        raise OpValueError(f"levels must hold 1 to {MAX_LEVELS} feature maps, got {len(levels)}")
     for i, level in enumerate(levels):
         check_input(f"levels[{i}]", level)
         if level.shape[:2] != levels[0].shape[:2] or level.dtype != levels[0].dtype or level.device != levels[0].device:
-            raise ValueError(
+            raise OpValueError(
                 f"levels[{i}] must share batch size, channels, dtype and device with levels[0]: got "
                 f"{tuple(level.shape)} {level.dtype} {level.device} and {tuple(levels[0].shape)} "
                 f"{levels[0].dtype} {levels[0].device}"
             )
     scales = [check_scale(f"scales[{i}]", s) for i, s in enumerate(scales)]
     if len(scales) != len(levels):
-        raise ValueError(f"scales must give one scale per level: {len(scales)} scales for {len(levels)} levels")
+        raise OpValueError(f"scales must give one scale per level: {len(scales)} scales for {len(levels)} levels")
     ks = [level_of_scale(s) for s in scales]
     if len(levels) > 1 and ks != list(range(ks[0], ks[0] + len(ks))):
-        raise ValueError(
+        raise OpValueError(
             f"scales must be 2**-k for consecutive levels k, finest first (as FPN's), got {scales} (levels {ks})"
         )
     return levels, scales
@@ -236,7 +237,7 @@ class MultiLevelRoIAlign(nn.Module):
     ) -> torch.Tensor:
         levels = [v for k, v in x.items() if k in self.featmap_names]
         if not levels:
-            raise ValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
+            raise OpValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
         if self.scales is None:
             self.scales = infer_scales(levels, image_shapes)
         return multilevel_roi_align(

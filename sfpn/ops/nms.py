@@ -24,7 +24,9 @@ Semantics shared by every backend (the compiled kernels and the reference below)
   intersection with anything, so it is kept too (both as in torchvision). This holds for
   ``iou_threshold >= 0``; with a negative threshold a box suppresses every later box of its
   class whose IoU with it is a number (disjoint ones included).
-* Shape, dtype and device errors raise ``ValueError`` / ``TypeError`` naming the argument.
+* Shape, dtype and device errors raise ``OpValueError`` / ``OpTypeError`` naming the argument:
+  ``ValueError`` / ``TypeError`` and also ``RuntimeError``, which torchvision raises
+  (:mod:`sfpn.ops._validate`).
 
 CUDA kernel: the boxes are sorted by score and then by class on the device, the overlap bitmask
 is computed in 64 x 64 tiles only where a tile's rows and columns share a class, and the greedy
@@ -46,7 +48,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import _library
-from ._validate import check_same, check_tensor
+from ._validate import OpTypeError, OpValueError, check_same, check_tensor
 
 INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -63,34 +65,34 @@ def _check_threshold(iou_threshold) -> float:
         and not iou_threshold.is_complex()
     )
     if isinstance(iou_threshold, bool) or not (isinstance(iou_threshold, numbers.Real) or is_scalar_tensor):
-        raise TypeError(f"iou_threshold must be a float or a 0-dim tensor, got {type(iou_threshold).__name__}")
+        raise OpTypeError(f"iou_threshold must be a float or a 0-dim tensor, got {type(iou_threshold).__name__}")
     iou_threshold = float(iou_threshold)
     if math.isnan(iou_threshold):
-        raise ValueError("iou_threshold must be a number, got nan")
+        raise OpValueError("iou_threshold must be a number, got nan")
     return iou_threshold
 
 
 def _check_nms(boxes, scores, idxs=None) -> None:
     check_tensor("boxes", boxes, ndim=2)
     if boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        raise OpValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     check_tensor("scores", scores, ndim=1)
     check_same("scores", scores, "boxes", boxes)
     if scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
+        raise OpValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
     if idxs is not None:
         check_tensor("idxs", idxs, ndim=1, dtypes=INTEGER)
         if idxs.device != boxes.device:
-            raise ValueError(f"idxs must be on the same device as boxes ({boxes.device}), got {idxs.device}")
+            raise OpValueError(f"idxs must be on the same device as boxes ({boxes.device}), got {idxs.device}")
         if idxs.shape[0] != boxes.shape[0]:
-            raise ValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(idxs.shape)}")
+            raise OpValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(idxs.shape)}")
 
 
 def _check_max_out(max_out) -> int:
     if isinstance(max_out, bool) or not isinstance(max_out, int):
-        raise TypeError(f"max_out must be an int, got {type(max_out).__name__}")
+        raise OpTypeError(f"max_out must be an int, got {type(max_out).__name__}")
     if max_out < 0:
-        raise ValueError(f"max_out must be >= 0, got {max_out}")
+        raise OpValueError(f"max_out must be >= 0, got {max_out}")
     return max_out
 
 

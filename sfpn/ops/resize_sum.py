@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import _library
 from .. import kernels
-from ._validate import check_same, check_tensor
+from ._validate import OpValueError, check_same, check_tensor
 
 MAX_LEVELS = 5
 
@@ -33,7 +33,7 @@ def check_size(size) -> tuple[int, int]:
         or len(size) != 2
         or not all(isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) and s > 0 for s in size)
     ):
-        raise ValueError(f"size must be a pair of positive ints (height, width), got {size!r}")
+        raise OpValueError(f"size must be a pair of positive ints (height, width), got {size!r}")
     return size[0], size[1]  # SymInts stay symbolic under torch.compile(dynamic=True)
 
 
@@ -49,7 +49,7 @@ def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Ten
         ``(N, C, H, W)`` in the levels' dtype, differentiable w.r.t. every level.
     """
     if not isinstance(levels, (list, tuple)) or not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"levels must be a list of 1 to {MAX_LEVELS} tensors, got {type(levels).__name__}"
+        raise OpValueError(f"levels must be a list of 1 to {MAX_LEVELS} tensors, got {type(levels).__name__}"
                          + (f" of length {len(levels)}" if isinstance(levels, (list, tuple)) else ""))
     height, width = check_size(size)
     for i, level in enumerate(levels):
@@ -57,7 +57,7 @@ def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Ten
         if i:
             check_same(f"levels[{i}]", level, "levels[0]", levels[0])
             if level.shape[:2] != levels[0].shape[:2]:
-                raise ValueError(
+                raise OpValueError(
                     f"levels[{i}] must share batch and channels (N, C) with levels[0] "
                     f"{tuple(levels[0].shape[:2])}, got {tuple(level.shape)}"
                 )

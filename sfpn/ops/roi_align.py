@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import _library
-from ._validate import FLOATING, check_tensor
+from ._validate import FLOATING, OpTypeError, OpValueError, RoIBoxesError, check_tensor
 
 # ----------------------------------------------------------------------------------------------
 # Arguments (shared with multilevel_roi_align)
@@ -31,25 +31,26 @@ from ._validate import FLOATING, check_tensor
 def output_size_pair(output_size) -> tuple[int, int]:
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+        raise OpValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
     return size
 
 
 def boxes_to_rois(boxes, input: torch.Tensor) -> torch.Tensor:
     """A ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]`` from torchvision's two box formats."""
     if isinstance(boxes, torch.Tensor):
-        check_tensor("boxes", boxes, ndim=2, dtypes=FLOATING, device=input.device)
-        if boxes.shape[1] != 5:
-            raise ValueError(f"boxes as a tensor must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
+        if boxes.dim() != 2 or boxes.shape[1] != 5:  # torchvision asserts there: RoIBoxesError
+            raise RoIBoxesError(f"boxes as a tensor must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
+        check_tensor("boxes", boxes, dtypes=FLOATING, device=input.device)
         return boxes
     if not isinstance(boxes, (list, tuple)):
-        raise TypeError(f"boxes must be a (K, 5) tensor or a list of (K_i, 4) tensors, got {type(boxes).__name__}")
+        raise OpTypeError(f"boxes must be a (K, 5) tensor or a list of (K_i, 4) tensors, got {type(boxes).__name__}")
     if len(boxes) > input.shape[0]:
-        raise ValueError(f"boxes has {len(boxes)} entries but the input holds {input.shape[0]} images")
+        raise OpValueError(f"boxes has {len(boxes)} entries but the input holds {input.shape[0]} images")
     for i, b in enumerate(boxes):
-        check_tensor(f"boxes[{i}]", b, ndim=2, dtypes=FLOATING, device=input.device)
-        if b.shape[1] != 4:
-            raise ValueError(f"boxes[{i}] must be (K_i, 4) [x1, y1, x2, y2], got {tuple(b.shape)}")
+        name = f"boxes[{i}]"
+        check_tensor(name, b, dtypes=FLOATING, device=input.device)
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise RoIBoxesError(f"{name} must be (K_i, 4) [x1, y1, x2, y2], got {tuple(b.shape)}")
     if not boxes:
         return input.new_zeros((0, 5))
     dtype = boxes[0].dtype
@@ -60,8 +61,8 @@ def check_rois(rois: torch.Tensor, batch_size: int) -> None:
     """Finite coordinates and batch indices in ``[0, batch_size)``, without a host sync.
 
     The checks run on the device (``torch._assert_async``), so they trace into compiled graphs.
-    On the CPU a failed check raises here, as ``ValueError``; on CUDA it is a device-side assert
-    at the next synchronisation (the kernels check the same conditions).
+    On the CPU a failed check raises here, as :class:`OpValueError`; on CUDA it is a device-side
+    assert at the next synchronisation (the kernels check the same conditions).
     """
     index = rois[:, 0]
     checks = (
@@ -72,25 +73,25 @@ def check_rois(rois: torch.Tensor, batch_size: int) -> None:
         try:
             torch._assert_async(condition, message)
         except RuntimeError as error:
-            raise ValueError(message) from error
+            raise OpValueError(message) from error
 
 
 def check_input(name: str, input: torch.Tensor) -> None:
     check_tensor(name, input, ndim=4)
     if input.shape[2] == 0 or input.shape[3] == 0:
-        raise ValueError(f"{name} must have a non-empty spatial size, got {tuple(input.shape)}")
+        raise OpValueError(f"{name} must have a non-empty spatial size, got {tuple(input.shape)}")
 
 
 def check_sampling_ratio(sampling_ratio) -> int:
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
-        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
+        raise OpTypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
     return sampling_ratio
 
 
 def check_scale(name: str, scale) -> float:
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {scale}")
+        raise OpValueError(f"{name} must be a positive finite number, got {scale}")
     return scale
 
 
@@ -250,10 +251,11 @@ def roi_align(
     Returns:
         ``(K, C, PH, PW)``, differentiable (twice) w.r.t. ``input``.
 
-    Raises:
-        ValueError: non-finite box coordinates, batch indices outside ``[0, N)`` (on CUDA: a
-            device-side assert, see :func:`check_rois`), bad shapes.
-        TypeError: non-tensor or non-floating arguments.
+    Raises (:mod:`sfpn.ops._validate` has the hierarchy):
+        OpValueError: non-finite box coordinates, batch indices outside ``[0, N)`` (on CUDA: a
+            device-side assert, see :func:`check_rois`), bad shapes; boxes of the wrong shape
+            raise its subclass :class:`RoIBoxesError`, an ``AssertionError`` too.
+        OpTypeError: non-tensor or non-floating arguments.
     """
     (pooled_h, pooled_w), rois = _single_level_args(input, boxes, output_size)
     spatial_scale = check_scale("spatial_scale", spatial_scale)

@@ -11,7 +11,7 @@ import torch
 
 from . import _library
 from ._resize import resize, resize_adjoint, resolve_align_corners
-from ._validate import check_same, check_tensor
+from ._validate import OpTypeError, OpValueError, check_same, check_tensor
 
 
 def semantic_fuse_reference(
@@ -25,15 +25,15 @@ def semantic_fuse_reference(
 def _check_semantic_fuse(levels, semantic) -> list[torch.Tensor]:
     check_tensor("semantic", semantic, ndim=4, nonempty=True)
     if isinstance(levels, torch.Tensor) or not isinstance(levels, (list, tuple)):
-        raise TypeError(f"levels must be a list or tuple of tensors, got {type(levels).__name__}")
+        raise OpTypeError(f"levels must be a list or tuple of tensors, got {type(levels).__name__}")
     if len(levels) == 0:
-        raise ValueError("levels must hold at least one tensor, got an empty sequence")
+        raise OpValueError("levels must hold at least one tensor, got an empty sequence")
     for index, level in enumerate(levels):
         name = f"levels[{index}]"
         check_tensor(name, level, ndim=4, nonempty=True)
         check_same(name, level, "semantic", semantic)
         if level.shape[:2] != semantic.shape[:2]:
-            raise ValueError(
+            raise OpValueError(
                 f"{name} must share batch and channels (N, C) with semantic, got {tuple(level.shape)} "
                 f"and semantic {tuple(semantic.shape)}"
             )

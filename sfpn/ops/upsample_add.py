@@ -12,7 +12,7 @@ import torch
 
 from . import _library
 from ._resize import resize, resize_adjoint, resolve_align_corners
-from ._validate import check_same, check_tensor
+from ._validate import OpValueError, check_same, check_tensor
 
 
 def upsample_add_reference(
@@ -27,7 +27,7 @@ def _check_upsample_add(top, lateral) -> None:
     check_tensor("top", top, ndim=4, nonempty=True)
     check_same("top", top, "lateral", lateral)
     if top.shape[:2] != lateral.shape[:2]:
-        raise ValueError(
+        raise OpValueError(
             f"top and lateral must share batch and channels (N, C), got top {tuple(top.shape)} "
             f"and lateral {tuple(lateral.shape)}"
         )
