@@ -38,7 +38,16 @@ def group_norm_relu(
 
     Returns:
         ``(N, C, H, W)`` in x's dtype, differentiable w.r.t. ``x``, ``weight`` and ``bias``.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
+    if not torch.jit.is_scripting():
+        _check_group_norm_relu(x, num_groups, weight, bias, eps)
+    return torch.ops.sfpn.group_norm_relu(x, num_groups, weight, bias, float(eps))[0]
+
+
+def _check_group_norm_relu(x, num_groups, weight, bias, eps) -> None:
     check_tensor("x", x, ndim=4)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups <= 0:
         raise OpValueError(f"num_groups must be a positive int, got {num_groups!r}")
@@ -52,7 +61,6 @@ def group_norm_relu(
             raise OpValueError(f"{name} must be on the same device as x ({x.device}), got {param.device}")
     if not isinstance(eps, (int, float)) or eps < 0:
         raise OpValueError(f"eps must be a non-negative number, got {eps!r}")
-    return torch.ops.sfpn.group_norm_relu(x, num_groups, weight, bias, float(eps))[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -195,6 +195,11 @@ def batched_nms_padded_reference(
 # ---------------------------------------------------------------------------------------------
 
 
+# The public functions script with TorchScript (torchvision's detectors call batched_nms from
+# scripted code). A scripted call skips the Python argument checks, which TorchScript cannot
+# compile; the kernels' checks (csrc/op_checks.h) raise instead, as RuntimeError.
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression, as ``torchvision.ops.nms``.
 
@@ -210,8 +215,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         variable-length result needs its length on the host); ``batched_nms_padded`` has none.
         See the module docstring for NaN, infinite and inverted boxes.
     """
-    iou_threshold = _check_threshold(iou_threshold)
-    _check_nms(boxes, scores)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_threshold(iou_threshold)
+        _check_nms(boxes, scores)
     return torch.ops.sfpn.nms(boxes, scores, iou_threshold)
 
 
@@ -234,12 +240,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         Empty ``boxes`` give an empty result before the other arguments are looked at, as in
         torchvision.
     """
-    # guard_or_false: under torch.export the box count may be data-dependent (unbacked); such a
-    # count is not known to be 0, so the op below runs and returns its own empty result.
-    if isinstance(boxes, torch.Tensor) and guard_or_false(boxes.numel() == 0):
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    iou_threshold = _check_threshold(iou_threshold)
-    _check_nms(boxes, scores, idxs)
+    if torch.jit.is_scripting():
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    else:
+        # guard_or_false: under torch.export the box count may be data-dependent (unbacked); such
+        # a count is not known to be 0, so the op below runs and returns its own empty result.
+        if isinstance(boxes, torch.Tensor) and guard_or_false(boxes.numel() == 0):
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        iou_threshold = _check_threshold(iou_threshold)
+        _check_nms(boxes, scores, idxs)
     return torch.ops.sfpn.batched_nms(boxes, scores, idxs.long(), iou_threshold)
 
 
@@ -257,9 +267,10 @@ def batched_nms_padded(
         ``batched_nms`` returns (the highest-scoring kept boxes) followed by ``-1`` padding, and
         ``count = min(K, max_out)`` as an int64 scalar tensor on the boxes' device.
     """
-    iou_threshold = _check_threshold(iou_threshold)
-    max_out = _check_max_out(max_out)
-    _check_nms(boxes, scores, idxs)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_threshold(iou_threshold)
+        max_out = _check_max_out(max_out)
+        _check_nms(boxes, scores, idxs)
     return torch.ops.sfpn.batched_nms_padded(boxes, scores, idxs.long(), iou_threshold, max_out)
 
 

@@ -8,6 +8,8 @@ dtype (an add: nothing to promote, as both inputs share one dtype).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _library
@@ -34,7 +36,7 @@ def _check_upsample_add(top, lateral) -> None:
 
 
 def upsample_add(
-    top: torch.Tensor, lateral: torch.Tensor, mode: str = "nearest", align_corners: bool | None = None
+    top: torch.Tensor, lateral: torch.Tensor, mode: str = "nearest", align_corners: Optional[bool] = None
 ) -> torch.Tensor:
     """``lateral + interpolate(top, size=lateral.shape[-2:], mode, align_corners)`` in one pass.
 
@@ -46,9 +48,13 @@ def upsample_add(
 
     Returns:
         ``(N, C, H, W)``, differentiable (twice) w.r.t. both inputs.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
     align_corners = resolve_align_corners(mode, align_corners)
-    _check_upsample_add(top, lateral)
+    if not torch.jit.is_scripting():
+        _check_upsample_add(top, lateral)
     return torch.ops.sfpn.upsample_add(top, lateral, mode, align_corners)
 
 
