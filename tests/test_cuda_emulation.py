@@ -14,6 +14,7 @@ import torch
 from sfpn.ops import reference
 
 from cuda_emulation_build import load
+from nms_threshold_pairs import THRESHOLDS, expected_keep, threshold_pairs
 from test_upsample_argmax import assert_class_map, expected_upsampled
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -286,6 +287,26 @@ def test_batched_nms_padded(emulated, generator, seed, max_out):
     expected_indices, expected_count = reference.batched_nms_padded(boxes, scores, classes, 0.5, max_out)
     assert 0 < expected_count < 700 or max_out == 0
     assert torch.equal(indices, expected_indices) and torch.equal(count, expected_count)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_nms_at_the_threshold(emulated, dtype):
+    """IoUs at float32(threshold) and a float32 step either side: the kernel decides as torchvision's
+    CPU kernel and the reference do (the IoU compared with the threshold as a float64)."""
+    for threshold in THRESHOLDS:
+        boxes, scores = threshold_pairs(threshold)
+        if dtype == torch.float16:  # only the pairs half holds exactly, one per class (no offsets)
+            boxes[:, [0, 2]] -= boxes[:, [0]]
+            exact = (boxes.half().float() == boxes).all(1).view(-1, 2).all(1)
+            boxes = boxes.view(-1, 2, 4)[exact].reshape(-1, 4)
+            scores = torch.ones(boxes.shape[0])
+        classes = torch.arange(boxes.shape[0]) // 2
+        boxes, scores = boxes.to(dtype), scores.to(dtype)
+        expected = expected_keep(boxes, threshold)
+        assert torch.equal(reference.batched_nms(boxes, scores, classes, threshold), expected)
+        assert torch.equal(run(emulated, "batched_nms", boxes, scores, classes, threshold), expected)
+        if dtype != torch.float16:
+            assert torch.equal(run(emulated, "nms", boxes, scores, threshold), expected)
 
 
 def test_nms_empty(emulated):

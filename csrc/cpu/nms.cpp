@@ -116,7 +116,7 @@ std::vector<uint8_t> suppress(
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = static_cast<int64_t>(order.size());
   const int64_t num_runs = static_cast<int64_t>(groups.runs.size()) - 1;
-  const acc_t threshold = static_cast<acc_t>(iou_threshold);
+  const acc_t threshold = threshold_in<acc_t>(iou_threshold);
   // Coordinates in group order, one array per coordinate so the inner loop vectorises.
   std::vector<acc_t> x1(n), y1(n), x2(n), y2(n), area(n);
   std::vector<uint8_t> suppressed(n, 0), keep(n, 0);

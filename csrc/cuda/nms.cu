@@ -218,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> nms_padded(const at::Tensor& boxes, const at:
     // 2. Overlap mask.
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(num_blocks, kColumnCtasPerRowBlock)), static_cast<unsigned>(num_blocks));
     gpu::launch<overlap_mask_kernel<acc_t>>({grid, dim3(kWord)}, stream,
-        n, num_blocks, sorted_boxes.const_data_ptr<acc_t>(), classes, static_cast<acc_t>(iou_threshold),
+        n, num_blocks, sorted_boxes.const_data_ptr<acc_t>(), classes, threshold_in<acc_t>(iou_threshold),
         reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()));
   });
 

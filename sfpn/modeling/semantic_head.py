@@ -86,7 +86,7 @@ class SemanticHead(nn.Module):
             norm.reset_parameters()
 
     def forward(
-        self, features: Sequence[torch.Tensor], compute_logits: bool = True
+        self, features: list[torch.Tensor], compute_logits: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Semantic logits and embedding on the target level's grid.
 
@@ -100,8 +100,11 @@ class SemanticHead(nn.Module):
         """
         if len(features) != len(self.laterals):
             raise ValueError(f"features must hold {len(self.laterals)} levels, got {len(features)}")
-        size = tuple(features[self.target_level].shape[-2:])
-        x = ops.resize_sum([lateral(f) for lateral, f in zip(self.laterals, features)], size)
+        size = features[self.target_level].shape[-2:]
+        laterals: list[torch.Tensor] = []
+        for i, lateral in enumerate(self.laterals):  # TorchScript iterates a ModuleList, never zips it
+            laterals.append(lateral(features[i]))
+        x = ops.resize_sum(laterals, size)
         for conv, norm in zip(self.convs, self.norms):
             x = ops.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)
         logits = self.logits(x) if compute_logits else None

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 from .. import kernels
+from ._validate import OpTypeError
 
 LIBRARY = torch.library.Library("sfpn", "DEF")
 
@@ -55,12 +56,39 @@ REFERENCES: dict[str, Callable] = {}
 
 
 def define(schema: str, reference: Callable) -> str:
-    """Defines ``sfpn::<name>`` from ``schema`` with ``reference`` as its every-device fallback."""
+    """Defines ``sfpn::<name>`` from ``schema`` with ``reference`` as its every-device fallback;
+    quantized tensors, which no op takes, get :func:`_quantized_argument_error`."""
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
     LIBRARY.impl(name, reference, "CompositeExplicitAutograd")
+    for key in ("QuantizedCPU", "QuantizedCUDA"):
+        LIBRARY.impl(name, _quantized_argument_error(name), key)
     REFERENCES[name] = reference
     return name
+
+
+def _quantized_argument_error(name: str) -> Callable:
+    """The kernel ``sfpn::<name>`` runs when an argument is a quantized tensor: a one-line
+    :class:`OpTypeError` naming the argument and its dtype. (The reference would otherwise take it
+    and fail somewhere inside; torchvision's ``roi_align`` and ``nms`` take ``quint8`` on the CPU.)
+    The public functions' own checks say the same before the op is reached; this serves direct
+    and scripted calls."""
+    arguments = [argument.name for argument in getattr(torch.ops.sfpn, name).default._schema.arguments]
+
+    def kernel(*args):
+        quantized = [
+            (argument, tensor.dtype)
+            for argument, value in zip(arguments, args)
+            for tensor in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(tensor, torch.Tensor) and tensor.is_quantized
+        ]
+        argument, dtype = quantized[0]  # the dispatcher chose this kernel for a quantized tensor
+        raise OpTypeError(
+            f"{argument} must be a floating tensor, got {str(dtype).replace('torch.', '')} "
+            f"(sfpn::{name} takes no quantized tensors: dequantize them first)"
+        )
+
+    return kernel
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _library
-from ._validate import check_tensor
+from ._validate import OpTypeError, OpValueError, check_tensor
 
 #: The reference interpolates this many logits at a time (a band of output rows).
 REFERENCE_CHUNK_ELEMENTS = 1 << 22
@@ -62,15 +62,15 @@ def _check_upsample_argmax(logits, size, crop) -> tuple[list[int], list[int]]:
     for name, value in (("size", size), ("crop", size if crop is None else crop)):
         if (isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) != 2
                 or any(not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool) for v in value)):
-            raise TypeError(f"{name} must be a pair of ints (H, W), got {value!r}")
+            raise OpTypeError(f"{name} must be a pair of ints (H, W), got {value!r}")
         sizes[name] = list(value)
     (height, width), (crop_h, crop_w) = sizes["size"], sizes["crop"]
     # Traced sizes (torch.export: the image's and the padded batch's) are checked by the kernel.
     if all(type(v) is int for v in (height, width, crop_h, crop_w)):
         if height < 0 or width < 0:
-            raise ValueError(f"size must be >= 0, got {tuple(size)}")
+            raise OpValueError(f"size must be >= 0, got {tuple(size)}")
         if not (0 <= crop_h <= height and 0 <= crop_w <= width):
-            raise ValueError(f"crop must lie within size {tuple(size)}, got {tuple(crop)}")
+            raise OpValueError(f"crop must lie within size {tuple(size)}, got {tuple(crop)}")
     return sizes["size"], sizes["crop"]
 
 
