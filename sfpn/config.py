@@ -4,8 +4,11 @@
     model.config  # the DetectorConfig it was built from; DetectorConfig.from_dict(config.to_dict())
 
 Each field declares its allowed values next to its default (:func:`sfpn.overrides.setting`): the
-dotted-key overrides check them, and so do the modules that take the field as an argument. The
-detector is built from a config by :func:`sfpn.modeling.build.build`.
+dotted-key overrides check them, and so do the modules that take the field as an argument.
+:func:`check_detector_config` checks a whole config, the rules between its fields too (the
+semantic head's channels divisible by its groups, one anchor size per pyramid level, ...), each
+with the helper that the module needing the rule calls on its arguments. The detector is built
+from a config by :func:`sfpn.modeling.build.build`, which checks it first.
 
 Presets are named after the paper's rows (``faster_rcnn_r50_sfpn_1x``...) and each SFPN preset has
 its FPN twin (the same config with the semantic branch off). The ``*_small`` presets are sized for
@@ -19,7 +22,13 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 
-from .overrides import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, from_dict, set_key, setting
+from .overrides import (
+    AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_at_most, check_config, check_divisible, check_length,
+    check_not_empty, check_same_lengths, from_dict, key_names, set_key, setting,
+)
+
+#: Strides of the pyramid levels P2..P6, each with one anchor size (``RPNConfig.anchor_sizes``).
+PYRAMID_STRIDES = (4, 8, 16, 32, 64)
 
 
 @dataclass
@@ -129,6 +138,27 @@ class DetectorConfig:
         if "labels_from" in data.get("neck", {}):
             data = {**data, "neck": {k: v for k, v in data["neck"].items() if k != "labels_from"}}
         return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------- rules between fields
+def check_detector_config(config: DetectorConfig) -> None:
+    """Checks every field of ``config`` (:func:`sfpn.overrides.check_config`) and the rules between
+    fields, of the sections the architecture uses; a ``ValueError`` names the keys and what they
+    must be. Each rule is the helper the module that needs it calls on its own arguments, so a run
+    refuses what the model would, before it reads any data."""
+    check_config(config)
+    neck, rpn, cascade = config.neck, config.rpn, config.cascade
+    if neck.semantic:
+        check_divisible(key_names("neck.semantic_channels"), neck.semantic_channels, "neck.num_groups", neck.num_groups)
+    check_length(key_names("rpn.anchor_sizes"), rpn.anchor_sizes, len(PYRAMID_STRIDES),
+                 "one anchor size per pyramid level P2..P6")
+    check_not_empty(key_names("rpn.aspect_ratios"), rpn.aspect_ratios)
+    check_at_most(key_names("rpn.bg_iou_threshold"), rpn.bg_iou_threshold, "rpn.fg_iou_threshold", rpn.fg_iou_threshold)
+    if config.meta_architecture == "cascade_rcnn":
+        stages = (cascade.iou_thresholds, cascade.stage_weights, cascade.box_coder_weights)
+        check_same_lengths(key_names("cascade.iou_thresholds", "cascade.stage_weights", "cascade.box_coder_weights"),
+                           stages, "one entry per stage")
+        check_not_empty(key_names("cascade.iou_thresholds"), cascade.iou_thresholds)
 
 
 # ----------------------------------------------------------------------------------------- presets
