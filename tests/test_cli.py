@@ -16,7 +16,7 @@ from sfpn.engine import build as engine_build
 from sfpn.engine.build import all_keys, build_trainer, run_configs
 from sfpn.engine.config import SolverConfig, TrainConfig, training_config
 from sfpn.modeling.anchors import AnchorGenerator
-from sfpn.modeling.backbone import RESNET_STAGES
+from sfpn.modeling.backbone import RESNET_STAGES, ResNet
 from sfpn.modeling.build import build
 from sfpn.modeling.cascade import CascadeRoIHeads
 from sfpn.modeling.matcher import Matcher
@@ -101,6 +101,11 @@ def train_error(*argv: str) -> str:
          "must have one entry per stage, got 4, 3 and 3 entries"),
         (["--preset", "cascade_rcnn_r18_sfpn_small", "--set", "cascade.iou_thresholds=()", "--set", "cascade.stage_weights=()",
           "--set", "cascade.box_coder_weights=()"], "config key 'cascade.iou_thresholds' needs at least one entry, got ()"),
+        (["--set", "backbone.norm=gn", "--set", "backbone.width=48"],
+         "config key 'backbone.width' with backbone.norm='gn' must make every channel count of the ResNet-18 below 32 or a "
+         "multiple of 32 (its GroupNorm groups), got 48: channels (48, 96, 192, 384)"),
+        (["--set", "backbone.norm=gn", "--set", "backbone.depth=50", "--set", "backbone.width=3"],
+         "got 3: channels (3, 6, 12, 24, 48, 96)"),  # the bottlenecks' 4x wider outputs
     ],
 )
 def test_bad_config_values_exit_with_one_line_naming_the_key(argv, expected):
@@ -135,6 +140,11 @@ FIELD_RULES = {
          "cascade.box_coder_weights": ()}, "config key 'cascade.iou_thresholds' needs at least one entry",
         lambda: CascadeRoIHeads(8, 3, iou_thresholds=(), stage_weights=(), stage_box_coder_weights=()),
         "iou_thresholds needs at least one entry, got ()"),
+    "GroupNorm backbone channels": (
+        {"backbone.norm": "gn", "backbone.width": 40}, "config key 'backbone.width' with backbone.norm='gn' must make",
+        lambda: ResNet(18, 40, "gn"),
+        "width with norm='gn' must make every channel count of the ResNet-18 below 32 or a multiple of 32 (its GroupNorm "
+        "groups), got 40: channels (40, 80, 160, 320)"),
 }
 
 
