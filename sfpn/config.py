@@ -4,8 +4,11 @@
     model.config  # the DetectorConfig it was built from; DetectorConfig.from_dict(config.to_dict())
 
 Each field declares its allowed values next to its default (:func:`sfpn.overrides.setting`): the
-dotted-key overrides check them, and so do the modules that take the field as an argument. The
-detector is built from a config by :func:`sfpn.modeling.build.build`.
+dotted-key overrides check them, and so do the modules that take the field as an argument.
+:func:`check_detector_config` checks a whole config, the rules between its fields too (the
+semantic head's channels divisible by its groups, one anchor size per pyramid level, ...), each
+with the helper that the module needing the rule calls on its arguments. The detector is built
+from a config by :func:`sfpn.modeling.build.build`, which checks it first.
 
 Presets are named after the paper's rows (``faster_rcnn_r50_sfpn_1x``...) and each SFPN preset has
 its FPN twin (the same config with the semantic branch off). The ``*_small`` presets are sized for
@@ -19,12 +22,25 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 
-from .overrides import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, from_dict, set_key, setting
+from .overrides import (
+    AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_at_most, check_config, check_divisible, check_length,
+    check_not_empty, check_same_lengths, from_dict, key_names, set_key, setting,
+)
+
+#: ResNet depth -> (block, blocks per stage): the depths a backbone may have.
+RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+                 101: ("bottleneck", (3, 4, 23, 3))}
+#: Channels of a block's output per channel of its 3x3 convs.
+BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
+#: GroupNorm groups of the backbone's ``norm="gn"``; a layer of fewer channels has one group per channel.
+GROUP_NORM_GROUPS = 32
+#: Strides of the pyramid levels P2..P6, each with one anchor size (``RPNConfig.anchor_sizes``).
+PYRAMID_STRIDES = (4, 8, 16, 32, 64)
 
 
 @dataclass
 class BackboneConfig:
-    depth: int = setting(50, (18, 34, 50, 101))
+    depth: int = setting(50, tuple(RESNET_STAGES))
     width: int = setting(64, AT_LEAST_ONE)  # channels of the first stage; 64 for standard (loadable) weights
     norm: str = setting("frozen_bn", ("frozen_bn", "bn", "gn"))
     freeze_at: int = setting(2, Range(0, 5))  # 0 none, 1 stem, 2 stem + layer1, ... 5 all
@@ -129,6 +145,53 @@ class DetectorConfig:
         if "labels_from" in data.get("neck", {}):
             data = {**data, "neck": {k: v for k, v in data["neck"].items() if k != "labels_from"}}
         return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------- rules between fields
+def resnet_channels(depth: int, width: int) -> tuple[int, ...]:
+    """The channel counts a ResNet of ``depth`` and ``width`` normalises, ascending: each stage's
+    width (``width * 2**stage``) and its blocks' output (that times the block's expansion)."""
+    expansion = BLOCK_EXPANSION[RESNET_STAGES[depth][0]]
+    widths = [width * 2**stage for stage in range(4)]
+    return tuple(sorted({*widths, *(w * expansion for w in widths)}))
+
+
+def group_norm_groups(channels: int) -> int:
+    """The GroupNorm groups of a backbone layer of ``channels`` with ``norm="gn"``."""
+    return min(GROUP_NORM_GROUPS, channels)
+
+
+def check_group_norm_width(name: str, depth: int, width: int) -> None:
+    """A ``ValueError`` unless every channel count of the ResNet (:func:`resnet_channels`) splits
+    into its GroupNorm groups (:func:`group_norm_groups`): below 32 or a multiple of 32."""
+    channels = resnet_channels(depth, width)
+    if any(c % group_norm_groups(c) for c in channels):
+        raise ValueError(
+            f"{name} must make every channel count of the ResNet-{depth} below {GROUP_NORM_GROUPS} or a multiple of "
+            f"{GROUP_NORM_GROUPS} (its GroupNorm groups), got {width!r}: channels {channels}"
+        )
+
+
+def check_detector_config(config: DetectorConfig) -> None:
+    """Checks every field of ``config`` (:func:`sfpn.overrides.check_config`) and the rules between
+    fields, of the sections the architecture uses; a ``ValueError`` names the keys and what they
+    must be. Each rule is the helper the module that needs it calls on its own arguments, so a run
+    refuses what the model would, before it reads any data."""
+    check_config(config)
+    backbone, neck, rpn, cascade = config.backbone, config.neck, config.rpn, config.cascade
+    if backbone.norm == "gn":
+        check_group_norm_width(f"{key_names('backbone.width')} with backbone.norm='gn'", backbone.depth, backbone.width)
+    if neck.semantic:
+        check_divisible(key_names("neck.semantic_channels"), neck.semantic_channels, "neck.num_groups", neck.num_groups)
+    check_length(key_names("rpn.anchor_sizes"), rpn.anchor_sizes, len(PYRAMID_STRIDES),
+                 "one anchor size per pyramid level P2..P6")
+    check_not_empty(key_names("rpn.aspect_ratios"), rpn.aspect_ratios)
+    check_at_most(key_names("rpn.bg_iou_threshold"), rpn.bg_iou_threshold, "rpn.fg_iou_threshold", rpn.fg_iou_threshold)
+    if config.meta_architecture == "cascade_rcnn":
+        stages = (cascade.iou_thresholds, cascade.stage_weights, cascade.box_coder_weights)
+        check_same_lengths(key_names("cascade.iou_thresholds", "cascade.stage_weights", "cascade.box_coder_weights"),
+                           stages, "one entry per stage")
+        check_not_empty(key_names("cascade.iou_thresholds"), cascade.iou_thresholds)
 
 
 # ----------------------------------------------------------------------------------------- presets

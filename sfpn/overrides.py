@@ -14,6 +14,9 @@ its path (``neck.alpha``); a value is converted to the field's annotated type, f
 :func:`set_key` converts and checks one key, :func:`check_config` a whole config (type, range,
 choices of every field), so that a run refuses a bad value before it reads any data;
 :func:`config_fields` lists every key with its value, type and allowed values (``--list-keys``).
+A rule between fields (``check_divisible``, ``check_at_most``, ``check_length``, ...) is one
+function that names the values as its caller says: a config's check names the keys
+(:func:`key_names`), a module that takes the values as arguments names the arguments.
 The detector config (``sfpn.config``) and the training config (``sfpn.engine.config``) both use
 this module, which imports nothing from sfpn.
 """
@@ -87,6 +90,46 @@ def check_value(name: str, value, allowed_values: Allowed):
     return value
 
 
+def key_names(*keys: str) -> str:
+    """``config key 'a'`` or ``config keys 'a', 'b' and 'c'``: how an error names config keys."""
+    return f"config key{'s' if len(keys) > 1 else ''} {_enumerate([repr(key) for key in keys])}"
+
+
+# ------------------------------------------------------------------------- rules between fields
+def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> None:
+    """A ``ValueError`` unless ``divisor`` divides ``value``: ``{name} must be divisible by
+    {divisor_name} ({divisor}), got {value}``."""
+    if value % divisor:
+        raise ValueError(f"{name} must be divisible by {divisor_name} ({divisor!r}), got {value!r}")
+
+
+def check_at_most(name: str, value, bound_name: str, bound) -> None:
+    """A ``ValueError`` unless ``value <= bound``: ``{name} must be <= {bound_name} ({bound}), got {value}``."""
+    if value > bound:
+        raise ValueError(f"{name} must be <= {bound_name} ({bound!r}), got {value!r}")
+
+
+def check_length(name: str, value: tuple, length: int, what: str) -> None:
+    """A ``ValueError`` unless ``value`` has ``length`` entries: ``{name} must have {length}
+    entries, {what}, got {len(value)}: {value}``."""
+    if len(value) != length:
+        raise ValueError(f"{name} must have {length} entries, {what}, got {len(value)}: {value!r}")
+
+
+def check_same_lengths(names: str, values: typing.Sequence[tuple], what: str) -> None:
+    """A ``ValueError`` unless ``values`` are tuples of one length: ``{names} must have {what},
+    got 3, 2 and 3 entries``."""
+    lengths = [len(value) for value in values]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"{names} must have {what}, got {_enumerate([str(n) for n in lengths])} entries")
+
+
+def check_not_empty(name: str, value: tuple) -> None:
+    """A ``ValueError`` unless ``value`` has an entry: ``{name} needs at least one entry, got ()``."""
+    if not value:
+        raise ValueError(f"{name} needs at least one entry, got {value!r}")
+
+
 class Key(typing.NamedTuple):
     """A settable key of a config: its value, its annotated type and its allowed values."""
 
@@ -126,8 +169,8 @@ def check_config(config) -> None:
     ``ValueError`` names the first bad key, what it accepts and the value it has."""
     for key, field in config_fields(config).items():
         if not _conforms(field.hint, field.value):
-            raise ValueError(f"config key {key!r} expects {type_name(field.hint)}, got {field.value!r}")
-        check_value(f"config key {key!r}", field.value, field.allowed)
+            raise ValueError(f"{key_names(key)} expects {type_name(field.hint)}, got {field.value!r}")
+        check_value(key_names(key), field.value, field.allowed)
 
 
 def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
@@ -154,9 +197,9 @@ def set_key(config, key: str, value) -> None:
     if field is None:
         raise ValueError(unknown_key_message(key, config_keys(config)))
     if dataclasses.is_dataclass(getattr(node, name)):
-        raise ValueError(f"config key {key!r} is a section; set its fields, e.g. {key}.<field>")
+        raise ValueError(f"{key_names(key)} is a section; set its fields, e.g. {key}.<field>")
     value = _coerce(typing.get_type_hints(type(node))[name], value, key)
-    setattr(node, name, check_value(f"config key {key!r}", value, field.metadata.get(_ALLOWED)))
+    setattr(node, name, check_value(key_names(key), value, field.metadata.get(_ALLOWED)))
 
 
 def from_dict(config_class, data: dict):
@@ -195,6 +238,11 @@ def type_name(hint) -> str:
     if type(None) in args:
         return " or ".join(type_name(a) for a in args if a is not type(None)) + " or None"
     return hint.__name__
+
+
+def _enumerate(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _field(node, name: str) -> dataclasses.Field | None:
@@ -239,7 +287,7 @@ def _conforms(hint, value) -> bool:
 
 def _coerce(hint, value, key: str):
     """``value`` as the type ``hint`` (int, float, str, bool, ``X | None``, ``tuple[X, ...]``)."""
-    expected = f"config key {key!r} expects {type_name(hint)}, got {value!r}"
+    expected = f"{key_names(key)} expects {type_name(hint)}, got {value!r}"
     if type(None) in typing.get_args(hint):  # X | None
         if value is None or value == "None":
             return None

@@ -1,6 +1,8 @@
 """The command lines: config validation before any work, one precedence rule, helpful errors."""
 import dataclasses
+import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -9,13 +11,19 @@ import pytest
 import sfpn
 from sfpn import eval as sfpn_eval
 from sfpn import train
-from sfpn.config import DetectorConfig, NeckConfig, preset_config
+from sfpn.config import PYRAMID_STRIDES, DetectorConfig, NeckConfig, preset_config
 from sfpn.engine import build as engine_build
 from sfpn.engine.build import all_keys, build_trainer, run_configs
 from sfpn.engine.config import SolverConfig, TrainConfig, training_config
-from sfpn.modeling.backbone import RESNET_STAGES
+from sfpn.modeling.anchors import AnchorGenerator
+from sfpn.modeling.backbone import RESNET_STAGES, ResNet
 from sfpn.modeling.build import build
+from sfpn.modeling.cascade import CascadeRoIHeads
+from sfpn.modeling.matcher import Matcher
+from sfpn.modeling.semantic_head import SemanticHead
+from sfpn.overrides import set_key
 
+modeling_build = importlib.import_module("sfpn.modeling.build")  # the package's `build` is the function
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -73,10 +81,108 @@ def train_error(*argv: str) -> str:
         (["--amp", "bogus"], "'solver.amp' must be one of ('auto', 'bf16', 'fp16', 'off'), got 'bogus'"),
         (["--set", "data.semantic=png"], "'data.semantic=png' needs data.semantic_dir"),
         (["--set", "neck.labels_from=masks"], "unknown config key 'neck.labels_from'"),
+        (["--set", "data.min_size=()"], "config key 'data.min_size' needs at least one entry, got ()"),
+    ] + [
+        # issue 26, item 1: the rules between detector fields fired only when the model was built,
+        # after the datasets were read
+        (["--preset", "faster_rcnn_r50_sfpn_1x", "--set", "neck.semantic_channels=100"],
+         "config key 'neck.semantic_channels' must be divisible by neck.num_groups (32), got 100"),
+        (["--set", "neck.semantic_channels=100"], "config key 'neck.semantic_channels' must be divisible by neck.num_groups (16), got 100"),
+        (["--set", "neck.num_groups=12"], "config key 'neck.semantic_channels' must be divisible by neck.num_groups (12), got 64"),
+        (["--set", "rpn.anchor_sizes=(32, 64, 128, 256)"],
+         "config key 'rpn.anchor_sizes' must have 5 entries, one anchor size per pyramid level P2..P6, got 4: (32.0, 64.0, 128.0, 256.0)"),
+        (["--set", "rpn.aspect_ratios=()"], "config key 'rpn.aspect_ratios' needs at least one entry, got ()"),
+        (["--set", "rpn.bg_iou_threshold=0.8"], "config key 'rpn.bg_iou_threshold' must be <= rpn.fg_iou_threshold (0.7), got 0.8"),
+        (["--set", "rpn.fg_iou_threshold=0.2"], "config key 'rpn.bg_iou_threshold' must be <= rpn.fg_iou_threshold (0.2), got 0.3"),
+        (["--preset", "cascade_rcnn_r18_sfpn_small", "--set", "cascade.stage_weights=(1, 0.5)"],
+         "config keys 'cascade.iou_thresholds', 'cascade.stage_weights' and 'cascade.box_coder_weights' must have one entry per "
+         "stage, got 3, 2 and 3 entries"),
+        (["--set", "meta_architecture=cascade_rcnn", "--set", "cascade.iou_thresholds=(0.5, 0.6, 0.7, 0.8)"],
+         "must have one entry per stage, got 4, 3 and 3 entries"),
+        (["--preset", "cascade_rcnn_r18_sfpn_small", "--set", "cascade.iou_thresholds=()", "--set", "cascade.stage_weights=()",
+          "--set", "cascade.box_coder_weights=()"], "config key 'cascade.iou_thresholds' needs at least one entry, got ()"),
+        (["--set", "backbone.norm=gn", "--set", "backbone.width=48"],
+         "config key 'backbone.width' with backbone.norm='gn' must make every channel count of the ResNet-18 below 32 or a "
+         "multiple of 32 (its GroupNorm groups), got 48: channels (48, 96, 192, 384)"),
+        (["--set", "backbone.norm=gn", "--set", "backbone.depth=50", "--set", "backbone.width=3"],
+         "got 3: channels (3, 6, 12, 24, 48, 96)"),  # the bottlenecks' 4x wider outputs
     ],
 )
 def test_bad_config_values_exit_with_one_line_naming_the_key(argv, expected):
     assert expected in train_error(*argv)
+
+
+#: A config that breaks each rule between detector fields (dotted-key overrides of the preset
+#: faster_rcnn_r18_sfpn_small, or of its cascade twin), the start of the error and the error of
+#: the module that needs the rule, built with the same values as plain arguments.
+FIELD_RULES = {
+    "semantic channels divisible by groups": (
+        {"neck.semantic_channels": 100}, "config key 'neck.semantic_channels' must be divisible by neck.num_groups (16)",
+        lambda: SemanticHead([8] * 4, num_classes=4, channels=100, num_groups=16),
+        "channels must be divisible by num_groups (16), got 100"),
+    "one anchor size per level": (
+        {"rpn.anchor_sizes": (32.0, 64.0)}, "config key 'rpn.anchor_sizes' must have 5 entries",
+        lambda: AnchorGenerator((32.0, 64.0), (1.0,), PYRAMID_STRIDES),
+        "sizes must have 5 entries, one per level of strides (4, 8, 16, 32, 64), got 2: (32.0, 64.0)"),
+    "at least one aspect ratio": (
+        {"rpn.aspect_ratios": ()}, "config key 'rpn.aspect_ratios' needs at least one entry",
+        lambda: AnchorGenerator((32.0,), (), (4,)), "aspect_ratios needs at least one entry, got ()"),
+    "background below foreground IoU": (
+        {"rpn.bg_iou_threshold": 0.8}, "config key 'rpn.bg_iou_threshold' must be <= rpn.fg_iou_threshold (0.7)",
+        lambda: Matcher(0.7, 0.8), "bg_threshold must be <= fg_threshold (0.7), got 0.8"),
+    "cascade tuples of one length": (
+        {"meta_architecture": "cascade_rcnn", "cascade.stage_weights": (1.0,)},
+        "config keys 'cascade.iou_thresholds', 'cascade.stage_weights' and 'cascade.box_coder_weights' must have one entry",
+        lambda: CascadeRoIHeads(8, 3, stage_weights=(1.0,)),
+        "iou_thresholds, stage_weights and stage_box_coder_weights must have one entry per stage, got 3, 1 and 3 entries"),
+    "at least one cascade stage": (
+        {"meta_architecture": "cascade_rcnn", "cascade.iou_thresholds": (), "cascade.stage_weights": (),
+         "cascade.box_coder_weights": ()}, "config key 'cascade.iou_thresholds' needs at least one entry",
+        lambda: CascadeRoIHeads(8, 3, iou_thresholds=(), stage_weights=(), stage_box_coder_weights=()),
+        "iou_thresholds needs at least one entry, got ()"),
+    "GroupNorm backbone channels": (
+        {"backbone.norm": "gn", "backbone.width": 40}, "config key 'backbone.width' with backbone.norm='gn' must make",
+        lambda: ResNet(18, 40, "gn"),
+        "width with norm='gn' must make every channel count of the ResNet-18 below 32 or a multiple of 32 (its GroupNorm "
+        "groups), got 40: channels (40, 80, 160, 320)"),
+}
+
+
+@pytest.mark.parametrize("rule", FIELD_RULES)
+def test_rules_between_detector_fields_are_refused_before_any_model_is_built(rule, monkeypatch):
+    """The config check refuses what the model's modules would, naming the keys, through every
+    entry point; the modules, made with plain arguments, refuse it with the same rule."""
+    overrides, config_error, make_module, module_error = FIELD_RULES[rule]
+
+    class Unbuilt:
+        def __getattr__(self, name):
+            raise AssertionError("a module was built before the config was checked")
+
+    with monkeypatch.context() as patch:
+        for module in ("ResNet", "SFPN", "RPN", "RoIHeads", "MaskRoIHeads", "CascadeRoIHeads"):
+            patch.setattr(modeling_build, module, Unbuilt())
+        with pytest.raises(ValueError, match="^" + re.escape(config_error)):
+            sfpn.build_detector("faster_rcnn_r18_sfpn_small", 3, **overrides)
+        detector = preset_config("faster_rcnn_r18_sfpn_small")
+        for key, value in overrides.items():
+            set_key(detector, key, value)
+        with pytest.raises(ValueError, match="^" + re.escape(config_error)):
+            build(detector)
+        with pytest.raises(ValueError, match="^" + re.escape(config_error)):
+            run_configs("faster_rcnn_r18_sfpn_small", list(overrides.items()))
+        with pytest.raises(ValueError, match="^" + re.escape(config_error)):  # the no_data fixture fails a read
+            build_trainer("faster_rcnn_r18_sfpn_small", {}, "/nonexistent", TrainConfig(), detector)
+    with pytest.raises(ValueError, match="^" + re.escape(module_error) + "$"):
+        make_module()
+
+
+def test_rules_between_fields_hold_only_where_the_model_uses_the_fields():
+    """A section the architecture does not build (the cascade's stages for Faster R-CNN, the
+    semantic head of plain FPN) is not held to its rules: the model builds as it is."""
+    overrides = [("cascade.stage_weights", (1.0,)), ("neck.semantic", False), ("neck.semantic_channels", 100)]
+    _, detector = run_configs("faster_rcnn_r18_sfpn_small", overrides)
+    model = build(dataclasses.replace(detector, num_classes=3))
+    assert not model.neck.has_semantic_branch and model.config.cascade.stage_weights == (1.0,)
 
 
 def test_unknown_keys_suggest_the_closest():

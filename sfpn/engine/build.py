@@ -15,9 +15,9 @@ import dataclasses
 
 import torch
 
-from ..config import DetectorConfig, preset_config
+from ..config import DetectorConfig, check_detector_config, preset_config
 from ..modeling.build import build
-from ..overrides import Key, check_config, config_fields, set_key, unknown_key_message
+from ..overrides import Key, config_fields, set_key, unknown_key_message
 from .config import TrainConfig, training_config, validate
 from .trainer import Trainer, seed_everything
 
@@ -33,10 +33,10 @@ def all_keys(train: TrainConfig, detector: DetectorConfig) -> dict[str, Key]:
 
 
 def check_run(train: TrainConfig, detector: DetectorConfig) -> None:
-    """Checks both configs of a run completely, before any data is read; a ``ValueError`` names
-    the first bad key."""
+    """Checks both configs of a run completely, the rules between their fields too, before any
+    data is read; a ``ValueError`` names the first bad key."""
     validate(train)
-    check_config(detector)
+    check_detector_config(detector)
 
 
 def run_configs(preset: str, overrides: list[tuple[str, object]] = ()) -> tuple[TrainConfig, DetectorConfig]:

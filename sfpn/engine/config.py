@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..overrides import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_config, setting
+from ..overrides import (
+    AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_config, check_not_empty, key_names, setting,
+)
 from ..semantic_labels import SEMANTIC_SOURCES
 
 
@@ -95,7 +97,6 @@ def validate(config: TrainConfig) -> None:
     """Checks every field (type, range, choices) and the rules between fields; a ``ValueError``
     names the first bad key."""
     check_config(config)
-    if not config.data.min_size:
-        raise ValueError("config key 'data.min_size' needs at least one size")
+    check_not_empty(key_names("data.min_size"), config.data.min_size)
     if config.data.semantic == "png" and not config.data.semantic_dir:
         raise ValueError("config key 'data.semantic=png' needs data.semantic_dir, the folder of label PNGs")

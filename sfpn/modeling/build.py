@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from ..config import DetectorConfig, get_config
-from ..overrides import check_config
+from ..config import PYRAMID_STRIDES, DetectorConfig, check_detector_config, get_config
 from .backbone import ResNet
 from .cascade import CascadeRoIHeads
 from .detector import CascadeRCNN, FasterRCNN, MaskRCNN
@@ -14,14 +13,11 @@ from .neck import SFPN
 from .roi_heads import RoIHeads
 from .rpn import RPN
 
-#: Anchor strides of P2..P6.
-PYRAMID_STRIDES = (4, 8, 16, 32, 64)
-
-
 def build(config: DetectorConfig) -> FasterRCNN:
     """Builds the detector ``config`` describes, each module from its section; ``model.config``
-    keeps a copy. The config is checked first: a bad field raises a ``ValueError`` naming its key."""
-    check_config(config)
+    keeps a copy. The config is checked first (:func:`sfpn.config.check_detector_config`): a bad
+    field, or fields that break a rule between them, raise a ``ValueError`` naming the keys."""
+    check_detector_config(config)
     architectures = {
         "faster_rcnn": (FasterRCNN, lambda: RoIHeads.from_config(config.roi_heads, channels, config.num_classes)),
         "mask_rcnn": (MaskRCNN, lambda: MaskRoIHeads.from_config(config.roi_heads, channels, config.num_classes, config.mask_head)),

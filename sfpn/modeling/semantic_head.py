@@ -17,7 +17,7 @@ from torch import nn
 from .. import ops
 from ..config import NeckConfig
 from ..ops.resize_sum import MAX_LEVELS
-from ..overrides import allowed, check_value
+from ..overrides import allowed, check_divisible, check_value
 
 #: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy (the neck config's
 #: ``semantic_loss_average``).
@@ -62,8 +62,7 @@ class SemanticHead(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         check_value("loss_average", loss_average, LOSS_AVERAGES)
-        if channels % num_groups:
-            raise ValueError(f"channels ({channels}) must be divisible by num_groups ({num_groups})")
+        check_divisible("channels", channels, "num_groups", num_groups)
         self.num_classes = num_classes
         self.target_level = target_level
         self.loss_average = loss_average
