@@ -101,6 +101,8 @@ META_ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_rcnn")
 class DetectorConfig:
     meta_architecture: str = "faster_rcnn"  # faster_rcnn | mask_rcnn | cascade_rcnn
     num_classes: int = 80  # foreground categories; labels are 1..num_classes, 0 background
+    # Stuff classes the semantic branch also segments (labels num_classes + 1 ..), from label maps
+    num_stuff_classes: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
@@ -264,6 +266,7 @@ POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Range(0, low_open=True), Range(
 #: ResNet checks, and ``roi_heads.sampling_ratio``, where any value <= 0 means adaptive.
 DETECTOR_RANGES: dict[str, Range] = {
     "num_classes": AT_LEAST_ONE,
+    "num_stuff_classes": NON_NEGATIVE,
     "size_divisibility": AT_LEAST_ONE,
     "backbone.width": AT_LEAST_ONE,
     "backbone.freeze_at": Range(0, 5),

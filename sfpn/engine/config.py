@@ -46,6 +46,9 @@ class DataConfig:
     #: Semantic labels for SFPN: "masks", "boxes", "png" (label PNGs in semantic_dir) or "none".
     semantic: str = "masks"
     semantic_dir: str = ""
+    #: Add COCO-stuff's 91 stuff categories to the annotation file's (COCO's instances files list
+    #: things only) so that COCO-stuff's label PNGs train things and stuff.
+    coco_stuff: bool = False
     num_workers: int = 4
 
 
