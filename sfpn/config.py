@@ -117,6 +117,8 @@ class CascadeConfig:  # cascade_rcnn only
 class DetectorConfig:
     meta_architecture: str = setting("faster_rcnn", ("faster_rcnn", "mask_rcnn", "cascade_rcnn"))
     num_classes: int = setting(80, AT_LEAST_ONE)  # foreground categories; labels are 1..num_classes, 0 background
+    # Stuff classes the semantic branch also segments (labels num_classes + 1 ..), from label maps
+    num_stuff_classes: int = setting(0, NON_NEGATIVE)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)

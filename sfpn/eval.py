@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
         if semantic == "png" and args.data_root is not None:  # the label PNGs belong to the training data
             semantic = "none"
         semantic_dir = data_config.get("semantic_dir") or None
-        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir)
+        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir,
+                                coco_stuff=data_config.get("coco_stuff", False))
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")

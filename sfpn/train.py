@@ -1,15 +1,18 @@
 """Train a detector: ``python -m sfpn.train``.
 
 With no arguments: generates (once) the synthetic shapes dataset, trains the small SFPN detector
-on it for 1000 iterations (README.md gives the measured time), evaluates it with COCOeval
-every 250 iterations and at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and
-``eval.json`` to ``./output/<preset>``.
+on it for 1000 iterations (README.md gives the measured time; the semantic branch learns the
+set's things and stuff from its label maps), evaluates it with COCOeval every 250 iterations and
+at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and ``eval.json`` to
+``./output/<preset>``. ``--dataset clutter`` trains on another synthetic dataset
+(``sfpn.data.synthetic.DATASETS``).
 
-On COCO 2017 with the paper's schedule, on 8 GPUs::
+On COCO 2017 with the paper's schedule, on 8 GPUs, the semantic branch learning COCO-stuff's
+things and stuff (``<root>/stuffthingmaps_trainval2017/``, COCO-stuff's label maps, unzipped
+into the COCO root)::
 
     torchrun --nproc_per_node=8 -m sfpn.train --preset faster_rcnn_r50_sfpn_1x --data-root /data/coco
 
-``--dataset clutter`` trains on another synthetic dataset (``sfpn.data.synthetic.DATASETS``).
 (``--data-root`` alone expects COCO's layout: train2017/, val2017/, annotations/instances_*.json;
 ``--ann-file``/``--val-ann-file``/``--val-data-root`` point anywhere else.) ``--set key=value``
 overrides a training config key (``solver.lr=0.01``, ``data.min_size=(640,800)``, ...) or a
@@ -38,10 +41,12 @@ FLAG_KEYS = {
     "amp": "solver.amp",
 }
 EPILOG = f"""\
-precedence: a config key takes the preset's value, then each --set of it in order, then its flag
-(--iters, --lr, ...): a flag wins over --set of the same key. Every value is checked before any
-work starts. Keys: the training config's (solver.*, data.*, eval_every, ...) and the detector's
-under model. (model.neck.alpha, or neck.alpha); list them with their values: --list-keys.
+precedence: a config key takes the preset's value, then the data's (a synthetic dataset, or a COCO
+root with stuffthingmaps_trainval2017/, sets data.semantic=png and its label maps), then each --set
+of it in order, then its flag (--iters, --lr, ...): a flag wins over --set of the same key. Every
+value is checked before any work starts. Keys: the training config's (solver.*, data.*,
+eval_every, ...) and the detector's under model. (model.neck.alpha, or neck.alpha); list them
+with their values: --list-keys.
 Flag defaults shown are {DEFAULT_PRESET}'s; other presets have their own (--list-keys shows them)."""
 
 
@@ -98,12 +103,39 @@ def overrides_of(args) -> list[tuple[str, object]]:
     return overrides
 
 
+def synthetic_spec(args):
+    """The spec of the synthetic dataset the arguments train on, or None for data given by path."""
+    from .data.synthetic import DATASETS
+
+    if args.data_root is not None or args.ann_file is not None:
+        return None
+    return DATASETS[args.dataset or DEFAULT_DATASET](seed=args.synthetic_seed)
+
+
+#: COCO-stuff's things-and-stuff label maps inside a COCO root, one folder per split.
+COCO_STUFF_MAPS = "stuffthingmaps_trainval2017"
+
+
+def data_defaults(args) -> list[tuple[str, object]]:
+    """``(key, value)`` config defaults that come with the data, applied after the preset's and
+    before ``--set`` and the flags: the semantic branch learns things and stuff from the label
+    maps the data has, a synthetic dataset's own or COCO-stuff's in a COCO root."""
+    from .data.synthetic import label_maps_dir
+
+    spec = synthetic_spec(args)
+    if spec is not None:
+        return [("data.semantic", "png"), ("data.semantic_dir", label_maps_dir(spec))]
+    if args.ann_file is None and os.path.isdir(os.path.join(args.data_root, COCO_STUFF_MAPS)):  # a COCO root
+        return [("data.semantic", "png"), ("data.semantic_dir", os.path.join(args.data_root, COCO_STUFF_MAPS)), ("data.coco_stuff", True)]
+    return []
+
+
 def resolve_data(args) -> dict[str, tuple[str, str]]:
     """{"train": (image folder, annotation file), "val": (...)} from the arguments."""
-    from .data.synthetic import DATASETS, synthetic_dataset
+    from .data.synthetic import synthetic_dataset
 
-    if args.data_root is None and args.ann_file is None:
-        spec = DATASETS[args.dataset or DEFAULT_DATASET](seed=args.synthetic_seed)
+    spec = synthetic_spec(args)
+    if spec is not None:
         splits = synthetic_dataset(spec, progress=not args.no_progress)
         return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
     if args.dataset is not None:
@@ -135,7 +167,7 @@ def main(argv=None) -> dict | None:
     from .engine.evaluation import format_metrics
 
     try:
-        config, detector = run_configs(args.preset, overrides_of(args))
+        config, detector = run_configs(args.preset, data_defaults(args) + overrides_of(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     if args.list_keys:

@@ -208,7 +208,7 @@ def test_list_keys_shows_what_every_key_accepts(capsys):
     assert {line.split("=", 1)[0] for line in lines} == set(keys)
     assert lines["model.neck.fusion_op='add'"] == "(one of ('add', 'concat', 'gate'))"
     assert lines["solver.amp='auto'"] == "(one of ('auto', 'bf16', 'fp16', 'off'))"
-    assert lines["data.semantic='masks'"] == "(one of ('masks', 'boxes', 'png', 'none'))"
+    assert lines["data.semantic='png'"] == "(one of ('masks', 'boxes', 'png', 'none'))"  # the synthetic set's label maps
     assert lines["solver.steps=(0.75, 0.92)"] == "(tuple of float, each in (0, 1])"
     assert lines["model.roi_heads.box_coder_weights=(10.0, 10.0, 5.0, 5.0)"] == "(4-tuple of float, each > 0)"
     assert lines["checkpoint_every=250"] == "(>= 1)"
@@ -250,6 +250,29 @@ def test_flags_win_over_set_and_set_applies_in_order(capsys):
     assert keys["eval_every"] == "250" and "model.num_classes" not in keys
     train_config, detector = run_configs("faster_rcnn_r18_sfpn_small", [("model.neck.alpha", "0.3"), ("solver.lr", 0.1)])
     assert detector.neck.alpha == 0.3 and train_config.solver.lr == 0.1
+
+
+def test_the_data_sets_its_label_maps_before_set_and_the_flags(capsys, tmp_path, monkeypatch):
+    from sfpn.data.synthetic import ClutterSpec, label_maps_dir
+
+    def keys(*argv):
+        train.main([*argv, "--list-keys"])
+        return dict(line.split("  ")[0].split("=", 1) for line in capsys.readouterr().out.splitlines())
+
+    monkeypatch.setenv("SFPN_CACHE", str(tmp_path / "cache"))
+    # A synthetic dataset: things and stuff from its own label maps (nothing is generated to list keys).
+    listed = keys("--dataset", "clutter", "--synthetic-seed", "2")
+    assert listed["data.semantic"] == "'png'" and listed["data.semantic_dir"] == repr(label_maps_dir(ClutterSpec(seed=2)))
+    assert not (tmp_path / "cache").exists()
+    assert keys("--set", "data.semantic=boxes")["data.semantic"] == "'boxes'"  # --set wins over the data
+    # A COCO root with COCO-stuff's label maps: things from COCO, stuff from COCO-stuff.
+    (tmp_path / "coco" / "stuffthingmaps_trainval2017").mkdir(parents=True)
+    listed = keys("--data-root", str(tmp_path / "coco"))
+    assert listed["data.semantic"] == "'png'" and listed["data.coco_stuff"] == "True"
+    assert listed["data.semantic_dir"] == repr(str(tmp_path / "coco" / "stuffthingmaps_trainval2017"))
+    # Files given by path: the training config's own default (labels from the instance masks).
+    listed = keys("--data-root", str(tmp_path / "coco"), "--ann-file", "a.json", "--val-ann-file", "b.json")
+    assert listed["data.semantic"] == "'masks'" and listed["data.coco_stuff"] == "False"
 
 
 def test_help_shows_defaults_and_how_to_list_keys(capsys):

@@ -1,6 +1,7 @@
 """The demo's drawing: the semantic panel paints each pixel's predicted class in that class's colour; SFPN's
 instance masks are the semantic map inside the drawn boxes."""
 import numpy as np
+import pytest
 import torch
 
 from sfpn import demo
@@ -10,11 +11,13 @@ def _prediction(semantic):
     return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "semantic": semantic}
 
 
-def test_semantic_panel_paints_each_class_in_its_colour(generator):
-    height, width, names = 48, 64, ["circle", "square", "triangle"]
+@pytest.mark.parametrize("stuff", [[], ["sky", "grass"]])
+def test_semantic_panel_paints_each_class_in_its_colour(generator, stuff):
+    height, width, things = 48, 64, ["circle", "square", "triangle"]
+    names = things + stuff
     image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
     semantic = torch.randint(0, len(names) + 1, (height, width), generator=generator)
-    drawn = np.asarray(demo.render(image, _prediction(semantic), names, 0.5))
+    drawn = np.asarray(demo.render(image, _prediction(semantic), things, 0.5, names if stuff else None))
 
     panel = drawn[:height, width + demo.PANEL_GAP:2 * width + demo.PANEL_GAP].astype(np.float32)
     colors = demo.class_colors(len(names)).astype(np.float32)

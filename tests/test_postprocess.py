@@ -26,17 +26,20 @@ def _random_output(generator, size=(24, 32), count=5, with_semantic=True):
     return output
 
 
-def test_instance_masks_are_the_semantic_foreground_inside_each_box(generator):
+@pytest.mark.parametrize("num_things", [None, 2])
+def test_instance_masks_are_the_semantic_things_inside_each_box(generator, num_things):
+    """Classes 1..3 of the map: all things (None), or things 1..2 and stuff 3."""
     output = _random_output(generator)
-    masks = instance_masks(output)
+    masks = instance_masks(output, num_things)
     semantic = output["semantic"].numpy()
     height, width = semantic.shape
+    things = {1, 2, 3} if num_things is None else {1, 2}
     expected = np.zeros((len(output["boxes"]), height, width), dtype=bool)
     for k, (x1, y1, x2, y2) in enumerate(output["boxes"].tolist()):
         for y in range(height):
             for x in range(width):
                 inside = x1 <= x + 0.5 <= x2 and y1 <= y + 0.5 <= y2
-                expected[k, y, x] = inside and semantic[y, x] not in (0, IGNORE_LABEL)
+                expected[k, y, x] = inside and semantic[y, x] in things
     assert masks.dtype == torch.bool and np.array_equal(masks.numpy(), expected)
 
 

@@ -45,6 +45,26 @@ def test_scores_from_confusion(generator):
     assert scores["fgIoU"] == pytest.approx(100 * foreground_hit / foreground_union, abs=1e-3)
 
 
+def test_foreground_iou_with_stuff_is_any_thing_against_not_a_thing(generator):
+    """Things 1..2, stuff 3..5: a thing named as another thing is foreground found; a thing taken
+    for stuff (or background) is foreground missed, and stuff for a thing a false foreground."""
+    num_things, num_classes = 2, 6
+    labels = torch.randint(0, num_classes, (41, 29), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.1] = 255
+    predicted = torch.randint(0, num_classes, labels.shape, generator=generator)
+    scores = semantic_scores(semantic_confusion(predicted, labels, num_classes), [str(k) for k in range(num_classes)], num_things)
+    labelled = labels != 255
+    true_thing = (labels >= 1) & (labels <= num_things) & labelled
+    predicted_thing = (predicted >= 1) & (predicted <= num_things) & labelled
+    expected = 100 * (true_thing & predicted_thing).sum().item() / (true_thing | predicted_thing).sum().item()
+    assert scores["fgIoU"] == pytest.approx(expected, abs=1e-3)
+    assert list(scores["IoU"]) == [str(k) for k in range(num_classes)]  # stuff classes are scored too
+    for k in range(num_classes):
+        hit = ((labels == k) & (predicted == k)).sum().item()
+        union = ((labels == k) | (predicted == k) & labelled).sum().item()
+        assert scores["IoU"][str(k)] == pytest.approx(100 * hit / union, abs=1e-3)
+
+
 def test_scores_of_a_perfect_and_an_all_background_prediction():
     perfect = torch.diag(torch.tensor([10, 3, 4]))
     assert semantic_scores(perfect, ["bg", "x", "y"]) == {"mIoU": 100.0, "fgIoU": 100.0, "IoU": {"bg": 100.0, "x": 100.0, "y": 100.0}}

@@ -23,7 +23,7 @@ from .trainer import Trainer, seed_everything
 
 MODEL_PREFIX = "model."
 #: Set from the training data, not by an override.
-_DATA_KEYS = ("num_classes",)
+_DATA_KEYS = ("num_classes", "num_stuff_classes")
 
 
 def all_keys(train: TrainConfig, detector: DetectorConfig) -> dict[str, Key]:
@@ -67,11 +67,12 @@ def build_datasets(paths: dict[str, tuple[str, str]], train: TrainConfig, detect
     common = dict(
         semantic=data.semantic if detector.trains_semantic else "none",
         semantic_dir=data.semantic_dir or None,
+        coco_stuff=data.coco_stuff,
         return_masks=detector.meta_architecture == "mask_rcnn",
     )
     train_set = CocoDetection(*paths["train"], transforms=build_transforms(data.min_size, data.max_size, data.flip_prob), remove_empty=True, **common)
     val_set = CocoDetection(*paths["val"], transforms=build_transforms(data.test_min_size, data.max_size), **common)
-    if val_set.label_to_category_id != train_set.label_to_category_id:
+    if (val_set.label_to_category_id, val_set.semantic_class_names) != (train_set.label_to_category_id, train_set.semantic_class_names):
         raise ValueError(f"{paths['val'][1]} and {paths['train'][1]} have different categories")
     return train_set, val_set
 
@@ -87,17 +88,18 @@ def build_trainer(
 ) -> Trainer:
     """The trainer of a run: ``paths`` is ``{"train": (image folder, annotation file), "val": ...}``;
     ``train`` and ``detector`` default to the preset's configs; both are checked before the data
-    is read (:func:`check_run`). ``num_classes`` comes from the training data."""
+    is read (:func:`check_run`). ``num_classes`` and ``num_stuff_classes`` come from the training data."""
     train, detector = train or training_config(preset), detector or preset_config(preset)
     check_run(train, detector)
     train_set, val_set = build_datasets(paths, train, detector)
-    detector = dataclasses.replace(detector, num_classes=train_set.num_classes)
+    detector = dataclasses.replace(detector, num_classes=train_set.num_classes, num_stuff_classes=train_set.num_stuff_classes)
     seed_everything(train.seed)
     model = build(detector).to(device)
     meta = {
         "preset": preset,
         "num_classes": train_set.num_classes,
         "classes": train_set.class_names,
+        "semantic_classes": train_set.semantic_class_names,
         "label_to_category_id": train_set.label_to_category_id,
         "data": {split: {"image_root": root, "ann_file": ann} for split, (root, ann) in paths.items()},
     }

@@ -52,6 +52,9 @@ class DataConfig:
     #: detector paints them from each target's masks, else its boxes).
     semantic: str = setting("masks", SEMANTIC_SOURCES)
     semantic_dir: str = ""
+    #: Add COCO-stuff's 91 stuff categories to the annotation file's (COCO's instances files list
+    #: things only) so that COCO-stuff's label PNGs train things and stuff.
+    coco_stuff: bool = False
     num_workers: int = setting(4, NON_NEGATIVE)
 
 

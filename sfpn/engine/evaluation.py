@@ -12,7 +12,9 @@ free); a box-only detector without a semantic map is scored on boxes only (``seg
 The semantic branch is scored on its own too, when the detector has one and the dataset gives
 semantic labels: ``metrics["semantic"]`` holds mIoU, foreground IoU and per-class IoU (percent)
 over the validation pixels, at image size (the upsampled class map the detector outputs) and at
-the head's stride (its logits' argmax against the label at each cell's centre pixel).
+the head's stride (its logits' argmax against the label at each cell's centre pixel). The
+classes are the dataset's semantic classes: things, and stuff where the labels come from
+things-and-stuff label maps; foreground IoU is "any thing vs not a thing" either way.
 """
 from __future__ import annotations
 
@@ -73,20 +75,22 @@ def grid_stride(size: tuple[int, int], grid: tuple[int, int]) -> int:
     raise ValueError(f"no power-of-two stride maps an image of size {tuple(size)} to a grid of {tuple(grid)}")
 
 
-def semantic_scores(confusion: torch.Tensor, class_names: list[str]) -> dict:
+def semantic_scores(confusion: torch.Tensor, class_names: list[str], num_things: int | None = None) -> dict:
     """mIoU, foreground IoU and per-class IoU in percent from a ``(K, K)`` confusion matrix.
 
     A class with no true and no predicted pixel has no IoU (None) and stays out of the mean;
-    ``fgIoU`` is the IoU of "any class but background" (0), which separates finding objects from
-    naming them.
+    ``fgIoU`` is the IoU of "any thing" against "not a thing" (background and stuff), which
+    separates finding objects from naming them. The things are the classes ``1..num_things``
+    (the stuff classes follow them); None: every class but background (0).
     """
     confusion = confusion.double()
     true_positive = confusion.diagonal()
     union = confusion.sum(0) + confusion.sum(1) - true_positive
     ious = [None if u == 0 else round(float(100 * tp / u), 3) for tp, u in zip(true_positive, union)]
     present = [v for v in ious if v is not None]
-    foreground_hit = confusion[1:, 1:].sum()
-    foreground_union = confusion.sum() - confusion[0, 0]
+    things = slice(1, None if num_things is None else num_things + 1)
+    foreground_hit = confusion[things, things].sum()
+    foreground_union = confusion[things, :].sum() + confusion[:, things].sum() - foreground_hit
     names = class_names if len(class_names) == len(ious) else [str(k) for k in range(len(ious))]
     return {
         "mIoU": round(sum(present) / len(present), 3) if present else None,
@@ -101,7 +105,9 @@ def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], lab
 
     if output["boxes"].numel() == 0:
         return []
-    detections = detections_at_original_size(output, input_size, target["orig_size"], with_masks=with_masks, with_semantic=False)
+    detections = detections_at_original_size(
+        output, input_size, target["orig_size"], with_masks=with_masks, with_semantic=False, num_things=len(label_to_category_id) - 1
+    )
     boxes = detections["boxes"]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
     scores = detections["scores"].float().tolist()
@@ -171,11 +177,11 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     return [r for rank_results, _, _ in gathered for r in rank_results], any(m for _, m, _ in gathered), summed
 
 
-def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None) -> tuple[dict, str]:
+def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None, category_ids=None) -> tuple[dict, str]:
     """Scores COCO results. Returns ({iou_type: {metric: AP in percent or None}}, the COCO table).
 
     Metrics COCO cannot compute (no ground truth of that size) are None. An empty result list
-    scores 0.
+    scores 0. ``image_ids``, ``category_ids``: score these only (default: all of ``coco_gt``'s).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -194,6 +200,8 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = list(image_ids)
+            if category_ids is not None:
+                evaluator.params.catIds = list(category_ids)
             evaluator.evaluate()
             evaluator.accumulate()
         table = io.StringIO()
@@ -223,10 +231,11 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
         with open(results_file, "w") as f:
             json.dump(results, f)
     iou_types = IOU_TYPES if with_masks else ("bbox",)
-    metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids)
+    # The detector's classes only: stuff categories are no detection targets.
+    metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids, category_ids=dataset.label_to_category_id[1:])
     metrics.setdefault("segm", None)
-    class_names = ["background", *dataset.class_names]
-    metrics["semantic"] = {key: semantic_scores(c, class_names) for key, c in confusions.items()} or None
+    class_names = ["background", *dataset.semantic_class_names]
+    metrics["semantic"] = {key: semantic_scores(c, class_names, dataset.num_classes) for key, c in confusions.items()} or None
     return metrics, table
 
 

@@ -14,13 +14,14 @@ from ..semantic_labels import IGNORE_LABEL
 from .boxes import box_pixel_masks
 
 
-def instance_masks(output: dict) -> torch.Tensor | None:
+def instance_masks(output: dict, num_things: int | None = None) -> torch.Tensor | None:
     """``(D, H, W)`` bool instance masks at the model's input size, or None.
 
-    A Mask R-CNN's own masks; for a box-only SFPN detector, the predicted semantic map's
-    foreground inside each box (the semantic branch gives instance masks for free); None for a
-    box-only detector without a semantic map. A pixel is inside box ``(x1, y1, x2, y2)`` when its
-    centre is.
+    A Mask R-CNN's own masks; for a box-only SFPN detector, the predicted semantic map's things
+    inside each box (the semantic branch gives instance masks for free); None for a box-only
+    detector without a semantic map. A pixel is inside box ``(x1, y1, x2, y2)`` when its centre
+    is. ``num_things``: the semantic classes ``1..num_things`` are things (the detector's
+    classes), those after them stuff; None: every class but background (0) is a thing.
     """
     if "masks" in output:
         masks = output["masks"]
@@ -29,9 +30,10 @@ def instance_masks(output: dict) -> torch.Tensor | None:
         return None
     semantic = output["semantic"]
     inside = box_pixel_masks(output["boxes"], tuple(semantic.shape))
-    # Foreground rather than the box's own class: the box head already decided the class, and
+    # Any thing rather than the box's own class: the box head already decided the class, and
     # the semantic map's class confusions would otherwise punch holes in the masks.
-    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
+    thing = (semantic > 0) & (semantic != IGNORE_LABEL if num_things is None else semantic <= num_things)
+    return inside & thing[None]
 
 
 def detections_at_original_size(
@@ -40,6 +42,7 @@ def detections_at_original_size(
     original_size: tuple[int, int],
     with_masks: bool = True,
     with_semantic: bool = True,
+    num_things: int | None = None,
 ) -> dict:
     """One image's detections on the CPU, mapped from the model's input size to the original.
 
@@ -50,6 +53,7 @@ def detections_at_original_size(
         with_masks: add ``masks (D, H, W)`` bool (see :func:`instance_masks`) where the output
             gives them.
         with_semantic: add ``semantic (H, W)`` int64 where the output has a semantic map.
+        num_things: the thing classes of the semantic map, for the masks (see :func:`instance_masks`).
 
     Returns:
         ``boxes (D, 4)`` float32 xyxy, scaled and clamped to the original image, ``scores
@@ -62,7 +66,7 @@ def detections_at_original_size(
     boxes[:, 0::2].clamp_(0, width)
     boxes[:, 1::2].clamp_(0, height)
     result = {"boxes": boxes, "scores": output["scores"].detach().cpu(), "labels": output["labels"].detach().cpu()}
-    masks = instance_masks(output) if with_masks else None
+    masks = instance_masks(output, num_things) if with_masks else None
     if masks is not None:
         result["masks"] = _resize_nearest(masks, original_size).bool()
     if with_semantic and "semantic" in output:

@@ -39,7 +39,9 @@ class SemanticHead(nn.Module):
             :data:`LOSS_AVERAGES`: ``"pixels"``, every labelled pixel alike (the paper's CE), or
             ``"foreground_background"``, the mean over foreground pixels and the mean over
             background pixels, averaged, so that background (~87% of the pixels of the
-            synthetic sets) cannot drown the classes the head should tell apart.
+            synthetic sets' labels painted from masks) cannot drown the classes the head should
+            tell apart. Background is label 0 only: with things-and-stuff label maps, which
+            label every pixel, stuff counts as foreground and the two means are the pixel mean.
     """
 
     def __init__(

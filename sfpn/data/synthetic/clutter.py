@@ -1,14 +1,16 @@
 """The second synthetic dataset, ``clutter``, unlike the shapes set in kind: ``ClutterSpec``.
 
-Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on a smooth field
-with thin clutter, this one has:
+Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on sky, grass,
+water and sand with thin clutter, this one has:
 
 * object types told apart by **texture as well as outline**: two of the six classes are ellipses
   that differ only in their fill (checkerboard or stripes), one is a thick-stroked letter "H",
   and the others are arrows, crescents and hollow frames;
 * **distractors** that look like objects and are not: plain or noisy ellipses and polygons of
-  the same sizes and colours (hard negatives), over a multi-octave noise background with
-  rectangles of colour;
+  the same sizes and colours (hard negatives), labelled as the stuff they lie on;
+* **stuff of man-made materials**: regions of brick, wood, gravel and tiles (three to six
+  regions, their borders bending), under uneven lighting; tiles are a checkerboard, as the
+  checker_ellipse things are;
 * a **scale range down to ~10 px** (extents log-uniform in 10..120 px, so most objects are small);
 * **heavy occlusion** (objects may hide up to 60% of a smaller one; the masks are the visible
   parts);
@@ -29,17 +31,20 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import Pose, place, random_pose, random_rgb, rotate, to_pixels, visible_parts
-from .writer import DatasetSpec
+from .drawing import Pose, annotate, paint_stuff, place, random_pose, rotate, smooth_noise, stuff_regions, to_pixels
+from .writer import DatasetSpec, Rendering
 
 CATEGORIES = ("arrow", "crescent", "letter_h", "checker_ellipse", "striped_ellipse", "frame")
+#: The stuff categories, each painted with the material of its name (``drawing.MATERIALS``).
+STUFF_CATEGORIES = ("brick", "wood", "gravel", "tiles")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClutterSpec(DatasetSpec):
     name = "clutter"
-    version = 2
+    version = 3
     categories = CATEGORIES
+    stuff_categories = STUFF_CATEGORIES
 
     min_objects: int = 3
     max_objects: int = 12
@@ -54,15 +59,18 @@ class ClutterSpec(DatasetSpec):
     #: A later object may hide less than this fraction of an earlier one, or of itself if smaller.
     max_overlap: float = 0.6
     jpeg_quality: tuple[int, int] = (25, 75)
+    #: Stuff regions per image (past the four materials, some repeat).
+    min_regions: int = 3
+    max_regions: int = 6
 
-    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    def render(self, rng: np.random.Generator) -> Rendering:
         return render_image(rng, self)
 
 
-def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image: (H, W, 3) uint8 pixels and its objects as (category id, visible mask (H, W) uint8)."""
+def render_image(rng: np.random.Generator, spec: ClutterSpec) -> Rendering:
+    """One image of the clutter set."""
     width, height = (int(v) for v in rng.integers(spec.min_side, spec.max_side + 1, 2))
-    canvas = _background(rng, height, width)
+    canvas, stuff = _background(rng, height, width, spec)
     # Objects and distractors are drawn in one shuffled order, so distractors occlude objects too.
     items = [int(rng.integers(len(CATEGORIES))) + 1 for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1)))]
     items += [0] * int(rng.integers(spec.min_distractors, spec.max_distractors + 1))
@@ -80,8 +88,9 @@ def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarra
         mask, texture = placed
         _paint(rng, canvas, mask, texture)
         drawn.append((label, mask))
-    objects = visible_parts(drawn, min_pixels=12)
-    return _jpeg(to_pixels(canvas), int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
+    objects, categories = annotate(drawn, stuff, min_pixels=12)
+    pixels = _jpeg(to_pixels(canvas), int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1)))
+    return Rendering(pixels, objects, categories)
 
 
 def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
@@ -93,20 +102,13 @@ def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: multi-octave colour noise with rectangles of colour on it."""
-    canvas = np.zeros((height, width, 3))
-    for cells, weight in ((3, 0.5), (8, 0.3), (24, 0.2)):
-        grid = Image.fromarray((rng.random((cells, cells, 3)) * 255).astype(np.uint8))
-        canvas += weight * np.asarray(grid.resize((width, height), Image.BICUBIC), dtype=np.float64) / 255
-    image = Image.fromarray((canvas.clip(0, 1) * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 10))):
-        x, y = rng.integers(0, (width, height))
-        w, h = rng.integers(8, max(9, width // 3)), rng.integers(8, max(9, height // 3))
-        draw.rectangle((x, y, x + w, y + h), fill=random_rgb(rng))
-    canvas = np.asarray(image, dtype=np.float64) / 255
-    return (canvas + rng.normal(0, 0.04, canvas.shape)).clip(0, 1)
+def _background(rng: np.random.Generator, height: int, width: int, spec: ClutterSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float in [0, 1], stuff regions under uneven lighting with noise, and (H, W) the
+    stuff category id of each pixel."""
+    regions = stuff_regions(rng, height, width, len(STUFF_CATEGORIES), int(rng.integers(spec.min_regions, spec.max_regions + 1)))
+    lighting = 0.7 + 0.6 * smooth_noise(rng, height, width, (3, 3))
+    canvas = paint_stuff(rng, regions, STUFF_CATEGORIES) * lighting[..., None] + rng.normal(0, 0.04, (height, width, 3))
+    return canvas.clip(0, 1), regions + len(CATEGORIES) + 1
 
 
 def _object(rng, name: str, pose: Pose, height: int, width: int) -> tuple[np.ndarray, str]:

@@ -1,13 +1,15 @@
-"""The default dataset, ``shapes``: shapes with instance masks on textured, cluttered backgrounds.
+"""The default dataset, ``shapes``: shapes with instance masks on textured, cluttered stuff.
 
 ``python -m sfpn.train`` with no arguments trains on it, so the package works (and can be
 checked end to end) without downloading anything. It is generated and cached as COCO by
 :func:`~sfpn.data.synthetic.writer.synthetic_dataset`.
 
 What makes it a detection problem rather than a colour lookup: objects take random colours and
-shading, are rotated, overlap (the masks are the visible parts), and sit on smooth colour fields
-with stripes, noise and clutter (lines and small blobs that are not objects). Sizes are mostly
-COCO "medium" (32^2..96^2 pixels of area), about a fifth small and a fifth large.
+shading, are rotated, overlap (the masks are the visible parts), and sit on a background of
+stuff, regions of two to four of the materials sky, grass, water and sand (each a pattern and a
+colour it tends to; the region borders bend and ignore the objects), with noise and clutter
+(lines and small blobs that are not objects and are labelled as the stuff they lie on). Sizes
+are mostly COCO "medium" (32^2..96^2 pixels of area), about a fifth small and a fifth large.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .drawing import Pose, place, random_pose, random_rgb, rotate, to_pixels, visible_parts
-from .writer import DatasetSpec
+from .drawing import Pose, annotate, paint_stuff, place, random_pose, random_rgb, rotate, stuff_regions, to_pixels
+from .writer import DatasetSpec, Rendering
 
 CATEGORIES = ("circle", "square", "triangle", "star", "cross", "ring")
+#: The stuff categories, each painted with the material of its name (``drawing.MATERIALS``).
+STUFF_CATEGORIES = ("sky", "grass", "water", "sand")
 #: (width, height) of the images: landscape, portrait and square, for aspect-ratio grouping.
 IMAGE_SIZES = ((320, 256), (256, 320), (288, 288))
 
@@ -28,8 +32,9 @@ IMAGE_SIZES = ((320, 256), (256, 320), (288, 288))
 @dataclasses.dataclass(frozen=True)
 class ShapesSpec(DatasetSpec):
     name = "shapes"
-    version = 2
+    version = 3
     categories = CATEGORIES
+    stuff_categories = STUFF_CATEGORIES
 
     min_objects: int = 2
     max_objects: int = 6
@@ -38,15 +43,18 @@ class ShapesSpec(DatasetSpec):
     max_extent: int = 150
     #: A later object may hide less than this fraction of an earlier one, or of itself if smaller.
     max_overlap: float = 0.25
+    #: Stuff regions per image.
+    min_regions: int = 2
+    max_regions: int = 4
 
-    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    def render(self, rng: np.random.Generator) -> Rendering:
         return render_image(rng, self)
 
 
-def render_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image: (H, W, 3) uint8 pixels and its objects as (category id, visible mask (H, W) uint8)."""
+def render_image(rng: np.random.Generator, spec: ShapesSpec) -> Rendering:
+    """One image of the shapes set."""
     width, height = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
-    canvas = _background(rng, height, width)
+    canvas, stuff = _background(rng, height, width, spec)
     full_masks: list[np.ndarray] = []
     labels: list[int] = []
 
@@ -63,21 +71,15 @@ def render_image(rng: np.random.Generator, spec: ShapesSpec) -> tuple[np.ndarray
         _paint_object(rng, canvas, mask)
         full_masks.append(mask)
         labels.append(label)
-    objects = visible_parts(list(zip(labels, full_masks)), min_pixels=16)
-    return to_pixels(canvas), objects
+    objects, categories = annotate(list(zip(labels, full_masks)), stuff, min_pixels=16)
+    return Rendering(to_pixels(canvas), objects, categories)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: a smooth colour field with stripes, noise and clutter."""
-    coarse = Image.fromarray((rng.random((3, 4, 3)) * 255).astype(np.uint8))
-    canvas = np.asarray(coarse.resize((width, height), Image.BILINEAR), dtype=np.float64) / 255
-    canvas = 0.2 + 0.6 * canvas
-    ys, xs = np.mgrid[0:height, 0:width]
-    angle = rng.uniform(0, math.pi)
-    period = rng.uniform(6, 24)
-    stripes = np.sin(2 * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) / period)
-    canvas += rng.uniform(0.02, 0.08) * stripes[..., None]
-    canvas += rng.normal(0, 0.03, canvas.shape)
+def _background(rng: np.random.Generator, height: int, width: int, spec: ShapesSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float in [0, 1], stuff regions with noise and clutter, and (H, W) the stuff
+    category id of each pixel."""
+    regions = stuff_regions(rng, height, width, len(STUFF_CATEGORIES), int(rng.integers(spec.min_regions, spec.max_regions + 1)))
+    canvas = paint_stuff(rng, regions, STUFF_CATEGORIES) + rng.normal(0, 0.03, (height, width, 3))
     clutter = Image.fromarray((canvas.clip(0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(clutter)
     for _ in range(int(rng.integers(4, 12))):
@@ -87,7 +89,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         x, y = rng.integers(0, (width, height))
         r = int(rng.integers(2, 7))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=random_rgb(rng))
-    return np.asarray(clutter, dtype=np.float64) / 255
+    return np.asarray(clutter, dtype=np.float64) / 255, regions + len(CATEGORIES) + 1
 
 
 def _polygon(sides: int, radius: float, angle: float, inner: float | None = None) -> np.ndarray:
