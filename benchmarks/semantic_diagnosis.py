@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import sfpn
-from sfpn.data import SyntheticSpec, synthetic_dataset
+from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.data.coco import CocoDetection, collate
-from sfpn.data.semantic import semantic_labels
+from sfpn.semantic_labels import semantic_labels
 from sfpn.data.transforms import build_transforms
 from sfpn.engine.checkpoint import model_from_checkpoint
 from sfpn.engine.evaluation import labels_at_stride
@@ -69,7 +69,7 @@ def gradient_probe(dataset) -> None:
     model = sfpn.build_detector(PRESET, dataset.num_classes).train()
     batch, sizes = model.preprocess(images)
     _, logits, _ = model.neck(model.backbone(batch))
-    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), model.neck.labels_from)
+    labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]))
     upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     upsampled.retain_grad()
     F.cross_entropy(upsampled, labels, ignore_index=255).backward()
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--labels-png", default="semantic_labels.png", help="where to draw the label maps")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="trained SFPN checkpoints to probe (item 4)")
     args = parser.parse_args()
-    split = synthetic_dataset(SyntheticSpec())["train"]
+    split = synthetic_dataset(ShapesSpec())["train"]
     flipped = CocoDetection(split.image_root, split.ann_file, transforms=build_transforms((256,), 320, flip_prob=1.0), semantic="masks")
     draw_labels(flipped, range(4), args.labels_png)
     print(f"drew {args.labels_png}")

@@ -2,7 +2,9 @@
 // IoUs (and so match sfpn.ops.nms's reference and torchvision's float32 kernels):
 //   inter = max(min(x2a, x2b) - max(x1a, x1b), 0) * max(min(y2a, y2b) - max(y1a, y1b), 0)
 //   iou   = inter / ((area_a + area_b) - inter),   area = (x2 - x1) * (y2 - y1)
-// in the op's accumulation type (float for half/bfloat16/float boxes, double for double).
+// in the op's accumulation type (float for half/bfloat16/float boxes, double for double), and
+// compared with the threshold as torchvision's CPU kernel does: `double(iou) > iou_threshold`
+// (see threshold_in, which makes that comparison in the IoU's own type).
 // On the GPU the products use round-to-nearest intrinsics, which nvcc never contracts into an FMA
 // (a contracted `sum - w * h` would round differently from the CPU).
 //
@@ -13,7 +15,10 @@
 
 #include <c10/macros/Macros.h>
 
-namespace sfpn::nms_detail {
+#include <cmath>
+#include <limits>
+
+namespace sfpn::nms {
 
 // Boxes per mask word (CUDA) and rows per tile.
 constexpr int kBoxesPerWord = 64;
@@ -53,4 +58,20 @@ C10_HOST_DEVICE inline bool iou_above(
   return inter / ((area_a + area_b) - inter) > threshold;
 }
 
-}  // namespace sfpn::nms_detail
+// The threshold to compare a T IoU with, from the op's double `iou_threshold`: the largest T not
+// above it, so that `iou > threshold_in<T>(t)` exactly when `double(iou) > t` for every T value
+// (the next T above the result is above t). torchvision compares its float IoU with the double
+// threshold; rounding the threshold to the nearest float instead would keep a pair whose IoU is
+// float(0.3) = 0.30000001 at threshold 0.3, which torchvision suppresses. Host only.
+template <typename T>
+T threshold_in(double iou_threshold) {
+  constexpr T kInfinity = std::numeric_limits<T>::infinity();
+  constexpr double kMax = static_cast<double>(std::numeric_limits<T>::max());
+  // Outside T's finite range the cast would overflow; these thresholds compare as the bounds do.
+  if (iou_threshold > kMax) return iou_threshold == std::numeric_limits<double>::infinity() ? kInfinity : T(kMax);
+  if (iou_threshold < -kMax) return -kInfinity;
+  const T nearest = static_cast<T>(iou_threshold);  // NaN stays NaN: no IoU is above it either way
+  return static_cast<double>(nearest) > iou_threshold ? std::nextafter(nearest, -kInfinity) : nearest;
+}
+
+}  // namespace sfpn::nms

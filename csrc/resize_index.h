@@ -1,7 +1,7 @@
 // Source indices and weights of a 2-D resize, one axis at a time, with exactly the arithmetic of
 // F.interpolate (ATen/native/UpSample.h and cuda/UpSample.cuh, which agree): the same float
 // scale, the same rounding, so every output picks the same source pixels as PyTorch does.
-// Shared by the CPU (csrc/cpu/resize.h) and CUDA (csrc/cuda/resize.cuh) kernels.
+// Shared by the CPU (csrc/cpu/resize_kernels.h) and CUDA (csrc/cuda/resize_kernels.cuh) kernels.
 //
 // Forward: output o of an axis reads the sources and weights taps_of(o): two in bilinear mode,
 // index0(o) alone in nearest mode.
@@ -11,18 +11,10 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
-#include <c10/util/Exception.h>
-#include <c10/util/string_view.h>
 
 #include <cstdint>
 
 namespace sfpn::resize {
-
-// The ops' `mode` argument: true for "bilinear", false for "nearest".
-inline bool is_bilinear(c10::string_view mode) {
-  TORCH_CHECK(mode == "nearest" || mode == "bilinear", "mode must be 'nearest' or 'bilinear', got '", mode, "'");
-  return mode == "bilinear";
-}
 
 struct Range {
   int64_t begin, end;  // [begin, end)

@@ -7,14 +7,10 @@
 // each axis can therefore be computed once per RoI and shared by every channel.
 #pragma once
 
+#include <c10/macros/Macros.h>
+
 #include <cmath>
 #include <cstdint>
-
-#if defined(__CUDACC__)
-#define SFPN_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SFPN_HOST_DEVICE inline
-#endif
 
 namespace sfpn::roi_align {
 
@@ -31,7 +27,7 @@ struct RoiGrid {
 
 // `box` points at [x1, y1, x2, y2] in image coordinates.
 template <typename T>
-SFPN_HOST_DEVICE RoiGrid<T> roi_grid(
+C10_HOST_DEVICE inline RoiGrid<T> roi_grid(
     const T* box, T spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   const T offset = aligned ? T(0.5) : T(0);
   RoiGrid<T> g;
@@ -54,14 +50,14 @@ SFPN_HOST_DEVICE RoiGrid<T> roi_grid(
 
 // Coordinate of sample `i` (of `grid`) inside bin `p` along one axis.
 template <typename T>
-SFPN_HOST_DEVICE T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
+C10_HOST_DEVICE inline T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
   return start + static_cast<T>(p) * bin + static_cast<T>(i + T(0.5)) * bin / static_cast<T>(grid);
 }
 
 // The two taps of linear interpolation at `v` along an axis of `size` pixels. Returns false when
 // the sample lies more than one pixel outside the map (it then contributes zero); clamps otherwise.
 template <typename T>
-SFPN_HOST_DEVICE bool axis_taps(T v, int64_t size, int64_t& low, int64_t& high, T& w_low, T& w_high) {
+C10_HOST_DEVICE inline bool axis_taps(T v, int64_t size, int64_t& low, int64_t& high, T& w_low, T& w_high) {
   if (v < T(-1) || v > static_cast<T>(size)) return false;
   if (v <= T(0)) v = T(0);
   low = static_cast<int64_t>(v);
@@ -85,7 +81,7 @@ struct LevelMapper {
   int64_t canonical_level = 4;
 
   template <typename T>
-  SFPN_HOST_DEVICE int64_t operator()(const T* box) const {
+  C10_HOST_DEVICE int64_t operator()(const T* box) const {
     if (k_max == k_min) return 0;
     const T size = sqrt((box[2] - box[0]) * (box[3] - box[1]));
     const T level =

@@ -2,7 +2,9 @@
 
 The kernels are plain launchers (tensors in, tensors out). Each op's module in ``sfpn/ops``
 (``resize_sum.py``, ``group_norm_relu.py``, ``cross_entropy.py``) registers them with the
-dispatcher as the ``CUDA`` kernels of its ``torch.ops.sfpn.*`` op.
+dispatcher as the ``CUDA`` kernels of its ``torch.ops.sfpn.*`` op, and hands them to
+:func:`add_implementations` for :func:`interpret_on_cpu`. The dependency runs one way: ``sfpn.ops``
+imports this package, this package never imports ``sfpn.ops``.
 
 Which device they serve:
   * CUDA tensors, whenever Triton imports (float64 and empty inputs run the reference).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -41,6 +44,15 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The temporary registration of interpret_on_cpu(), while one is active (it is reentrant).
 _cpu_registration = {"library": None, "depth": 0}
 
+# The Triton implementation of every op that has one (and of its backward ops), by op name.
+_implementations: dict[str, Callable] = {}
+
+
+def add_implementations(implementations: Mapping[str, Callable]) -> None:
+    """Records ops' Triton implementations, by op name, for :func:`interpret_on_cpu` (called by
+    ``sfpn.ops._library.register`` for every op with Triton kernels)."""
+    _implementations.update(implementations)
+
 
 def takes(tensor: torch.Tensor) -> bool:
     """Whether the kernels take ``tensor``: a supported dtype and at least one element."""
@@ -61,13 +73,10 @@ def interpret_on_cpu():
             "interpret_on_cpu() needs Triton and TRITON_INTERPRET=1 set before sfpn is imported"
             + (f"; {UNAVAILABLE_REASON}" if UNAVAILABLE_REASON else "")
         )
-    from ..ops import _library
-
     if _cpu_registration["depth"] == 0:
         library = torch.library.Library("sfpn", "IMPL")
-        for op in _library.OPS.values():
-            for name, implementation in op.triton.items():
-                library.impl(name, implementation, "CPU")
+        for name, implementation in _implementations.items():
+            library.impl(name, implementation, "CPU")
         _cpu_registration["library"] = library
     _cpu_registration["depth"] += 1
     try:

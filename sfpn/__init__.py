@@ -8,7 +8,8 @@ from ._threads import prefer_passive_waiting
 prefer_passive_waiting()  # before anything below imports torch: see sfpn/_threads.py
 
 from . import _extension, ops  # noqa: E402
-from .config import DetectorConfig, build_detector, list_presets  # noqa: E402, F401
+from .config import DetectorConfig, list_presets  # noqa: E402, F401
+from .modeling import build_detector  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,14 @@
-"""Detector configs: plain dataclasses, named presets, dotted-key overrides, ``build_detector``.
+"""Detector configs: plain dataclasses, each field with its allowed values, and named presets.
 
     model = sfpn.build_detector("faster_rcnn_r50_sfpn_1x", num_classes=80, **{"neck.alpha": 0.5})
     model.config  # the DetectorConfig it was built from; DetectorConfig.from_dict(config.to_dict())
+
+Each field declares its allowed values next to its default (:func:`sfpn.overrides.setting`): the
+dotted-key overrides check them, and so do the modules that take the field as an argument.
+:func:`check_detector_config` checks a whole config, the rules between its fields too (the
+semantic head's channels divisible by its groups, one anchor size per pyramid level, ...), each
+with the helper that the module needing the rule calls on its arguments. The detector is built
+from a config by :func:`sfpn.modeling.build.build`, which checks it first.
 
 Presets are named after the paper's rows (``faster_rcnn_r50_sfpn_1x``...) and each SFPN preset has
 its FPN twin (the same config with the semantic branch off). The ``*_small`` presets are sized for
@@ -10,104 +17,115 @@ a 64-channel neck and a 2-conv semantic head, fewer proposals and sampled RoIs).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
 
+from .overrides import (
+    AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_at_most, check_config, check_divisible, check_length,
+    check_not_empty, check_same_lengths, from_dict, key_names, set_key, setting,
+)
+
+#: ResNet depth -> (block, blocks per stage): the depths a backbone may have.
+RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+                 101: ("bottleneck", (3, 4, 23, 3))}
+#: Channels of a block's output per channel of its 3x3 convs.
+BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
+#: GroupNorm groups of the backbone's ``norm="gn"``; a layer of fewer channels has one group per channel.
+GROUP_NORM_GROUPS = 32
+#: Strides of the pyramid levels P2..P6, each with one anchor size (``RPNConfig.anchor_sizes``).
+PYRAMID_STRIDES = (4, 8, 16, 32, 64)
+
 
 @dataclass
 class BackboneConfig:
-    depth: int = 50
-    width: int = 64  # channels of the first stage; 64 for standard (loadable) weights
-    norm: str = "frozen_bn"  # frozen_bn | bn | gn
-    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ...
+    depth: int = setting(50, tuple(RESNET_STAGES))
+    width: int = setting(64, AT_LEAST_ONE)  # channels of the first stage; 64 for standard (loadable) weights
+    norm: str = setting("frozen_bn", ("frozen_bn", "bn", "gn"))
+    freeze_at: int = setting(2, Range(0, 5))  # 0 none, 1 stem, 2 stem + layer1, ... 5 all
     weights: str | None = None  # local torchvision-format ResNet checkpoint
 
 
 @dataclass
 class NeckConfig:
-    out_channels: int = 256
+    out_channels: int = setting(256, AT_LEAST_ONE)
     semantic: bool = True  # False: plain FPN
-    semantic_channels: int = 256
-    semantic_convs: int = 4
-    num_groups: int = 32
-    fusion_point: str = "before"  # before | after the 3x3 output convs
-    fusion_op: str = "add"  # add | concat | gate
-    downsample: str = "bilinear"  # bilinear | max_pool (coarse levels)
-    alpha: float = 0.2  # weight of the semantic loss
+    semantic_channels: int = setting(256, AT_LEAST_ONE)
+    semantic_convs: int = setting(4, NON_NEGATIVE)
+    num_groups: int = setting(32, AT_LEAST_ONE)
+    fusion_point: str = setting("before", ("before", "after"))  # of the 3x3 output convs
+    fusion_op: str = setting("add", ("add", "concat", "gate"))
+    downsample: str = setting("bilinear", ("bilinear", "max_pool"))  # to the coarse levels
+    alpha: float = setting(0.2, NON_NEGATIVE)  # weight of the semantic loss
     # How the semantic CE averages its pixels: "pixels" (each labelled pixel alike, the paper's CE)
     # | "foreground_background" (the mean of the foreground pixels' mean and the background's)
-    semantic_loss_average: str = "pixels"
-    upsample_mode: str = "nearest"
-    # Semantic labels of a target without a "semantic" map: auto (masks, else boxes) | masks | boxes
-    labels_from: str = "auto"
+    semantic_loss_average: str = setting("pixels", ("pixels", "foreground_background"))
+    upsample_mode: str = setting("nearest", ("nearest", "bilinear"))  # of the top-down pathway
 
 
 @dataclass
 class RPNConfig:
-    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)  # one per level P2..P6
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    pre_nms_topk_train: int = 2000  # per level and image
-    pre_nms_topk_test: int = 1000
-    post_nms_topk_train: int = 1000  # per image
-    post_nms_topk_test: int = 1000
-    nms_threshold: float = 0.7
-    min_size: float = 0.0
-    fg_iou_threshold: float = 0.7
-    bg_iou_threshold: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    smooth_l1_beta: float = 1.0 / 9
+    anchor_sizes: tuple[float, ...] = setting((32.0, 64.0, 128.0, 256.0, 512.0), POSITIVE)  # one per level P2..P6
+    aspect_ratios: tuple[float, ...] = setting((0.5, 1.0, 2.0), POSITIVE)
+    pre_nms_topk_train: int = setting(2000, AT_LEAST_ONE)  # per level and image
+    pre_nms_topk_test: int = setting(1000, AT_LEAST_ONE)
+    post_nms_topk_train: int = setting(1000, AT_LEAST_ONE)  # per image
+    post_nms_topk_test: int = setting(1000, AT_LEAST_ONE)
+    nms_threshold: float = setting(0.7, FRACTION)
+    min_size: float = setting(0.0, NON_NEGATIVE)
+    fg_iou_threshold: float = setting(0.7, FRACTION)
+    bg_iou_threshold: float = setting(0.3, FRACTION)
+    batch_size_per_image: int = setting(256, AT_LEAST_ONE)
+    positive_fraction: float = setting(0.5, FRACTION)
+    smooth_l1_beta: float = setting(1.0 / 9, NON_NEGATIVE)
 
 
 @dataclass
 class RoIHeadsConfig:
-    resolution: int = 7
-    sampling_ratio: int = 2
-    fc_dim: int = 1024
-    num_fc: int = 2
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
-    fg_iou_threshold: float = 0.5
-    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    smooth_l1_beta: float = 1.0
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
+    resolution: int = setting(7, AT_LEAST_ONE)
+    sampling_ratio: int = 2  # any int: <= 0 means adaptive
+    fc_dim: int = setting(1024, AT_LEAST_ONE)
+    num_fc: int = setting(2, AT_LEAST_ONE)
+    batch_size_per_image: int = setting(512, AT_LEAST_ONE)
+    positive_fraction: float = setting(0.25, FRACTION)
+    fg_iou_threshold: float = setting(0.5, FRACTION)
+    box_coder_weights: tuple[float, float, float, float] = setting((10.0, 10.0, 5.0, 5.0), POSITIVE)
+    smooth_l1_beta: float = setting(1.0, NON_NEGATIVE)
+    score_threshold: float = setting(0.05, FRACTION)
+    nms_threshold: float = setting(0.5, FRACTION)
+    detections_per_image: int = setting(100, AT_LEAST_ONE)
 
 
 @dataclass
 class MaskHeadConfig:  # mask_rcnn only
-    resolution: int = 14  # RoI features; the logits are twice as large
-    conv_dim: int = 256
-    num_convs: int = 4
-    threshold: float = 0.5  # binarisation of the pasted probabilities
+    resolution: int = setting(14, AT_LEAST_ONE)  # RoI features; the logits are twice as large
+    conv_dim: int = setting(256, AT_LEAST_ONE)
+    num_convs: int = setting(4, NON_NEGATIVE)
+    threshold: float = setting(0.5, FRACTION)  # binarisation of the pasted probabilities
 
 
 @dataclass
 class CascadeConfig:  # cascade_rcnn only
-    iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
-    stage_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
-    box_coder_weights: tuple[tuple[float, float, float, float], ...] = (
-        (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
-
-
-META_ARCHITECTURES = ("faster_rcnn", "mask_rcnn", "cascade_rcnn")
+    iou_thresholds: tuple[float, ...] = setting((0.5, 0.6, 0.7), FRACTION)
+    stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25), NON_NEGATIVE)
+    box_coder_weights: tuple[tuple[float, float, float, float], ...] = setting(
+        ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)), POSITIVE)
 
 
 @dataclass
 class DetectorConfig:
-    meta_architecture: str = "faster_rcnn"  # faster_rcnn | mask_rcnn | cascade_rcnn
-    num_classes: int = 80  # foreground categories; labels are 1..num_classes, 0 background
+    meta_architecture: str = setting("faster_rcnn", ("faster_rcnn", "mask_rcnn", "cascade_rcnn"))
+    num_classes: int = setting(80, AT_LEAST_ONE)  # foreground categories; labels are 1..num_classes, 0 background
+    # Stuff classes the semantic branch also segments (labels num_classes + 1 ..), from label maps
+    num_stuff_classes: int = setting(0, NON_NEGATIVE)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
-    size_divisibility: int = 32
+    size_divisibility: int = setting(32, AT_LEAST_ONE)
 
     @property
     def trains_semantic(self) -> bool:
@@ -120,23 +138,62 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
-        return _from_dict(cls, data)
+        """The config of :meth:`to_dict`'s dict, or of an older sfpn's: a field added since takes its
+        default, and ``neck.labels_from``, which checkpoints stored until the training config's
+        ``data.semantic`` became the one label source, is dropped. It never shaped the model,
+        only the training labels of targets without a ``semantic`` map; its default ``"auto"``
+        (every preset's) is the rule the detector now always follows: a target's ``semantic``
+        map, else its masks, else its boxes."""
+        if "labels_from" in data.get("neck", {}):
+            data = {**data, "neck": {k: v for k, v in data["neck"].items() if k != "labels_from"}}
+        return from_dict(cls, data)
 
 
-def _from_dict(cls, data: dict):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
-    values = {}
-    for name, value in data.items():
-        if dataclasses.is_dataclass(hints[name]):
-            value = _from_dict(hints[name], value)
-        else:
-            value = _coerce(hints[name], value, name)
-        values[name] = value
-    return cls(**values)
+# ------------------------------------------------------------------------------- rules between fields
+def resnet_channels(depth: int, width: int) -> tuple[int, ...]:
+    """The channel counts a ResNet of ``depth`` and ``width`` normalises, ascending: each stage's
+    width (``width * 2**stage``) and its blocks' output (that times the block's expansion)."""
+    expansion = BLOCK_EXPANSION[RESNET_STAGES[depth][0]]
+    widths = [width * 2**stage for stage in range(4)]
+    return tuple(sorted({*widths, *(w * expansion for w in widths)}))
+
+
+def group_norm_groups(channels: int) -> int:
+    """The GroupNorm groups of a backbone layer of ``channels`` with ``norm="gn"``."""
+    return min(GROUP_NORM_GROUPS, channels)
+
+
+def check_group_norm_width(name: str, depth: int, width: int) -> None:
+    """A ``ValueError`` unless every channel count of the ResNet (:func:`resnet_channels`) splits
+    into its GroupNorm groups (:func:`group_norm_groups`): below 32 or a multiple of 32."""
+    channels = resnet_channels(depth, width)
+    if any(c % group_norm_groups(c) for c in channels):
+        raise ValueError(
+            f"{name} must make every channel count of the ResNet-{depth} below {GROUP_NORM_GROUPS} or a multiple of "
+            f"{GROUP_NORM_GROUPS} (its GroupNorm groups), got {width!r}: channels {channels}"
+        )
+
+
+def check_detector_config(config: DetectorConfig) -> None:
+    """Checks every field of ``config`` (:func:`sfpn.overrides.check_config`) and the rules between
+    fields, of the sections the architecture uses; a ``ValueError`` names the keys and what they
+    must be. Each rule is the helper the module that needs it calls on its own arguments, so a run
+    refuses what the model would, before it reads any data."""
+    check_config(config)
+    backbone, neck, rpn, cascade = config.backbone, config.neck, config.rpn, config.cascade
+    if backbone.norm == "gn":
+        check_group_norm_width(f"{key_names('backbone.width')} with backbone.norm='gn'", backbone.depth, backbone.width)
+    if neck.semantic:
+        check_divisible(key_names("neck.semantic_channels"), neck.semantic_channels, "neck.num_groups", neck.num_groups)
+    check_length(key_names("rpn.anchor_sizes"), rpn.anchor_sizes, len(PYRAMID_STRIDES),
+                 "one anchor size per pyramid level P2..P6")
+    check_not_empty(key_names("rpn.aspect_ratios"), rpn.aspect_ratios)
+    check_at_most(key_names("rpn.bg_iou_threshold"), rpn.bg_iou_threshold, "rpn.fg_iou_threshold", rpn.fg_iou_threshold)
+    if config.meta_architecture == "cascade_rcnn":
+        stages = (cascade.iou_thresholds, cascade.stage_weights, cascade.box_coder_weights)
+        check_same_lengths(key_names("cascade.iou_thresholds", "cascade.stage_weights", "cascade.box_coder_weights"),
+                           stages, "one entry per stage")
+        check_not_empty(key_names("cascade.iou_thresholds"), cascade.iou_thresholds)
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -185,203 +242,9 @@ def preset_config(name: str) -> DetectorConfig:
 
 
 def get_config(name: str, num_classes: int, **overrides) -> DetectorConfig:
-    """The preset ``name`` with ``num_classes`` and dotted-key ``overrides`` applied."""
+    """The preset ``name`` with ``num_classes`` and dotted-key ``overrides`` applied, each checked
+    (:func:`sfpn.overrides.set_key`): a bad one raises a ``ValueError`` naming the key."""
     config = preset_config(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int (foreground categories), got {num_classes!r}")
-    config.num_classes = num_classes
-    for key, value in overrides.items():
+    for key, value in {"num_classes": num_classes, **overrides}.items():
         set_key(config, key, value)
     return config
-
-
-# --------------------------------------------------------------------------------------- overrides
-# One mechanism for every dotted-key override, of the detector's config and of the training
-# config (``sfpn.engine.config``): a key names a field of nested dataclasses, and a value is
-# converted to the field's annotated type (from text, as ``--set key=value`` gives it).
-
-
-def config_keys(config, prefix: str = "") -> dict[str, object]:
-    """Every settable dotted key of a nested dataclass config and its current value."""
-    keys = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            keys.update(config_keys(value, f"{prefix}{f.name}."))
-        else:
-            keys[prefix + f.name] = value
-    return keys
-
-
-def unknown_key_message(key: str, valid: typing.Iterable[str]) -> str:
-    """``unknown config key 'x'`` with the closest valid keys, for a typo's sake."""
-    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return f"unknown config key {key!r}{hint} (list them with python -m sfpn.train --list-keys)"
-
-
-def set_key(config, key: str, value) -> None:
-    """Sets ``config.<dotted key> = value`` in place, converted to the field's annotated type.
-
-    Text (from a command line) is parsed as a Python literal for non-string fields (``"0.5"``,
-    ``"(16, 32)"``, ``"None"``); a scalar given for a tuple field becomes a 1-tuple; an int is
-    accepted for a float field. Anything else of the wrong type is refused with a ``ValueError``
-    naming the key and the expected type.
-    """
-    *parents, name = key.split(".")
-    node = config
-    for part in parents:
-        node = getattr(node, part, None) if _has_field(node, part) else None
-    if node is None or not _has_field(node, name):
-        raise ValueError(unknown_key_message(key, config_keys(config)))
-    if dataclasses.is_dataclass(getattr(node, name)):
-        raise ValueError(f"config key {key!r} is a section; set its fields, e.g. {key}.<field>")
-    hint = typing.get_type_hints(type(node))[name]
-    setattr(node, name, _coerce(hint, value, key))
-
-
-class Range(typing.NamedTuple):
-    """The allowed values of a numeric field: ``low <= value <= high`` (``low < value`` when
-    ``low_open``; no upper bound when ``high`` is None)."""
-
-    low: float
-    high: float | None = None
-    low_open: bool = False
-
-    def __contains__(self, value) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        return above and (self.high is None or value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
-
-
-POSITIVE, NON_NEGATIVE, AT_LEAST_ONE, FRACTION = Range(0, low_open=True), Range(0), Range(1), Range(0, 1)
-#: The range of the detector config's numeric fields (a tuple's range holds for each item),
-#: checked by :func:`check_ranges` before a run starts. Not here: ``backbone.depth``, a choice the
-#: ResNet checks, and ``roi_heads.sampling_ratio``, where any value <= 0 means adaptive.
-DETECTOR_RANGES: dict[str, Range] = {
-    "num_classes": AT_LEAST_ONE,
-    "size_divisibility": AT_LEAST_ONE,
-    "backbone.width": AT_LEAST_ONE,
-    "backbone.freeze_at": Range(0, 5),
-    "neck.out_channels": AT_LEAST_ONE,
-    "neck.semantic_channels": AT_LEAST_ONE,
-    "neck.semantic_convs": NON_NEGATIVE,
-    "neck.num_groups": AT_LEAST_ONE,
-    "neck.alpha": NON_NEGATIVE,
-    "rpn.anchor_sizes": POSITIVE,
-    "rpn.aspect_ratios": POSITIVE,
-    "rpn.pre_nms_topk_train": AT_LEAST_ONE,
-    "rpn.pre_nms_topk_test": AT_LEAST_ONE,
-    "rpn.post_nms_topk_train": AT_LEAST_ONE,
-    "rpn.post_nms_topk_test": AT_LEAST_ONE,
-    "rpn.nms_threshold": FRACTION,
-    "rpn.min_size": NON_NEGATIVE,
-    "rpn.fg_iou_threshold": FRACTION,
-    "rpn.bg_iou_threshold": FRACTION,
-    "rpn.batch_size_per_image": AT_LEAST_ONE,
-    "rpn.positive_fraction": FRACTION,
-    "rpn.smooth_l1_beta": NON_NEGATIVE,
-    "roi_heads.resolution": AT_LEAST_ONE,
-    "roi_heads.fc_dim": AT_LEAST_ONE,
-    "roi_heads.num_fc": AT_LEAST_ONE,
-    "roi_heads.batch_size_per_image": AT_LEAST_ONE,
-    "roi_heads.positive_fraction": FRACTION,
-    "roi_heads.fg_iou_threshold": FRACTION,
-    "roi_heads.box_coder_weights": POSITIVE,
-    "roi_heads.smooth_l1_beta": NON_NEGATIVE,
-    "roi_heads.score_threshold": FRACTION,
-    "roi_heads.nms_threshold": FRACTION,
-    "roi_heads.detections_per_image": AT_LEAST_ONE,
-    "mask_head.resolution": AT_LEAST_ONE,
-    "mask_head.conv_dim": AT_LEAST_ONE,
-    "mask_head.num_convs": NON_NEGATIVE,
-    "mask_head.threshold": FRACTION,
-    "cascade.iou_thresholds": FRACTION,
-    "cascade.stage_weights": NON_NEGATIVE,
-    "cascade.box_coder_weights": POSITIVE,
-}
-
-
-def check_ranges(config, ranges: dict[str, Range]) -> None:
-    """A ``ValueError`` naming the first key of ``ranges`` whose value (each item of a tuple,
-    nested too) lies outside its range."""
-    keys = config_keys(config)
-    for key, allowed in ranges.items():
-        if not all(value in allowed for value in _flatten(keys[key])):
-            raise ValueError(f"config key {key!r} must be {allowed}, got {keys[key]!r}")
-
-
-def _flatten(value) -> list:
-    return [item for v in value for item in _flatten(v)] if isinstance(value, tuple) else [value]
-
-
-def _has_field(node, name: str) -> bool:
-    return dataclasses.is_dataclass(node) and any(f.name == name for f in dataclasses.fields(node))
-
-
-def parse_value(text: str):
-    """A command line's value: a Python literal (number, boolean, tuple, quoted string), else the text."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def type_name(hint) -> str:
-    """``int``, ``tuple of float``, ``str or None``: how an error message names a field's type."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        return f"tuple of {type_name(args[0])}" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)}-tuple"
-    if type(None) in args:
-        return " or ".join(type_name(a) for a in args if a is not type(None)) + " or None"
-    return hint.__name__
-
-
-def _coerce(hint, value, key: str):
-    """``value`` as the type ``hint`` (int, float, str, bool, ``X | None``, ``tuple[X, ...]``)."""
-    expected = f"config key {key!r} expects {type_name(hint)}, got {value!r}"
-    args = typing.get_args(hint)
-    if type(None) in args:  # X | None
-        if value is None or value == "None":
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _coerce(hint, value, key)
-    if isinstance(value, str):  # command-line text; a quoted string is unquoted
-        parsed = parse_value(value)
-        value = parsed if hint is not str or isinstance(parsed, str) else value
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            value = (value,)
-        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        if len(items) != len(value):
-            raise ValueError(expected)
-        try:
-            return tuple(_coerce(item, v, key) for item, v in zip(items, value))
-        except ValueError:
-            raise ValueError(expected) from None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if type(value) is not hint:  # exact: True is not an int here
-        raise ValueError(expected)
-    return value
-
-
-def build_from_config(config: DetectorConfig):
-    """Builds the detector a :class:`DetectorConfig` describes; ``model.config`` keeps a copy."""
-    from .modeling import build
-
-    return build(config)
-
-
-def build_detector(name: str, num_classes: int, **overrides):
-    """Builds the preset ``name`` for ``num_classes`` foreground categories.
-
-    Overrides use dotted keys: ``build_detector(name, 3, **{"neck.alpha": 0.5})``.
-    """
-    return build_from_config(get_config(name, num_classes, **overrides))

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 
@@ -34,36 +33,39 @@ def class_colors(count: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_image(model, image: torch.Tensor, min_size: int, max_size: int) -> dict:
-    """Detections for one (3, H, W) image in [0, 1], in its own (original) coordinates."""
+def predict_image(model, image: torch.Tensor, min_size: int, max_size: int, num_things: int | None = None) -> dict:
+    """Detections for one (3, H, W) image in [0, 1], in its own (original) coordinates;
+    ``num_things``: the semantic map's thing classes (see ``sfpn.modeling.postprocess``)."""
     from .data.transforms import ResizeShortestEdge
-    from .engine.evaluation import _masks_for
+    from .modeling.postprocess import detections_at_original_size
 
-    height, width = image.shape[-2:]
     resized, _ = ResizeShortestEdge(min_size, max_size)(image, {}, None)
     device = next(model.parameters()).device
-    output = {k: v.cpu() for k, v in model([resized.to(device)])[0].items()}
-    in_h, in_w = resized.shape[-2:]
-    masks = _masks_for(output)
-    result = {
-        "boxes": output["boxes"] * torch.tensor([width / in_w, height / in_h] * 2),
-        "scores": output["scores"],
-        "labels": output["labels"],
-    }
-    if masks is not None:
-        result["masks"] = F.interpolate(masks[None].float(), size=(height, width), mode="nearest")[0].bool()
-    if "semantic" in output:
-        result["semantic"] = F.interpolate(output["semantic"][None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
-    return result
+    output = model([resized.to(device)])[0]
+    # Masks as evaluation makes them (an SFPN detector's from its semantic map), so that the
+    # picture shows what COCOeval scores.
+    return detections_at_original_size(output, tuple(resized.shape[-2:]), tuple(image.shape[-2:]), num_things=num_things)
 
 
-def render(image: np.ndarray, prediction: dict, class_names: list[str], score_threshold: float) -> Image.Image:
-    """The drawing: (H, W, 3) uint8 image + prediction -> one PIL image (one or two panels)."""
-    colors = class_colors(len(class_names))
+def render(
+    image: np.ndarray, prediction: dict, class_names: list[str], score_threshold: float, semantic_class_names: list[str] | None = None
+) -> Image.Image:
+    """The drawing: (H, W, 3) uint8 image + prediction -> one PIL image (one or two panels).
+
+    ``class_names`` name the detector's classes; ``semantic_class_names`` the semantic map's
+    (the things, then any stuff; default: ``class_names``). A class has one colour in both panels.
+    """
+    from .modeling.postprocess import instance_masks
+
+    semantic_class_names = class_names if semantic_class_names is None else semantic_class_names
+    colors = class_colors(len(semantic_class_names))
     keep = prediction["scores"] >= score_threshold
     canvas = image.astype(np.float32)
-    if "masks" in prediction:
-        for mask, label in zip(prediction["masks"][keep], prediction["labels"][keep]):
+    masks = prediction["masks"][keep] if "masks" in prediction else None
+    if masks is None and "semantic" in prediction:  # a prediction without masks: the map inside each drawn box
+        masks = instance_masks({"semantic": prediction["semantic"], "boxes": prediction["boxes"][keep]}, num_things=len(class_names))
+    if masks is not None:
+        for mask, label in zip(masks, prediction["labels"][keep]):
             mask = mask.numpy()
             canvas[mask] = 0.55 * canvas[mask] + 0.45 * colors[int(label)]
     panel = Image.fromarray(canvas.round().astype(np.uint8))
@@ -79,9 +81,9 @@ def render(image: np.ndarray, prediction: dict, class_names: list[str], score_th
         draw.text((x1 + 1, ty), text, fill=(0, 0, 0))
     if "semantic" not in prediction:
         return panel
-    semantic = prediction["semantic"].clamp(0, len(class_names)).numpy()
+    semantic = prediction["semantic"].clamp(0, len(semantic_class_names)).numpy()
     semantic_panel = Image.fromarray(semantic_overlay(image, semantic, colors))
-    names = ["background"] + list(class_names)
+    names = ["background"] + list(semantic_class_names)
     key = legend(names, colors, class_fractions(semantic, len(names)), panel.width * 2 + PANEL_GAP)
     combined = Image.new("RGB", (key.width, panel.height + key.height), (255, 255, 255))
     combined.paste(panel, (0, 0))
@@ -147,10 +149,11 @@ def main(argv=None) -> str:
         pixels = np.asarray(pil.convert("RGB"))
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
     prediction = predict_image(
-        model, image, args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333)
+        model, image, args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333),
+        num_things=len(meta["classes"]),
     )
     output = args.output or f"{os.path.splitext(os.path.basename(args.image))[0]}_sfpn.png"
-    render(pixels, prediction, meta["classes"], args.score_threshold).save(output)
+    render(pixels, prediction, meta["classes"], args.score_threshold, meta.get("semantic_classes")).save(output)
     shown = int((prediction["scores"] >= args.score_threshold).sum())
     print(f"{shown} detections (score >= {args.score_threshold}) drawn to {output}")
     return output

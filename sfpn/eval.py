@@ -29,6 +29,8 @@ def int_at_least(low: int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .engine.precision import AMP_MODES
+
     parser = argparse.ArgumentParser(prog="python -m sfpn.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint file, or a training output folder (its last checkpoint)")
     parser.add_argument("--data-root", help="image folder (default: the checkpoint's validation split)")
@@ -40,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int_at_least(1), default=1, help="images per forward pass (default 1)")
     parser.add_argument("--num-workers", type=int_at_least(0), default=1, help="data loading workers (default 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision, as the training config's solver.amp (default: the checkpoint's)")
+    parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision, as the training config's solver.amp (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return parser.parse_args(argv)
 
@@ -86,7 +88,8 @@ def main(argv=None) -> dict:
         if semantic == "png" and args.data_root is not None:  # the label PNGs belong to the training data
             semantic = "none"
         semantic_dir = data_config.get("semantic_dir") or None
-        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir)
+        dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir,
+                                coco_stuff=data_config.get("coco_stuff", False))
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")

@@ -145,7 +145,7 @@ def _load_detector(args) -> tuple[nn.Module, list[str], dict]:
         return detector, classes, {"checkpoint": os.path.abspath(path), "preset": meta.get("preset")}
     if args.num_classes is None:
         raise ValueError("--preset needs --num-classes")
-    from .config import build_detector
+    from .modeling import build_detector
 
     overrides = {}
     for pair in args.overrides:

@@ -318,27 +318,27 @@ def write_report(output: str, configs: Sequence[RunConfig], seeds: Sequence[int]
 # -------------------------------------------------------------------------------------------- CLI
 
 
-def dataset_args(name: str, progress: bool) -> list[str]:
-    """``sfpn.train`` data arguments of a named dataset: "shapes" (its default), "clutter"."""
-    if name == "shapes":
+def dataset_args(name: str | None, progress: bool) -> list[str]:
+    """``sfpn.train`` data arguments of the synthetic dataset ``name`` (a key of
+    ``sfpn.data.synthetic.DATASETS``), generated here once so that the runs find it cached; none
+    for None (``sfpn.train``'s own default, or data given with ``--train-arg``)."""
+    if name is None:
         return []
-    if name == "clutter":
-        from .data.clutter import ClutterSpec
-        from .data.synthetic import synthetic_dataset
+    from .data.synthetic import DATASETS, synthetic_dataset
 
-        splits = synthetic_dataset(ClutterSpec(), progress=progress)
-        return ["--data-root", splits["train"].image_root, "--ann-file", splits["train"].ann_file,
-                "--val-data-root", splits["val"].image_root, "--val-ann-file", splits["val"].ann_file]
-    raise ValueError(f"--dataset must be 'shapes' or 'clutter' (or give --train-arg=--data-root=... for any COCO dataset), got {name!r}")
+    synthetic_dataset(DATASETS[name](), progress=progress)
+    return ["--dataset", name]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .data.synthetic import DATASETS
+
     parser = argparse.ArgumentParser(prog="python -m sfpn.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), action="append", default=[], help="a built-in list of configurations (repeatable)")
     parser.add_argument("--config", action="append", default=[], metavar="'NAME=PRESET [KEY=VALUE ...]'", help="a configuration (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--baseline", default="fpn", help="configuration the paired differences are taken against (default fpn; 'none' for none)")
-    parser.add_argument("--dataset", default="shapes", help="shapes (the default synthetic set) or clutter (the second generator)")
+    parser.add_argument("--dataset", choices=list(DATASETS), help="a synthetic dataset (default: sfpn.train's, the shapes set; --train-arg=--data-root=... for any COCO dataset)")
     parser.add_argument("--output", required=True, help="study folder: <output>/<config>/seed<k>/ per run, study.md/.json/.png")
     parser.add_argument("--train-arg", action="append", default=[], metavar="ARG", help="extra sfpn.train argument for every run, e.g. --train-arg=--iters=200 (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each on cores // jobs threads (default 1)")

@@ -1,11 +1,15 @@
 """Train a detector: ``python -m sfpn.train``.
 
 With no arguments: generates (once) the synthetic shapes dataset, trains the small SFPN detector
-on it for 1000 iterations (README.md gives the measured time), evaluates it with COCOeval
-every 250 iterations and at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and
-``eval.json`` to ``./output/<preset>``.
+on it for 1000 iterations (README.md gives the measured time; the semantic branch learns the
+set's things and stuff from its label maps), evaluates it with COCOeval every 250 iterations and
+at the end, and writes checkpoints, ``metrics.jsonl``, ``plot.png`` and ``eval.json`` to
+``./output/<preset>``. ``--dataset clutter`` trains on another synthetic dataset
+(``sfpn.data.synthetic.DATASETS``).
 
-On COCO 2017 with the paper's schedule, on 8 GPUs::
+On COCO 2017 with the paper's schedule, on 8 GPUs, the semantic branch learning COCO-stuff's
+things and stuff (``<root>/stuffthingmaps_trainval2017/``, COCO-stuff's label maps, unzipped
+into the COCO root)::
 
     torchrun --nproc_per_node=8 -m sfpn.train --preset faster_rcnn_r50_sfpn_1x --data-root /data/coco
 
@@ -23,6 +27,8 @@ import sys
 from ._cli import check_not_shadowed
 
 DEFAULT_PRESET = "faster_rcnn_r18_sfpn_small"
+#: The synthetic dataset trained on when no data is given.
+DEFAULT_DATASET = "shapes"
 #: The flags that set a config key, and the key: a flag wins over ``--set`` of the same key.
 FLAG_KEYS = {
     "iters": "solver.max_iters",
@@ -35,18 +41,21 @@ FLAG_KEYS = {
     "amp": "solver.amp",
 }
 EPILOG = f"""\
-precedence: a config key takes the preset's value, then each --set of it in order, then its flag
-(--iters, --lr, ...): a flag wins over --set of the same key. Every value is checked before any
-work starts. Keys: the training config's (solver.*, data.*, eval_every, ...) and the detector's
-under model. (model.neck.alpha, or neck.alpha); list them with their values: --list-keys.
+precedence: a config key takes the preset's value, then the data's (a synthetic dataset, or a COCO
+root with stuffthingmaps_trainval2017/, sets data.semantic=png and its label maps), then each --set
+of it in order, then its flag (--iters, --lr, ...): a flag wins over --set of the same key. Every
+value is checked before any work starts. Keys: the training config's (solver.*, data.*,
+eval_every, ...) and the detector's under model. (model.neck.alpha, or neck.alpha); list them
+with their values: --list-keys.
 Flag defaults shown are {DEFAULT_PRESET}'s; other presets have their own (--list-keys shows them)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .config import config_keys
+    from .data.synthetic import DATASETS
     from .engine.config import training_config
+    from .overrides import config_fields
 
-    defaults = config_keys(training_config(DEFAULT_PRESET))
+    defaults = config_fields(training_config(DEFAULT_PRESET))
     parser = argparse.ArgumentParser(
         prog="python -m sfpn.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,11 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     def config_flag(flag: str, help: str, **options) -> None:
         key = FLAG_KEYS[flag.removeprefix("--").replace("-", "_")]
-        parser.add_argument(flag, help=f"{help}; sets {key} (default {defaults[key]!r})", **options)
+        if isinstance(defaults[key].allowed, tuple):  # shown as argparse shows choices; checked with the config
+            options["metavar"] = "{" + ",".join(map(str, defaults[key].allowed)) + "}"
+        parser.add_argument(flag, help=f"{help}; sets {key} (default {defaults[key].value!r})", **options)
 
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"detector preset (default {DEFAULT_PRESET}; see sfpn.list_presets())")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a training or detector config key (repeatable; see --list-keys)")
     parser.add_argument("--list-keys", action="store_true", help="print every --set key of the preset with its value (after --set and flags) and exit")
+    parser.add_argument("--dataset", choices=list(DATASETS), help=f"a synthetic dataset, generated on first use (default {DEFAULT_DATASET} when no --data-root is given)")
     parser.add_argument("--data-root", help="training image folder, or a COCO root with train2017/, val2017/ and annotations/ (default: the synthetic dataset)")
     parser.add_argument("--ann-file", help="training annotation file (COCO format; default: none, see --data-root)")
     parser.add_argument("--val-data-root", help="validation image folder (default: --data-root, or <root>/val2017 for a COCO root)")
@@ -72,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     config_flag("--lr", "base learning rate", type=float)
     config_flag("--seed", "random seed", type=int)
     config_flag("--num-workers", "data loading workers per process", type=int)
-    config_flag("--amp", "mixed precision: auto (bf16 on a GPU that has it, else fp16; on the CPU bf16 with channels_last where the CPU computes bf16 natively, else fp32), bf16, fp16 (CUDA) or off", choices=("auto", "bf16", "fp16", "off"))
+    config_flag("--amp", "mixed precision: auto (bf16 on a GPU that has it, else fp16; on the CPU bf16 with channels_last where the CPU computes bf16 natively, else fp32), bf16, fp16 (CUDA) or off")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic dataset (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
@@ -91,13 +103,43 @@ def overrides_of(args) -> list[tuple[str, object]]:
     return overrides
 
 
+def synthetic_spec(args):
+    """The spec of the synthetic dataset the arguments train on, or None for data given by path."""
+    from .data.synthetic import DATASETS
+
+    if args.data_root is not None or args.ann_file is not None:
+        return None
+    return DATASETS[args.dataset or DEFAULT_DATASET](seed=args.synthetic_seed)
+
+
+#: COCO-stuff's things-and-stuff label maps inside a COCO root, one folder per split.
+COCO_STUFF_MAPS = "stuffthingmaps_trainval2017"
+
+
+def data_defaults(args) -> list[tuple[str, object]]:
+    """``(key, value)`` config defaults that come with the data, applied after the preset's and
+    before ``--set`` and the flags: the semantic branch learns things and stuff from the label
+    maps the data has, a synthetic dataset's own or COCO-stuff's in a COCO root."""
+    from .data.synthetic import label_maps_dir
+
+    spec = synthetic_spec(args)
+    if spec is not None:
+        return [("data.semantic", "png"), ("data.semantic_dir", label_maps_dir(spec))]
+    if args.ann_file is None and os.path.isdir(os.path.join(args.data_root, COCO_STUFF_MAPS)):  # a COCO root
+        return [("data.semantic", "png"), ("data.semantic_dir", os.path.join(args.data_root, COCO_STUFF_MAPS)), ("data.coco_stuff", True)]
+    return []
+
+
 def resolve_data(args) -> dict[str, tuple[str, str]]:
     """{"train": (image folder, annotation file), "val": (...)} from the arguments."""
-    from .data.synthetic import SyntheticSpec, synthetic_dataset
+    from .data.synthetic import synthetic_dataset
 
-    if args.data_root is None and args.ann_file is None:
-        splits = synthetic_dataset(SyntheticSpec(seed=args.synthetic_seed), progress=not args.no_progress)
+    spec = synthetic_spec(args)
+    if spec is not None:
+        splits = synthetic_dataset(spec, progress=not args.no_progress)
         return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
+    if args.dataset is not None:
+        raise SystemExit("error: --dataset names a synthetic dataset: give it or --data-root, not both")
     if args.data_root is None or (args.ann_file is None) != (args.val_ann_file is None):
         raise SystemExit("error: give --data-root alone (a COCO 2017 root) or with both --ann-file and --val-ann-file")
     if args.ann_file is None:
@@ -110,17 +152,11 @@ def resolve_data(args) -> dict[str, tuple[str, str]]:
 
 
 def list_keys(train, detector) -> str:
-    """One line per ``--set`` key: the key, its value and its range or choices where declared."""
-    from .config import DETECTOR_RANGES
-    from .engine.build import MODEL_PREFIX, all_keys
-    from .engine.config import CHOICES, RANGES
+    """One line per ``--set`` key: the key, its value and what it accepts (its choices or range,
+    else its type)."""
+    from .engine.build import all_keys
 
-    ranges = {**RANGES, **{MODEL_PREFIX + key: allowed for key, allowed in DETECTOR_RANGES.items()}}
-    lines = []
-    for key, value in all_keys(train, detector).items():
-        allowed = ranges.get(key) or (f"one of {CHOICES[key]}" if key in CHOICES else "")
-        lines.append(f"{key}={value!r}" + (f"  ({allowed})" if allowed else ""))
-    return "\n".join(lines)
+    return "\n".join(f"{key}={field.value!r}  ({field.describe()})" for key, field in all_keys(train, detector).items())
 
 
 def main(argv=None) -> dict | None:
@@ -131,7 +167,7 @@ def main(argv=None) -> dict | None:
     from .engine.evaluation import format_metrics
 
     try:
-        config, detector = run_configs(args.preset, overrides_of(args))
+        config, detector = run_configs(args.preset, data_defaults(args) + overrides_of(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     if args.list_keys:

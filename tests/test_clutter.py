@@ -1,7 +1,7 @@
 """The second synthetic dataset: deterministic, its stated properties hold, loadable as COCO."""
 import numpy as np
 
-from sfpn.data.clutter import CATEGORIES, ClutterSpec, render_image
+from sfpn.data.synthetic.clutter import CATEGORIES, ClutterSpec, render_image
 from sfpn.data.coco import CocoDetection
 from sfpn.data.synthetic import synthetic_dataset
 
@@ -10,9 +10,11 @@ def test_rendering_is_deterministic_and_has_the_stated_properties():
     spec = ClutterSpec()
     extents, sizes = [], set()
     for index in range(12):
-        pixels, objects = render_image(np.random.default_rng([5, 0, index]), spec)
-        again, objects_again = render_image(np.random.default_rng([5, 0, index]), spec)
-        assert np.array_equal(pixels, again) and len(objects) == len(objects_again)
+        rendering = render_image(np.random.default_rng([5, 0, index]), spec)
+        again = render_image(np.random.default_rng([5, 0, index]), spec)
+        pixels, objects = rendering.pixels, rendering.objects
+        assert np.array_equal(pixels, again.pixels) and np.array_equal(rendering.categories, again.categories)
+        assert len(objects) == len(again.objects)
         height, width, _ = pixels.shape
         assert spec.min_side <= height <= spec.max_side and spec.min_side <= width <= spec.max_side
         sizes.add((height, width))

@@ -14,6 +14,8 @@ import torch
 from sfpn.ops import reference
 
 from cuda_emulation_build import load
+from nms_threshold_pairs import THRESHOLDS, expected_keep, threshold_pairs
+from test_upsample_argmax import assert_class_map, expected_upsampled
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -111,6 +113,30 @@ def test_semantic_fuse_backward(emulated, generator, mode, align_corners, sizes)
     torch.autograd.backward(fused, grads)
     grad_semantic = run(emulated, "semantic_fuse_backward", grads, 10, 14, mode, align_corners)
     assert_close(grad_semantic, semantic.grad, torch.float64)
+
+
+# ---- upsample_argmax --------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_classes,logits_size,size,crop", [
+    (7, (5, 6), (40, 48), (37, 45)),  # 8x, cropped: the detector's case
+    (3, (4, 7), (11, 17), (11, 17)),  # sizes that do not divide
+    (1, (3, 3), (9, 9), (9, 9)),
+])
+def test_upsample_argmax(emulated, generator, seed, dtype, num_classes, logits_size, size, crop):
+    logits = (3 * torch.randn(num_classes, *logits_size, generator=generator)).to(dtype)
+    got = run(emulated, "upsample_argmax", logits, list(size), list(crop), seed=seed)
+    assert_class_map(got, expected_upsampled(logits, size, crop))
+
+
+def test_upsample_argmax_nan_and_empty(emulated, generator):
+    logits = torch.randn(4, 5, 5, generator=generator)
+    logits[2, 1, 3] = float("nan")
+    got = run(emulated, "upsample_argmax", logits, [20, 20], [20, 20])
+    upsampled = expected_upsampled(logits, (20, 20), None)
+    nan = upsampled.isnan().any(0)
+    assert nan.any() and torch.equal(got[nan], upsampled.argmax(0)[nan])
+    assert run(emulated, "upsample_argmax", logits, [20, 20], [0, 20]).shape == (0, 20)
 
 
 # ---- roi_align and multilevel_roi_align -------------------------------------------------------
@@ -261,6 +287,26 @@ def test_batched_nms_padded(emulated, generator, seed, max_out):
     expected_indices, expected_count = reference.batched_nms_padded(boxes, scores, classes, 0.5, max_out)
     assert 0 < expected_count < 700 or max_out == 0
     assert torch.equal(indices, expected_indices) and torch.equal(count, expected_count)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_nms_at_the_threshold(emulated, dtype):
+    """IoUs at float32(threshold) and a float32 step either side: the kernel decides as torchvision's
+    CPU kernel and the reference do (the IoU compared with the threshold as a float64)."""
+    for threshold in THRESHOLDS:
+        boxes, scores = threshold_pairs(threshold)
+        if dtype == torch.float16:  # only the pairs half holds exactly, one per class (no offsets)
+            boxes[:, [0, 2]] -= boxes[:, [0]]
+            exact = (boxes.half().float() == boxes).all(1).view(-1, 2).all(1)
+            boxes = boxes.view(-1, 2, 4)[exact].reshape(-1, 4)
+            scores = torch.ones(boxes.shape[0])
+        classes = torch.arange(boxes.shape[0]) // 2
+        boxes, scores = boxes.to(dtype), scores.to(dtype)
+        expected = expected_keep(boxes, threshold)
+        assert torch.equal(reference.batched_nms(boxes, scores, classes, threshold), expected)
+        assert torch.equal(run(emulated, "batched_nms", boxes, scores, classes, threshold), expected)
+        if dtype != torch.float16:
+            assert torch.equal(run(emulated, "nms", boxes, scores, threshold), expected)
 
 
 def test_nms_empty(emulated):

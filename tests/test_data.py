@@ -1,6 +1,7 @@
 """Datasets, semantic labels, transforms, samplers and the synthetic dataset, on hand-made data."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -14,14 +15,12 @@ from sfpn.data import (
     GroupedTrainBatchSampler,
     RandomHorizontalFlip,
     ResizeShortestEdge,
-    SyntheticSpec,
+    ShapesSpec,
     build_transforms,
-    read_label_png,
-    read_panoptic_png,
-    semantic_from_boxes,
-    semantic_from_masks,
     synthetic_dataset,
 )
+from sfpn.data.synthetic import DATASETS, label_maps_dir
+from sfpn.semantic_labels import read_label_png, read_panoptic_png, semantic_from_boxes, semantic_from_masks
 
 # -- a small hand-made COCO dataset -----------------------------------------------------------
 
@@ -343,18 +342,96 @@ def test_grouped_sampler_groups_resumes_and_shards():
     assert sorted(seen) == list(range(12))
 
 
+# -- things and stuff from label PNGs --------------------------------------------------------
+
+def test_dataset_semantic_from_label_pngs(coco_files, tmp_path):
+    labels = tmp_path / "stuff"
+    labels.mkdir()
+    Image.fromarray(np.full((30, 40), 255, np.uint8)).save(labels / "a.png")
+    # Raw values are category ids - 1 (COCO-stuff's stuffthingmaps): car (3), dog (7), kite (11),
+    # an id the file does not list (1), COCO-stuff's grass (124) and wood (182).
+    raw = np.array([2, 6, 10, 0, 123, 181, 255], np.uint8)
+    Image.fromarray(np.resize(raw, (32, 20))).save(labels / "b.png")
+    dataset = CocoDetection(*coco_files, semantic="png", semantic_dir=str(labels))
+    assert dataset.num_stuff_classes == 0 and dataset.semantic_class_names == ["car", "dog", "kite"]
+    assert (dataset[0][1]["semantic"] == 255).all()  # COCO-stuff's unlabelled stays ignored
+    semantic = dataset[1][1]["semantic"]
+    # The things' detection labels; categories the dataset does not know are ignored.
+    assert torch.equal(semantic, torch.from_numpy(np.resize(np.array([1, 2, 3, 255, 255, 255, 255]), (32, 20))))
+
+    with_stuff = CocoDetection(*coco_files, semantic="png", semantic_dir=str(labels), coco_stuff=True)
+    assert with_stuff.num_classes == 3 and with_stuff.num_stuff_classes == 91
+    names = with_stuff.semantic_class_names
+    assert names[:3] == ["car", "dog", "kite"] and names[3] == "banner" and names[-1] == "wood"
+    grass, wood = 1 + names.index("grass"), 1 + names.index("wood")
+    expected = np.resize(np.array([1, 2, 3, 255, grass, wood, 255]), (32, 20))
+    assert torch.equal(with_stuff[1][1]["semantic"], torch.from_numpy(expected))
+    assert with_stuff.label_to_category_id == dataset.label_to_category_id  # the detector's classes stay things
+    # Label maps of masks or boxes label things only.
+    assert CocoDetection(*coco_files, semantic="masks", coco_stuff=True).semantic_class_names == ["car", "dog", "kite"]
+    os.unlink(labels / "b.png")
+    with pytest.raises(FileNotFoundError, match=r"b\.png"):
+        dataset[1]
+
+
+def test_label_pngs_of_each_split_in_a_folder_named_like_its_images(coco_files, tmp_path):
+    """COCO-stuff's layout: stuffthingmaps_trainval2017/{train2017,val2017}/, one folder for both splits."""
+    image_root, _ = coco_files
+    split = tmp_path / "maps" / os.path.basename(image_root)
+    split.mkdir(parents=True)
+    for name, size in (("a.png", (30, 40)), ("b.png", (32, 20))):
+        Image.fromarray(np.full(size, 6, np.uint8)).save(split / name)
+    dataset = CocoDetection(*coco_files, semantic="png", semantic_dir=str(tmp_path / "maps"))
+    assert dataset.semantic_dir == str(split) and (dataset[1][1]["semantic"] == 2).all()
+
+
+def test_stuff_categories_are_no_detection_targets(tmp_path):
+    categories = CATEGORIES + [{"id": 40, "name": "grass", "isthing": 0}, {"id": 30, "name": "sky", "isthing": 0}]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [4, 4, 24, 20], "segmentation": _rect_polygon(4, 4, 28, 24), "iscrowd": 0, "area": 480},
+        # COCO-stuff writes stuff regions as annotations too: they are not objects to detect.
+        {"id": 2, "image_id": 1, "category_id": 40, "bbox": [0, 0, 40, 30], "segmentation": _rect_polygon(0, 0, 40, 30), "iscrowd": 0, "area": 1200},
+        {"id": 3, "image_id": 2, "category_id": 30, "bbox": [0, 0, 20, 32], "segmentation": _rect_polygon(0, 0, 20, 32), "iscrowd": 0, "area": 640},
+    ]
+    image_root, ann_file = write_coco(tmp_path, annotations=annotations, categories=categories)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    Image.fromarray(np.full((30, 40), 39, np.uint8)).save(maps / "a.png")
+    Image.fromarray(np.full((32, 20), 29, np.uint8)).save(maps / "b.png")
+    dataset = CocoDetection(image_root, ann_file, semantic="png", semantic_dir=str(maps), return_masks=True, remove_empty=True)
+    assert dataset.class_names == ["car", "dog", "kite"] and dataset.label_to_category_id == [0, 3, 7, 11]
+    assert dataset.semantic_class_names == ["car", "dog", "kite", "sky", "grass"]  # stuff after things, by id
+    assert dataset.image_ids == [1]  # image 2 has stuff only: no object to train on
+    _, target = dataset[0]
+    assert target["labels"].tolist() == [1] and target["masks"].shape == (1, 30, 40)
+    assert (target["semantic"] == 5).all()  # grass
+    masks_only = CocoDetection(image_root, ann_file, semantic="masks")
+    assert masks_only.num_stuff_classes == 0 and set(masks_only[0][1]["semantic"].unique().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("isthing", [2, True, "1"])
+def test_bad_isthing_is_refused(tmp_path, isthing):
+    image_root, ann_file = write_coco(tmp_path, categories=CATEGORIES + [{"id": 40, "name": "grass", "isthing": isthing}])
+    with pytest.raises(AnnotationError, match="isthing"):
+        CocoDetection(image_root, ann_file)
+
+
 # -- synthetic dataset ------------------------------------------------------------------------
 
 def test_synthetic_dataset_is_deterministic_and_valid(tmp_path):
-    spec = SyntheticSpec(seed=3, num_train=4, num_val=2)
+    spec = ShapesSpec(seed=3, num_train=4, num_val=2)
     first = synthetic_dataset(spec, root=str(tmp_path / "a"), progress=False)
     second = synthetic_dataset(spec, root=str(tmp_path / "b"), progress=False)
-    for split in ("train", "val"):
-        with open(first[split].ann_file) as f, open(second[split].ann_file) as g:
-            assert f.read() == g.read()
-        for name in sorted(os.listdir(first[split].image_root)):
-            with open(os.path.join(first[split].image_root, name), "rb") as f, open(os.path.join(second[split].image_root, name), "rb") as g:
-                assert f.read() == g.read()
+    def files(root):  # every file written, by path below the root
+        return {
+            os.path.relpath(os.path.join(folder, name), root): pathlib.Path(folder, name).read_bytes()
+            for folder, _, names in os.walk(root) for name in names
+        }
+
+    written = files(tmp_path / "a")
+    assert written == files(tmp_path / "b")
+    # Images, instances, label maps and panoptic ground truth of both splits.
+    assert len(written) == 3 * (4 + 2) + 4
     # Reused from the cache, not regenerated.
     mtime = os.path.getmtime(first["train"].ann_file)
     assert synthetic_dataset(spec, root=str(tmp_path / "a"), progress=False) == first
@@ -369,17 +446,83 @@ def test_synthetic_dataset_is_deterministic_and_valid(tmp_path):
         assert set(target["semantic"].unique().tolist()) <= set(range(7))
 
 
-def test_dataset_semantic_from_label_pngs(coco_files, tmp_path):
-    labels = tmp_path / "stuff"
-    labels.mkdir()
-    Image.fromarray(np.full((30, 40), 255, np.uint8)).save(labels / "a.png")
-    raw = np.zeros((32, 20), np.uint8)
-    raw[0, 0] = 181
-    Image.fromarray(raw).save(labels / "b.png")
-    dataset = CocoDetection(*coco_files, semantic="png", semantic_dir=str(labels))
-    assert (dataset[0][1]["semantic"] == 255).all()  # COCO-stuff's unlabelled stays ignored
-    semantic = dataset[1][1]["semantic"]
-    assert semantic[0, 0] == 182 and (semantic.flatten()[1:] == 1).all()  # raw = category id - 1
-    os.unlink(labels / "b.png")
-    with pytest.raises(FileNotFoundError, match=r"b\.png"):
-        dataset[1]
+# -- things and stuff of the synthetic datasets ------------------------------------------------
+
+@pytest.fixture(scope="module", params=sorted(DATASETS))
+def generated(request, tmp_path_factory):
+    """(spec, root, splits) of a few images of each synthetic dataset."""
+    spec = DATASETS[request.param](seed=4, num_train=3, num_val=2)
+    root = str(tmp_path_factory.mktemp(request.param))
+    return spec, root, synthetic_dataset(spec, root=root, progress=False)
+
+
+def test_generated_categories_mark_things_and_stuff(generated):
+    spec, _, splits = generated
+    things, stuff = len(spec.categories), len(spec.stuff_categories)
+    assert things >= 1 and stuff >= 2
+    for split in splits.values():
+        for path in (split.ann_file, split.panoptic_file):
+            with open(path) as f:
+                data = json.load(f)
+            assert [c["name"] for c in data["categories"]] == [*spec.categories, *spec.stuff_categories]
+            assert [c["id"] for c in data["categories"]] == list(range(1, things + stuff + 1))
+            assert [c["isthing"] for c in data["categories"]] == [1] * things + [0] * stuff
+        with open(split.ann_file) as f:
+            assert {a["category_id"] for a in json.load(f)["annotations"]} <= set(range(1, things + 1))
+
+
+def test_generated_label_maps_agree_with_the_instance_masks(generated):
+    spec, root, splits = generated
+    things, stuff = len(spec.categories), len(spec.stuff_categories)
+    stuff_seen = set()
+    for split in splits.values():
+        dataset = CocoDetection(split.image_root, split.ann_file, semantic="png", semantic_dir=label_maps_dir(spec, root), return_masks=True)
+        assert dataset.semantic_class_names == [*spec.categories, *spec.stuff_categories]
+        for index in range(len(dataset)):
+            _, target = dataset[index]
+            semantic, masks = target["semantic"], target["masks"].bool()
+            assert masks.sum(0).max() <= 1  # visible parts: one object per pixel
+            for mask, label in zip(masks, target["labels"]):
+                assert (semantic[mask] == label).all()
+            thing = masks.any(0)
+            # Off the objects: stuff, or unlabelled where an object too small to annotate shows.
+            rest = semantic[~thing]
+            assert ((rest > things) & (rest <= things + stuff) | (rest == 255)).all()
+            assert (rest == 255).float().mean() < 0.02
+            image_stuff = set(rest[rest != 255].unique().tolist())
+            assert image_stuff
+            stuff_seen |= image_stuff
+    assert len(stuff_seen) >= 2  # several stuff classes
+
+
+def test_generated_panoptic_segments(generated):
+    _, _, splits = generated
+    for split in splits.values():
+        with open(split.panoptic_file) as f:
+            panoptic = json.load(f)
+        with open(split.ann_file) as f:
+            instances = json.load(f)
+        categories = {c["id"]: c for c in panoptic["categories"]}
+        assert [i["id"] for i in panoptic["images"]] == [i["id"] for i in instances["images"]]
+        for annotation in panoptic["annotations"]:
+            rgb = np.asarray(Image.open(os.path.join(split.panoptic_dir, annotation["file_name"])).convert("RGB"), dtype=np.int64)
+            segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+            segments = annotation["segments_info"]
+            ids = [s["id"] for s in segments]
+            assert len(set(ids)) == len(ids) and 0 not in ids
+            assert set(np.unique(segment_ids).tolist()) - {0} == set(ids)
+            for segment in segments:
+                ys, xs = np.nonzero(segment_ids == segment["id"])
+                assert segment["area"] == len(ys)
+                assert segment["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+                assert segment["iscrowd"] == 0 and segment["category_id"] in categories
+            # One segment per thing annotation, one per stuff category present.
+            things = sorted((s["category_id"], s["area"]) for s in segments if categories[s["category_id"]]["isthing"])
+            annotated = sorted((a["category_id"], a["area"]) for a in instances["annotations"] if a["image_id"] == annotation["image_id"])
+            assert things == annotated
+            stuff = [s["category_id"] for s in segments if not categories[s["category_id"]]["isthing"]]
+            assert len(stuff) == len(set(stuff)) >= 1
+            # The panoptic map and the label map tell the same story.
+            labels = np.asarray(Image.open(os.path.join(split.semantic_dir, annotation["file_name"])), dtype=np.int64)
+            from_segments = read_panoptic_png(os.path.join(split.panoptic_dir, annotation["file_name"]), segments, {c: c - 1 for c in categories})
+            assert np.array_equal(from_segments.numpy(), labels)

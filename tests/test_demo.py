@@ -1,5 +1,7 @@
-"""The demo's semantic panel draws each pixel's predicted class, in that class's colour."""
+"""The demo's drawing: the semantic panel paints each pixel's predicted class in that class's colour; SFPN's
+instance masks are the semantic map inside the drawn boxes."""
 import numpy as np
+import pytest
 import torch
 
 from sfpn import demo
@@ -9,11 +11,13 @@ def _prediction(semantic):
     return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "semantic": semantic}
 
 
-def test_semantic_panel_paints_each_class_in_its_colour(generator):
-    height, width, names = 48, 64, ["circle", "square", "triangle"]
+@pytest.mark.parametrize("stuff", [[], ["sky", "grass"]])
+def test_semantic_panel_paints_each_class_in_its_colour(generator, stuff):
+    height, width, things = 48, 64, ["circle", "square", "triangle"]
+    names = things + stuff
     image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
     semantic = torch.randint(0, len(names) + 1, (height, width), generator=generator)
-    drawn = np.asarray(demo.render(image, _prediction(semantic), names, 0.5))
+    drawn = np.asarray(demo.render(image, _prediction(semantic), things, 0.5, names if stuff else None))
 
     panel = drawn[:height, width + demo.PANEL_GAP:2 * width + demo.PANEL_GAP].astype(np.float32)
     colors = demo.class_colors(len(names)).astype(np.float32)
@@ -30,3 +34,21 @@ def test_class_fractions_count_pixels(generator):
     assert fractions.shape == (6,) and fractions[5] == 0
     for k in range(5):
         assert fractions[k] == (semantic == k).mean()
+
+
+def test_masks_from_the_semantic_map_only_for_drawn_detections(generator):
+    """An SFPN prediction has no masks: render() makes them from the semantic map for the
+    detections above the threshold only (the map inside each drawn box)."""
+    height, width = 64, 80
+    image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+    prediction = {
+        "boxes": torch.tensor([[10.0, 30.0, 40.0, 60.0], [50.0, 40.0, 70.0, 60.0]]),
+        "scores": torch.tensor([0.9, 0.2]),
+        "labels": torch.tensor([1, 2]),
+        "semantic": torch.ones(height, width, dtype=torch.int64),  # foreground everywhere
+    }
+    drawn = np.asarray(demo.render(image, prediction, ["circle", "square"], 0.5))[:height, :width].astype(np.float32)
+    tint = 0.55 * image.astype(np.float32) + 0.45 * demo.class_colors(2)[1].astype(np.float32)
+    np.testing.assert_allclose(drawn[40:55, 15:35], tint[40:55, 15:35], atol=0.51)  # inside the drawn box
+    np.testing.assert_array_equal(drawn[45:55, 55:65], image[45:55, 55:65])  # the box under the threshold
+    np.testing.assert_array_equal(drawn[:15, 45:], image[:15, 45:])  # outside every box and label

@@ -6,7 +6,7 @@ import torch
 
 import sfpn
 from sfpn.config import DetectorConfig, get_config
-from sfpn.data.semantic import semantic_from_boxes, semantic_from_masks
+from sfpn.semantic_labels import semantic_from_boxes, semantic_from_masks
 
 SMALL = ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"]
 
@@ -89,7 +89,7 @@ def test_training_losses(name):
 
 def test_semantic_labels_without_a_semantic_map_come_from_masks_else_boxes():
     """torchvision-style targets (no ``semantic``) train the branch: labels painted from the
-    masks when a target has them, else from its boxes, as the neck's ``labels_from`` says."""
+    masks when a target has them, else from its boxes; a target's own ``semantic`` map wins."""
     torch.manual_seed(0)
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES).train()
     images, targets = synthetic_batch()
@@ -103,10 +103,13 @@ def test_semantic_labels_without_a_semantic_map_come_from_masks_else_boxes():
     from_masks = model(images, [{**t, "masks": m} for t, m in zip(targets, masks)])["loss_segm"]
     expected = model(images, [{**t, "semantic": semantic_from_masks(m, t["labels"])} for t, m in zip(targets, masks)])
     torch.testing.assert_close(from_masks, expected["loss_segm"])
+    with_maps_and_masks = model(images, [{**t, "masks": m, "semantic": b} for t, m, b in zip(targets, masks, box_maps)])
+    torch.testing.assert_close(with_maps_and_masks["loss_segm"], with_maps)
 
-    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.labels_from": "masks"}).train()
-    with pytest.raises(ValueError, match="'masks'"):
-        model(images, targets)
+    # Where the labels come from is the training config's data.semantic alone: the detector has no
+    # option of its own (issue 26; an old checkpoint's neck.labels_from is dropped on loading).
+    with pytest.raises(ValueError, match="unknown config key 'neck.labels_from'"):
+        sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.labels_from": "masks"})
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.alpha": 0.0}).train()
     assert "loss_segm" not in model(images, targets)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sfpn.data import SyntheticSpec, synthetic_dataset
+from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.engine.checkpoint import load_checkpoint
 from sfpn.engine.trainer import DivergenceGuard
 
@@ -45,7 +45,7 @@ def test_exploding_run_stops_with_one_line(tmp_path, capsys):
     """On main, ``--set solver.lr=1e6`` logged a loss of 2e22 and trained on."""
     from sfpn import train
 
-    splits = synthetic_dataset(SyntheticSpec(seed=1, num_train=4, num_val=2), root=str(tmp_path / "data"), progress=False)
+    splits = synthetic_dataset(ShapesSpec(seed=1, num_train=4, num_val=2), root=str(tmp_path / "data"), progress=False)
     output = tmp_path / "run"
     args = [
         "--data-root", splits["train"].image_root, "--ann-file", splits["train"].ann_file,

@@ -254,3 +254,5 @@ def test_every_family_trains_and_evaluates_on_edge_cases(edge_data, tmp_path, pr
     results = json.load(open(tmp_path / "results.json"))
     image_ids = set(val_set.image_ids)
     assert all(r["image_id"] in image_ids and len(r["bbox"]) == 4 for r in results)
+    # Masks are made only where they are scored: none for a box-only dataset.
+    assert all(("segmentation" in r) == (metrics["segm"] is not None) for r in results)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sfpn.data import SyntheticSpec, synthetic_dataset
-from sfpn.data.synthetic import CATEGORIES as SHAPES
+from sfpn.data import ShapesSpec, synthetic_dataset
+from sfpn.data.synthetic.shapes import CATEGORIES as SHAPES, STUFF_CATEGORIES as STUFF
 from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
 from sfpn.engine.precision import choose_precision
@@ -23,9 +23,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    splits = synthetic_dataset(SyntheticSpec(seed=1, num_train=6, num_val=3), root=str(tmp_path_factory.mktemp("synthetic")), progress=False)
-    return {name: (split.image_root, split.ann_file) for name, split in splits.items()}
+def tiny_splits(tmp_path_factory):
+    return synthetic_dataset(ShapesSpec(seed=1, num_train=6, num_val=3), root=str(tmp_path_factory.mktemp("synthetic")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_splits):
+    return {name: (split.image_root, split.ann_file) for name, split in tiny_splits.items()}
 
 
 def data_args(paths):
@@ -81,6 +85,23 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     image = os.path.join(tiny_data["val"][0], sorted(os.listdir(tiny_data["val"][0]))[0])
     drawn = demo.main([image, str(output / "model_final.pth"), "--output", str(tmp_path / "demo.png"), "--score-threshold", "0"])
     assert os.path.getsize(drawn) > 0
+
+
+def test_things_and_stuff_train_the_branch_and_are_scored(tiny_splits, tiny_data, tmp_path):
+    from sfpn import eval as sfpn_eval
+
+    label_maps = os.path.dirname(tiny_splits["train"].semantic_dir)  # one folder per split below it
+    trainer = make_trainer(tiny_data, tmp_path, iters=1, **{"data.semantic": "png", "data.semantic_dir": label_maps})
+    # The detector detects the things; its semantic branch segments things and stuff.
+    assert trainer.model.config.num_classes == len(SHAPES) and trainer.model.config.num_stuff_classes == len(STUFF)
+    assert trainer.model.neck.semantic_head.num_classes == 1 + len(SHAPES) + len(STUFF)
+    metrics = trainer.train()
+    for where in ("image", "stride"):
+        assert list(metrics["semantic"][where]["IoU"]) == ["background", *SHAPES, *STUFF]
+        assert any(metrics["semantic"][where]["IoU"][name] is not None for name in STUFF)
+    # sfpn.eval finds the val split's label maps from the training config and scores them alike.
+    evaluated = sfpn_eval.main([str(tmp_path), "--results", str(tmp_path / "results.json"), "--batch-size", "3", "--no-progress"])
+    assert evaluated["semantic"] == metrics["semantic"] and evaluated["bbox"] == metrics["bbox"]
 
 
 def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
@@ -150,6 +171,27 @@ def test_checkpoint_errors(tiny_data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         load_checkpoint(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("labels_from", ["auto", "semantic", "masks", "boxes"])
+def test_a_checkpoint_with_the_retired_labels_from_loads_and_resumes(tmp_path, labels_from):
+    """Checkpoints written before issue 26 store neck.labels_from in their model config: the key
+    is dropped (the detector always takes a target's semantic map, else its masks, else its boxes,
+    as the default "auto" did), so the model rebuilds and the run resumes."""
+    import sfpn
+    from sfpn.engine.checkpoint import model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = sfpn.build_detector(PRESET, len(SHAPES))
+    old_config = config_to_dict(model.config)
+    old_config["neck"]["labels_from"] = labels_from
+    path = str(tmp_path / "model_0000001.pth")
+    save_checkpoint(path, {"model": model.state_dict(), "meta": {"preset": PRESET, "model_config": old_config}})
+    loaded, meta = model_from_checkpoint(path)
+    assert loaded.config == model.config and meta["model_config"] == old_config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    check_model_config(load_checkpoint(path), config_to_dict(model.config))  # a resume accepts it
 
 
 def test_warmup_multistep_schedule():

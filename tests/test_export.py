@@ -92,11 +92,12 @@ def test_program_rejects_sizes_outside_its_interface(exported):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override", ["rpn.min_size", "roi_heads.score_threshold"])
-def test_no_proposals_or_no_detections(override):
-    """No proposals survive (min_size beyond the image), or none of them scores enough: the
-    program returns empty detections (and empty masks) as eager does, not an error."""
-    model = sfpn.build_detector("mask_rcnn_r18_fpn_small", num_classes=2, **{override: 1e4}).eval()
+@pytest.mark.parametrize("override, value", [("rpn.min_size", 1e4), ("roi_heads.score_threshold", 1.0)])
+def test_no_proposals_or_no_detections(override, value):
+    """No proposals survive (min_size beyond the image), or none of them scores enough (a score
+    must exceed the threshold, and none exceeds 1): the program returns empty detections (and
+    empty masks) as eager does, not an error."""
+    model = sfpn.build_detector("mask_rcnn_r18_fpn_small", num_classes=2, **{override: value}).eval()
     program = export_detector(model, batch_size=1, height=128, width=128).module()
     images = torch.rand(1, 3, 160, 128)
     with torch.no_grad():

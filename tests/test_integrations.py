@@ -21,7 +21,7 @@ from torchvision.models.detection import rpn as torchvision_rpn  # noqa: E402
 from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
 from torchvision.ops import boxes as torchvision_box_ops  # noqa: E402
 
-from sfpn.data.semantic import semantic_from_boxes  # noqa: E402
+from sfpn.semantic_labels import semantic_from_boxes  # noqa: E402
 from sfpn import ops as sfpn_ops  # noqa: E402
 from sfpn.integrations.torchvision import (  # noqa: E402
     MultiScaleRoIAlign,
@@ -128,7 +128,7 @@ def test_every_public_name_imports_from_the_package_and_lives_in_one_concern_mod
         if home is not None and home.startswith("sfpn.integrations.torchvision."):
             assert home.rsplit(".", 1)[1] in modules, (name, home)
     # The one label-map helper serves the integration and the native detectors.
-    from sfpn.data.semantic import LABEL_SOURCES, semantic_labels
+    from sfpn.semantic_labels import LABEL_SOURCES, semantic_labels
 
     assert integration.semantic_targets is semantic_labels and integration.LABEL_SOURCES is LABEL_SOURCES
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from sfpn.config import RESNET_STAGES, resnet_channels
 from sfpn.modeling import FPN, SFPN, AnchorGenerator, BoxCoder, FrozenBatchNorm2d, Matcher, ResNet, box_iou
 from sfpn.modeling.matcher import BACKGROUND, FOREGROUND, IGNORE, sample_balanced
 from sfpn.modeling.neck import DOWNSAMPLE_MODES, FUSION_OPS, FUSION_POINTS
@@ -123,6 +124,23 @@ def test_resnet_shapes_and_freezing():
     assert not any(p.requires_grad for p in [*model.conv1.parameters(), *model.layer1.parameters()])
     assert all(p.requires_grad for p in model.layer2.parameters())
     assert ResNet(50, freeze_at=0).out_channels == [256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize("depth, refused", [(18, (5,)), (34, (5,)), (50, (3, 5)), (101, (3, 5))])
+def test_resnet_channels_are_those_its_norms_normalise(depth, refused):
+    """The config's GroupNorm rule reads resnet_channels: it must list the model's norm widths, so
+    that a width the rule accepts builds with norm="gn" and one it refuses is refused by the model
+    (width 5: 40 channels; 3: the bottlenecks' 48)."""
+    assert set(RESNET_STAGES) == {18, 34, 50, 101}
+    for width in (1, 3, 5, 8):
+        norms = {m.num_features for m in ResNet(depth, width, "bn").modules() if isinstance(m, nn.BatchNorm2d)}
+        assert resnet_channels(depth, width) == tuple(sorted(norms))
+        if width in refused:
+            with pytest.raises(ValueError, match=f"^width with norm='gn' must make every channel count of the ResNet-{depth}"):
+                ResNet(depth, width, "gn")
+        else:
+            model = ResNet(depth, width, "gn")
+            assert all(norm.num_channels % norm.num_groups == 0 for norm in model.modules() if isinstance(norm, nn.GroupNorm))
 
 
 def test_frozen_batchnorm_matches_batchnorm_in_eval(generator):

@@ -1,13 +1,11 @@
-"""The semantic branch's own metrics (confusion, IoU, labels at the head's stride) and the
-memory-light upsampled argmax the detector's class map comes from."""
+"""The semantic branch's own metrics (confusion, IoU, labels at the head's stride); the class map
+they score comes from sfpn.ops.upsample_argmax (tests/test_upsample_argmax.py)."""
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sfpn.engine.evaluation import format_metrics, grid_stride, labels_at_stride, semantic_confusion, semantic_scores
-from sfpn.modeling.semantic_head import upsample_argmax
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,6 +45,26 @@ def test_scores_from_confusion(generator):
     assert scores["fgIoU"] == pytest.approx(100 * foreground_hit / foreground_union, abs=1e-3)
 
 
+def test_foreground_iou_with_stuff_is_any_thing_against_not_a_thing(generator):
+    """Things 1..2, stuff 3..5: a thing named as another thing is foreground found; a thing taken
+    for stuff (or background) is foreground missed, and stuff for a thing a false foreground."""
+    num_things, num_classes = 2, 6
+    labels = torch.randint(0, num_classes, (41, 29), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.1] = 255
+    predicted = torch.randint(0, num_classes, labels.shape, generator=generator)
+    scores = semantic_scores(semantic_confusion(predicted, labels, num_classes), [str(k) for k in range(num_classes)], num_things)
+    labelled = labels != 255
+    true_thing = (labels >= 1) & (labels <= num_things) & labelled
+    predicted_thing = (predicted >= 1) & (predicted <= num_things) & labelled
+    expected = 100 * (true_thing & predicted_thing).sum().item() / (true_thing | predicted_thing).sum().item()
+    assert scores["fgIoU"] == pytest.approx(expected, abs=1e-3)
+    assert list(scores["IoU"]) == [str(k) for k in range(num_classes)]  # stuff classes are scored too
+    for k in range(num_classes):
+        hit = ((labels == k) & (predicted == k)).sum().item()
+        union = ((labels == k) | (predicted == k) & labelled).sum().item()
+        assert scores["IoU"][str(k)] == pytest.approx(100 * hit / union, abs=1e-3)
+
+
 def test_scores_of_a_perfect_and_an_all_background_prediction():
     perfect = torch.diag(torch.tensor([10, 3, 4]))
     assert semantic_scores(perfect, ["bg", "x", "y"]) == {"mIoU": 100.0, "fgIoU": 100.0, "IoU": {"bg": 100.0, "x": 100.0, "y": 100.0}}
@@ -67,34 +85,6 @@ def test_labels_at_stride_take_each_cells_centre(generator):
                 y = (i * stride + min((i + 1) * stride, height)) // 2
                 x = (j * stride + min((j + 1) * stride, width)) // 2
                 assert coarse[i, j] == labels[y, x]
-
-
-@pytest.mark.parametrize("num_classes, logits_size, size, crop, chunk", [
-    (7, (32, 40), (256, 320), (250, 317), 1000),
-    (3, (5, 7), (37, 61), None, 1 << 22),
-    (81, (13, 9), (104, 72), (99, 70), 81 * 70 * 3),
-    (1, (4, 4), (32, 32), (32, 32), 10),
-])
-def test_upsample_argmax_matches_interpolate_then_argmax(generator, num_classes, logits_size, size, crop, chunk):
-    logits = torch.randn(num_classes, *logits_size, generator=generator)
-    upsampled = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    crop_h, crop_w = crop or size
-    upsampled = upsampled[:, :crop_h, :crop_w]
-    got = upsample_argmax(logits, size, crop, chunk_elements=chunk)
-    assert got.shape == (crop_h, crop_w) and got.dtype == torch.int64
-    # Equal except where two classes tie to float rounding (another summation order).
-    top = upsampled.topk(min(2, num_classes), dim=0).values
-    margin = top[0] - top[-1] if num_classes > 1 else torch.ones_like(top[0])
-    differ = got != upsampled.argmax(0)
-    assert (margin[differ] < 1e-5).all()
-    assert differ.float().mean() < 1e-3
-
-
-def test_upsample_argmax_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="logits"):
-        upsample_argmax(torch.zeros(2, 3), (8, 8))
-    with pytest.raises(ValueError, match="crop"):
-        upsample_argmax(torch.zeros(2, 3, 3), (8, 8), (9, 8))
 
 
 def test_format_metrics_prints_the_semantic_scores():

@@ -131,9 +131,9 @@ def test_cli_rejects_an_unknown_baseline(tmp_path):
 
 
 def test_a_real_two_iteration_study(tmp_path):
-    from sfpn.data import SyntheticSpec, synthetic_dataset
+    from sfpn.data import ShapesSpec, synthetic_dataset
 
-    splits = synthetic_dataset(SyntheticSpec(seed=3, num_train=4, num_val=2), root=str(tmp_path / "data"), progress=False)
+    splits = synthetic_dataset(ShapesSpec(seed=3, num_train=4, num_val=2), root=str(tmp_path / "data"), progress=False)
     data = ["--data-root", splits["train"].image_root, "--ann-file", splits["train"].ann_file,
             "--val-data-root", splits["val"].image_root, "--val-ann-file", splits["val"].ann_file]
     tiny = ["--iters=2", "--batch-size=2", "--set=data.min_size=64", "--set=data.max_size=96", "--set=data.test_min_size=64", "--set=data.num_workers=0"]
@@ -143,3 +143,36 @@ def test_a_real_two_iteration_study(tmp_path):
     table = json.load(open(tmp_path / "study" / "study.json"))["table"]
     assert table["sfpn"]["semantic mIoU"]["n"] == 1 and table["fpn"]["semantic mIoU"]["n"] == 0
     assert table["sfpn"]["bbox AP"]["diff_n"] == 1
+
+
+def test_the_dataset_registry_drives_train_and_study(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from sfpn import train
+    from sfpn.data.synthetic import DATASETS, ShapesSpec
+
+    @dataclasses.dataclass(frozen=True)
+    class TinySpec(ShapesSpec):
+        name = "tiny"
+        num_train: int = 2
+        num_val: int = 1
+
+    monkeypatch.setitem(DATASETS, "tiny", TinySpec)
+    monkeypatch.setenv("SFPN_CACHE", str(tmp_path))
+    # An unknown name is refused by both, with the registry's names.
+    for parse in (train.parse_args, lambda argv: study.parse_args(argv + ["--output", str(tmp_path)])):
+        with pytest.raises(SystemExit):
+            parse(["--dataset", "nope"])
+        message = capsys.readouterr().err
+        assert "nope" in message and all(name in message for name in DATASETS)
+    # A registered name: the study generates it once and hands its name to sfpn.train, which finds it.
+    assert study.parse_args(["--dataset", "tiny", "--output", str(tmp_path)]).dataset == "tiny"
+    data_args = study.dataset_args("tiny", progress=False)
+    assert data_args == ["--dataset", "tiny"] and study.dataset_args(None, progress=False) == []
+    folder = tmp_path / TinySpec().folder_name()
+    assert folder.name.startswith("tiny-") and (folder / "annotations" / "train.json").is_file()
+    paths = train.resolve_data(train.parse_args(data_args + ["--no-progress"]))
+    assert paths["train"] == (str(folder / "train"), str(folder / "annotations" / "train.json"))
+    assert paths["val"] == (str(folder / "val"), str(folder / "annotations" / "val.json"))
+    with pytest.raises(SystemExit, match="--dataset"):
+        train.resolve_data(train.parse_args(["--dataset", "tiny", "--data-root", str(tmp_path)]))

@@ -105,6 +105,28 @@ def test_upsample_add_gradients_match_reference(generator, mode, align_corners, 
 
 
 @requires_kernels
+def test_upsample_add_training_steps_make_no_needless_buffers(generator):
+    """Under autograd the lateral's gradient is the output's gradient itself (no copy), and the
+    large output and gradient of a step reuse the memory that the previous step freed, already
+    mapped (csrc/cpu/recycled_memory.h), yet hold the new step's values."""
+    top = randn(generator, 1, 31, 166, 147).requires_grad_()  # sizes of their own: 3 MB and 12 MB
+    lateral = randn(generator, 1, 31, 331, 293).requires_grad_()
+    addresses = []
+    for _ in range(2):
+        grad = randn(generator, 1, 31, 331, 293)
+        out = upsample_add(top, lateral)
+        grad_top, grad_lateral = torch.autograd.grad(out, (top, lateral), grad)
+        assert grad_lateral.data_ptr() == grad.data_ptr()
+        expected_out, (expected_grad_top, _) = upsample_add_reference(top, lateral), torch.autograd.grad(
+            upsample_add_reference(top, lateral), (top, lateral), grad)
+        torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad_top, expected_grad_top, rtol=1e-5, atol=1e-5)
+        addresses.append((out.data_ptr(), grad_top.data_ptr()))
+        del out, grad_top, grad_lateral
+    assert addresses[1] == addresses[0]
+
+
+@requires_kernels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_upsample_add_backward_low_precision(generator, dtype):
     top = randn(generator, 1, 4, 5, 7, dtype=dtype).requires_grad_()

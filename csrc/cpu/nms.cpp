@@ -11,7 +11,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
@@ -22,14 +21,10 @@
 #include <numeric>
 #include <vector>
 
-#include "nms_iou.h"
-#include "op_checks.h"
+#include "nms.h"
 
-namespace sfpn {
+namespace sfpn::nms::cpu {
 namespace {
-
-using nms_detail::box_area;
-using nms_detail::iou_above;
 
 // Positions 0..n-1 ordered by decreasing score (NaN first), equal scores by increasing position.
 template <typename scalar_t>
@@ -121,7 +116,7 @@ std::vector<uint8_t> suppress(
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = static_cast<int64_t>(order.size());
   const int64_t num_runs = static_cast<int64_t>(groups.runs.size()) - 1;
-  const acc_t threshold = static_cast<acc_t>(iou_threshold);
+  const acc_t threshold = threshold_in<acc_t>(iou_threshold);
   // Coordinates in group order, one array per coordinate so the inner loop vectorises.
   std::vector<acc_t> x1(n), y1(n), x2(n), y2(n), area(n);
   std::vector<uint8_t> suppressed(n, 0), keep(n, 0);
@@ -186,31 +181,11 @@ int64_t nms_into(
   return static_cast<int64_t>(out.size());
 }
 
-at::Tensor to_tensor(const std::vector<int64_t>& kept) {
-  at::Tensor result = at::empty({static_cast<int64_t>(kept.size())}, at::kLong);
-  std::copy(kept.begin(), kept.end(), result.mutable_data_ptr<int64_t>());
-  return result;
-}
-
-at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  checks::nms(boxes, scores);
+// The engine of nms.h's operators.
+std::tuple<at::Tensor, at::Tensor> nms_padded(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                                              double iou_threshold, int64_t max_out) {
   std::vector<int64_t> kept;
-  nms_into(boxes, scores, nullptr, iou_threshold, kept);
-  return to_tensor(kept);
-}
-
-at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  checks::batched_nms(boxes, scores, idxs);
-  std::vector<int64_t> kept;
-  nms_into(boxes, scores, &idxs, iou_threshold, kept);
-  return to_tensor(kept);
-}
-
-std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(
-    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  checks::batched_nms_padded(boxes, scores, idxs, max_out);
-  std::vector<int64_t> kept;
-  const int64_t count = std::min(nms_into(boxes, scores, &idxs, iou_threshold, kept), max_out);
+  const int64_t count = std::min(nms_into(boxes, scores, idxs, iou_threshold, kept), max_out);
   at::Tensor indices = at::full({max_out}, -1, at::kLong);
   std::copy(kept.begin(), kept.begin() + count, indices.mutable_data_ptr<int64_t>());
   return {indices, at::scalar_tensor(count, at::kLong)};
@@ -219,9 +194,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
-  m.impl("nms", &nms_cpu);
-  m.impl("batched_nms", &batched_nms_cpu);
-  m.impl("batched_nms_padded", &batched_nms_padded_cpu);
+  register_nms_ops<nms_padded>(m);
 }
 
-}  // namespace sfpn
+}  // namespace sfpn::nms::cpu

@@ -1,6 +1,6 @@
 // RoIAlign on the CPU, forward and backward, for one level (sfpn::roi_align) and for a whole
 // pyramid in one pass (sfpn::multilevel_roi_align); argument checks and the operators are
-// shared with CUDA in roi_align_host.h.
+// shared with CUDA in roi_align.h.
 //
 // Plan. The bilinear weight of a sample is a row weight times a column weight (see
 // roi_align_geometry.h), so for every RoI we tabulate once, per output row and per output column,
@@ -28,9 +28,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "roi_align_host.h"
+#include "roi_align.h"
 
-namespace sfpn::roi_align {
+namespace sfpn::roi_align::cpu {
 namespace {
 
 // One RoI's taps along one axis: `count` per bin, bin p's at [p * count, (p + 1) * count).
@@ -479,8 +479,8 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
   });
 }
 
-at::Tensor forward_cpu(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
-                       int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
+at::Tensor forward(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
+                   int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
   const bool nhwc = checks::is_channels_last(levels[0]);
   ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w, nhwc);
   if (args.output.numel() == 0) return args.output;
@@ -494,10 +494,10 @@ at::Tensor forward_cpu(at::TensorList levels, const at::Tensor& rois, at::ArrayR
 
 // Deterministic whatever `deterministic` says: each thread owns whole channel planes and visits
 // the RoIs in a fixed order.
-std::vector<at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
-                                     int64_t batch_size, int64_t channels, at::IntArrayRef heights,
-                                     at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
-                                     const LevelMapper& mapper, bool /*deterministic*/) {
+std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
+                                 int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
+                                 int64_t sampling_ratio, bool aligned, const LevelMapper& mapper,
+                                 bool /*deterministic*/) {
   const BackwardArgs args = backward_args(grad, rois);
   std::vector<at::Tensor> grad_levels;
   for (size_t l = 0; l < scales.size(); ++l) {
@@ -512,8 +512,9 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad, const at::Tensor& r
 }
 
 }  // namespace
-}  // namespace sfpn::roi_align
 
 TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
-  sfpn::roi_align::register_roi_align_ops<sfpn::roi_align::forward_cpu, sfpn::roi_align::backward_cpu>(m);
+  register_roi_align_ops<forward, backward>(m);
 }
+
+}  // namespace sfpn::roi_align::cpu

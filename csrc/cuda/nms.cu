@@ -23,19 +23,13 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 
-#include <optional>
-
-#include "nms_iou.h"
-#include "op_checks.h"
+#include "nms.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn {
+namespace sfpn::nms::cuda {
 namespace {
 
-using nms_detail::box_area;
-using nms_detail::iou_above;
-
-constexpr int kWord = nms_detail::kBoxesPerWord;  // boxes per mask word = rows per tile
+constexpr int kWord = kBoxesPerWord;              // boxes per mask word = rows per tile
 constexpr int kColumnCtasPerRowBlock = 16;        // CTAs striding over one row block's tiles
 constexpr int kScanThreads = 256;
 constexpr int kCompactThreads = 256;
@@ -43,7 +37,7 @@ constexpr int kCompactThreads = 256;
 // The mask holds, for row block rb, the tiles of column blocks rb..num_blocks-1: 64 rows of
 // (num_blocks - rb) words, row-major, so that the scan reads a row's words coalesced. The band is
 // sized for the worst case (one class) because the class sizes are only known on the device.
-__host__ __device__ inline int64_t band_offset(int64_t row_block, int64_t num_blocks) {
+C10_HOST_DEVICE inline int64_t band_offset(int64_t row_block, int64_t num_blocks) {
   return kWord * (row_block * num_blocks - row_block * (row_block - 1) / 2);
 }
 
@@ -188,10 +182,9 @@ __global__ void compact_kernel(
   if (q == n - 1) *count = min(kept_through[q], max_out);
 }
 
-std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
-    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs, double iou_threshold,
-    int64_t max_out) {
-  // The op entry points below have checked the arguments (sfpn::checks).
+// The engine of nms.h's operators, which have checked the arguments.
+std::tuple<at::Tensor, at::Tensor> nms_padded(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
+                                              double iou_threshold, int64_t max_out) {
   const gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_options = boxes.options().dtype(at::kLong);
@@ -225,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
     // 2. Overlap mask.
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(num_blocks, kColumnCtasPerRowBlock)), static_cast<unsigned>(num_blocks));
     gpu::launch<overlap_mask_kernel<acc_t>>({grid, dim3(kWord)}, stream,
-        n, num_blocks, sorted_boxes.const_data_ptr<acc_t>(), classes, static_cast<acc_t>(iou_threshold),
+        n, num_blocks, sorted_boxes.const_data_ptr<acc_t>(), classes, threshold_in<acc_t>(iou_threshold),
         reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>()));
   });
 
@@ -243,34 +236,10 @@ std::tuple<at::Tensor, at::Tensor> nms_padded_cuda(
   return {out, count};
 }
 
-// The variable-length ops: the one host sync is reading how many boxes were kept.
-at::Tensor trim(const std::tuple<at::Tensor, at::Tensor>& padded) {
-  const auto& [indices, count] = padded;
-  return indices.slice(0, 0, count.item<int64_t>());
-}
-
-at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  checks::nms(boxes, scores);
-  return trim(nms_padded_cuda(boxes, scores, std::nullopt, iou_threshold, boxes.size(0)));
-}
-
-at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
-  checks::batched_nms(boxes, scores, idxs);
-  return trim(nms_padded_cuda(boxes, scores, idxs, iou_threshold, boxes.size(0)));
-}
-
-std::tuple<at::Tensor, at::Tensor> batched_nms_padded_cuda(
-    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold, int64_t max_out) {
-  checks::batched_nms_padded(boxes, scores, idxs, max_out);
-  return nms_padded_cuda(boxes, scores, idxs, iou_threshold, max_out);
-}
-
 }  // namespace
 
 SFPN_CUDA_OPS(m) {
-  m.impl("nms", &nms_cuda);
-  m.impl("batched_nms", &batched_nms_cuda);
-  m.impl("batched_nms_padded", &batched_nms_padded_cuda);
+  register_nms_ops<nms_padded>(m);
 }
 
-}  // namespace sfpn
+}  // namespace sfpn::nms::cuda

@@ -1,6 +1,6 @@
 // RoIAlign on CUDA, forward and backward, for one level (sfpn::roi_align) and for a whole
 // pyramid in one launch (sfpn::multilevel_roi_align); argument checks and the operators are
-// shared with the CPU in roi_align_host.h.
+// shared with the CPU in roi_align.h.
 //
 // Forward: one thread per output element (RoI, channel, bin); the RoI's level is chosen in the
 // thread (torchvision's LevelMapper rule), the level pointers travel by value in the launch.
@@ -19,10 +19,10 @@
 
 #include <limits>
 
-#include "roi_align_host.h"
+#include "roi_align.h"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn::roi_align {
+namespace sfpn::roi_align::cuda {
 namespace {
 
 // Feature maps (or their gradients) of every level, passed by value to a kernel. `offset` numbers
@@ -245,8 +245,8 @@ __global__ void reduce_taps_kernel(int64_t total, int64_t num_taps, int64_t chan
   }
 }
 
-at::Tensor forward_cuda(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
-                        int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
+at::Tensor forward(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
+                   int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
   ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w);
   const at::Tensor& first = levels[0];
   const gpu::DeviceGuard guard(first.device());
@@ -264,10 +264,9 @@ at::Tensor forward_cuda(at::TensorList levels, const at::Tensor& rois, at::Array
   return args.output;
 }
 
-std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
-                                      int64_t batch_size, int64_t channels, at::IntArrayRef heights,
-                                      at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
-                                      const LevelMapper& mapper, bool deterministic) {
+std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
+                                 int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
+                                 int64_t sampling_ratio, bool aligned, const LevelMapper& mapper, bool deterministic) {
   const BackwardArgs args = backward_args(grad, rois);
   TORCH_CHECK(scales.size() <= static_cast<size_t>(kMaxLevels), "roi_align_backward: at most ", kMaxLevels,
               " levels");
@@ -337,8 +336,9 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
 }
 
 }  // namespace
-}  // namespace sfpn::roi_align
 
 SFPN_CUDA_OPS(m) {
-  sfpn::roi_align::register_roi_align_ops<sfpn::roi_align::forward_cuda, sfpn::roi_align::backward_cuda>(m);
+  register_roi_align_ops<forward, backward>(m);
 }
+
+}  // namespace sfpn::roi_align::cuda

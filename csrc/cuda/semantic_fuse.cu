@@ -2,20 +2,20 @@
 // (a flat grid over all levels' outputs; per-level pointers and resize axes travel as a kernel
 // argument), and the gradient w.r.t. semantic in one launch too: one thread per semantic element
 // gathers the adjoint windows of every level, so the sum over levels is deterministic and needs
-// neither atomics nor a zero-fill.
+// neither atomics nor a zero-fill. The operators around them (checks, contiguous inputs, outputs,
+// empty levels) are resize.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "op_checks.h"
-#include "cuda/resize.cuh"
+#include "resize.h"
+#include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn::cuda {
+namespace sfpn::resize::cuda {
 namespace {
 
 // Levels per launch: FPN has 4 or 5; more levels take one more launch per 8.
@@ -73,92 +73,68 @@ __global__ void semantic_fuse_backward_kernel(
   }
 }
 
-std::vector<at::Tensor> semantic_fuse(
-    at::TensorList levels, const at::Tensor& semantic, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse(levels, semantic);
-  const bool linear = resize::is_bilinear(mode);
+void semantic_fuse(const at::Tensor& semantic, const std::vector<at::Tensor>& levels, std::vector<at::Tensor>& outs,
+                   bool linear, bool align_corners) {
   const gpu::DeviceGuard guard(semantic.device());
-  const at::Tensor semantic_c = semantic.contiguous();
-  std::vector<at::Tensor> inputs, outs;
-  for (const at::Tensor& level : levels) {
-    inputs.push_back(level.contiguous());
-    outs.push_back(at::empty(level.sizes(), level.options()));
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, semantic.scalar_type(), "sfpn::semantic_fuse", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    for (size_t first = 0; first < inputs.size(); first += kMaxLevels) {
+    for (size_t first = 0; first < levels.size(); first += kMaxLevels) {
       Levels<scalar_t, acc_t> batch{};
       int64_t total = 0;
-      for (size_t k = first; k < std::min(inputs.size(), first + kMaxLevels); ++k) {
-        if (outs[k].numel() == 0) continue;
-        TORCH_CHECK(semantic.numel() > 0, "semantic_fuse: semantic must not be empty");
+      for (size_t k = first; k < std::min(levels.size(), first + kMaxLevels); ++k) {
         const int slot = batch.count++;
-        batch.input[slot] = inputs[k].const_data_ptr<scalar_t>();
+        batch.input[slot] = levels[k].const_data_ptr<scalar_t>();
         batch.output[slot] = outs[k].mutable_data_ptr<scalar_t>();
         batch.rows[slot] = Axis<acc_t>(semantic.size(2), outs[k].size(2), linear, align_corners);
         batch.cols[slot] = Axis<acc_t>(semantic.size(3), outs[k].size(3), linear, align_corners);
         total += outs[k].numel();
         batch.end[slot] = total;
       }
-      if (batch.count == 0) continue;
-      if (fits_int32(total) && fits_int32(semantic_c.numel())) {
+      if (fits_int32(total) && fits_int32(semantic.numel())) {
         gpu::launch<semantic_fuse_kernel<scalar_t, acc_t, int32_t>>(
-            gpu::grid_stride(total), gpu::current_stream(), semantic_c.const_data_ptr<scalar_t>(), batch);
+            gpu::grid_stride(total), gpu::current_stream(), semantic.const_data_ptr<scalar_t>(), batch);
       } else {
         gpu::launch<semantic_fuse_kernel<scalar_t, acc_t, int64_t>>(
-            gpu::grid_stride(total), gpu::current_stream(), semantic_c.const_data_ptr<scalar_t>(), batch);
+            gpu::grid_stride(total), gpu::current_stream(), semantic.const_data_ptr<scalar_t>(), batch);
       }
     }
   });
-  return outs;
 }
 
-at::Tensor semantic_fuse_backward(
-    at::TensorList grads, int64_t semantic_height, int64_t semantic_width, c10::string_view mode, bool align_corners) {
-  checks::semantic_fuse_backward(grads, semantic_height, semantic_width);
-  const bool linear = resize::is_bilinear(mode);
-  const at::Tensor& first_grad = grads[0];
-  const gpu::DeviceGuard guard(first_grad.device());
-  at::Tensor grad_semantic = at::empty(
-      {first_grad.size(0), first_grad.size(1), semantic_height, semantic_width}, first_grad.options());
-  if (grad_semantic.numel() == 0) return grad_semantic;
-  std::vector<at::Tensor> grads_c;
+void semantic_fuse_backward(const std::vector<at::Tensor>& grads, at::Tensor& grad_semantic, bool linear,
+                            bool align_corners) {
+  const gpu::DeviceGuard guard(grad_semantic.device());
+  const int64_t semantic_height = grad_semantic.size(2), semantic_width = grad_semantic.size(3);
   int64_t largest = grad_semantic.numel();
-  for (const at::Tensor& grad : grads) {
-    if (grad.numel() == 0) continue;  // an empty level contributes nothing
-    grads_c.push_back(grad.contiguous());
-    largest = std::max(largest, grad.numel());
-  }
-  if (grads_c.empty()) return grad_semantic.zero_();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first_grad.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int64_t total = grad_semantic.numel();
-    for (size_t first = 0; first < grads_c.size(); first += kMaxLevels) {
-      Levels<scalar_t, acc_t> batch{};
-      for (size_t k = first; k < std::min(grads_c.size(), first + kMaxLevels); ++k) {
-        const int slot = batch.count++;
-        batch.input[slot] = grads_c[k].const_data_ptr<scalar_t>();
-        batch.rows[slot] = Axis<acc_t>(semantic_height, grads_c[k].size(2), linear, align_corners);
-        batch.cols[slot] = Axis<acc_t>(semantic_width, grads_c[k].size(3), linear, align_corners);
-      }
-      const bool accumulate = first > 0;  // later batches add to the first one's sums
-      if (fits_int32(largest)) {
-        gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int32_t>>(gpu::grid_stride(total),
-            gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
-      } else {
-        gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int64_t>>(gpu::grid_stride(total),
-            gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
-      }
-    }
-  });
-  return grad_semantic;
+  for (const at::Tensor& grad : grads) largest = std::max(largest, grad.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_semantic.scalar_type(), "sfpn::semantic_fuse_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const int64_t total = grad_semantic.numel();
+        for (size_t first = 0; first < grads.size(); first += kMaxLevels) {
+          Levels<scalar_t, acc_t> batch{};
+          for (size_t k = first; k < std::min(grads.size(), first + kMaxLevels); ++k) {
+            const int slot = batch.count++;
+            batch.input[slot] = grads[k].const_data_ptr<scalar_t>();
+            batch.rows[slot] = Axis<acc_t>(semantic_height, grads[k].size(2), linear, align_corners);
+            batch.cols[slot] = Axis<acc_t>(semantic_width, grads[k].size(3), linear, align_corners);
+          }
+          const bool accumulate = first > 0;  // later batches add to the first one's sums
+          if (fits_int32(largest)) {
+            gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int32_t>>(gpu::grid_stride(total),
+                gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+          } else {
+            gpu::launch<semantic_fuse_backward_kernel<scalar_t, acc_t, int64_t>>(gpu::grid_stride(total),
+                gpu::current_stream(), grad_semantic.mutable_data_ptr<scalar_t>(), total, accumulate, batch);
+          }
+        }
+      });
 }
 
 }  // namespace
 
 SFPN_CUDA_OPS(m) {
-  m.impl("semantic_fuse", &semantic_fuse);
-  m.impl("semantic_fuse_backward", &semantic_fuse_backward);
+  register_semantic_fuse_ops<semantic_fuse, semantic_fuse_backward>(m);
 }
 
-}  // namespace sfpn::cuda
+}  // namespace sfpn::resize::cuda

@@ -1,16 +1,16 @@
 // CUDA kernels of sfpn::upsample_add: lateral + resize(top) in one coalesced pass (16-byte
 // vectors along W when rows allow), and its gradient w.r.t. top as a deterministic gather: one
-// thread per top element sums the output window that reads it (no atomics, no zero-fill).
+// thread per top element sums the output window that reads it (no atomics, no zero-fill). The
+// operators around them (checks, contiguous inputs, outputs) are resize.h's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
-#include "op_checks.h"
-#include "cuda/resize.cuh"
+#include "resize.h"
+#include "cuda/resize_kernels.cuh"
 #include "cuda/launch.cuh"  // last: the emulated build's CUDA names follow every other header
 
-namespace sfpn::cuda {
+namespace sfpn::resize::cuda {
 namespace {
 
 template <typename scalar_t, int kVec>
@@ -67,66 +67,50 @@ void launch_forward(const at::Tensor& top, const at::Tensor& lateral, at::Tensor
       rows, cols);
 }
 
-at::Tensor upsample_add(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode, bool align_corners) {
-  checks::upsample_add(top, lateral);
-  const bool linear = resize::is_bilinear(mode);
+void upsample_add(const at::Tensor& top, const at::Tensor& lateral, at::Tensor& out, bool linear, bool align_corners) {
   const gpu::DeviceGuard guard(lateral.device());
-  const at::Tensor top_c = top.contiguous(), lateral_c = lateral.contiguous();
-  at::Tensor out = at::empty(lateral.sizes(), lateral.options());
-  if (out.numel() == 0) return out;
-  TORCH_CHECK(top.numel() > 0, "upsample_add: top must not be empty when lateral is not");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sfpn::upsample_add", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Axis<acc_t> rows(top.size(2), lateral.size(2), linear, align_corners);
     const Axis<acc_t> cols(top.size(3), lateral.size(3), linear, align_corners);
     constexpr int kVec = 16 / sizeof(scalar_t);
     const bool vectorise = lateral.size(3) % kVec == 0 &&
-        reinterpret_cast<uintptr_t>(lateral_c.const_data_ptr()) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(lateral.const_data_ptr()) % 16 == 0 &&
         reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0;
-    const bool small = fits_int32(top_c.numel()) && fits_int32(out.numel());
+    const bool small = fits_int32(top.numel()) && fits_int32(out.numel());
     if (vectorise && small) {
-      launch_forward<scalar_t, acc_t, int32_t, kVec>(top_c, lateral_c, out, rows, cols);
+      launch_forward<scalar_t, acc_t, int32_t, kVec>(top, lateral, out, rows, cols);
     } else if (vectorise) {
-      launch_forward<scalar_t, acc_t, int64_t, kVec>(top_c, lateral_c, out, rows, cols);
+      launch_forward<scalar_t, acc_t, int64_t, kVec>(top, lateral, out, rows, cols);
     } else if (small) {
-      launch_forward<scalar_t, acc_t, int32_t, 1>(top_c, lateral_c, out, rows, cols);
+      launch_forward<scalar_t, acc_t, int32_t, 1>(top, lateral, out, rows, cols);
     } else {
-      launch_forward<scalar_t, acc_t, int64_t, 1>(top_c, lateral_c, out, rows, cols);
+      launch_forward<scalar_t, acc_t, int64_t, 1>(top, lateral, out, rows, cols);
     }
   });
-  return out;
 }
 
-at::Tensor upsample_add_backward(
-    const at::Tensor& grad, int64_t top_height, int64_t top_width, c10::string_view mode, bool align_corners) {
-  checks::upsample_add_backward(grad, top_height, top_width);
-  const bool linear = resize::is_bilinear(mode);
+void upsample_add_backward(const at::Tensor& grad, at::Tensor& grad_top, bool linear, bool align_corners) {
   const gpu::DeviceGuard guard(grad.device());
-  const at::Tensor grad_c = grad.contiguous();
-  at::Tensor grad_top = at::empty({grad.size(0), grad.size(1), top_height, top_width}, grad.options());
-  if (grad_top.numel() == 0) return grad_top;
-  if (grad.numel() == 0) return grad_top.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sfpn::upsample_add_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Axis<acc_t> rows(top_height, grad.size(2), linear, align_corners);
-    const Axis<acc_t> cols(top_width, grad.size(3), linear, align_corners);
+    const Axis<acc_t> rows(grad_top.size(2), grad.size(2), linear, align_corners);
+    const Axis<acc_t> cols(grad_top.size(3), grad.size(3), linear, align_corners);
     const int64_t total = grad_top.numel();
-    if (fits_int32(grad_c.numel()) && fits_int32(grad_top.numel())) {
+    if (fits_int32(grad.numel()) && fits_int32(grad_top.numel())) {
       gpu::launch<upsample_add_backward_kernel<scalar_t, acc_t, int32_t>>(gpu::grid_stride(total), gpu::current_stream(),
-          grad_c.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
+          grad.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
     } else {
       gpu::launch<upsample_add_backward_kernel<scalar_t, acc_t, int64_t>>(gpu::grid_stride(total), gpu::current_stream(),
-          grad_c.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
+          grad.const_data_ptr<scalar_t>(), grad_top.mutable_data_ptr<scalar_t>(), total, rows, cols);
     }
   });
-  return grad_top;
 }
 
 }  // namespace
 
 SFPN_CUDA_OPS(m) {
-  m.impl("upsample_add", &upsample_add);
-  m.impl("upsample_add_backward", &upsample_add_backward);
+  register_upsample_add_ops<upsample_add, upsample_add_backward>(m);
 }
 
-}  // namespace sfpn::cuda
+}  // namespace sfpn::resize::cuda

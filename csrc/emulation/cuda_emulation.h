@@ -123,7 +123,7 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_buffer());
 }
 
-// "sfpn::cuda::upsample_add_kernel<float, float, int, 4>" from the compiler's function signature.
+// "sfpn::resize::cuda::upsample_add_kernel<float, float, int, 4>" from the compiler's function signature.
 std::string name_from_signature(const char* pretty_function);
 
 template <auto kernel>

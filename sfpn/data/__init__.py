@@ -1,15 +1,14 @@
-"""Datasets, semantic labels, transforms and samplers for training and evaluating detectors."""
+"""Datasets, transforms and samplers for training and evaluating detectors (their semantic label
+maps are painted by :mod:`sfpn.semantic_labels`)."""
 from .coco import AnnotationError, CocoDetection, collate, load_coco_annotations
-from .samplers import GroupedTrainBatchSampler, ListBatchSampler, shard_indices
-from .semantic import (
-    IGNORE_LABEL,
-    read_label_png,
-    read_panoptic_png,
-    semantic_from_boxes,
-    semantic_from_masks,
-    semantic_labels,
+from .panoptic import (
+    load_panoptic_annotations,
+    read_panoptic_ground_truth,
+    read_segment_ids,
+    write_segment_ids,
 )
-from .synthetic import SyntheticSpec, synthetic_dataset
+from .samplers import GroupedTrainBatchSampler, ListBatchSampler, shard_indices
+from .synthetic import ClutterSpec, ShapesSpec, synthetic_dataset
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, build_transforms
 
 __all__ = [
@@ -17,16 +16,15 @@ __all__ = [
     "CocoDetection",
     "collate",
     "load_coco_annotations",
+    "load_panoptic_annotations",
+    "read_panoptic_ground_truth",
+    "read_segment_ids",
+    "write_segment_ids",
     "GroupedTrainBatchSampler",
     "ListBatchSampler",
     "shard_indices",
-    "IGNORE_LABEL",
-    "read_label_png",
-    "read_panoptic_png",
-    "semantic_from_boxes",
-    "semantic_from_masks",
-    "semantic_labels",
-    "SyntheticSpec",
+    "ClutterSpec",
+    "ShapesSpec",
     "synthetic_dataset",
     "Compose",
     "RandomHorizontalFlip",

@@ -5,6 +5,14 @@ masks from polygons or RLE (compressed or not), crowd regions, and the semantic 
 on. Category ids are mapped to contiguous labels 1..num_classes (0 is background) and the mapping
 is kept (``label_to_category_id``) so that predictions can be written back as COCO results.
 
+Things and stuff, as COCO-stuff and COCO panoptic have them: a category whose ``isthing`` is 0
+is stuff, the rest (and every category of a file without ``isthing``, such as COCO's
+``instances_*.json``) are things. The detector detects things only: labels 1..num_classes are
+the thing categories, and annotations of stuff categories are not detection targets. Semantic
+maps read from label PNGs label things and stuff: things keep their detection labels, the
+stuff categories follow as num_classes + 1 .. num_classes + num_stuff_classes
+(``semantic_class_names``); maps made from masks or boxes label things only.
+
 Crowd annotations are not detection targets: they are dropped from ``boxes``/``labels`` and kept
 as ``crowd_boxes`` and as ignore (255) regions of the semantic map.
 
@@ -34,11 +42,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .semantic import read_label_png, semantic_from_boxes, semantic_from_masks
-
-#: How the semantic map is obtained: from instance masks (boxes where an annotation has none),
-#: from boxes only, from label PNGs in ``semantic_dir``, or not at all.
-SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
+from ..semantic_labels import SEMANTIC_SOURCES, read_label_png, semantic_from_boxes, semantic_from_masks
+from .coco_stuff import COCO_STUFF_CATEGORIES
 
 
 class AnnotationError(ValueError):
@@ -64,6 +69,18 @@ def degenerate_box_reason(bbox: list[float], width: int, height: int) -> str | N
     return None
 
 
+def read_annotation_json(path: str, kind: str):
+    """The JSON content of an annotation file; ``FileNotFoundError`` names the missing ``kind``
+    of file, ``AnnotationError`` a file that is not JSON."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{path}: not a valid JSON file ({error})") from None
+
+
 def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> dict:
     """Reads and validates a COCO annotation file; returns its JSON content.
 
@@ -71,13 +88,7 @@ def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> di
     missing or mistyped field, duplicate ids, an annotation whose ``image_id`` or ``category_id``
     is unknown, or (with ``require_annotations``) an empty annotation list.
     """
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
-    try:
-        with open(ann_file, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{ann_file}: not a valid JSON file ({error})") from None
+    data = read_annotation_json(ann_file, "COCO annotation file")
 
     def fail(message):
         raise AnnotationError(f"{ann_file}: {message}")
@@ -106,6 +117,8 @@ def load_coco_annotations(ann_file: str, require_annotations: bool = True) -> di
     category_ids = set()
     for index, category in enumerate(data["categories"]):
         check_fields("categories", index, category, {"id": int, "name": str})
+        if category.get("isthing", 1) not in (0, 1) or isinstance(category.get("isthing"), bool):
+            fail(f"categories[{index}] (id {category['id']}): 'isthing' must be 0 or 1, got {category['isthing']!r}")
         if category["id"] in category_ids:
             fail(f"duplicate category id {category['id']}")
         category_ids.add(category["id"])
@@ -159,17 +172,24 @@ class CocoDetection(torch.utils.data.Dataset):
         image_root: folder the images' ``file_name`` entries are relative to.
         ann_file: the COCO annotation JSON.
         transforms: ``(image, target, generator) -> (image, target)`` (see ``transforms``).
-        semantic: how the semantic map is made, one of ``SEMANTIC_SOURCES``.
+        semantic: how the semantic map is made, one of :data:`~sfpn.semantic_labels.SEMANTIC_SOURCES`.
         semantic_dir: for ``semantic="png"``: folder of label PNGs named like the images (with
-            ``.png``), mapped through ``semantic_lookup`` (raw value -> label; COCO-stuff's
-            ``stuffthingmaps`` store category id - 1, the default maps that to the category id).
+            ``.png``), or a folder holding one such folder per split named like the image folder
+            (COCO-stuff's ``stuffthingmaps_trainval2017`` holds ``train2017/`` and ``val2017/``).
+        semantic_lookup: raw PNG value -> semantic label. The default reads COCO-stuff's
+            ``stuffthingmaps`` convention, raw value = category id - 1 (255 unlabelled), into the
+            semantic labels of those categories; a category the dataset does not list is ignored.
+        coco_stuff: add COCO-stuff's 91 stuff categories (:mod:`sfpn.data.coco_stuff`, ids
+            92..182) to the file's categories, for COCO's ``instances_*.json`` (which list
+            things only) with COCO-stuff's label maps.
         return_masks: add the instances' ``masks`` to the target (for Mask R-CNN).
         remove_empty: drop images without a non-crowd annotation whose box is usable (for
             training; evaluation keeps every image).
 
     Items are ``(image, target)``: ``image`` (3, H, W) float32 RGB in [0, 1]; ``target`` holds
     ``boxes`` (K, 4) float32 xyxy, ``labels`` (K,) int64 in 1..num_classes, ``crowd_boxes``
-    (C, 4), optionally ``masks`` (K, H, W) uint8 and ``semantic`` (H, W) int64, and
+    (C, 4), optionally ``masks`` (K, H, W) uint8 and ``semantic`` (H, W) int64 (0 background,
+    then the ``semantic_class_names``, 255 ignored), and
     ``image_id`` and ``orig_size`` (H, W before the transforms) for evaluation.
 
     An item is indexed by ``i`` or by ``(i, seed)``: the seed drives the random transforms, so
@@ -184,6 +204,7 @@ class CocoDetection(torch.utils.data.Dataset):
         semantic: str = "masks",
         semantic_dir: str | None = None,
         semantic_lookup: dict[int, int] | np.ndarray | None = None,
+        coco_stuff: bool = False,
         return_masks: bool = False,
         remove_empty: bool = False,
         check_images: bool = True,
@@ -198,18 +219,29 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = ann_file
         self.transforms = transforms
         self.semantic = semantic
+        if semantic_dir is not None:
+            split_dir = os.path.join(semantic_dir, os.path.basename(os.path.normpath(image_root)))
+            semantic_dir = split_dir if os.path.isdir(split_dir) else semantic_dir
         self.semantic_dir = semantic_dir
-        if semantic_lookup is None:  # COCO-stuff: raw value = category id - 1, 255 unlabelled
-            semantic_lookup = np.append(np.arange(1, 256), 255)
-        self.semantic_lookup = semantic_lookup
         self.return_masks = return_masks
 
         self.coco = coco_from_dict(load_coco_annotations(ann_file))
         categories = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        if coco_stuff:
+            listed = {c["id"] for c in categories}
+            categories = sorted(categories + [c for c in COCO_STUFF_CATEGORIES if c["id"] not in listed], key=lambda c: c["id"])
+        things = [c for c in categories if c.get("isthing", 1)]
+        stuff = [c for c in categories if not c.get("isthing", 1)]
         #: label (1..num_classes) -> COCO category id; index 0 is background.
-        self.label_to_category_id = [0] + [c["id"] for c in categories]
-        self.category_id_to_label = {c["id"]: label for label, c in enumerate(categories, start=1)}
-        self.class_names = [c["name"] for c in categories]
+        self.label_to_category_id = [0] + [c["id"] for c in things]
+        self.category_id_to_label = {c["id"]: label for label, c in enumerate(things, start=1)}
+        self.class_names = [c["name"] for c in things]
+        #: The classes of the semantic maps after background (0): the things, then (from label
+        #: PNGs) the stuff.
+        self.semantic_class_names = self.class_names + ([c["name"] for c in stuff] if semantic == "png" else [])
+        if semantic_lookup is None:  # COCO-stuff's stuffthingmaps: raw value = category id - 1
+            semantic_lookup = {c["id"] - 1: label for label, c in enumerate(things + stuff, start=1) if 0 < c["id"] <= 255}
+        self.semantic_lookup = semantic_lookup
 
         self.degenerate_annotation_ids = self._find_degenerate_annotations()
         image_ids = sorted(self.coco.imgs)
@@ -243,12 +275,21 @@ class CocoDetection(torch.utils.data.Dataset):
         return degenerate
 
     def annotations(self, image_id: int) -> list[dict]:
-        """The image's annotations, without those with degenerate boxes."""
-        return [a for a in self.coco.imgToAnns[image_id] if a["id"] not in self.degenerate_annotation_ids]
+        """The image's annotations of things, without those with degenerate boxes."""
+        return [
+            a for a in self.coco.imgToAnns[image_id]
+            if a["id"] not in self.degenerate_annotation_ids and a["category_id"] in self.category_id_to_label
+        ]
 
     @property
     def num_classes(self) -> int:
+        """Thing classes: the detector's labels are 1..num_classes."""
         return len(self.class_names)
+
+    @property
+    def num_stuff_classes(self) -> int:
+        """Stuff classes the semantic maps label after the things (0 unless from label PNGs)."""
+        return len(self.semantic_class_names) - self.num_classes
 
     def image_path(self, image_id: int) -> str:
         return os.path.join(self.image_root, self.coco.imgs[image_id]["file_name"])

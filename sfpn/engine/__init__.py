@@ -2,6 +2,7 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DataConfig, SolverConfig, TrainConfig, training_config
 from .evaluation import coco_evaluate, evaluate, format_metrics
+from .panoptic_quality import PanopticQuality
 from .trainer import Trainer
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "coco_evaluate",
     "evaluate",
     "format_metrics",
+    "PanopticQuality",
     "Trainer",
 ]

@@ -275,7 +275,8 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 def model_from_checkpoint(path: str, device="cpu"):
     """Rebuilds the detector a checkpoint was trained as (from its stored config) and loads its
     weights. Returns (model in eval mode, the checkpoint's ``meta``)."""
-    from ..config import DetectorConfig, build_from_config
+    from ..config import DetectorConfig
+    from ..modeling.build import build
 
     state = load_checkpoint(path, map_location=device)
     meta = state["meta"]
@@ -285,6 +286,6 @@ def model_from_checkpoint(path: str, device="cpu"):
         config = DetectorConfig.from_dict(meta["model_config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{state['path']}: its model config does not fit this sfpn version ({error})") from None
-    model = build_from_config(config)
+    model = build(config)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta

@@ -1,18 +1,20 @@
 """COCO evaluation: run a detector over a dataset, write COCO results, score them with COCOeval.
 
 Predictions come out in the coordinates of the (resized) images the model saw; they are mapped
-back to each image's original size and to the dataset's COCO category ids before scoring, so
-the results file is a standard COCO results file for the original annotation file.
+back to each image's original size (:mod:`sfpn.modeling.postprocess`) and to the dataset's COCO
+category ids before scoring, so the results file is a standard COCO results file for the
+original annotation file.
 
 Instance masks for ``segm``: a Mask R-CNN's predicted masks; for a box-only SFPN detector, the
 predicted semantic map's foreground inside each box (the semantic branch gives instance masks for
-free); a box-only detector without a semantic map is scored on boxes
-only (``segm`` is None).
+free); a box-only detector without a semantic map is scored on boxes only (``segm`` is None).
 
 The semantic branch is scored on its own too, when the detector has one and the dataset gives
 semantic labels: ``metrics["semantic"]`` holds mIoU, foreground IoU and per-class IoU (percent)
 over the validation pixels, at image size (the upsampled class map the detector outputs) and at
-the head's stride (its logits' argmax against the label at each cell's centre pixel).
+the head's stride (its logits' argmax against the label at each cell's centre pixel). The
+classes are the dataset's semantic classes: things, and stuff where the labels come from
+things-and-stuff label maps; foreground IoU is "any thing vs not a thing" either way.
 """
 from __future__ import annotations
 
@@ -23,37 +25,16 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.semantic import IGNORE_LABEL
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
+from ..modeling.postprocess import detections_at_original_size
 from . import distributed
 from .precision import Precision
 
 #: COCOeval.stats entries we report, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
-
-
-def _masks_for(output: dict) -> torch.Tensor | None:
-    """(D, H, W) bool instance masks at the model's input size, or None."""
-    if "masks" in output:
-        masks = output["masks"]
-        return masks[:, 0] if masks.dim() == 4 else masks
-    if "semantic" not in output:
-        return None
-    semantic, boxes = output["semantic"], output["boxes"]
-    height, width = semantic.shape
-    ys = torch.arange(height, device=semantic.device).view(1, -1, 1) + 0.5
-    xs = torch.arange(width, device=semantic.device).view(1, 1, -1) + 0.5
-    inside = (
-        (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
-        & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
-    )
-    # Foreground rather than the box's own class: the box head already decided the class, and
-    # the semantic map's class confusions would otherwise punch holes in the masks.
-    return inside & (semantic[None] > 0) & (semantic[None] != IGNORE_LABEL)
 
 
 def semantic_confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -95,20 +76,22 @@ def grid_stride(size: tuple[int, int], grid: tuple[int, int]) -> int:
     raise ValueError(f"no power-of-two stride maps an image of size {tuple(size)} to a grid of {tuple(grid)}")
 
 
-def semantic_scores(confusion: torch.Tensor, class_names: list[str]) -> dict:
+def semantic_scores(confusion: torch.Tensor, class_names: list[str], num_things: int | None = None) -> dict:
     """mIoU, foreground IoU and per-class IoU in percent from a ``(K, K)`` confusion matrix.
 
     A class with no true and no predicted pixel has no IoU (None) and stays out of the mean;
-    ``fgIoU`` is the IoU of "any class but background" (0), which separates finding objects from
-    naming them.
+    ``fgIoU`` is the IoU of "any thing" against "not a thing" (background and stuff), which
+    separates finding objects from naming them. The things are the classes ``1..num_things``
+    (the stuff classes follow them); None: every class but background (0).
     """
     confusion = confusion.double()
     true_positive = confusion.diagonal()
     union = confusion.sum(0) + confusion.sum(1) - true_positive
     ious = [None if u == 0 else round(float(100 * tp / u), 3) for tp, u in zip(true_positive, union)]
     present = [v for v in ious if v is not None]
-    foreground_hit = confusion[1:, 1:].sum()
-    foreground_union = confusion.sum() - confusion[0, 0]
+    things = slice(1, None if num_things is None else num_things + 1)
+    foreground_hit = confusion[things, things].sum()
+    foreground_union = confusion[things, :].sum() + confusion[:, things].sum() - foreground_hit
     names = class_names if len(class_names) == len(ious) else [str(k) for k in range(len(ious))]
     return {
         "mIoU": round(sum(present) / len(present), 3) if present else None,
@@ -121,29 +104,24 @@ def to_coco_results(output: dict, target: dict, input_size: tuple[int, int], lab
     """One image's detections as COCO result dicts, in original-image coordinates."""
     from pycocotools import mask as mask_utils
 
-    boxes = output["boxes"].detach().float().cpu()
-    if boxes.numel() == 0:
+    if output["boxes"].numel() == 0:
         return []
-    orig_h, orig_w = target["orig_size"]
-    in_h, in_w = input_size
-    boxes = boxes * torch.tensor([orig_w / in_w, orig_h / in_h] * 2)
-    boxes[:, 0::2].clamp_(0, orig_w)
-    boxes[:, 1::2].clamp_(0, orig_h)
+    detections = detections_at_original_size(
+        output, input_size, target["orig_size"], with_masks=with_masks, with_semantic=False, num_things=len(label_to_category_id) - 1
+    )
+    boxes = detections["boxes"]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = output["scores"].detach().float().cpu().tolist()
-    category_ids = [label_to_category_id[int(label)] for label in output["labels"].cpu()]
+    scores = detections["scores"].float().tolist()
+    category_ids = [label_to_category_id[int(label)] for label in detections["labels"]]
     results = [
         {"image_id": target["image_id"], "category_id": c, "bbox": [round(v, 2) for v in b], "score": round(s, 5)}
         for b, s, c in zip(xywh, scores, category_ids)
     ]
-    if with_masks:
-        masks = _masks_for(output)
-        if masks is not None:
-            masks = F.interpolate(masks[None].float().cpu(), size=(orig_h, orig_w), mode="nearest")[0].to(torch.uint8)
-            encoded = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy()))
-            for result, rle in zip(results, encoded):
-                rle["counts"] = rle["counts"].decode("ascii")
-                result["segmentation"] = rle
+    if "masks" in detections:
+        encoded = mask_utils.encode(np.asfortranarray(detections["masks"].permute(1, 2, 0).numpy().astype(np.uint8)))
+        for result, rle in zip(results, encoded):
+            rle["counts"] = rle["counts"].decode("ascii")
+            result["segmentation"] = rle
     return results
 
 
@@ -159,10 +137,13 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
 
 @torch.no_grad()
 def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-            precision: Precision | None = None) -> tuple[list[dict], bool, dict]:
+            masks: bool = True, precision: Precision | None = None) -> tuple[list[dict], bool, dict]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
     ``precision`` gives the autocast to run the model under (default fp32); the model's layout is
     the caller's (see :func:`~sfpn.engine.precision.prepare_model`).
+
+    ``masks``: whether the results get instance masks (the detector's, or those made from its
+    semantic map, one full-size mask per detection); False leaves them out, unmade.
 
     Returns (results, whether the results have masks, ``{"image", "stride"}`` semantic confusion
     matrices summed over all ranks, empty without a semantic branch or semantic labels).
@@ -187,7 +168,7 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
                 outputs = model([image.to(device) for image in images])
             for image, output, target in zip(images, outputs, targets):
                 if with_masks is None:
-                    with_masks = "masks" in output or "semantic" in output
+                    with_masks = masks and ("masks" in output or "semantic" in output)
                 results.extend(to_coco_results(output, target, tuple(image.shape[-2:]), dataset.label_to_category_id, with_masks))
                 if "semantic_logits" in output and "semantic" in target:
                     _accumulate_semantic(confusions, output, target)
@@ -201,11 +182,11 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     return [r for rank_results, _, _ in gathered for r in rank_results], any(m for _, m, _ in gathered), summed
 
 
-def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None) -> tuple[dict, str]:
+def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None, category_ids=None) -> tuple[dict, str]:
     """Scores COCO results. Returns ({iou_type: {metric: AP in percent or None}}, the COCO table).
 
     Metrics COCO cannot compute (no ground truth of that size) are None. An empty result list
-    scores 0.
+    scores 0. ``image_ids``, ``category_ids``: score these only (default: all of ``coco_gt``'s).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -224,6 +205,8 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = list(image_ids)
+            if category_ids is not None:
+                evaluator.params.catIds = list(category_ids)
             evaluator.evaluate()
             evaluator.accumulate()
         table = io.StringIO()
@@ -246,18 +229,20 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
     Rank 0 writes the COCO results to ``results_file`` when given.
     """
-    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress, precision)
+    # Masks can only be scored against ground truth that has them: COCOeval fails on the first
+    # annotation without a 'segmentation'. On box-only datasets no masks are made at all.
+    ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
+    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress,
+                                              masks=ground_truth_masks, precision=precision)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
-    # Masks can only be scored against ground truth that has them: COCOeval fails on the first
-    # annotation without a 'segmentation' (box-only datasets, whose SFPN still predicts masks).
-    ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
-    iou_types = IOU_TYPES if with_masks and ground_truth_masks else ("bbox",)
-    metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids)
+    iou_types = IOU_TYPES if with_masks else ("bbox",)
+    # The detector's classes only: stuff categories are no detection targets.
+    metrics, table = coco_evaluate(dataset.coco, results, iou_types, image_ids=dataset.image_ids, category_ids=dataset.label_to_category_id[1:])
     metrics.setdefault("segm", None)
-    class_names = ["background", *dataset.class_names]
-    metrics["semantic"] = {key: semantic_scores(c, class_names) for key, c in confusions.items()} or None
+    class_names = ["background", *dataset.semantic_class_names]
+    metrics["semantic"] = {key: semantic_scores(c, class_names, dataset.num_classes) for key, c in confusions.items()} or None
     return metrics, table
 
 

@@ -28,8 +28,11 @@ import platform
 
 import torch
 
-#: The values of ``solver.amp``.
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+from ..overrides import allowed, check_value
+from .config import SolverConfig
+
+#: The values of ``solver.amp``, as its field declares them.
+AMP_MODES = allowed(SolverConfig, "amp")
 #: CPU flags (Linux ``/proc/cpuinfo`` names) of native bf16 arithmetic, best first, with the
 #: words the reason uses for them.
 NATIVE_BF16_FLAGS = {
@@ -122,8 +125,7 @@ def choose_precision(amp: str, device: torch.device | str, flags=None) -> Precis
 
     Raises ``ValueError`` for an unknown mode and for fp16 on the CPU.
     """
-    if amp not in AMP_MODES:
-        raise ValueError(f"solver.amp must be one of {AMP_MODES}, got {amp!r}")
+    check_value("solver.amp", amp, AMP_MODES)
     device_type = torch.device(device).type
     if amp == "off":
         return Precision(torch.float32, False, "solver.amp=off")

@@ -33,7 +33,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, validate
 from .evaluation import evaluate, format_metrics
 from .plot import plot_metrics
 from .precision import choose_precision, prepare_model
@@ -141,6 +141,7 @@ class Trainer:
     """
 
     def __init__(self, model, train_set, val_set, config: TrainConfig, output_dir: str, device: torch.device, meta: dict, progress: bool = True):
+        validate(config)
         self.config = config
         self.device = device
         self.output_dir = output_dir

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ..overrides import check_length, check_not_empty
+
 
 class AnchorGenerator(nn.Module):
     """One anchor size per level (e.g. 32..512 over P2..P6) times ``aspect_ratios`` (height / width).
@@ -16,8 +18,8 @@ class AnchorGenerator(nn.Module):
 
     def __init__(self, sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], strides: tuple[int, ...]):
         super().__init__()
-        if len(sizes) != len(strides):
-            raise ValueError(f"sizes and strides must have one entry per level, got {len(sizes)} and {len(strides)}")
+        check_length("sizes", tuple(sizes), len(strides), f"one per level of strides {tuple(strides)}")
+        check_not_empty("aspect_ratios", tuple(aspect_ratios))
         self.strides = tuple(strides)
         self.num_anchors = len(aspect_ratios)
         self.cell_anchors = [self._cell_anchors(size, aspect_ratios) for size in sizes]

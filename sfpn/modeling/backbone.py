@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BackboneConfig
+from ..config import BLOCK_EXPANSION, RESNET_STAGES, BackboneConfig, check_group_norm_width, group_norm_groups
+from ..overrides import allowed, check_value
 
-#: depth -> (block type, blocks per stage)
-RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
-                 101: ("bottleneck", (3, 4, 23, 3))}
-NORMS = ("frozen_bn", "bn", "gn")
+NORMS = allowed(BackboneConfig, "norm")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -50,12 +48,12 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
-        return nn.GroupNorm(min(32, channels), channels)
+        return nn.GroupNorm(group_norm_groups(channels), channels)
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
+    expansion = BLOCK_EXPANSION["basic"]
 
     def __init__(self, in_channels: int, width: int, stride: int, norm: str):
         super().__init__()
@@ -75,7 +73,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck (stride on the 3x3 conv), as torchvision's weights expect."""
 
-    expansion = 4
+    expansion = BLOCK_EXPANSION["bottleneck"]
 
     def __init__(self, in_channels: int, width: int, stride: int, norm: str):
         super().__init__()
@@ -125,10 +123,10 @@ class ResNet(nn.Module):
                  norm: str = BackboneConfig.norm, freeze_at: int = BackboneConfig.freeze_at,
                  weights: str | None = BackboneConfig.weights):
         super().__init__()
-        if depth not in RESNET_STAGES:
-            raise ValueError(f"depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-        if not 0 <= freeze_at <= 5:
-            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        check_value("depth", depth, allowed(BackboneConfig, "depth"))
+        check_value("freeze_at", freeze_at, allowed(BackboneConfig, "freeze_at"))
+        if norm == "gn":
+            check_group_norm_width("width with norm='gn'", depth, width)
         kind, blocks = RESNET_STAGES[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)

@@ -1,4 +1,4 @@
-"""Box utilities: pairwise IoU, clipping, and the (dx, dy, dw, dh) box coder of R-CNN."""
+"""Box utilities: pairwise IoU, clipping, the pixels inside boxes, and the (dx, dy, dw, dh) box coder of R-CNN."""
 from __future__ import annotations
 
 import math
@@ -26,6 +26,18 @@ def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor
     x = boxes[..., 0::2].clamp(min=0, max=width)
     y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def box_pixel_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(D, 4)`` xyxy -> ``(D, H, W)`` bool: the pixels whose centre ``(x + 0.5, y + 0.5)`` lies in
+    the box, edges included; ``size`` is ``(H, W)``."""
+    height, width = size
+    ys = torch.arange(height, device=boxes.device).view(1, -1, 1) + 0.5
+    xs = torch.arange(width, device=boxes.device).view(1, 1, -1) + 0.5
+    return (
+        (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
+        & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
+    )
 
 
 def nonempty_boxes(boxes: torch.Tensor, min_size: float = 0.0) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CascadeConfig
+from ..overrides import check_not_empty, check_same_lengths
 from .boxes import clip_boxes
 from .roi_heads import RoIHeads
 
@@ -37,8 +38,9 @@ class CascadeRoIHeads(nn.Module):
         **box_options,
     ):
         super().__init__()
-        if not len(iou_thresholds) == len(stage_weights) == len(stage_box_coder_weights):
-            raise ValueError("iou_thresholds, stage_weights and stage_box_coder_weights need one entry per stage")
+        stages = (tuple(iou_thresholds), tuple(stage_weights), tuple(stage_box_coder_weights))
+        check_same_lengths("iou_thresholds, stage_weights and stage_box_coder_weights", stages, "one entry per stage")
+        check_not_empty("iou_thresholds", tuple(iou_thresholds))
         box_options.pop("fg_iou_threshold", None)
         box_options.pop("box_coder_weights", None)
         self.stages = nn.ModuleList(

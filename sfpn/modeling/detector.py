@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.semantic import semantic_labels
-from .semantic_head import upsample_argmax
+from ..ops import upsample_argmax
+from ..semantic_labels import semantic_labels
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +33,7 @@ class FasterRCNN(nn.Module):
     forward(images: list of ``(3, H_i, W_i)`` float RGB in [0, 1], targets: list of dicts (training)
     with ``boxes (K, 4)`` xyxy, ``labels (K,)`` in 1..num_classes and, for SFPN with alpha > 0,
     optionally ``semantic (H_i, W_i)`` int64; without it the semantic labels are painted from the
-    target's ``masks``, else its ``boxes``, as the neck's ``labels_from`` says):
+    target's ``masks``, else its ``boxes``):
 
     - training: dict ``loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg`` (+ ``loss_segm``,
       already times alpha, when the branch is on and alpha > 0);
@@ -93,7 +93,7 @@ class FasterRCNN(nn.Module):
         if self.training:
             self._check_targets(targets, len(images))
             if self.neck.trains_semantic:
-                labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:]), self.neck.labels_from).to(batch.device)
+                labels = semantic_labels(targets, sizes, tuple(batch.shape[-2:])).to(batch.device)
         pyramid, logits, semantic_losses = self.neck(self.backbone(batch), labels)
         proposals, losses = self.rpn(list(pyramid.values()), sizes, targets if self.training else None)
         detections, head_losses = self.roi_heads(pyramid, proposals, sizes, targets if self.training else None)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..overrides import check_at_most
+
 #: Match labels: 1 foreground, 0 background, -1 ignored (between the thresholds).
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 
@@ -17,8 +19,7 @@ class Matcher:
     """
 
     def __init__(self, fg_threshold: float, bg_threshold: float, allow_low_quality_matches: bool = False):
-        if bg_threshold > fg_threshold:
-            raise ValueError(f"bg_threshold ({bg_threshold}) must not exceed fg_threshold ({fg_threshold})")
+        check_at_most("bg_threshold", bg_threshold, "fg_threshold", fg_threshold)
         self.fg_threshold = fg_threshold
         self.bg_threshold = bg_threshold
         self.allow_low_quality_matches = allow_low_quality_matches

@@ -10,38 +10,37 @@ Data flow for backbone maps ``C2..C5`` (strides 4..32):
 5. given semantic labels (training), the branch's own loss ``alpha * CE(logits, labels)``.
 
 With the branch off, nothing of 2-3 exists and the module is plain FPN, parameter for parameter.
+
+The inference forward scripts with TorchScript (so torchvision detectors holding it script, see
+``sfpn.integrations.torchvision``); the semantic loss does not (:meth:`SFPN.losses`).
 """
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import NeckConfig
-from ..data.semantic import IGNORE_LABEL, LABEL_SOURCES
 from ..ops import semantic_fuse, upsample_add
+from ..overrides import allowed, check_value
+from ..semantic_labels import IGNORE_LABEL
 from .semantic_head import SemanticHead
 
-FUSION_POINTS = ("before", "after")
-FUSION_OPS = ("add", "concat", "gate")
-DOWNSAMPLE_MODES = ("bilinear", "max_pool")
+FUSION_POINTS = allowed(NeckConfig, "fusion_point")
+FUSION_OPS = allowed(NeckConfig, "fusion_op")
+DOWNSAMPLE_MODES = allowed(NeckConfig, "downsample")
 LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")
 
 
-def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
-
-
-def resize_to(x: torch.Tensor, size, downsample: str) -> torch.Tensor:
+def resize_to(x: torch.Tensor, size: list[int], downsample: str) -> torch.Tensor:
     """Resize ``x (N, C, h, w)`` to ``size``: bilinear up, identity at equal size, and down by
     ``downsample`` (``"bilinear"`` or ``"max_pool"``, adaptive max-pooling)."""
-    size = tuple(size)
-    if tuple(x.shape[-2:]) == size:
+    size = list(size)
+    if list(x.shape[-2:]) == size:
         return x
     if downsample == "max_pool" and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
         return F.adaptive_max_pool2d(x, size)
@@ -65,17 +64,15 @@ class SFPN(nn.Module):
         downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
         alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
-        labels_from: where the detector takes the semantic labels from when a target has no
-            ``semantic`` map (see :func:`sfpn.data.semantic.semantic_labels`).
         semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
             ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
 
     The defaults are :class:`sfpn.config.NeckConfig`'s.
 
-    forward(features: list or ordered dict of ``C2..C5``, semantic_labels: ``(N, H, W)`` int64
-    or None) -> (``OrderedDict p2..p6`` of ``(N, out_channels, H / s, W / s)``, semantic logits
-    ``(N, K, H / 8, W / 8)`` or None, losses: ``{"loss_segm": alpha * CE}`` when labels are given,
-    else ``{}``). ``H, W`` of the labels is the padded image size (255 =
+    forward(features: list (or, eager only, ordered dict) of ``C2..C5``, semantic_labels:
+    ``(N, H, W)`` int64 or None) -> (``OrderedDict p2..p6`` of ``(N, out_channels, H / s, W / s)``,
+    semantic logits ``(N, K, H / 8, W / 8)`` or None, losses: ``{"loss_segm": alpha * CE}`` when
+    labels are given, else ``{}``). ``H, W`` of the labels is the padded image size (255 =
     ignored); the logits are upsampled to it inside the loss.
     """
 
@@ -94,21 +91,18 @@ class SFPN(nn.Module):
         downsample: str = NeckConfig.downsample,
         alpha: float = NeckConfig.alpha,
         upsample_mode: str = NeckConfig.upsample_mode,
-        labels_from: str = NeckConfig.labels_from,
         semantic_loss_average: str = NeckConfig.semantic_loss_average,
     ):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the channels of C2..C5, got {in_channels}")
         self.out_channels = out_channels
-        self.fusion_point = _choice("fusion_point", fusion_point, FUSION_POINTS)
-        self.fusion_op = _choice("fusion_op", fusion_op, FUSION_OPS)
-        self.downsample = _choice("downsample", downsample, DOWNSAMPLE_MODES)
-        self.upsample_mode = upsample_mode
-        if alpha < 0:
-            raise ValueError(f"alpha (the semantic loss weight) must be >= 0, got {alpha}")
-        self.alpha = alpha
-        self.labels_from = _choice("labels_from", labels_from, LABEL_SOURCES)
+        self.level_names = list(LEVEL_NAMES)  # an attribute: TorchScript cannot iterate a global tuple
+        self.fusion_point = check_value("fusion_point", fusion_point, FUSION_POINTS)
+        self.fusion_op = check_value("fusion_op", fusion_op, FUSION_OPS)
+        self.downsample = check_value("downsample", downsample, DOWNSAMPLE_MODES)
+        self.upsample_mode = check_value("upsample_mode", upsample_mode, allowed(NeckConfig, "upsample_mode"))
+        self.alpha = check_value("alpha (the semantic loss weight)", alpha, allowed(NeckConfig, "alpha"))
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None
@@ -146,42 +140,60 @@ class SFPN(nn.Module):
         """Whether :meth:`forward` wants semantic labels while training (branch on, alpha > 0)."""
         return self.semantic_head is not None and self.alpha > 0
 
+    # TorchScript compiles every branch that is not decided by an attribute being None, and never
+    # zips a ModuleList: hence the index loops over the convs below.
     def _fuse(self, levels: list[torch.Tensor], embedding: torch.Tensor) -> list[torch.Tensor]:
         if self.fusion_op == "add" and self.downsample == "bilinear":
             return semantic_fuse(levels, embedding, mode="bilinear")  # one launch for all levels
         resized = [resize_to(embedding, level.shape[-2:], self.downsample) for level in levels]
-        if self.fusion_op == "add":
+        if self.fusion_convs is None:  # "add"
             return [level + e for level, e in zip(levels, resized)]
-        if self.fusion_op == "concat":
-            return [conv(torch.cat((level, e), dim=1)) for conv, level, e in zip(self.fusion_convs, levels, resized)]
-        return [level + torch.sigmoid(conv(level)) * e for conv, level, e in zip(self.fusion_convs, levels, resized)]
+        else:
+            fused: list[torch.Tensor] = []
+            for i, conv in enumerate(self.fusion_convs):
+                if self.fusion_op == "concat":
+                    fused.append(conv(torch.cat((levels[i], resized[i]), dim=1)))
+                else:  # "gate"
+                    fused.append(levels[i] + torch.sigmoid(conv(levels[i])) * resized[i])
+            return fused
 
     def forward(
-        self, features, semantic_labels: torch.Tensor | None = None
-    ) -> tuple[OrderedDict, torch.Tensor | None, dict[str, torch.Tensor]]:
-        if isinstance(features, dict):
-            features = list(features.values())
+        self, features: list[torch.Tensor], semantic_labels: Optional[torch.Tensor] = None
+    ) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor], dict[str, torch.Tensor]]:
+        if not torch.jit.is_scripting():
+            if isinstance(features, dict):  # eager calls may pass an ordered dict; scripted ones a list
+                features = list(features.values())
         if len(features) != len(self.lateral_convs):
             raise ValueError(f"expected {len(self.lateral_convs)} backbone maps (C2..C5), got {len(features)}")
-        merged = [self.lateral_convs[-1](features[-1])]
-        for conv, feature in zip(reversed(self.lateral_convs[:-1]), reversed(features[:-1])):
-            merged.insert(0, upsample_add(merged[0], conv(feature), mode=self.upsample_mode))
-        logits = None
+        merged: list[torch.Tensor] = []
+        for i, conv in enumerate(self.lateral_convs):
+            merged.append(conv(features[i]))
+        # Top-down, replacing each lateral by its merged map (which frees the lateral).
+        for i in range(len(merged) - 2, -1, -1):
+            merged[i] = upsample_add(merged[i + 1], merged[i], mode=self.upsample_mode)
+        logits: Optional[torch.Tensor] = None
         if self.semantic_head is not None and self.fusion_point == "before":
             logits, embedding = self.semantic_head(merged)
             merged = self._fuse(merged, embedding)
-        outputs = [conv(m) for conv, m in zip(self.output_convs, merged)]
+        outputs: list[torch.Tensor] = []
+        for i, conv in enumerate(self.output_convs):
+            outputs.append(conv(merged[i]))
         if self.semantic_head is not None and self.fusion_point == "after":
             logits, embedding = self.semantic_head(outputs)
             outputs = self._fuse(outputs, embedding)
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
-        losses = self.losses(logits, semantic_labels) if semantic_labels is not None else {}
-        return OrderedDict(zip(LEVEL_NAMES, outputs)), logits, losses
+        losses: dict[str, torch.Tensor] = {}
+        if semantic_labels is not None:
+            if torch.jit.is_scripting():  # the loss trains the model; a scripted one is deployed
+                raise RuntimeError("a scripted SFPN computes no semantic loss: call it without semantic_labels")
+            else:
+                losses = self.losses(logits, semantic_labels)
+        return OrderedDict([(name, output) for name, output in zip(self.level_names, outputs)]), logits, losses
 
-    def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, logits: Optional[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss_segm": alpha * CE(logits (N, K, h, w), labels (N, H, W))}`` (labels int64, 0
         background, 255 ignored)."""
-        if self.semantic_head is None:
+        if self.semantic_head is None or logits is None:
             raise RuntimeError("semantic labels need the semantic branch, which this neck does not have")
         return {"loss_segm": self.alpha * self.semantic_head.loss(logits, labels, IGNORE_LABEL)}
 

@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..config import NeckConfig
 from ..ops.resize_sum import MAX_LEVELS
+from ..overrides import allowed, check_divisible, check_value
 
-#: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy.
-LOSS_AVERAGES = ("pixels", "foreground_background")
+#: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy (the neck config's
+#: ``semantic_loss_average``).
+LOSS_AVERAGES = allowed(NeckConfig, "semantic_loss_average")
 
 
 class SemanticHead(nn.Module):
@@ -36,7 +39,9 @@ class SemanticHead(nn.Module):
             :data:`LOSS_AVERAGES`: ``"pixels"``, every labelled pixel alike (the paper's CE), or
             ``"foreground_background"``, the mean over foreground pixels and the mean over
             background pixels, averaged, so that background (~87% of the pixels of the
-            synthetic sets) cannot drown the classes the head should tell apart.
+            synthetic sets' labels painted from masks) cannot drown the classes the head should
+            tell apart. Background is label 0 only: with things-and-stuff label maps, which
+            label every pixel, stuff counts as foreground and the two means are the pixel mean.
     """
 
     def __init__(
@@ -58,10 +63,8 @@ class SemanticHead(nn.Module):
             raise ValueError(f"target_level must index in_channels (0..{len(in_channels) - 1}), got {target_level}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if loss_average not in LOSS_AVERAGES:
-            raise ValueError(f"loss_average must be one of {LOSS_AVERAGES}, got {loss_average!r}")
-        if channels % num_groups:
-            raise ValueError(f"channels ({channels}) must be divisible by num_groups ({num_groups})")
+        check_value("loss_average", loss_average, LOSS_AVERAGES)
+        check_divisible("channels", channels, "num_groups", num_groups)
         self.num_classes = num_classes
         self.target_level = target_level
         self.loss_average = loss_average
@@ -84,7 +87,7 @@ class SemanticHead(nn.Module):
             norm.reset_parameters()
 
     def forward(
-        self, features: Sequence[torch.Tensor], compute_logits: bool = True
+        self, features: list[torch.Tensor], compute_logits: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Semantic logits and embedding on the target level's grid.
 
@@ -98,8 +101,11 @@ class SemanticHead(nn.Module):
         """
         if len(features) != len(self.laterals):
             raise ValueError(f"features must hold {len(self.laterals)} levels, got {len(features)}")
-        size = tuple(features[self.target_level].shape[-2:])
-        x = ops.resize_sum([lateral(f) for lateral, f in zip(self.laterals, features)], size)
+        size = features[self.target_level].shape[-2:]
+        laterals: list[torch.Tensor] = []
+        for i, lateral in enumerate(self.laterals):  # TorchScript iterates a ModuleList, never zips it
+            laterals.append(lateral(features[i]))
+        x = ops.resize_sum(laterals, size)
         for conv, norm in zip(self.convs, self.norms):
             x = ops.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)
         logits = self.logits(x) if compute_logits else None
@@ -135,58 +141,3 @@ class SemanticHead(nn.Module):
         # Tensors, not Python branches: no host sync, and the graph stays one shape under compile.
         groups = (has_foreground.float() + has_background.float()).clamp(min=1)
         return (foreground_mean + background_mean) / groups
-
-
-def _bilinear_taps(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices ``(i0, i1)`` and the weight of ``i1`` for each output position, as
-    ``F.interpolate(mode="bilinear", align_corners=False)`` computes them for a given size."""
-    source = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    i0 = source.floor().long().clamp(max=in_size - 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    return i0, i1, (source - i0).float()
-
-
-def upsample_argmax(
-    logits: torch.Tensor, size: tuple[int, int], crop: tuple[int, int] | None = None, chunk_elements: int = 1 << 22
-) -> torch.Tensor:
-    """The class map of ``logits`` bilinearly upsampled to ``size``, without the full-size logits.
-
-    Equal to ``F.interpolate(logits[None], size, mode="bilinear")[0].argmax(0)[:crop_h, :crop_w]``
-    (up to float rounding at near-ties), but it interpolates a band of output rows at a time, so
-    memory stays at ``chunk_elements`` floats instead of ``K * H * W`` (183 COCO-stuff classes at
-    800 x 1333 would be 780 MB).
-
-    Args:
-        logits: ``(K, h, w)``.
-        size: ``(H, W)`` the logits cover when upsampled (the padded batch size).
-        crop: ``(H', W')`` top-left part to return (the image inside the padding); default ``size``.
-
-    Returns:
-        ``(H', W')`` int64.
-    """
-    if logits.dim() != 3:
-        raise ValueError(f"logits: expected (K, h, w), got shape {tuple(logits.shape)}")
-    if torch.compiler.is_compiling():
-        # Traced (torch.export): the sizes are symbolic and a Python loop over row bands would fix
-        # them to the example's, so the graph takes the one whole-size pass this function avoids.
-        crop_h, crop_w = size if crop is None else crop
-        full = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
-        return full[:, :crop_h, :crop_w].argmax(dim=0)
-    height, width = int(size[0]), int(size[1])
-    crop_h, crop_w = (height, width) if crop is None else (int(crop[0]), int(crop[1]))
-    if not (0 <= crop_h <= height and 0 <= crop_w <= width):
-        raise ValueError(f"crop must lie within size {tuple(size)}, got {tuple(crop)}")
-    num_classes, in_h, in_w = logits.shape
-    y0, y1, wy = _bilinear_taps(height, in_h, logits.device)
-    x0, x1, wx = _bilinear_taps(width, in_w, logits.device)
-    x0, x1, wx = x0[:crop_w], x1[:crop_w], wx[:crop_w]
-    logits = logits.float()
-    rows_per_chunk = max(1, chunk_elements // max(1, num_classes * crop_w))
-    out = torch.empty((crop_h, crop_w), dtype=torch.int64, device=logits.device)
-    for start in range(0, crop_h, rows_per_chunk):
-        rows = slice(start, min(crop_h, start + rows_per_chunk))
-        weight = wy[rows].view(1, -1, 1)
-        band = torch.lerp(logits[:, y0[rows]], logits[:, y1[rows]], weight)  # (K, R, w)
-        band = torch.lerp(band[:, :, x0], band[:, :, x1], wx)  # (K, R, W')
-        out[rows] = band.argmax(dim=0)
-    return out

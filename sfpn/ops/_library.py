@@ -26,6 +26,9 @@ from collections.abc import Callable
 
 import torch
 
+from .. import kernels
+from ._validate import OpTypeError
+
 LIBRARY = torch.library.Library("sfpn", "DEF")
 
 #: The backends an op can have besides its reference.
@@ -53,12 +56,39 @@ REFERENCES: dict[str, Callable] = {}
 
 
 def define(schema: str, reference: Callable) -> str:
-    """Defines ``sfpn::<name>`` from ``schema`` with ``reference`` as its every-device fallback."""
+    """Defines ``sfpn::<name>`` from ``schema`` with ``reference`` as its every-device fallback;
+    quantized tensors, which no op takes, get :func:`_quantized_argument_error`."""
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
     LIBRARY.impl(name, reference, "CompositeExplicitAutograd")
+    for key in ("QuantizedCPU", "QuantizedCUDA"):
+        LIBRARY.impl(name, _quantized_argument_error(name), key)
     REFERENCES[name] = reference
     return name
+
+
+def _quantized_argument_error(name: str) -> Callable:
+    """The kernel ``sfpn::<name>`` runs when an argument is a quantized tensor: a one-line
+    :class:`OpTypeError` naming the argument and its dtype. (The reference would otherwise take it
+    and fail somewhere inside; torchvision's ``roi_align`` and ``nms`` take ``quint8`` on the CPU.)
+    The public functions' own checks say the same before the op is reached; this serves direct
+    and scripted calls."""
+    arguments = [argument.name for argument in getattr(torch.ops.sfpn, name).default._schema.arguments]
+
+    def kernel(*args):
+        quantized = [
+            (argument, tensor.dtype)
+            for argument, value in zip(arguments, args)
+            for tensor in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(tensor, torch.Tensor) and tensor.is_quantized
+        ]
+        argument, dtype = quantized[0]  # the dispatcher chose this kernel for a quantized tensor
+        raise OpTypeError(
+            f"{argument} must be a floating tensor, got {str(dtype).replace('torch.', '')} "
+            f"(sfpn::{name} takes no quantized tensors: dequantize them first)"
+        )
+
+    return kernel
 
 
 @contextlib.contextmanager
@@ -79,10 +109,10 @@ def references():
 
 
 def register(op: Op) -> None:
-    """Adds ``op`` to :data:`OPS`, and registers its Triton kernels for CUDA when Triton imports."""
-    from .. import kernels
-
+    """Adds ``op`` to :data:`OPS`, registers its Triton kernels for CUDA when Triton imports, and
+    hands them to :func:`sfpn.kernels.add_implementations` for ``interpret_on_cpu``."""
     OPS[op.name] = op
+    kernels.add_implementations(op.triton)
     if kernels.AVAILABLE:
         for name, implementation in op.triton.items():
             LIBRARY.impl(name, implementation, "CUDA")
@@ -115,7 +145,7 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The layout of an op's output that follows its ``(N, C, H, W)`` input ``x``: channels_last
     for a channels_last ``x`` on the CPU, whose kernels (and references) read and write NHWC as it
     is; contiguous otherwise (the CUDA and Triton kernels take NCHW). ``checks::is_channels_last``
-    in csrc/op_checks.h is the C++ side of the same rule."""
+    in csrc/checks.h is the C++ side of the same rule."""
     if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format

@@ -1,22 +1,25 @@
 """The resize shared by ``upsample_add`` and ``semantic_fuse``, and its adjoint (their backward)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from ._library import output_memory_format
-from ._validate import check_choice
+from ._validate import OpValueError, check_choice
 
 MODES = ("nearest", "bilinear")
 
 
-def resolve_align_corners(mode: str, align_corners: bool | None) -> bool:
-    check_choice("mode", mode, MODES)
-    if mode == "nearest":
-        if align_corners:
-            raise ValueError("align_corners must be None or False with mode='nearest'")
-        return False
-    return bool(align_corners)
+def resolve_align_corners(mode: str, align_corners: Optional[bool]) -> bool:
+    """The op's ``align_corners`` (False for nearest); checks ``mode`` in eager calls (scripted
+    ones leave it to the kernels)."""
+    if not torch.jit.is_scripting():
+        check_choice("mode", mode, MODES)
+        if mode == "nearest" and align_corners:
+            raise OpValueError("align_corners must be None or False with mode='nearest'")
+    return mode == "bilinear" and align_corners is not None and bool(align_corners)
 
 
 def resize(x: torch.Tensor, size, mode: str, align_corners: bool) -> torch.Tensor:

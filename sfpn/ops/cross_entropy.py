@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import _library
 from .. import kernels
-from ._validate import check_choice, check_tensor
+from ._validate import OpTypeError, OpValueError, check_choice, check_tensor
 
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 REDUCTIONS = ("mean", "sum")
@@ -53,21 +53,21 @@ def _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothin
     check_tensor("logits", logits, ndim=4)
     check_tensor("labels", labels, ndim=3, dtypes=LABEL_DTYPES)
     if labels.device != logits.device:
-        raise ValueError(f"labels must be on the same device as logits ({logits.device}), got {labels.device}")
+        raise OpValueError(f"labels must be on the same device as logits ({logits.device}), got {labels.device}")
     if labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels must have logits' batch size {logits.shape[0]}, got shape {tuple(labels.shape)}")
+        raise OpValueError(f"labels must have logits' batch size {logits.shape[0]}, got shape {tuple(labels.shape)}")
     if same_size and labels.shape[1:] != logits.shape[2:]:
-        raise ValueError(
+        raise OpValueError(
             f"labels must have logits' spatial size {tuple(logits.shape[2:])}, got {tuple(labels.shape[1:])} "
             "(use upsample_cross_entropy for full-size labels)"
         )
     if logits.shape[1] < 1 or logits.shape[2] * logits.shape[3] == 0:
-        raise ValueError(f"logits must have at least one class and one pixel, got shape {tuple(logits.shape)}")
+        raise OpValueError(f"logits must have at least one class and one pixel, got shape {tuple(logits.shape)}")
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        raise OpTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     check_choice("reduction", reduction, REDUCTIONS)
     if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+        raise OpValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
 
 
 def _cross_entropy(name, logits, labels, ignore_index, reduction, label_smoothing) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import _library
 from .. import kernels
-from ._validate import check_tensor
+from ._validate import OpValueError, check_tensor
 
 
 def group_norm_relu_reference(
@@ -40,21 +40,29 @@ def group_norm_relu(
 
     Returns:
         ``(N, C, H, W)`` in x's dtype, differentiable w.r.t. ``x``, ``weight`` and ``bias``.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
+    if not torch.jit.is_scripting():
+        _check_group_norm_relu(x, num_groups, weight, bias, eps)
+    return torch.ops.sfpn.group_norm_relu(x, num_groups, weight, bias, float(eps))[0]
+
+
+def _check_group_norm_relu(x, num_groups, weight, bias, eps) -> None:
     check_tensor("x", x, ndim=4)
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups <= 0:
-        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+        raise OpValueError(f"num_groups must be a positive int, got {num_groups!r}")
     if x.shape[1] % num_groups:
-        raise ValueError(f"x's channels ({x.shape[1]}) must be divisible by num_groups ({num_groups})")
+        raise OpValueError(f"x's channels ({x.shape[1]}) must be divisible by num_groups ({num_groups})")
     for name, param in (("weight", weight), ("bias", bias)):
         check_tensor(name, param, ndim=1)
         if param.shape[0] != x.shape[1]:
-            raise ValueError(f"{name} must have shape ({x.shape[1]},) to match x's channels, got {tuple(param.shape)}")
+            raise OpValueError(f"{name} must have shape ({x.shape[1]},) to match x's channels, got {tuple(param.shape)}")
         if param.device != x.device:
-            raise ValueError(f"{name} must be on the same device as x ({x.device}), got {param.device}")
+            raise OpValueError(f"{name} must be on the same device as x ({x.device}), got {param.device}")
     if not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
-    return torch.ops.sfpn.group_norm_relu(x, num_groups, weight, bias, float(eps))[0]
+        raise OpValueError(f"eps must be a non-negative number, got {eps!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,24 +6,31 @@ Each box is pooled from its FPN level, chosen inside the kernel with torchvision
 reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
 ``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
 under ``torch.autocast`` it runs in the levels' dtype (computing in float32), and the CPU kernel
-reads channels_last levels as they are.
+reads channels_last levels as they are. Both script with TorchScript, as ``roi_align`` does
+(the Python argument checks are left out of a scripted call).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 from torch import nn
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
 from . import _library
+from ._validate import OpTypeError, OpValueError
 from .roi_align import (
     boxes_to_rois,
+    check_boxes,
     check_input,
     check_rois,
     check_sampling_ratio,
     check_scale,
     deterministic_backward,
+    deterministic_requested,
     in_order,
     output_size_pair,
     roi_align_backward_reference_rois,
@@ -45,17 +52,21 @@ def level_of_scale(scale: float) -> int:
     return int(-math.log2(scale))
 
 
-def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
-    """torchvision's scale of a feature map: ``2**round(log2(feature_h / image_h))``."""
-    return 2.0 ** round(math.log2(float(feature_size[0]) / float(image_size[0])))
+def infer_scale(feature_size: list[int], image_size: list[int]) -> float:
+    """torchvision's scale of a feature map: ``2**round(log2(feature_h / image_h))``
+    (``math.log(x, 2.0)``: TorchScript has no ``math.log2``; a ratio of sizes is never near enough
+    to a half-integer power of 2 for the two to round apart)."""
+    return 2.0 ** round(math.log(float(feature_size[0]) / float(image_size[0]), 2.0))
 
 
-def infer_scales(levels: Sequence[torch.Tensor], image_shapes: Sequence[tuple[int, int]]) -> list[float]:
+def infer_scales(levels: list[torch.Tensor], image_shapes: list[tuple[int, int]]) -> list[float]:
     """torchvision's scales of pyramid ``levels`` for a batch of ``image_shapes`` ``(h, w)``: each
-    level's :func:`infer_scale` against the largest image."""
-    if not image_shapes:
-        raise ValueError("image_shapes must not be empty")
-    largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    level's :func:`infer_scale` against the largest image (written in TorchScript's subset)."""
+    if len(image_shapes) == 0:
+        raise OpValueError("image_shapes must not be empty")
+    largest = [0, 0]
+    for height, width in image_shapes:
+        largest = [max(largest[0], height), max(largest[1], width)]
     return [infer_scale(level.shape[-2:], largest) for level in levels]
 
 
@@ -78,35 +89,36 @@ def map_levels_reference(boxes: torch.Tensor, scales, canonical_scale=224, canon
 
 def _check_levels(levels, scales) -> tuple[list[torch.Tensor], list[float]]:
     if isinstance(levels, torch.Tensor) or not isinstance(levels, Sequence):
-        raise TypeError(f"levels must be a list of (N, C, H, W) tensors, got {type(levels).__name__}")
+        raise OpTypeError(f"levels must be a list of (N, C, H, W) tensors, got {type(levels).__name__}")
     levels = list(levels)
     if not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"levels must hold 1 to {MAX_LEVELS} feature maps, got {len(levels)}")
+        raise OpValueError(f"levels must hold 1 to {MAX_LEVELS} feature maps, got {len(levels)}")
     for i, level in enumerate(levels):
         check_input(f"levels[{i}]", level)
         if level.shape[:2] != levels[0].shape[:2] or level.dtype != levels[0].dtype or level.device != levels[0].device:
-            raise ValueError(
+            raise OpValueError(
                 f"levels[{i}] must share batch size, channels, dtype and device with levels[0]: got "
                 f"{tuple(level.shape)} {level.dtype} {level.device} and {tuple(levels[0].shape)} "
                 f"{levels[0].dtype} {levels[0].device}"
             )
     scales = [check_scale(f"scales[{i}]", s) for i, s in enumerate(scales)]
     if len(scales) != len(levels):
-        raise ValueError(f"scales must give one scale per level: {len(scales)} scales for {len(levels)} levels")
+        raise OpValueError(f"scales must give one scale per level: {len(scales)} scales for {len(levels)} levels")
     ks = [level_of_scale(s) for s in scales]
     if len(levels) > 1 and ks != list(range(ks[0], ks[0] + len(ks))):
-        raise ValueError(
+        raise OpValueError(
             f"scales must be 2**-k for consecutive levels k, finest first (as FPN's), got {scales} (levels {ks})"
         )
     return levels, scales
 
 
 def _multilevel_args(levels, boxes, output_size, scales):
-    """The ``(PH, PW)`` output size, levels, scales and ``(K, 5)`` rois of a multi-level call
-    (op or reference)."""
+    """The checked ``(PH, PW)`` output size, levels and scales of a multi-level call (op or
+    reference)."""
     output_size = output_size_pair(output_size)
     levels, scales = _check_levels(levels, scales)
-    return output_size, levels, scales, boxes_to_rois(boxes, levels[0])
+    check_boxes(boxes, levels[0])
+    return output_size, levels, scales
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,9 +151,9 @@ def multilevel_roi_align_reference(
     canonical_level: int = 4,
 ) -> torch.Tensor:
     """Pure-PyTorch ``multilevel_roi_align``: the single-level reference applied per level."""
-    output_size, levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
-    return _multilevel_reference_rois(levels, rois, output_size, scales, sampling_ratio, aligned, canonical_scale,
-                                      canonical_level)
+    output_size, levels, scales = _multilevel_args(levels, boxes, output_size, scales)
+    return _multilevel_reference_rois(levels, boxes_to_rois(boxes, levels[0]), output_size, scales, sampling_ratio,
+                                      aligned, canonical_scale, canonical_level)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,16 +161,15 @@ def multilevel_roi_align_reference(
 
 
 def multilevel_roi_align(
-    levels: Sequence[torch.Tensor],
-    boxes,
-    output_size,
-    scales: Sequence[float],
+    levels: list[torch.Tensor],
+    boxes: Union[torch.Tensor, list[torch.Tensor]],
+    output_size: BroadcastingList2[int],
+    scales: list[float],
     sampling_ratio: int = -1,
     aligned: bool = False,
-    canonical_scale: float = 224,
+    canonical_scale: float = 224.0,
     canonical_level: int = 4,
-    *,
-    deterministic: bool | None = None,
+    deterministic: Optional[bool] = None,
 ) -> torch.Tensor:
     """RoIAlign over an FPN pyramid in one launch: each box is pooled from level
     ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` clamped to the levels
@@ -176,13 +187,17 @@ def multilevel_roi_align(
     Returns:
         ``(K, C, PH, PW)``, differentiable (twice) w.r.t. every level.
     """
-    (pooled_h, pooled_w), levels, scales, rois = _multilevel_args(levels, boxes, output_size, scales)
-    sampling_ratio = check_sampling_ratio(sampling_ratio)
-    canonical_scale = check_scale("canonical_scale", canonical_scale)
-    check_rois(rois, levels[0].shape[0])
+    if not torch.jit.is_scripting():
+        _, levels, scales = _multilevel_args(levels, boxes, output_size, scales)
+        check_sampling_ratio(sampling_ratio)
+        check_scale("canonical_scale", canonical_scale)
+    size = _pair(output_size)
+    rois = boxes_to_rois(boxes, levels[0])
+    if not torch.jit.is_scripting():
+        check_rois(rois, levels[0].shape[0])
     return torch.ops.sfpn.multilevel_roi_align(
-        levels, rois, scales, pooled_h, pooled_w, sampling_ratio, bool(aligned), canonical_scale,
-        int(canonical_level), deterministic_backward(deterministic),
+        levels, rois, scales, size[0], size[1], sampling_ratio, bool(aligned), float(canonical_scale),
+        int(canonical_level), deterministic_requested(deterministic),
     )
 
 
@@ -196,8 +211,13 @@ class MultiLevelRoIAlign(nn.Module):
     per image in image coordinates, ``image_shapes`` the ``(h, w)`` of each image before the
     backbone; returns ``(sum K_i, C, PH, PW)``. As torchvision, the scales are inferred
     (:func:`infer_scales`) at the first call and then kept in ``self.scales``. ``aligned`` (not in
-    torchvision, default False as there) selects the half-pixel shift.
+    torchvision, default False as there) selects the half-pixel shift. It scripts with
+    TorchScript, as torchvision's does.
     """
+
+    # TorchScript reads attribute types here (not from a postponed annotation): None until the
+    # first call infers the scales.
+    __annotations__ = {"scales": Optional[list[float]]}
 
     def __init__(
         self,
@@ -233,21 +253,26 @@ class MultiLevelRoIAlign(nn.Module):
         return replacement
 
     def forward(
-        self, x: Mapping[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
-        levels = [v for k, v in x.items() if k in self.featmap_names]
-        if not levels:
-            raise ValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x)}")
-        if self.scales is None:
-            self.scales = infer_scales(levels, image_shapes)
+        levels: list[torch.Tensor] = []
+        for name, level in x.items():
+            if name in self.featmap_names:
+                levels.append(level)
+        if len(levels) == 0:
+            raise OpValueError(f"x holds none of the feature maps {self.featmap_names}, only {list(x.keys())}")
+        scales = self.scales
+        if scales is None:
+            scales = infer_scales(levels, image_shapes)
+            self.scales = scales
         return multilevel_roi_align(
             levels,
             boxes,
             self.output_size,
-            self.scales,
+            scales,
             self.sampling_ratio,
             self.aligned,
-            self.canonical_scale,
+            float(self.canonical_scale),
             self.canonical_level,
         )
 

@@ -10,8 +10,11 @@ Semantics shared by every backend (the compiled kernels and the reference below)
 * Boxes are ``(x1, y1, x2, y2)``; a box suppresses a later box of its class when their IoU is
   strictly greater than ``iou_threshold``. The IoU is computed in float32 for float16, bfloat16
   and float32 boxes and in float64 for float64 boxes, as
-  ``inter / ((area_a + area_b) - inter)``, the same expression as torchvision's float32 kernels,
-  so float32 results equal torchvision's.
+  ``inter / ((area_a + area_b) - inter)``, the same expression as torchvision's CPU kernel, and
+  compared as torchvision's CPU kernel compares it: as a float64 with the float64 threshold (a
+  float32 IoU of ``float32(0.3)``, 0.30000001, is above 0.3). So float32 and float64 results
+  equal torchvision's CPU results; float16 and bfloat16 boxes give the results of their float32
+  copies (torchvision's CPU kernel takes neither; for its CUDA kernel see the README).
 * Order: boxes are visited, and kept indices returned, by decreasing score; equal scores are
   ordered by increasing index (a stable sort); NaN scores rank above every number
   (``torch.sort``'s descending order).
@@ -21,7 +24,9 @@ Semantics shared by every backend (the compiled kernels and the reference below)
   intersection with anything, so it is kept too (both as in torchvision). This holds for
   ``iou_threshold >= 0``; with a negative threshold a box suppresses every later box of its
   class whose IoU with it is a number (disjoint ones included).
-* Shape, dtype and device errors raise ``ValueError`` / ``TypeError`` naming the argument.
+* Shape, dtype and device errors raise ``OpValueError`` / ``OpTypeError`` naming the argument:
+  ``ValueError`` / ``TypeError`` and also ``RuntimeError``, which torchvision raises
+  (:mod:`sfpn.ops._validate`).
 
 CUDA kernel: the boxes are sorted by score and then by class on the device, the overlap bitmask
 is computed in 64 x 64 tiles only where a tile's rows and columns share a class, and the greedy
@@ -44,7 +49,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from . import _library
-from ._validate import check_same, check_tensor
+from ._validate import OpTypeError, OpValueError, check_same, check_tensor
 
 INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -61,37 +66,36 @@ def _check_threshold(iou_threshold) -> float:
         and not iou_threshold.is_complex()
     )
     if isinstance(iou_threshold, bool) or not (isinstance(iou_threshold, numbers.Real) or is_scalar_tensor):
-        raise TypeError(f"iou_threshold must be a float or a 0-dim tensor, got {type(iou_threshold).__name__}")
+        raise OpTypeError(f"iou_threshold must be a float or a 0-dim tensor, got {type(iou_threshold).__name__}")
     iou_threshold = float(iou_threshold)
     if math.isnan(iou_threshold):
-        raise ValueError("iou_threshold must be a number, got nan")
+        raise OpValueError("iou_threshold must be a number, got nan")
     return iou_threshold
 
 
 def _check_nms(boxes, scores, idxs=None) -> None:
     check_tensor("boxes", boxes, ndim=2)
     if boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        raise OpValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     check_tensor("scores", scores, ndim=1)
-    if torch.is_autocast_enabled(boxes.device.type) and scores.device == boxes.device:
-        pass  # autocast casts both to float32 before the kernel (below): their dtypes may differ
-    else:
+    # Under autocast both are cast to float32 before the kernel (below): their dtypes may differ.
+    if not (torch.is_autocast_enabled(boxes.device.type) and scores.device == boxes.device):
         check_same("scores", scores, "boxes", boxes)
     if scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
+        raise OpValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
     if idxs is not None:
         check_tensor("idxs", idxs, ndim=1, dtypes=INTEGER)
         if idxs.device != boxes.device:
-            raise ValueError(f"idxs must be on the same device as boxes ({boxes.device}), got {idxs.device}")
+            raise OpValueError(f"idxs must be on the same device as boxes ({boxes.device}), got {idxs.device}")
         if idxs.shape[0] != boxes.shape[0]:
-            raise ValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(idxs.shape)}")
+            raise OpValueError(f"idxs must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(idxs.shape)}")
 
 
 def _check_max_out(max_out) -> int:
     if isinstance(max_out, bool) or not isinstance(max_out, int):
-        raise TypeError(f"max_out must be an int, got {type(max_out).__name__}")
+        raise OpTypeError(f"max_out must be an int, got {type(max_out).__name__}")
     if max_out < 0:
-        raise ValueError(f"max_out must be >= 0, got {max_out}")
+        raise OpValueError(f"max_out must be >= 0, got {max_out}")
     return max_out
 
 
@@ -100,10 +104,12 @@ def _check_max_out(max_out) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: float) -> torch.Tensor:
     """``iou(rows[i], cols[j]) > threshold`` for boxes ``(R, 4)`` x ``(C, 4)`` -> ``(R, C)`` bool.
 
-    The expression and its evaluation order match csrc/nms_iou.h, so the results are identical.
+    The IoU's expression and evaluation order match csrc/nms_iou.h, so the IoUs are identical; the
+    comparison is in float64 against the unrounded threshold (the kernels make the same decision in
+    the IoU's type with a threshold rounded down, ``threshold_in``).
     """
     rx1, ry1, rx2, ry2 = (c[:, None] for c in rows.unbind(1))
     cx1, cy1, cx2, cy2 = cols.unbind(1)
@@ -112,7 +118,7 @@ def _overlaps(rows: torch.Tensor, cols: torch.Tensor, threshold: torch.Tensor) -
     width = (torch.minimum(rx2, cx2) - torch.maximum(rx1, cx1)).clamp_(min=0)
     height = (torch.minimum(ry2, cy2) - torch.maximum(ry1, cy1)).clamp_(min=0)
     inter = width * height
-    return inter / ((area_rows + area_cols) - inter) > threshold
+    return (inter / ((area_rows + area_cols) - inter)).double() > threshold
 
 
 def _visit_order(scores: torch.Tensor, idxs: torch.Tensor | None) -> torch.Tensor:
@@ -138,7 +144,6 @@ def batched_nms_reference(
     if count == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     accumulate = torch.float64 if boxes.dtype == torch.float64 else torch.float32
-    threshold = torch.tensor(iou_threshold, dtype=accumulate, device=boxes.device)
     order = _visit_order(scores, idxs)
     sorted_boxes = boxes[order].to(accumulate)
     classes = idxs[order].long() if idxs is not None else torch.zeros(count, dtype=torch.int64, device=boxes.device)
@@ -148,7 +153,7 @@ def batched_nms_reference(
         stop = min(start + _REFERENCE_BLOCK, count)
         block, block_classes = sorted_boxes[start:stop], classes[start:stop]
         same_class = block_classes[:, None] == block_classes[None, :]
-        earlier_overlaps = _overlaps(block, block, threshold).triu_(1) & same_class
+        earlier_overlaps = _overlaps(block, block, iou_threshold).triu_(1) & same_class
         alive = ~suppressed[start:stop]
         kept = alive
         while True:
@@ -160,7 +165,7 @@ def batched_nms_reference(
         tail_end = class_ends[stop - 1]
         if tail_end > stop and bool(kept.any()):
             tail_classes = classes[stop:tail_end]
-            hits = _overlaps(block[kept], sorted_boxes[stop:tail_end], threshold)
+            hits = _overlaps(block[kept], sorted_boxes[stop:tail_end], iou_threshold)
             hits &= block_classes[kept][:, None] == tail_classes[None, :]
             suppressed[stop:tail_end] |= hits.any(0)
     keep = torch.zeros(count, dtype=torch.bool, device=boxes.device)
@@ -193,6 +198,11 @@ def batched_nms_padded_reference(
 # ---------------------------------------------------------------------------------------------
 
 
+# The public functions script with TorchScript (torchvision's detectors call batched_nms from
+# scripted code). A scripted call skips the Python argument checks, which TorchScript cannot
+# compile; the kernels' checks (csrc/nms.h) raise instead, as RuntimeError.
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression, as ``torchvision.ops.nms``.
 
@@ -208,8 +218,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         variable-length result needs its length on the host); ``batched_nms_padded`` has none.
         See the module docstring for NaN, infinite and inverted boxes.
     """
-    iou_threshold = _check_threshold(iou_threshold)
-    _check_nms(boxes, scores)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_threshold(iou_threshold)
+        _check_nms(boxes, scores)
     return torch.ops.sfpn.nms(boxes, scores, iou_threshold)
 
 
@@ -232,12 +243,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         Empty ``boxes`` give an empty result before the other arguments are looked at, as in
         torchvision.
     """
-    # guard_or_false: under torch.export the box count may be data-dependent (unbacked); such a
-    # count is not known to be 0, so the op below runs and returns its own empty result.
-    if isinstance(boxes, torch.Tensor) and guard_or_false(boxes.numel() == 0):
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    iou_threshold = _check_threshold(iou_threshold)
-    _check_nms(boxes, scores, idxs)
+    if torch.jit.is_scripting():
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    else:
+        # guard_or_false: under torch.export the box count may be data-dependent (unbacked); such
+        # a count is not known to be 0, so the op below runs and returns its own empty result.
+        if isinstance(boxes, torch.Tensor) and guard_or_false(boxes.numel() == 0):
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        iou_threshold = _check_threshold(iou_threshold)
+        _check_nms(boxes, scores, idxs)
     return torch.ops.sfpn.batched_nms(boxes, scores, idxs.long(), iou_threshold)
 
 
@@ -255,9 +270,10 @@ def batched_nms_padded(
         ``batched_nms`` returns (the highest-scoring kept boxes) followed by ``-1`` padding, and
         ``count = min(K, max_out)`` as an int64 scalar tensor on the boxes' device.
     """
-    iou_threshold = _check_threshold(iou_threshold)
-    max_out = _check_max_out(max_out)
-    _check_nms(boxes, scores, idxs)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_threshold(iou_threshold)
+        max_out = _check_max_out(max_out)
+        _check_nms(boxes, scores, idxs)
     return torch.ops.sfpn.batched_nms_padded(boxes, scores, idxs.long(), iou_threshold, max_out)
 
 

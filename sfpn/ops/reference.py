@@ -11,10 +11,12 @@ from .resize_sum import resize_sum_reference as resize_sum
 from .roi_align import roi_align_reference as roi_align
 from .semantic_fuse import semantic_fuse_reference as semantic_fuse
 from .upsample_add import upsample_add_reference as upsample_add
+from .upsample_argmax import upsample_argmax_reference as upsample_argmax
 
 __all__ = [
     "upsample_add",
     "semantic_fuse",
+    "upsample_argmax",
     "roi_align",
     "multilevel_roi_align",
     "nms",

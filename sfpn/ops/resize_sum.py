@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import _library
 from .. import kernels
-from ._validate import check_same, check_tensor
+from ._validate import OpValueError, check_same, check_tensor
 
 MAX_LEVELS = 5
 
@@ -27,19 +27,16 @@ def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) ->
     return sum(F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in levels)
 
 
-def check_size(size) -> tuple[int, int]:
-    if isinstance(size, torch.Size):
-        size = tuple(size)
+def check_size(size) -> None:
     if (
         not isinstance(size, (tuple, list))
         or len(size) != 2
         or not all(isinstance(s, (int, torch.SymInt)) and not isinstance(s, bool) and s > 0 for s in size)
     ):
-        raise ValueError(f"size must be a pair of positive ints (height, width), got {size!r}")
-    return size[0], size[1]  # SymInts stay symbolic under torch.compile(dynamic=True)
+        raise OpValueError(f"size must be a pair of positive ints (height, width), got {size!r}")
 
 
-def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+def resize_sum(levels: list[torch.Tensor], size: list[int]) -> torch.Tensor:
     """Sum of every level bilinearly resized to ``size`` (align_corners False), in one kernel.
 
     Args:
@@ -49,21 +46,30 @@ def resize_sum(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Ten
 
     Returns:
         ``(N, C, H, W)`` in the levels' dtype, differentiable w.r.t. every level.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
+    if not torch.jit.is_scripting():
+        _check_resize_sum(levels, size)
+    # Indexed, not converted: SymInts stay symbolic under torch.compile(dynamic=True).
+    return torch.ops.sfpn.resize_sum(list(levels), size[0], size[1])
+
+
+def _check_resize_sum(levels, size) -> None:
     if not isinstance(levels, (list, tuple)) or not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"levels must be a list of 1 to {MAX_LEVELS} tensors, got {type(levels).__name__}"
+        raise OpValueError(f"levels must be a list of 1 to {MAX_LEVELS} tensors, got {type(levels).__name__}"
                          + (f" of length {len(levels)}" if isinstance(levels, (list, tuple)) else ""))
-    height, width = check_size(size)
+    check_size(size)
     for i, level in enumerate(levels):
         check_tensor(f"levels[{i}]", level, ndim=4, nonempty=True)
         if i:
             check_same(f"levels[{i}]", level, "levels[0]", levels[0])
             if level.shape[:2] != levels[0].shape[:2]:
-                raise ValueError(
+                raise OpValueError(
                     f"levels[{i}] must share batch and channels (N, C) with levels[0] "
                     f"{tuple(levels[0].shape[:2])}, got {tuple(level.shape)}"
                 )
-    return torch.ops.sfpn.resize_sum(list(levels), height, width)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,59 +15,74 @@ Backward determinism: the CPU backward is always deterministic (each thread owns
 planes). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
 ``torch.use_deterministic_algorithms(True)`` selects a sort-by-pixel backward without atomics.
 
-TorchScript: the Python function is not scriptable (its argument checks take either box format
-and name the bad argument with ``isinstance`` on type tuples and f-strings, which TorchScript
-does not compile); the op it calls is: script ``torch.ops.sfpn.roi_align(input, rois (K, 5),
-spatial_scale, PH, PW, sampling_ratio, aligned, deterministic)``.
+TorchScript: ``roi_align`` and ``RoIAlign`` script with torchvision's signatures (so a scripted
+torchvision model may call them). A scripted call skips the Python argument checks below, which
+TorchScript cannot compile: the kernels' own checks (``csrc/roi_align.h``) raise instead, as
+``RuntimeError`` (torchvision's scripted ``roi_align`` checks little more).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Union
 
 import torch
 from torch import nn
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
 from . import _library
-from ._validate import FLOATING, check_tensor
+from ._validate import FLOATING, OpTypeError, OpValueError, RoIBoxesError, check_tensor
 
 # ----------------------------------------------------------------------------------------------
-# Arguments (shared with multilevel_roi_align)
+# Arguments (shared with multilevel_roi_align). The checks run in eager calls only.
 
 
 def output_size_pair(output_size) -> tuple[int, int]:
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
+        raise OpValueError(f"output_size must be a positive int or a pair of them, got {output_size!r}")
     return size
 
 
-def boxes_to_rois(boxes, input: torch.Tensor) -> torch.Tensor:
-    """A ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]`` from torchvision's two box formats."""
+def check_boxes(boxes, input: torch.Tensor) -> None:
+    """torchvision's two box formats: a ``(K, 5)`` tensor or a list of ``(K_i, 4)`` tensors, one
+    per image. A wrong shape is a :class:`RoIBoxesError` (torchvision asserts there)."""
     if isinstance(boxes, torch.Tensor):
-        check_tensor("boxes", boxes, ndim=2, dtypes=FLOATING, device=input.device)
-        if boxes.shape[1] != 5:
-            raise ValueError(f"boxes as a tensor must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
-        return boxes
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise RoIBoxesError(f"boxes as a tensor must be (K, 5) [batch_index, x1, y1, x2, y2], got {tuple(boxes.shape)}")
+        check_tensor("boxes", boxes, dtypes=FLOATING, device=input.device)
+        return
     if not isinstance(boxes, (list, tuple)):
-        raise TypeError(f"boxes must be a (K, 5) tensor or a list of (K_i, 4) tensors, got {type(boxes).__name__}")
+        raise OpTypeError(f"boxes must be a (K, 5) tensor or a list of (K_i, 4) tensors, got {type(boxes).__name__}")
     if len(boxes) > input.shape[0]:
-        raise ValueError(f"boxes has {len(boxes)} entries but the input holds {input.shape[0]} images")
+        raise OpValueError(f"boxes has {len(boxes)} entries but the input holds {input.shape[0]} images")
     for i, b in enumerate(boxes):
-        check_tensor(f"boxes[{i}]", b, ndim=2, dtypes=FLOATING, device=input.device)
-        if b.shape[1] != 4:
-            raise ValueError(f"boxes[{i}] must be (K_i, 4) [x1, y1, x2, y2], got {tuple(b.shape)}")
-    if not boxes:
+        name = f"boxes[{i}]"
+        check_tensor(name, b, dtypes=FLOATING, device=input.device)
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise RoIBoxesError(f"{name} must be (K_i, 4) [x1, y1, x2, y2], got {tuple(b.shape)}")
+
+
+def boxes_to_rois(boxes: Union[torch.Tensor, list[torch.Tensor]], input: torch.Tensor) -> torch.Tensor:
+    """A ``(K, 5)`` tensor ``[batch_index, x1, y1, x2, y2]`` from either box format (checked by
+    :func:`check_boxes`), in the first list entry's dtype."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes
+    if len(boxes) == 0:
         return input.new_zeros((0, 5))
     dtype = boxes[0].dtype
-    return torch.cat([torch.cat([b.new_full((b.shape[0], 1), i, dtype=dtype), b.to(dtype)], 1) for i, b in enumerate(boxes)])
+    rois = []
+    for i, b in enumerate(boxes):
+        rois.append(torch.cat([b.new_full((b.shape[0], 1), i, dtype=dtype), b.to(dtype)], 1))
+    return torch.cat(rois)
 
 
 def check_rois(rois: torch.Tensor, batch_size: int) -> None:
     """Finite coordinates and batch indices in ``[0, batch_size)``, without a host sync.
 
     The checks run on the device (``torch._assert_async``), so they trace into compiled graphs.
-    On the CPU a failed check raises here, as ``ValueError``; on CUDA it is a device-side assert
-    at the next synchronisation (the kernels check the same conditions).
+    On the CPU a failed check raises here, as :class:`OpValueError`; on CUDA it is a device-side
+    assert at the next synchronisation (the kernels check the same conditions).
     """
     index = rois[:, 0]
     checks = (
@@ -78,37 +93,46 @@ def check_rois(rois: torch.Tensor, batch_size: int) -> None:
         try:
             torch._assert_async(condition, message)
         except RuntimeError as error:
-            raise ValueError(message) from error
+            raise OpValueError(message) from error
 
 
 def check_input(name: str, input: torch.Tensor) -> None:
     check_tensor(name, input, ndim=4)
     if input.shape[2] == 0 or input.shape[3] == 0:
-        raise ValueError(f"{name} must have a non-empty spatial size, got {tuple(input.shape)}")
+        raise OpValueError(f"{name} must have a non-empty spatial size, got {tuple(input.shape)}")
 
 
-def check_sampling_ratio(sampling_ratio) -> int:
+def check_sampling_ratio(sampling_ratio) -> None:
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
-        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
-    return sampling_ratio
+        raise OpTypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
 
 
 def check_scale(name: str, scale) -> float:
     scale = float(scale)
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {scale}")
+        raise OpValueError(f"{name} must be a positive finite number, got {scale}")
     return scale
 
 
-def deterministic_backward(deterministic: bool | None) -> bool:
-    return bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+def deterministic_requested(deterministic: Optional[bool]) -> bool:
+    """The ops' ``deterministic`` argument from the public functions' (None: not asked for). The
+    global ``torch.use_deterministic_algorithms`` switch is read when the backward runs
+    (:func:`deterministic_backward`), which also keeps it out of scripted code (TorchScript cannot
+    read it)."""
+    return deterministic is not None and deterministic
 
 
-def _single_level_args(input: torch.Tensor, boxes, output_size) -> tuple[tuple[int, int], torch.Tensor]:
-    """The ``(PH, PW)`` output size and ``(K, 5)`` rois of a single-level call (op or reference)."""
+def deterministic_backward(deterministic: bool) -> bool:
+    return deterministic or torch.are_deterministic_algorithms_enabled()
+
+
+def _check_single_level(input: torch.Tensor, boxes, output_size) -> tuple[int, int]:
+    """Checks the tensors and output size of a single-level call (op or reference); returns the
+    ``(PH, PW)`` output size."""
     output_size = output_size_pair(output_size)
     check_input("input", input)
-    return output_size, boxes_to_rois(boxes, input)
+    check_boxes(boxes, input)
+    return output_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,8 +245,8 @@ def roi_align_reference(
 ) -> torch.Tensor:
     """Pure-PyTorch ``roi_align``: the definition the kernels are tested against (differentiable
     w.r.t. ``input``). Computes in fp32 for fp16/bf16 inputs."""
-    output_size, rois = _single_level_args(input, boxes, output_size)
-    return roi_align_reference_rois(input, rois, output_size, float(spatial_scale), sampling_ratio, aligned)
+    output_size = _check_single_level(input, boxes, output_size)
+    return roi_align_reference_rois(input, boxes_to_rois(boxes, input), output_size, float(spatial_scale), sampling_ratio, aligned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,15 +255,14 @@ def roi_align_reference(
 
 def roi_align(
     input: torch.Tensor,
-    boxes,
-    output_size,
+    boxes: Union[torch.Tensor, list[torch.Tensor]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
-    *,
-    deterministic: bool | None = None,
+    deterministic: Optional[bool] = None,
 ) -> torch.Tensor:
-    """RoIAlign with torchvision's signature and results.
+    """RoIAlign with torchvision's signature and results (scriptable, see the module docstring).
 
     Args:
         input: ``(N, C, H, W)`` feature map, fp16/bf16/fp32/fp64.
@@ -256,17 +279,23 @@ def roi_align(
     Returns:
         ``(K, C, PH, PW)``, differentiable (twice) w.r.t. ``input``.
 
-    Raises:
-        ValueError: non-finite box coordinates, batch indices outside ``[0, N)`` (on CUDA: a
-            device-side assert, see :func:`check_rois`), bad shapes.
-        TypeError: non-tensor or non-floating arguments.
+    Raises (eager calls; :mod:`sfpn.ops._validate` has the hierarchy):
+        OpValueError: non-finite box coordinates, batch indices outside ``[0, N)`` (on CUDA: a
+            device-side assert, see :func:`check_rois`), bad shapes; boxes of the wrong shape
+            raise its subclass :class:`RoIBoxesError`, an ``AssertionError`` too.
+        OpTypeError: non-tensor or non-floating arguments.
     """
-    (pooled_h, pooled_w), rois = _single_level_args(input, boxes, output_size)
-    spatial_scale = check_scale("spatial_scale", spatial_scale)
-    sampling_ratio = check_sampling_ratio(sampling_ratio)
-    check_rois(rois, input.shape[0])
+    if not torch.jit.is_scripting():
+        _check_single_level(input, boxes, output_size)
+        check_scale("spatial_scale", spatial_scale)
+        check_sampling_ratio(sampling_ratio)
+    size = _pair(output_size)
+    rois = boxes_to_rois(boxes, input)
+    if not torch.jit.is_scripting():
+        check_rois(rois, input.shape[0])
     return torch.ops.sfpn.roi_align(
-        input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, bool(aligned), deterministic_backward(deterministic)
+        input, rois, float(spatial_scale), size[0], size[1], sampling_ratio, bool(aligned),
+        deterministic_requested(deterministic),
     )
 
 
@@ -280,7 +309,7 @@ class RoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, rois: Union[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def extra_repr(self) -> str:

@@ -9,11 +9,13 @@ computed in NHWC without layout copies.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _library
 from ._resize import resize, resize_adjoint, resolve_align_corners
-from ._validate import check_same, check_tensor
+from ._validate import OpTypeError, OpValueError, check_same, check_tensor
 
 
 def semantic_fuse_reference(
@@ -24,26 +26,25 @@ def semantic_fuse_reference(
     return [level + resize(semantic, level.shape[-2:], mode, align_corners) for level in levels]
 
 
-def _check_semantic_fuse(levels, semantic) -> list[torch.Tensor]:
+def _check_semantic_fuse(levels, semantic) -> None:
     check_tensor("semantic", semantic, ndim=4, nonempty=True)
     if isinstance(levels, torch.Tensor) or not isinstance(levels, (list, tuple)):
-        raise TypeError(f"levels must be a list or tuple of tensors, got {type(levels).__name__}")
+        raise OpTypeError(f"levels must be a list or tuple of tensors, got {type(levels).__name__}")
     if len(levels) == 0:
-        raise ValueError("levels must hold at least one tensor, got an empty sequence")
+        raise OpValueError("levels must hold at least one tensor, got an empty sequence")
     for index, level in enumerate(levels):
         name = f"levels[{index}]"
         check_tensor(name, level, ndim=4, nonempty=True)
         check_same(name, level, "semantic", semantic)
         if level.shape[:2] != semantic.shape[:2]:
-            raise ValueError(
+            raise OpValueError(
                 f"{name} must share batch and channels (N, C) with semantic, got {tuple(level.shape)} "
                 f"and semantic {tuple(semantic.shape)}"
             )
-    return list(levels)
 
 
 def semantic_fuse(
-    levels, semantic: torch.Tensor, mode: str = "bilinear", align_corners: bool | None = None
+    levels: list[torch.Tensor], semantic: torch.Tensor, mode: str = "bilinear", align_corners: Optional[bool] = None
 ) -> list[torch.Tensor]:
     """``[level + interpolate(semantic, size=level.shape[-2:]) for level in levels]``, all at once.
 
@@ -60,10 +61,14 @@ def semantic_fuse(
     Returns:
         A list of ``(N, C, H_i, W_i)`` tensors, differentiable (twice) w.r.t. every level and
         ``semantic``.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
     align_corners = resolve_align_corners(mode, align_corners)
-    levels = _check_semantic_fuse(levels, semantic)
-    return torch.ops.sfpn.semantic_fuse(levels, semantic, mode, align_corners)
+    if not torch.jit.is_scripting():
+        _check_semantic_fuse(levels, semantic)
+    return torch.ops.sfpn.semantic_fuse(list(levels), semantic, mode, align_corners)
 
 
 # ----------------------------------------------------------------------------------------------

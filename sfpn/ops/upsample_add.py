@@ -9,11 +9,13 @@ dtype (an add: nothing to promote, as both inputs share one dtype). On the CPU a
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _library
 from ._resize import resize, resize_adjoint, resolve_align_corners
-from ._validate import check_same, check_tensor
+from ._validate import OpValueError, check_same, check_tensor
 
 
 def upsample_add_reference(
@@ -28,14 +30,14 @@ def _check_upsample_add(top, lateral) -> None:
     check_tensor("top", top, ndim=4, nonempty=True)
     check_same("top", top, "lateral", lateral)
     if top.shape[:2] != lateral.shape[:2]:
-        raise ValueError(
+        raise OpValueError(
             f"top and lateral must share batch and channels (N, C), got top {tuple(top.shape)} "
             f"and lateral {tuple(lateral.shape)}"
         )
 
 
 def upsample_add(
-    top: torch.Tensor, lateral: torch.Tensor, mode: str = "nearest", align_corners: bool | None = None
+    top: torch.Tensor, lateral: torch.Tensor, mode: str = "nearest", align_corners: Optional[bool] = None
 ) -> torch.Tensor:
     """``lateral + interpolate(top, size=lateral.shape[-2:], mode, align_corners)`` in one pass.
 
@@ -47,9 +49,13 @@ def upsample_add(
 
     Returns:
         ``(N, C, H, W)``, differentiable (twice) w.r.t. both inputs.
+
+    Scripts with TorchScript; a scripted call skips the argument checks (TorchScript cannot
+    compile them).
     """
     align_corners = resolve_align_corners(mode, align_corners)
-    _check_upsample_add(top, lateral)
+    if not torch.jit.is_scripting():
+        _check_upsample_add(top, lateral)
     return torch.ops.sfpn.upsample_add(top, lateral, mode, align_corners)
 
 

@@ -1,4 +1,4 @@
-// Host check of the CUDA kernels' per-element logic (csrc/cuda/resize.cuh): sample() and
+// Host check of the CUDA kernels' per-element logic (csrc/cuda/resize_kernels.cuh): sample() and
 // adjoint() against a dense-matrix model of the resize, Y = Mh X Mw^T and its adjoint
 // Mh^T G Mw, built from the shared taps (which the Python tests check against F.interpolate).
 // Built and run by tests/test_upsample.py, so that the CUDA code is tested without a GPU.
@@ -8,9 +8,9 @@
 #include <random>
 #include <vector>
 
-#include "cuda/resize.cuh"
+#include "cuda/resize_kernels.cuh"
 
-using sfpn::cuda::Axis;
+using sfpn::resize::Axis;
 
 namespace {
 
@@ -47,7 +47,7 @@ int main() {
             double want = 0;
             for (int i = 0; i < ih; ++i)
               for (int j = 0; j < iw; ++j) want += mh[y * ih + i] * mw[c * iw + j] * x[i * iw + j];
-            const double got = sfpn::cuda::sample(x.data(), iw, rows.taps_of(y), cols.taps_of(c));
+            const double got = sfpn::resize::cuda::sample(x.data(), iw, rows.taps_of(y), cols.taps_of(c));
             ++checks;
             if (std::fabs(got - want) > 1e-9 && failures++ < 10)
               std::printf("sample mode=%d corners=%d (%d,%d)->(%d,%d) at (%d,%d): %g, want %g\n", linear, corners,
@@ -59,7 +59,7 @@ int main() {
             double want = 0;
             for (int y = 0; y < oh; ++y)
               for (int c = 0; c < ow; ++c) want += mh[y * ih + i] * mw[c * iw + j] * g[y * ow + c];
-            const double got = sfpn::cuda::adjoint(g.data(), rows, cols, i, j);
+            const double got = sfpn::resize::cuda::adjoint(g.data(), rows, cols, i, j);
             ++checks;
             if (std::fabs(got - want) > 1e-9 && failures++ < 10)
               std::printf("adjoint mode=%d corners=%d (%d,%d)->(%d,%d) at (%d,%d): %g, want %g\n", linear, corners,

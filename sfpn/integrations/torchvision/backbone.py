@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Optional
 
 import torch
 from torch import nn
@@ -56,7 +57,12 @@ class SFPNBackbone(nn.Module):
     each ``(N, out_channels, H / s, W / s)`` for s = 4, 8, 16, 32, 64. The semantic logits
     ``(N, K, H / 8, W / 8)`` of the last call stay in ``self.semantic_logits`` (None with the
     branch off), where :func:`add_semantic_loss` picks them up.
+
+    It scripts with TorchScript, as ``BackboneWithFPN`` does, when its body does.
     """
+
+    # TorchScript reads attribute types here (not from a postponed annotation).
+    __annotations__ = {"semantic_logits": Optional[torch.Tensor]}
 
     def __init__(
         self,
@@ -78,12 +84,15 @@ class SFPNBackbone(nn.Module):
     def has_semantic_branch(self) -> bool:
         return self.neck.has_semantic_branch
 
-    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.body(images)
-        if not isinstance(features, Mapping):
-            raise TypeError(f"the body must return an ordered dict of C2..C5, got {type(features).__name__}")
-        pyramid, self.semantic_logits, _ = self.neck(list(features.values()))
-        return OrderedDict(zip([*features.keys(), "pool"], pyramid.values()))
+        if not torch.jit.is_scripting():
+            if not isinstance(features, Mapping):
+                raise TypeError(f"the body must return an ordered dict of C2..C5, got {type(features).__name__}")
+        pyramid, semantic_logits, _ = self.neck(list(features.values()))
+        self.semantic_logits = semantic_logits
+        names = list(features.keys()) + ["pool"]
+        return OrderedDict([(name, level) for name, level in zip(names, pyramid.values())])
 
 
 def sfpn_resnet_backbone(

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...data.semantic import IGNORE_LABEL, LABEL_SOURCES, semantic_labels
+from ...semantic_labels import IGNORE_LABEL, LABEL_SOURCES, semantic_labels
 from .backbone import SFPNBackbone
 
-#: The labels of a batch as torchvision's transform leaves it: :func:`sfpn.data.semantic.semantic_labels`,
+#: The labels of a batch as torchvision's transform leaves it: :func:`sfpn.semantic_labels.semantic_labels`,
 #: the one label-map helper, which the native detectors use too.
 semantic_targets = semantic_labels
 

@@ -1,6 +1,9 @@
 """sfpn's RoIAlign and batched NMS inside torchvision's R-CNN heads: :func:`use_sfpn_ops`."""
 from __future__ import annotations
 
+import types
+
+import torch
 from torch import nn
 from torchvision.models.detection import roi_heads as torchvision_roi_heads
 from torchvision.models.detection import rpn as torchvision_rpn
@@ -16,10 +19,17 @@ from ...ops import MultiLevelRoIAlign, batched_nms
 MultiScaleRoIAlign = MultiLevelRoIAlign
 
 
-class _BoxOpsWithSFPNNms:
-    """``torchvision.ops.boxes`` as torchvision's RPN and RoI heads see it, with sfpn's batched NMS."""
+class _BoxOpsWithSFPNNms(types.ModuleType):
+    """``torchvision.ops.boxes`` as torchvision's RPN and RoI heads see it, with sfpn's batched NMS.
 
-    batched_nms = staticmethod(batched_nms)
+    A module object, so that ``torch.jit.script`` compiles the heads' ``box_ops.<function>`` calls
+    through it as it does through torchvision's module (it compiles functions a module holds, not
+    an arbitrary object's).
+    """
+
+    def __init__(self):
+        super().__init__(f"{__name__}.box_ops", self.__doc__)
+        self.batched_nms = batched_nms
 
     def __getattr__(self, name: str):
         return getattr(torchvision_box_ops, name)
@@ -30,14 +40,25 @@ class _BoxOpsWithSFPNNms:
 # process (there is no per-model hook for it) and nothing else. Counted, so that handles of
 # several models can be removed in any order.
 _NMS_MODULES = (torchvision_rpn, torchvision_roi_heads)
+_NMS_CALLERS = (torchvision_rpn.RegionProposalNetwork, torchvision_roi_heads.RoIHeads)
 _nms_patch_count = 0
+
+
+def _set_box_ops(box_ops: types.ModuleType) -> None:
+    for module in _NMS_MODULES:
+        module.box_ops = box_ops
+    # TorchScript keeps the compiled methods of each module class for the whole process and reuses
+    # them for the next model it scripts, with the NMS they were compiled against. Forgetting the
+    # heads' compiled types makes a model scripted from now on call the NMS set here.
+    store = torch.jit._recursive.concrete_type_store.type_store
+    for module_type in [t for t in store if issubclass(t, _NMS_CALLERS)]:
+        del store[module_type]
 
 
 def _patch_nms() -> None:
     global _nms_patch_count
     if _nms_patch_count == 0:
-        for module in _NMS_MODULES:
-            module.box_ops = _BoxOpsWithSFPNNms()
+        _set_box_ops(_BoxOpsWithSFPNNms())
     _nms_patch_count += 1
 
 
@@ -45,8 +66,7 @@ def _unpatch_nms() -> None:
     global _nms_patch_count
     _nms_patch_count -= 1
     if _nms_patch_count == 0:
-        for module in _NMS_MODULES:
-            module.box_ops = torchvision_box_ops
+        _set_box_ops(torchvision_box_ops)
 
 
 _POOLERS = ("box_roi_pool", "mask_roi_pool", "keypoint_roi_pool")

@@ -7,7 +7,7 @@
 
 #include "cuda/launch.cuh"
 
-namespace sfpn::emulation_selftest {
+namespace sfpn::emulation::selftest {
 namespace {
 
 constexpr int kThreads = 64;
@@ -70,10 +70,10 @@ at::Tensor check_nonnegative(const at::Tensor& input) {
 }
 
 }  // namespace
-}  // namespace sfpn::emulation_selftest
+}  // namespace sfpn::emulation::selftest
 
 SFPN_CUDA_OPS(m) {
-  using namespace sfpn::emulation_selftest;
+  using namespace sfpn::emulation::selftest;
   m.impl("selftest_rotate", &rotate);
   m.impl("selftest_overrun", &overrun);
   m.impl("selftest_shared_overrun", &shared_overrun);

@@ -9,45 +9,36 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "cpu/recycled_memory.h"
 #include "resize_index.h"
 
-namespace sfpn::cpu {
+namespace sfpn::resize::cpu {
 
-using resize::is_bilinear;
+// A fresh output tensor, in memory recycled from earlier calls when it is large: see
+// recycled_memory.h for why (the page faults of fresh multi-megabyte outputs cost the FPN
+// top-down step more than its arithmetic).
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout) {
+  return memory::empty_recycled(sizes, options, layout);
+}
 
-// A fresh output tensor whose pages the kernel will fault in as huge pages. Written once from
-// scratch, a fresh multi-megabyte output otherwise costs more in 4 KiB page faults than in the
-// writing itself (P3->P2: ~30 ms of faults against ~7 ms of stores on the 2-core dev machine).
-// This is what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for every allocation; here it is only
-// advice on our own outputs, given before their first touch, and ignored where unsupported.
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool channels_last) {
-  at::Tensor out =
-      at::empty(sizes, options, channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + out.nbytes()) & ~(kHugePage - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  return out;
+// Whether an engine's tensors are NHWC: resize.h hands those of one resize over in one layout
+// (engine_layout), so either each is channels_last-contiguous or each is contiguous. A tensor
+// whose two layouts coincide (C == 1, or H == W == 1) is both, and either kernel reads it alike.
+inline bool is_nhwc(at::TensorList tensors) {
+  return std::all_of(tensors.begin(), tensors.end(),
+                     [](const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); });
 }
 
 // One axis of the resize, tabulated: the forward taps of every output and the adjoint ranges of
 // every source, so that the inner loops only load.
 template <typename acc_t>
 struct AxisTable {
-  resize::Axis<acc_t> axis;
+  Axis<acc_t> axis;
   std::vector<int64_t> index0, index1;  // (out,)
   std::vector<acc_t> weight0, weight1;  // (out,)
   std::vector<int64_t> begin[2], end[2];  // (in,) per tap: the outputs reading each source
@@ -66,7 +57,7 @@ struct AxisTable {
         index0(out), index1(out), weight0(out), weight1(out),
         taps(1), doubling(!linear && out == 2 * in), blended_doubling(false) {
     for (int64_t o = 0; o < out; ++o) {
-      const resize::Taps<acc_t> t = axis.taps_of(o);
+      const Taps<acc_t> t = axis.taps_of(o);
       index0[o] = t.index0;
       index1[o] = t.index1;
       weight0[o] = t.weight0;
@@ -77,7 +68,7 @@ struct AxisTable {
       begin[tap].resize(in);
       end[tap].resize(in);
       for (int64_t i = 0; i < in; ++i) {
-        const resize::Range range = axis.tap_range(tap, i);
+        const Range range = axis.tap_range(tap, i);
         begin[tap][i] = range.begin;
         end[tap][i] = range.end;
       }
@@ -380,4 +371,4 @@ void resize_adjoint_channels_last(
   });
 }
 
-}  // namespace sfpn::cpu
+}  // namespace sfpn::resize::cpu

@@ -1,21 +1,31 @@
-"""Semantic label maps for the SFPN branch, derived from detection annotations.
+"""Semantic label maps for the SFPN branch, painted from detection annotations.
 
 SFPN needs a per-pixel class map, which plain detection datasets do not have. We rasterise one
-from what every COCO-format dataset does have: instance masks when present, boxes otherwise. The
-maps use the detector's label space: 0 = background, 1..num_classes = thing classes, 255 = ignore
-(crowd regions, and whatever a label PNG leaves unlabelled).
+from what every COCO-format dataset does have: instance masks when present, boxes otherwise, or
+read it from label PNGs. The maps use the detector's label space: 0 = background,
+1..num_classes = thing classes, 255 = ignore (crowd regions, and whatever a label PNG leaves
+unlabelled).
 
 Where instances overlap, the smaller one is painted last so that it stays visible: a large
 object's mask (or box) would otherwise swallow the small objects in front of it.
+
+The datasets (``sfpn.data``) paint a map per image, the detectors (``sfpn.modeling``) and the
+torchvision integration per batch of targets: this module sits below all of them and imports
+nothing from sfpn.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 #: Label of pixels the semantic loss ignores.
 IGNORE_LABEL = 255
+#: How a dataset makes each image's semantic map: from its instance masks (a box where an
+#: annotation has none), from its boxes only, from label PNGs, or not at all. The training
+#: config's ``data.semantic`` takes these names.
+SEMANTIC_SOURCES = ("masks", "boxes", "png", "none")
 #: Where :func:`semantic_labels` takes an image's label map from: a ``semantic`` map the target
 #: already holds, its instance ``masks``, its ``boxes``, or ``auto``: the first of those three the
 #: target has.
@@ -159,14 +169,52 @@ def read_label_png(path: str, lookup: np.ndarray | dict[int, int]) -> torch.Tens
     Returns:
         (H, W) int64.
     """
-    from PIL import Image
-
     with Image.open(path) as image:
         if image.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"{path}: expected a single-channel label PNG, got mode {image.mode!r}")
         raw = np.asarray(image, dtype=np.int64)
     table = _lookup_table(lookup, int(raw.max(initial=0)) + 1)
     return torch.from_numpy(table[raw])
+
+
+#: PNG modes that hold RGB segment ids (palette images hold them through their palette).
+PANOPTIC_PNG_MODES = ("RGB", "RGBA", "P")
+
+
+def rgb_to_segment_ids(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` int64 segment ids ``R + 256 G + 256^2 B``."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb: expected an (H, W, 3) array, got shape {rgb.shape}")
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def segment_ids_to_rgb(segment_ids: np.ndarray) -> np.ndarray:
+    """``(H, W)`` segment ids in ``[0, 256^3)`` -> ``(H, W, 3)`` uint8 RGB; inverse of
+    :func:`rgb_to_segment_ids`."""
+    segment_ids = np.asarray(segment_ids)
+    if segment_ids.ndim != 2 or not np.issubdtype(segment_ids.dtype, np.integer):
+        raise ValueError(f"segment_ids: expected an (H, W) integer array, got {segment_ids.dtype} of shape {segment_ids.shape}")
+    if segment_ids.size and (segment_ids.min() < 0 or segment_ids.max() >= 256**3):
+        raise ValueError(f"segment_ids must lie in [0, 256^3), got [{segment_ids.min()}, {segment_ids.max()}]")
+    segment_ids = segment_ids.astype(np.int64)
+    return np.stack([segment_ids % 256, segment_ids // 256 % 256, segment_ids // (256 * 256)], axis=-1).astype(np.uint8)
+
+
+def read_segment_ids(path: str) -> torch.Tensor:
+    """Reads a COCO panoptic PNG: ``(H, W)`` int64 segment ids (0 = void)."""
+    with Image.open(path) as image:
+        if image.mode not in PANOPTIC_PNG_MODES:
+            raise ValueError(f"{path}: expected an RGB panoptic PNG (mode {', '.join(PANOPTIC_PNG_MODES)}), got mode {image.mode!r}")
+        rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb_to_segment_ids(rgb))
+
+
+def write_segment_ids(path: str, segment_ids) -> None:
+    """Writes ``(H, W)`` segment ids (tensor or array) as a COCO panoptic PNG."""
+    if isinstance(segment_ids, torch.Tensor):
+        segment_ids = segment_ids.detach().cpu().numpy()
+    Image.fromarray(segment_ids_to_rgb(segment_ids), mode="RGB").save(path)
 
 
 def read_panoptic_png(
@@ -184,11 +232,7 @@ def read_panoptic_png(
     Returns:
         (H, W) int64.
     """
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
-    segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    segment_ids = read_segment_ids(path).numpy()
     semantic = np.full(segment_ids.shape, IGNORE_LABEL, dtype=np.int64)
     for segment in segments_info:
         if segment.get("iscrowd", 0):

@@ -10,11 +10,7 @@
 
 #include "resize_index.h"
 
-namespace sfpn::cuda {
-
-using resize::Axis;
-using resize::Range;
-using resize::Taps;
+namespace sfpn::resize::cuda {
 
 // resize(plane) at the output whose row and column taps are given.
 template <typename scalar_t, typename acc_t>
@@ -61,4 +57,4 @@ inline bool fits_int32(int64_t n) {
   return n < std::numeric_limits<int32_t>::max();
 }
 
-}  // namespace sfpn::cuda
+}  // namespace sfpn::resize::cuda

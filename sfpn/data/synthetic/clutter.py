@@ -1,45 +1,51 @@
-"""A second synthetic dataset, unlike the shapes set in kind: ``ClutterSpec``.
+"""The second synthetic dataset, ``clutter``, unlike the shapes set in kind: ``ClutterSpec``.
 
-Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on a smooth field
-with thin clutter, this one has:
+Where the shapes set has flat-coloured geometric shapes, mostly of medium size, on sky, grass,
+water and sand with thin clutter, this one has:
 
 * object types told apart by **texture as well as outline**: two of the six classes are ellipses
   that differ only in their fill (checkerboard or stripes), one is a thick-stroked letter "H",
   and the others are arrows, crescents and hollow frames;
 * **distractors** that look like objects and are not: plain or noisy ellipses and polygons of
-  the same sizes and colours (hard negatives), over a multi-octave noise background with
-  rectangles of colour;
+  the same sizes and colours (hard negatives), labelled as the stuff they lie on;
+* **stuff of man-made materials**: regions of brick, wood, gravel and tiles (three to six
+  regions, their borders bending), under uneven lighting; tiles are a checkerboard, as the
+  checker_ellipse things are;
 * a **scale range down to ~10 px** (extents log-uniform in 10..120 px, so most objects are small);
 * **heavy occlusion** (objects may hide up to 60% of a smaller one; the masks are the visible
   parts);
 * **JPEG artefacts** (each image goes through JPEG at quality 25..75 before it is stored);
 * **images of varied size**, each side drawn in 192..416 px.
 
-It is generated, cached and written as COCO exactly as the shapes set (``synthetic_dataset``
-with this spec): ``synthetic_dataset(ClutterSpec())``. Its parameters were fixed before any
-detector was trained on it and are not tuned to favour one.
+It is generated, cached and written as COCO exactly as the shapes set:
+``synthetic_dataset(ClutterSpec())``. Its parameters were fixed before any detector was trained
+on it and are not tuned to favour one.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import visible_parts
+from .drawing import Pose, annotate, paint_stuff, place, random_pose, rotate, smooth_noise, stuff_regions, to_pixels
+from .writer import DatasetSpec, Rendering
 
 CATEGORIES = ("arrow", "crescent", "letter_h", "checker_ellipse", "striped_ellipse", "frame")
-#: Bumped whenever the generator changes, so a stale cache is never reused.
-VERSION = 1
+#: The stuff categories, each painted with the material of its name (``drawing.MATERIALS``).
+STUFF_CATEGORIES = ("brick", "wood", "gravel", "tiles")
 
 
 @dataclasses.dataclass(frozen=True)
-class ClutterSpec:
-    seed: int = 0
-    num_train: int = 1200
-    num_val: int = 200
+class ClutterSpec(DatasetSpec):
+    name = "clutter"
+    version = 3
+    categories = CATEGORIES
+    stuff_categories = STUFF_CATEGORIES
+
     min_objects: int = 3
     max_objects: int = 12
     min_distractors: int = 2
@@ -50,44 +56,41 @@ class ClutterSpec:
     #: Each image side is drawn uniformly in this range.
     min_side: int = 192
     max_side: int = 416
-    #: A later object may hide at most this fraction of an earlier, smaller one.
-    max_occlusion: float = 0.6
+    #: A later object may hide less than this fraction of an earlier one, or of itself if smaller.
+    max_overlap: float = 0.6
     jpeg_quality: tuple[int, int] = (25, 75)
+    #: Stuff regions per image (past the four materials, some repeat).
+    min_regions: int = 3
+    max_regions: int = 6
 
-    def folder_name(self) -> str:
-        return f"clutter-v{VERSION}-seed{self.seed}-{self.num_train}-{self.num_val}"
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return CATEGORIES
-
-    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    def render(self, rng: np.random.Generator) -> Rendering:
         return render_image(rng, self)
 
 
-def render_image(rng: np.random.Generator, spec: ClutterSpec) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image: (H, W, 3) uint8 pixels and its objects as (category id, visible mask (H, W) uint8)."""
+def render_image(rng: np.random.Generator, spec: ClutterSpec) -> Rendering:
+    """One image of the clutter set."""
     width, height = (int(v) for v in rng.integers(spec.min_side, spec.max_side + 1, 2))
-    canvas = _background(rng, height, width)
+    canvas, stuff = _background(rng, height, width, spec)
     # Objects and distractors are drawn in one shuffled order, so distractors occlude objects too.
     items = [int(rng.integers(len(CATEGORIES))) + 1 for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1)))]
     items += [0] * int(rng.integers(spec.min_distractors, spec.max_distractors + 1))
     rng.shuffle(items)
+
+    def candidate(label: int) -> tuple[np.ndarray, str]:
+        pose = random_pose(rng, (spec.min_extent, spec.max_extent), width, height, margin=0.5)
+        return _object(rng, CATEGORIES[label - 1] if label else "distractor", pose, height, width)
+
     drawn: list[tuple[int, np.ndarray]] = []
     for label in items:
-        for _attempt in range(20):
-            extent = math.exp(rng.uniform(math.log(spec.min_extent), math.log(spec.max_extent)))
-            mask, texture = _object(rng, CATEGORIES[label - 1] if label else "distractor", extent, height, width)
-            area = mask.sum()
-            if area > 0 and all((mask & m).sum() <= spec.max_occlusion * min(area, m.sum()) for _, m in drawn):
-                break
-        else:
+        placed = place(functools.partial(candidate, label), [m for _, m in drawn], spec.max_overlap)
+        if placed is None:
             continue
+        mask, texture = placed
         _paint(rng, canvas, mask, texture)
         drawn.append((label, mask))
-    objects = visible_parts(drawn, min_pixels=12)
-    pixels = (canvas * 255).round().clip(0, 255).astype(np.uint8)
-    return _jpeg(pixels, int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))), objects
+    objects, categories = annotate(drawn, stuff, min_pixels=12)
+    pixels = _jpeg(to_pixels(canvas), int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1)))
+    return Rendering(pixels, objects, categories)
 
 
 def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
@@ -99,38 +102,23 @@ def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: multi-octave colour noise with rectangles of colour on it."""
-    canvas = np.zeros((height, width, 3))
-    for cells, weight in ((3, 0.5), (8, 0.3), (24, 0.2)):
-        grid = Image.fromarray((rng.random((cells, cells, 3)) * 255).astype(np.uint8))
-        canvas += weight * np.asarray(grid.resize((width, height), Image.BICUBIC), dtype=np.float64) / 255
-    image = Image.fromarray((canvas.clip(0, 1) * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 10))):
-        x, y = rng.integers(0, (width, height))
-        w, h = rng.integers(8, max(9, width // 3)), rng.integers(8, max(9, height // 3))
-        draw.rectangle((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    canvas = np.asarray(image, dtype=np.float64) / 255
-    return (canvas + rng.normal(0, 0.04, canvas.shape)).clip(0, 1)
+def _background(rng: np.random.Generator, height: int, width: int, spec: ClutterSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float in [0, 1], stuff regions under uneven lighting with noise, and (H, W) the
+    stuff category id of each pixel."""
+    regions = stuff_regions(rng, height, width, len(STUFF_CATEGORIES), int(rng.integers(spec.min_regions, spec.max_regions + 1)))
+    lighting = 0.7 + 0.6 * smooth_noise(rng, height, width, (3, 3))
+    canvas = paint_stuff(rng, regions, STUFF_CATEGORIES) * lighting[..., None] + rng.normal(0, 0.04, (height, width, 3))
+    return canvas.clip(0, 1), regions + len(CATEGORIES) + 1
 
 
-def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return points @ rotation.T
-
-
-def _object(rng, name: str, extent: float, height: int, width: int) -> tuple[np.ndarray, str]:
-    """The full (H, W) bool mask of one object or distractor, and how to fill it."""
-    radius = extent / 2
-    cx = rng.uniform(radius * 0.5, width - radius * 0.5)
-    cy = rng.uniform(radius * 0.5, height - radius * 0.5)
-    angle = rng.uniform(0, 2 * math.pi)
+def _object(rng, name: str, pose: Pose, height: int, width: int) -> tuple[np.ndarray, str]:
+    """The full (H, W) bool mask of one object or distractor at ``pose``, and how to fill it."""
+    radius, cx, cy, angle = pose.radius, pose.cx, pose.cy, pose.angle
     image = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(image)
 
     def polygon(points):
-        draw.polygon([(cx + x, cy + y) for x, y in _rotate(np.asarray(points, dtype=np.float64) * radius, angle)], fill=1)
+        draw.polygon([(cx + x, cy + y) for x, y in rotate(np.asarray(points, dtype=np.float64) * radius, angle)], fill=1)
 
     def ellipse(aspect):
         # An ellipse of axes (radius, radius * aspect), rotated: as a 36-gon.
@@ -154,7 +142,7 @@ def _object(rng, name: str, extent: float, height: int, width: int) -> tuple[np.
         # A hollow rectangle: the outer one filled, then the inner one cut out.
         polygon([(-1, -0.7), (1, -0.7), (1, 0.7), (-1, 0.7)])
         draw = ImageDraw.Draw(image)
-        corners = _rotate(np.array([(-0.65, -0.38), (0.65, -0.38), (0.65, 0.38), (-0.65, 0.38)]) * radius, angle)
+        corners = rotate(np.array([(-0.65, -0.38), (0.65, -0.38), (0.65, 0.38), (-0.65, 0.38)]) * radius, angle)
         draw.polygon([(cx + x, cy + y) for x, y in corners], fill=0)
     elif name == "distractor":
         if rng.random() < 0.5:

@@ -1,0 +1,188 @@
+"""Where SFPN's extra time goes, against its FPN twin: torch.profiler on the CPU, for inference and
+for a training step (forward + backward of the losses, no optimizer step).
+
+    python benchmarks/profile_detector.py [--model small|r50] [--arch faster_rcnn] [--size 320 320]
+        [--modes inference training] [--rounds 5] [--threads 1]
+
+Prints, per mode, two tables of milliseconds per call (the median over ``--rounds`` profiled
+calls after two warm-up calls, FPN and SFPN in turns): the process CPU time of each stage (the
+detector's modules and functions, inclusive; ``backward`` is everything autograd runs), FPN
+against SFPN; then the ops whose self time in the profiler (wall time) grows the most from FPN
+to SFPN. The detectors (random weights) run on a batch of two random images, as in
+benchmarks/bench_detector.py: by default the ``<arch>_r18_{fpn,sfpn}_small`` presets with 4
+classes and 4 boxes per image (its ``step-small``), with ``--model r50`` the ``_r50_*_1x`` ones
+with 80 classes and 20 boxes. On a shared machine use ``--threads 1`` and read the
+FPN/SFPN ratios, not the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sfpn  # noqa: E402
+from bench_detector import _batch  # noqa: E402
+
+#: The detector's modules timed as stages (inclusive of what they call), by attribute path.
+STAGES = ("backbone", "neck", "neck.semantic_head", "rpn", "roi_heads")
+#: Functions timed as stages: (module, attribute), patched to run inside a range of that name.
+FUNCTIONS = (("sfpn.modeling.detector", "upsample_argmax"), ("sfpn.modeling.detector", "semantic_labels"),
+             ("sfpn.modeling.neck", "semantic_fuse"), ("sfpn.modeling.neck", "upsample_add"),
+             ("sfpn.modeling.semantic_head", "SemanticHead.loss"), ("sfpn.ops", "resize_sum"),
+             ("sfpn.ops", "group_norm_relu"), ("sfpn.ops", "upsample_cross_entropy"))
+
+
+class Stages:
+    """Times named stages of a call: the process CPU time spent inside each (all threads; unlike
+    wall time it does not count the time the process waits for a core, so it holds on a loaded
+    machine), and each is a profiler range of that name too."""
+
+    def __init__(self):
+        self.cpu_ms = collections.Counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.process_time()
+        with record_function(name):
+            yield
+        self.cpu_ms[name] += (time.process_time() - start) * 1e3
+
+
+@contextlib.contextmanager
+def staged(model, stages: Stages):
+    """Runs every stage of ``model`` (STAGES, FUNCTIONS) inside ``stages(name)``."""
+    handles, patches = [], []
+    for path in STAGES:
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if module is None:
+            continue
+        open_stages = []
+
+        def enter(module, args, _name=path, _open=open_stages):
+            _open.append(stages(_name))
+            _open[-1].__enter__()
+
+        def leave(module, args, output, _open=open_stages):
+            _open.pop().__exit__(None, None, None)  # returns None: a hook's result would replace the output
+
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    for module_name, attribute in FUNCTIONS:
+        owner, name = sys.modules[module_name], attribute
+        if "." in attribute:  # a method: patched on its class
+            class_name, name = attribute.split(".")
+            owner = getattr(owner, class_name)
+        function = getattr(owner, name)
+
+        def timed(*args, _function=function, _name=attribute, **kwargs):
+            with stages(_name):
+                return _function(*args, **kwargs)
+
+        setattr(owner, name, timed)
+        patches.append((owner, name, function))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for owner, name, function in patches:
+            setattr(owner, name, function)
+
+
+def profiled(model, step) -> tuple[dict, dict]:
+    """(stage -> CPU ms, op -> profiler self ms) of one call of ``step``."""
+    stages = Stages()
+    with staged(model, stages), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with stages("call"):
+            step(stages)
+    ops = collections.Counter()
+    names = {"call", "backward", *STAGES, *(name for _, name in FUNCTIONS)}
+    for event in profiler.key_averages():
+        if event.key not in names:
+            ops[event.key] += event.self_cpu_time_total / 1e3
+    return dict(stages.cpu_ms), ops
+
+
+def medians(calls: list[dict]) -> dict:
+    """Per key, the median over the calls (0 in a call without it)."""
+    return {key: statistics.median(call.get(key, 0.0) for call in calls) for key in set().union(*calls)}
+
+
+#: ``--model`` -> (preset name with ``{arch}`` and ``{neck}``, classes, boxes per image).
+MODELS = {"small": ("{arch}_r18_{neck}_small", 4, 4), "r50": ("{arch}_r50_{neck}_1x", 80, 20)}
+
+
+def steps(model_name: str, arch: str, neck: str, height: int, width: int):
+    """(model, inference step, training step) of ``--model`` with ``neck``; a step takes the
+    :class:`Stages` that time it."""
+    preset, num_classes, boxes = MODELS[model_name]
+    torch.manual_seed(0)
+    model = sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes)
+    images, targets = _batch(height, width, num_classes, boxes, "cpu")
+
+    @torch.no_grad()
+    def infer(stages: Stages):  # noqa: ARG001 (the model's own stages are timed by hooks)
+        model.eval()
+        model(images)
+
+    def train(stages: Stages):
+        model.train()
+        losses = model(images, targets)
+        with stages("backward"):
+            sum(losses.values()).backward()
+        model.zero_grad(set_to_none=True)
+
+    return model, infer, train
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="small", choices=list(MODELS),
+                        help="small: the <arch>_r18_*_small presets, 4 classes; r50: <arch>_r50_*_1x, 80 classes")
+    parser.add_argument("--arch", default="faster_rcnn", choices=["faster_rcnn", "mask_rcnn", "cascade_rcnn"])
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--modes", nargs="+", default=["inference", "training"], choices=["inference", "training"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--top", type=int, default=12, help="ops listed per mode")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    print(f"{MODELS[args.model][0].format(arch=args.arch, neck='*')}, batch 2 at {height}x{width}, "
+          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
+    for mode in args.modes:
+        detectors = {neck: steps(args.model, args.arch, neck, height, width) for neck in ("fpn", "sfpn")}
+        calls = {neck: [] for neck in detectors}
+        for index in range(2 + args.rounds):  # FPN and SFPN in turns, so that both see the same load
+            for neck, (model, infer, train) in detectors.items():
+                step = infer if mode == "inference" else train
+                if index < 2:
+                    step(Stages())  # warm-up
+                else:
+                    calls[neck].append(profiled(model, step))
+        (fpn_stages, fpn_ops), (sfpn_stages, sfpn_ops) = (
+            (medians([c[0] for c in calls[neck]]), medians([c[1] for c in calls[neck]])) for neck in ("fpn", "sfpn"))
+        print(f"\n## {mode}\n\n| stage | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
+        for name in ["call", *STAGES, "backward", *(name for _, name in FUNCTIONS)]:
+            if name in fpn_stages or name in sfpn_stages:
+                fpn, ours = fpn_stages.get(name, 0.0), sfpn_stages.get(name, 0.0)
+                print(f"| {'total' if name == 'call' else name} | {fpn:.1f} | {ours:.1f} | {ours - fpn:+.1f} |")
+        print(f"(load average {os.getloadavg()[0]:.1f})")
+        extra = {op: sfpn_ops[op] - fpn_ops.get(op, 0.0) for op in sfpn_ops}
+        print(f"\n| op (self time) | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
+        for op in sorted(extra, key=extra.get, reverse=True)[: args.top]:
+            print(f"| {op} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
+
+
+if __name__ == "__main__":
+    main()

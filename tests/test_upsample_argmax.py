@@ -1,0 +1,183 @@
+"""upsample_argmax: the class map of bilinearly upsampled logits, C++ kernel and references, against
+``F.interpolate(...).argmax(0)`` (the CUDA kernel: tests/test_cuda_emulation.py)."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sfpn import _extension
+from sfpn.ops import _library, reference, upsample_argmax
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+requires_kernels = pytest.mark.skipif(not _extension.STATUS.loaded, reason="sfpn._C is not loaded")
+
+# (K, logits (h, w), size (H, W), crop (H', W') or None): the detector's 8x, sizes that do not
+# divide, a crop inside padding, one class, a 1x1 grid, the logits' own size, down-sampling.
+CASES = [
+    (7, (32, 40), (256, 320), (250, 317)),
+    (3, (5, 7), (37, 61), None),
+    (81, (13, 9), (104, 72), (99, 70)),
+    (1, (4, 4), (32, 32), (32, 32)),
+    (4, (1, 1), (5, 9), (3, 9)),
+    (5, (6, 7), (6, 7), None),
+    (6, (13, 9), (7, 5), (6, 5)),
+    (300, (9, 11), (45, 300), (40, 290)),  # the column tile (256) and a remainder; K > the tile
+]
+CASE_IDS = [f"K{k}-{h}x{w}-to-{H}x{W}" for k, (h, w), (H, W), _ in CASES]
+
+# Each way of serving the op: the C++ kernel through the dispatcher, the dispatcher's reference,
+# and the public reference with small bands (several per call).
+SERVINGS = ["kernel", "reference-op", "reference-banded"]
+
+
+def expected_upsampled(logits, size, crop):
+    """``(K, H', W')`` float32: F.interpolate of the logits (in float32), cropped."""
+    upsampled = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+    crop_h, crop_w = crop or size
+    return upsampled[:, :crop_h, :crop_w]
+
+
+def assert_class_map(got, upsampled, rtol=1e-5):
+    """``got`` (H', W') int64 is ``upsampled.argmax(0)`` up to near-ties: the value it picks is the
+    maximum (to float32 rounding of another summation order), and wherever the two best classes
+    are clearly apart it is the very same class."""
+    assert got.dtype == torch.int64 and got.shape == upsampled.shape[1:]
+    if got.numel() == 0:
+        return
+    maximum = upsampled.max(0).values
+    picked = upsampled.gather(0, got[None])[0]
+    torch.testing.assert_close(picked, maximum, rtol=rtol, atol=rtol)
+    if upsampled.shape[0] == 1:
+        assert (got == 0).all()
+        return
+    top2 = upsampled.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-4 * (1 + top2[0].abs())
+    assert clear.float().mean() > 0.95, "too few pixels with a clear winner: the test would prove little"
+    assert torch.equal(got[clear], upsampled.argmax(0)[clear])
+
+
+def serve(serving, logits, size, crop):
+    if serving == "kernel":
+        return upsample_argmax(logits, size, crop)
+    if serving == "reference-op":
+        with _library.references():
+            return upsample_argmax(logits, size, crop)
+    return reference.upsample_argmax(logits, size, crop, chunk_elements=logits.shape[0] * 40)
+
+
+def random_logits(generator, num_classes, size, dtype=torch.float32):
+    return (3 * torch.randn(num_classes, *size, generator=generator)).to(dtype)
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+@pytest.mark.parametrize("num_classes,logits_size,size,crop", CASES, ids=CASE_IDS)
+def test_matches_interpolate_then_argmax(generator, serving, num_classes, logits_size, size, crop):
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    logits = random_logits(generator, num_classes, logits_size)
+    assert_class_map(serve(serving, logits, size, crop), expected_upsampled(logits, size, crop))
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes_blend_in_their_accumulation_type(generator, serving, dtype):
+    """Half-precision logits are blended in float32, not rounded to their dtype in between (as
+    F.interpolate's output would be): the class map is that of the float32 upsampling."""
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    logits = random_logits(generator, 9, (11, 14), dtype)
+    got = serve(serving, logits, (88, 112), (85, 107))
+    upsampled = F.interpolate(logits[None].double(), size=(88, 112), mode="bilinear")[0, :, :85, :107]
+    assert_class_map(got, upsampled.float(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+def test_non_contiguous_logits(generator, serving):
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    logits = random_logits(generator, 12, (9, 5)).transpose(1, 2)[::2]  # (6, 5, 9), strided
+    assert not logits.is_contiguous()
+    assert_class_map(serve(serving, logits, (40, 72), None), expected_upsampled(logits, (40, 72), None))
+
+
+@requires_kernels
+def test_nan_is_the_maximum_as_in_argmax(generator):
+    """torch.argmax takes NaN for the largest value (its first one): so does the kernel."""
+    logits = random_logits(generator, 5, (6, 6))
+    logits[3, 2, 4] = float("nan")
+    logits[1, 2, 5] = float("nan")
+    got = upsample_argmax(logits, (24, 24))
+    upsampled = expected_upsampled(logits, (24, 24), None)
+    nan = upsampled.isnan().any(0)
+    assert nan.any() and (~nan).any()
+    assert torch.equal(got[nan], upsampled.argmax(0)[nan])
+    assert_class_map(got[~nan].view(1, -1), upsampled[:, ~nan].view(5, 1, -1))
+
+
+@requires_kernels
+def test_kernel_is_deterministic_and_thread_count_independent(generator):
+    logits = random_logits(generator, 21, (16, 20))
+    once = upsample_argmax(logits, (128, 160), (121, 150))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(upsample_argmax(logits, (128, 160), (121, 150)), once)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+@pytest.mark.parametrize("size,crop", [((0, 0), None), ((16, 20), (0, 20)), ((16, 20), (16, 0)), ((0, 7), (0, 7))])
+def test_empty_outputs(generator, serving, size, crop):
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    got = serve(serving, random_logits(generator, 3, (2, 3)), size, crop)
+    assert got.shape == tuple(crop or size) and got.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "logits,size,crop,error,match",
+    [
+        (torch.zeros(2, 3), (8, 8), None, ValueError, "logits must have 3 dimensions"),
+        (torch.zeros(0, 3, 3), (8, 8), None, ValueError, "logits must not be empty"),
+        (torch.zeros(2, 3, 3, dtype=torch.int64), (8, 8), None, TypeError, "logits must have dtype"),
+        ([[[0.0]]], (8, 8), None, TypeError, "logits must be a torch.Tensor"),
+        (torch.zeros(2, 3, 3), (8,), None, TypeError, "size must be a pair"),
+        (torch.zeros(2, 3, 3), (8, 8.0), None, TypeError, "size must be a pair"),
+        (torch.zeros(2, 3, 3), (-1, 8), None, ValueError, "size must be >= 0"),
+        (torch.zeros(2, 3, 3), (8, 8), (9, 8), ValueError, "crop must lie within size"),
+        (torch.zeros(2, 3, 3), (8, 8), (8, -1), ValueError, "crop must lie within size"),
+        (torch.zeros(2, 3, 3), (8, 8), 8, TypeError, "crop must be a pair"),
+    ],
+)
+def test_bad_arguments_name_the_argument(logits, size, crop, error, match):
+    with pytest.raises(error, match=match):
+        upsample_argmax(logits, size, crop)
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "logits,size,crop,match",
+    [
+        (torch.zeros(2, 3), [8, 8], [8, 8], "logits must be \\(K, h, w\\)"),
+        (torch.zeros(2, 0, 3), [8, 8], [8, 8], "logits must not be empty"),
+        (torch.zeros(2, 3, 3), [-1, 8], [0, 0], "size must be \\(H, W\\) with H, W >= 0"),
+        (torch.zeros(2, 3, 3), [8, 8], [8, 9], "crop must lie within size"),
+    ],
+)
+def test_kernel_checks_direct_calls(logits, size, crop, match):
+    """A direct call of the op (no Python checks) gets the kernel's error naming the argument."""
+    with pytest.raises(RuntimeError, match=f"sfpn::upsample_argmax: {match}"):
+        torch.ops.sfpn.upsample_argmax(logits, size, crop)
+
+
+@pytest.mark.parametrize("serving", ["kernel", "reference-op"])
+def test_opcheck(generator, serving):
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    with _library.references() if serving == "reference-op" else contextlib.nullcontext():
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = random_logits(generator, 5, (6, 7), dtype)
+            torch.library.opcheck(torch.ops.sfpn.upsample_argmax, (logits, [48, 56], [45, 50]))
