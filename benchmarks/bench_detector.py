@@ -1,17 +1,24 @@
-"""Training-step cost of the detectors: SFPN against its FPN twin (the semantic branch's price)
-and against torchvision's Faster R-CNN.
+"""Training-step and inference cost of the detectors, in fp32 and in bf16: SFPN against its FPN
+twin (the semantic branch's price) and against torchvision's Faster R-CNN.
 
     python -m pytest benchmarks/bench_detector.py --benchmark-only [-k cuda|cpu]
 
-One step = forward + backward of the training losses (no optimizer step), in fp32; on CUDA the
-step ends with a synchronize, so the time is the step's wall time. Groups:
-``step-coco [device]``: R50 detectors at the COCO training shape (batch 2 at 800x1344, 80 classes,
-20 boxes per image): ``sfpn`` (faster_rcnn_r50_sfpn_1x), ``fpn`` (faster_rcnn_r50_fpn_1x, the same
-detector without the semantic branch), ``torchvision`` (fasterrcnn_resnet50_fpn, random weights,
-its resize set to leave 800x1344 as it is), and the Mask and Cascade R-CNN SFPN presets. On a
-2-core CPU one single-threaded step takes about half a minute, hence two timed rounds after one
-warm-up there.
-``step-small [device]``: the CPU presets at 2 x 320 x 320 (the size the synthetic default trains at).
+A training step = forward + backward of the training losses (no optimizer step); inference =
+the eval-mode forward of the batch under ``torch.no_grad``. On CUDA each ends with a synchronize,
+so the time is the wall time. Implementations (the ``impl`` id, ``<detector>[-bf16]``): ``sfpn``,
+``fpn`` and ``torchvision`` in fp32; with ``-bf16`` the same under bf16 autocast, as
+``solver.amp=bf16`` runs them (``sfpn.engine.precision``: channels_last weights and images on the
+CPU). Each group reads every row against ``sfpn`` in fp32 (table.py: peer time / ours), so a
+``-bf16`` row's ratio is its time over fp32 SFPN's: 0.5x is twice as fast. Groups:
+``step-coco [device]`` and ``infer-coco [device]``: R50 detectors at the COCO shape (batch 2 at
+800x1344, 80 classes, 20 boxes per image): ``sfpn`` (faster_rcnn_r50_sfpn_1x), ``fpn``
+(faster_rcnn_r50_fpn_1x, the same detector without the semantic branch), ``torchvision``
+(fasterrcnn_resnet50_fpn, random weights, its resize set to leave 800x1344 as it is), and for the
+training step the Mask and Cascade R-CNN SFPN presets. On a 2-core CPU one single-threaded step
+takes about half a minute, hence two timed rounds after one warm-up there (and --full only, see
+conftest.py).
+``step-small [device]`` and ``infer-small [device]``: the CPU presets (faster_rcnn_r18_sfpn_small
+as ``sfpn``, its FPN twin as ``fpn``) at 2 x 320 x 320, the size the synthetic default trains at.
 
 On a machine shared with other jobs, run with ``OMP_NUM_THREADS=1``: oversubscribed OpenMP workers
 spin and make a step up to ~30x slower (measured here: 0.6 s vs 18 s for the small SFPN step).
@@ -22,6 +29,7 @@ import pytest
 import torch
 
 import sfpn
+from sfpn.engine.precision import choose_precision, prepare_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # impl -> preset (None: torchvision's). The ratios are read against "sfpn".
@@ -32,6 +40,13 @@ COCO_DETECTORS = {
     "mask-sfpn": "mask_rcnn_r50_sfpn_1x",
     "cascade-sfpn": "cascade_rcnn_r50_sfpn_1x",
 }
+SMALL_DETECTORS = {"sfpn": "faster_rcnn_r18_sfpn_small", "fpn": "faster_rcnn_r18_fpn_small"}
+#: The implementations with a bf16 twin (``<impl>-bf16``).
+BF16 = "-bf16"
+
+
+def with_bf16(impls) -> list[str]:
+    return [*impls, *(impl + BF16 for impl in impls)]
 
 
 def _batch(height: int, width: int, num_classes: int, boxes_per_image: int, device: str, seed: int = 0):
@@ -62,9 +77,16 @@ def _torchvision_faster_rcnn(num_classes: int, height: int, width: int):
     )
 
 
-def _time_steps(benchmark, model, images, targets, device: str, rounds: int, warmup: int):
+def _prepared(model, impl: str, device: str):
+    """``model`` on ``device`` and the precision ``impl`` asks for (``-bf16``: solver.amp=bf16)."""
+    precision = choose_precision("bf16" if impl.endswith(BF16) else "off", device)
+    return prepare_model(model.to(device), precision), precision
+
+
+def _time_steps(benchmark, model, precision, images, targets, device: str, rounds: int, warmup: int):
     def step():
-        losses = model(images, targets)
+        with precision.autocast(device):
+            losses = model(images, targets)
         total = sum(losses.values())
         total.backward()
         model.zero_grad(set_to_none=True)
@@ -76,28 +98,60 @@ def _time_steps(benchmark, model, images, targets, device: str, rounds: int, war
     assert math.isfinite(loss), f"the training loss is {loss}"
 
 
+def _time_inference(benchmark, model, precision, images, device: str, rounds: int, warmup: int):
+    def infer():
+        with torch.no_grad(), precision.autocast(device):
+            detections = model(images)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return detections
+
+    detections = benchmark.pedantic(infer, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    assert len(detections) == len(images)
+    assert all(torch.isfinite(d["boxes"]).all() and torch.isfinite(d["scores"]).all() for d in detections)
+
+
+def _coco_detector(impl: str, num_classes: int, height: int, width: int, device: str):
+    preset = COCO_DETECTORS[impl.removesuffix(BF16)]
+    model = _torchvision_faster_rcnn(num_classes, height, width) if preset is None else sfpn.build_detector(preset, num_classes)
+    return _prepared(model, impl, device)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", list(COCO_DETECTORS))
+@pytest.mark.parametrize("impl", with_bf16(COCO_DETECTORS))
 def test_step_coco_shape(benchmark, device, impl):
     benchmark.group = f"step-coco [{device}]"
     torch.manual_seed(0)
     height, width, num_classes = 800, 1344, 80
     images, targets = _batch(height, width, num_classes, 20, device)
-    preset = COCO_DETECTORS[impl]
-    if preset is None:
-        model = _torchvision_faster_rcnn(num_classes, height, width)
+    if impl.startswith("torchvision"):
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]  # all it trains on
-    else:
-        model = sfpn.build_detector(preset, num_classes)
+    model, precision = _coco_detector(impl, num_classes, height, width, device)
     rounds = {"rounds": 10, "warmup": 3} if device == "cuda" else {"rounds": 2, "warmup": 1}
-    _time_steps(benchmark, model.to(device).train(), images, targets, device, **rounds)
+    _time_steps(benchmark, model.train(), precision, images, targets, device, **rounds)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"])
-def test_step_small(benchmark, device, impl):
-    benchmark.group = f"step-small [{device}]"
+@pytest.mark.parametrize("impl", with_bf16(["sfpn", "fpn", "torchvision"]))
+def test_inference_coco_shape(benchmark, device, impl):
+    benchmark.group = f"infer-coco [{device}]"
     torch.manual_seed(0)
-    model = sfpn.build_detector(impl, 4).to(device).train()
+    height, width, num_classes = 800, 1344, 80
+    images, _ = _batch(height, width, num_classes, 1, device)
+    model, precision = _coco_detector(impl, num_classes, height, width, device)
+    rounds = {"rounds": 10, "warmup": 3} if device == "cuda" else {"rounds": 2, "warmup": 1}
+    _time_inference(benchmark, model.eval(), precision, images, device, **rounds)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", with_bf16(SMALL_DETECTORS))
+@pytest.mark.parametrize("run", ["step", "infer"])
+def test_small_presets(benchmark, device, impl, run):
+    benchmark.group = f"{run}-small [{device}]"
+    torch.manual_seed(0)
+    model, precision = _prepared(sfpn.build_detector(SMALL_DETECTORS[impl.removesuffix(BF16)], 4), impl, device)
     images, targets = _batch(320, 320, 4, 4, device)
-    _time_steps(benchmark, model, images, targets, device, rounds=7, warmup=2)
+    if run == "step":
+        _time_steps(benchmark, model.train(), precision, images, targets, device, rounds=7, warmup=2)
+    else:
+        _time_inference(benchmark, model.eval(), precision, images, device, rounds=7, warmup=2)

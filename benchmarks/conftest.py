@@ -1,7 +1,8 @@
 """What ``pytest benchmarks/ --benchmark-only`` does beyond pytest-benchmark's defaults.
 
 * It writes the results to ``benchmarks/results/latest.json`` (``--benchmark-json PATH`` to choose)
-  with the machine's load average and thread settings, and the skipped benchmarks with why.
+  with the CPU model (and whether it computes bf16 natively), the GPU, the machine's load average
+  and thread settings, and the skipped benchmarks with why.
 * It ends with one table, ours against each peer (``benchmarks/table.py`` of that file), in place
   of pytest-benchmark's table per group (``--benchmark-verbose`` brings those back).
 * Without a GPU it skips the benchmarks that take minutes on a small CPU (LONG_ON_CPU below), so
@@ -52,6 +53,8 @@ def long_on_cpu(item) -> str | None:
         return None
     if name == "test_step_coco_shape":
         return "R50 at 800x1344 takes ~30 s a step on a 2-core CPU"
+    if name == "test_inference_coco_shape":
+        return "R50 at 800x1344 takes seconds per image on a 2-core CPU"
     if params.get("impl") == "compiled":
         return "torch.compile takes tens of seconds per case on a CPU"
     if params.get("shape") == "100k-80cls":
@@ -79,6 +82,12 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    from sfpn.engine.precision import cpu_model, cpu_native_bf16
+
+    machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_bf16"] = cpu_native_bf16()[1]
+    if torch.cuda.is_available():
+        machine_info["gpu"] = torch.cuda.get_device_name()
     machine_info["load_average_start"] = config.stash[_LOAD_AT_START]
     machine_info["load_average_end"] = os.getloadavg()
     machine_info["cpu_count"] = os.cpu_count()

@@ -3,9 +3,10 @@
 # torchvision, pytest and pytest-benchmark (pycocotools is not needed):
 #   1. build sfpn against that torch (CUDA kernels for the local GPU's architecture only);
 #   2. check that the CUDA kernels are registered, then run the CUDA tests;
-#   3. run every benchmark on CUDA: the ops, the semantic head, and a training step of
-#      faster_rcnn_r50_sfpn_1x against faster_rcnn_r50_fpn_1x and torchvision's
-#      fasterrcnn_resnet50_fpn at 800x1344, batch 2;
+#   3. run every benchmark on CUDA: the ops, the semantic head, and a training step and an
+#      inference pass of faster_rcnn_r50_sfpn_1x against faster_rcnn_r50_fpn_1x and torchvision's
+#      fasterrcnn_resnet50_fpn at 800x1344, batch 2, each in fp32 and in bf16 autocast (the
+#      `-bf16` rows of benchmarks/bench_detector.py);
 #   4. print the table for benchmarks/RESULTS.md last.
 # Every stage runs, within one time budget (8 minutes by default); any failure (a test, a
 # benchmark's own check against its reference, the build, the budget) makes the exit status 1
@@ -115,7 +116,8 @@ sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
   stage "Triton and semantic-head tests on CUDA" "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/test_triton_kernels.py tests/test_semantic_head.py
 
-  # The training step first: the figure the others explain. Then every other file in benchmarks/
+  # The training step and inference first (fp32 and bf16 rows): the figures the others explain.
+  # Then every other file in benchmarks/
   # (pytest skips the repeat). If the budget runs out, pytest is interrupted, still writes the
   # JSON of what ran, and the table shows that.
   stage benchmarks "$PYTHON" -m pytest -q -p no:cacheprovider benchmarks/bench_detector.py benchmarks/ \

@@ -43,9 +43,16 @@ def load(path: str) -> dict:
 
 
 def machine_line(data: dict) -> str:
+    """The machine in one line: the CPU model (``cpu_model`` as benchmarks/conftest.py records it
+    from /proc/cpuinfo, else py-cpuinfo's brand), its bf16, the GPU, the load, torch, the date."""
     machine = data.get("machine_info", {})
     cpu = machine.get("cpu", {})
-    parts = [f"machine: {cpu.get('brand_raw', '?')}, {machine.get('cpu_count', cpu.get('count', '?'))} CPUs"]
+    model = machine.get("cpu_model") or cpu.get("brand_raw", "?")
+    parts = [f"machine: {model}, {machine.get('cpu_count', cpu.get('count', '?'))} CPUs"]
+    if "cpu_bf16" in machine:
+        parts.append(f"bf16: {machine['cpu_bf16']}")
+    if "gpu" in machine:
+        parts.append(f"GPU {machine['gpu']}")
     if "load_average_start" in machine:
         start, end = machine["load_average_start"][0], machine["load_average_end"][0]
         parts.append(f"load average {start:.1f} at start, {end:.1f} at end")

@@ -15,6 +15,13 @@
 
 namespace sfpn::checks {
 
+// Whether a CPU kernel takes `t` as NHWC: a channels_last (N, C, H, W) tensor that is not also
+// plainly contiguous. The rule of sfpn/ops/_library.py's output_memory_format on the CPU: such an
+// input is read as it is and gives a channels_last output.
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // `list[i]`, the name of one element of a list argument.
 inline std::string element(const char* list, size_t i) {
   return std::string(list) + "[" + std::to_string(i) + "]";

@@ -64,9 +64,10 @@ inline void check_semantic_fuse_backward(at::TensorList grads, int64_t semantic_
               " and ", semantic_width);
 }
 
-// A backend's engines compute an op on checked, contiguous inputs into the outputs the operator
-// allocated, none of them empty (a CUDA engine takes its tensors' device guard). `linear` is the
-// parsed mode.
+// A backend's engines compute an op on checked inputs into the outputs the operator allocated,
+// none of them empty (a CUDA engine takes its tensors' device guard). `linear` is the parsed mode.
+// Every tensor an engine gets is contiguous, or, for a backend whose engines read NHWC (the
+// CPU's, see engine_layout), all those of one resize are channels_last-contiguous.
 
 // out (N, C, H, W) = lateral (N, C, H, W) + resize(top (N, C, Ht, Wt)).
 using UpsampleAddEngine = void(const at::Tensor& top, const at::Tensor& lateral, at::Tensor& out, bool linear,
@@ -81,40 +82,54 @@ using SemanticFuseEngine = void(const at::Tensor& semantic, const std::vector<at
 using SemanticFuseBackwardEngine = void(const std::vector<at::Tensor>& grads, at::Tensor& grad_semantic, bool linear,
                                         bool align_corners);
 
-// A backend's allocator of fresh, uninitialised outputs: at::empty by default, or the backend's
-// own (the CPU's advises huge pages, cpu::empty_output).
-using Allocator = at::Tensor(at::IntArrayRef sizes, const at::TensorOptions& options);
+// A backend's allocator of fresh, uninitialised outputs in `layout`: at::empty by default, or the
+// backend's own (the CPU's recycles large blocks, cpu::empty_output).
+using Allocator = at::Tensor(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout);
 
 // at::empty as an Allocator (its own signature has more, defaulted, parameters).
-inline at::Tensor at_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::empty(sizes, options);
+inline at::Tensor at_empty(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout) {
+  return at::empty(sizes, options, layout);
+}
+
+// The layout an op computes in, from the input that decides it (lateral, a level, a gradient):
+// channels_last when that input is (checks::is_channels_last) and the backend's engines read
+// NHWC (`nhwc_engines`, the CPU's), contiguous otherwise. The output takes the same layout, as
+// sfpn/ops/_library.py's output_memory_format says to the fakes.
+template <bool nhwc_engines>
+at::MemoryFormat engine_layout(const at::Tensor& t) {
+  return nhwc_engines && checks::is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 // The operators of sfpn/ops/_library.py over one backend's engines.
 
-template <UpsampleAddEngine* engine, Allocator* allocate>
+// upsample_add computes in lateral's layout, its backward in grad's.
+template <UpsampleAddEngine* engine, Allocator* allocate, bool nhwc_engines>
 at::Tensor upsample_add_op(const at::Tensor& top, const at::Tensor& lateral, c10::string_view mode,
                            bool align_corners) {
   check_upsample_add(top, lateral);
   const bool linear = is_bilinear(mode);
-  at::Tensor out = allocate(lateral.sizes(), lateral.options());
-  if (out.numel() > 0) engine(top.contiguous(), lateral.contiguous(), out, linear, align_corners);
+  const at::MemoryFormat layout = engine_layout<nhwc_engines>(lateral);
+  at::Tensor out = allocate(lateral.sizes(), lateral.options(), layout);
+  if (out.numel() > 0) engine(top.contiguous(layout), lateral.contiguous(layout), out, linear, align_corners);
   return out;
 }
 
-template <UpsampleAddBackwardEngine* engine, Allocator* allocate>
+template <UpsampleAddBackwardEngine* engine, Allocator* allocate, bool nhwc_engines>
 at::Tensor upsample_add_backward_op(const at::Tensor& grad, int64_t top_height, int64_t top_width,
                                     c10::string_view mode, bool align_corners) {
   check_upsample_add_backward(grad, top_height, top_width);
   const bool linear = is_bilinear(mode);
-  at::Tensor grad_top = allocate({grad.size(0), grad.size(1), top_height, top_width}, grad.options());
+  const at::MemoryFormat layout = engine_layout<nhwc_engines>(grad);
+  at::Tensor grad_top = allocate({grad.size(0), grad.size(1), top_height, top_width}, grad.options(), layout);
   if (grad_top.numel() == 0) return grad_top;
   if (grad.numel() == 0) return grad_top.zero_();
-  engine(grad.contiguous(), grad_top, linear, align_corners);
+  engine(grad.contiguous(layout), grad_top, linear, align_corners);
   return grad_top;
 }
 
-template <SemanticFuseEngine* engine, Allocator* allocate>
+// semantic_fuse computes each level in that level's layout (the engine takes semantic into each
+// layout its levels ask for; it gets semantic in the first level's); the backward in grads[0]'s.
+template <SemanticFuseEngine* engine, Allocator* allocate, bool nhwc_engines>
 std::vector<at::Tensor> semantic_fuse_op(at::TensorList levels, const at::Tensor& semantic, c10::string_view mode,
                                          bool align_corners) {
   check_semantic_fuse(levels, semantic);
@@ -122,26 +137,31 @@ std::vector<at::Tensor> semantic_fuse_op(at::TensorList levels, const at::Tensor
   std::vector<at::Tensor> outs;             // one per level
   std::vector<at::Tensor> inputs, outputs;  // the levels that are not empty, and their outs
   for (const at::Tensor& level : levels) {
-    outs.push_back(allocate(level.sizes(), level.options()));
+    const at::MemoryFormat layout = engine_layout<nhwc_engines>(level);
+    outs.push_back(allocate(level.sizes(), level.options(), layout));
     if (outs.back().numel() == 0) continue;
-    inputs.push_back(level.contiguous());
+    inputs.push_back(level.contiguous(layout));
     outputs.push_back(outs.back());
   }
-  if (!inputs.empty()) engine(semantic.contiguous(), inputs, outputs, linear, align_corners);
+  if (!inputs.empty()) {
+    engine(semantic.contiguous(engine_layout<nhwc_engines>(levels[0])), inputs, outputs, linear, align_corners);
+  }
   return outs;
 }
 
-template <SemanticFuseBackwardEngine* engine, Allocator* allocate>
+template <SemanticFuseBackwardEngine* engine, Allocator* allocate, bool nhwc_engines>
 at::Tensor semantic_fuse_backward_op(at::TensorList grads, int64_t semantic_height, int64_t semantic_width,
                                      c10::string_view mode, bool align_corners) {
   check_semantic_fuse_backward(grads, semantic_height, semantic_width);
   const bool linear = is_bilinear(mode);
   const at::Tensor& first = grads[0];
-  at::Tensor grad_semantic = allocate({first.size(0), first.size(1), semantic_height, semantic_width}, first.options());
+  const at::MemoryFormat layout = engine_layout<nhwc_engines>(first);
+  at::Tensor grad_semantic =
+      allocate({first.size(0), first.size(1), semantic_height, semantic_width}, first.options(), layout);
   if (grad_semantic.numel() == 0) return grad_semantic;
   std::vector<at::Tensor> inputs;
   for (const at::Tensor& grad : grads) {
-    if (grad.numel() > 0) inputs.push_back(grad.contiguous());  // an empty level contributes nothing
+    if (grad.numel() > 0) inputs.push_back(grad.contiguous(layout));  // an empty level contributes nothing
   }
   if (inputs.empty()) return grad_semantic.zero_();
   engine(inputs, grad_semantic, linear, align_corners);
@@ -151,18 +171,20 @@ at::Tensor semantic_fuse_backward_op(at::TensorList grads, int64_t semantic_heig
 // Register an op and its backward for the backend whose TORCH_LIBRARY_IMPL block calls them (`m`
 // is a torch::Library, or the CUDA emulation's stand-in for one).
 
+// `nhwc_engines`: the engines read channels_last tensors as NHWC (see engine_layout).
+
 template <UpsampleAddEngine* forward, UpsampleAddBackwardEngine* backward, Allocator* allocate = at_empty,
-          typename Library>
+          bool nhwc_engines = false, typename Library>
 void register_upsample_add_ops(Library& m) {
-  m.impl("upsample_add", &upsample_add_op<forward, allocate>);
-  m.impl("upsample_add_backward", &upsample_add_backward_op<backward, allocate>);
+  m.impl("upsample_add", &upsample_add_op<forward, allocate, nhwc_engines>);
+  m.impl("upsample_add_backward", &upsample_add_backward_op<backward, allocate, nhwc_engines>);
 }
 
 template <SemanticFuseEngine* forward, SemanticFuseBackwardEngine* backward, Allocator* allocate = at_empty,
-          typename Library>
+          bool nhwc_engines = false, typename Library>
 void register_semantic_fuse_ops(Library& m) {
-  m.impl("semantic_fuse", &semantic_fuse_op<forward, allocate>);
-  m.impl("semantic_fuse_backward", &semantic_fuse_backward_op<backward, allocate>);
+  m.impl("semantic_fuse", &semantic_fuse_op<forward, allocate, nhwc_engines>);
+  m.impl("semantic_fuse_backward", &semantic_fuse_backward_op<backward, allocate, nhwc_engines>);
 }
 
 }  // namespace sfpn::resize

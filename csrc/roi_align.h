@@ -161,17 +161,20 @@ inline at::Tensor rois_in_compute_type(const at::Tensor& rois, at::ScalarType in
 
 // A forward call's arguments (checked by the operator, check_*) in the form the kernels read.
 struct ForwardArgs {
-  std::vector<at::Tensor> levels;        // contiguous (N, C, H_l, W_l)
+  std::vector<at::Tensor> levels;        // (N, C, H_l, W_l), contiguous or (channels_last) NHWC
   std::vector<int64_t> heights, widths;  // H_l, W_l
   at::Tensor rois;                       // contiguous (K, 5) in the compute type
-  at::Tensor output;                     // uninitialised (K, C, pooled_h, pooled_w)
+  at::Tensor output;                     // uninitialised contiguous (K, C, pooled_h, pooled_w)
 };
 
-inline ForwardArgs forward_args(at::TensorList levels, const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
+// `channels_last`: the backend's kernel reads NHWC levels (each level is copied into that layout
+// only when it is not in it already).
+inline ForwardArgs forward_args(at::TensorList levels, const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w,
+                                bool channels_last = false) {
   const at::Tensor& first = levels[0];
   ForwardArgs args;
   for (const at::Tensor& level : levels) {
-    args.levels.push_back(level.contiguous());
+    args.levels.push_back(level.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
     args.heights.push_back(level.size(2));
     args.widths.push_back(level.size(3));
   }

@@ -29,6 +29,8 @@ def int_at_least(low: int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .engine.precision import AMP_MODES
+
     parser = argparse.ArgumentParser(prog="python -m sfpn.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint file, or a training output folder (its last checkpoint)")
     parser.add_argument("--data-root", help="image folder (default: the checkpoint's validation split)")
@@ -40,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int_at_least(1), default=1, help="images per forward pass (default 1)")
     parser.add_argument("--num-workers", type=int_at_least(0), default=1, help="data loading workers (default 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision, as the training config's solver.amp (default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return parser.parse_args(argv)
 
@@ -52,6 +55,7 @@ def main(argv=None) -> dict:
     from .engine import distributed
     from .engine.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
     from .engine.evaluation import evaluate, format_metrics
+    from .engine.precision import choose_precision, prepare_model
 
     if (args.data_root is None) != (args.ann_file is None):
         raise SystemExit("error: give both --data-root and --ann-file, or neither")
@@ -66,6 +70,16 @@ def main(argv=None) -> dict:
             image_root, ann_file = meta["data"]["val"]["image_root"], meta["data"]["val"]["ann_file"]
         else:
             image_root, ann_file = args.data_root, args.ann_file
+        amp = args.amp or meta.get("train_config", {}).get("solver", {}).get("amp", "auto")
+        if args.amp is None and amp == "fp16" and device.type != "cuda":
+            amp = "auto"  # trained in fp16 on a GPU: on the CPU, the CPU's own choice
+        try:
+            precision = choose_precision(amp, device)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+        prepare_model(model, precision)
+        if distributed.is_main_process():
+            print(f"sfpn.eval: {path} on {device}; precision {precision.describe()}", flush=True)
         data_config = meta.get("train_config", {}).get("data", {})
         transforms = build_transforms(args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333))
         # Semantic labels as in training, so that the semantic branch is scored too (its mIoU).
@@ -79,7 +93,8 @@ def main(argv=None) -> dict:
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")
-        metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file, progress=not args.no_progress)
+        metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file,
+                                  progress=not args.no_progress, precision=precision)
         if distributed.is_main_process():
             print(f"{path} on {ann_file} ({len(dataset)} images):\n{table}\n\n{format_metrics(metrics)}")
             print(f"wrote COCO results to {results_file}")

@@ -1,7 +1,9 @@
-"""``python -m sfpn.info``: versions, the build of the compiled kernels, and which backend serves
-each op on CPU and on CUDA (and why)."""
+"""``python -m sfpn.info``: versions, the CPU and GPU, the build of the compiled kernels, the
+precision ``solver.amp=auto`` chooses on each device, and which backend serves each op on CPU and
+on CUDA (and why)."""
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -9,6 +11,7 @@ import subprocess
 import torch
 
 from . import _extension, kernels
+from .engine import precision
 from .ops import _library
 
 
@@ -57,6 +60,12 @@ def backends() -> dict[str, dict[str, str]]:
     return {name: {dev: _backend(op, dev) for dev in ("cpu", "cuda")} for name, op in _library.OPS.items()}
 
 
+def precision_choices() -> dict[str, str]:
+    """Device -> what ``solver.amp=auto`` chooses there and why, for the CPU and a visible GPU."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {device: precision.choose_precision("auto", device).describe() for device in devices}
+
+
 def report() -> str:
     status = _extension.STATUS
     cuda = status.cuda_version
@@ -66,9 +75,11 @@ def report() -> str:
         f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"triton        {_triton_version()}",
         f"nvcc          {_nvcc_version()}",
+        f"CPU           {precision.cpu_model()}, {os.cpu_count()} cores",
         f"GPU           {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none visible'}",
         f"extension     {status.reason}" + (f" ({status.path})" if status.path else ""),
         f"  with CUDA   {'yes, CUDA %d.%d' % (cuda // 1000, cuda % 1000 // 10) if cuda else 'no'}",
+        *(f"precision     {device}: {choice}" for device, choice in precision_choices().items()),
         "",
         f"{'op':<26}{'cpu':<40}cuda",
     ]

@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     config_flag("--lr", "base learning rate", type=float)
     config_flag("--seed", "random seed", type=int)
     config_flag("--num-workers", "data loading workers per process", type=int)
-    config_flag("--amp", "mixed precision on CUDA")
+    config_flag("--amp", "mixed precision: auto (bf16 on a GPU that has it, else fp16; on the CPU bf16 with channels_last where the CPU computes bf16 natively, else fp32), bf16, fp16 (CUDA) or off")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic dataset (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
@@ -186,7 +186,8 @@ def main(argv=None) -> dict | None:
             print(
                 f"sfpn.train: {args.preset} on {device} x{distributed.get_world_size()}, "
                 f"{len(train_set)} train / {len(val_set)} val images, {train_set.num_classes} classes, "
-                f"{config.solver.max_iters} iterations of {config.solver.batch_size} images -> {output_dir}",
+                f"{config.solver.max_iters} iterations of {config.solver.batch_size} images -> {output_dir}; "
+                f"precision {trainer.precision.describe()}",
                 flush=True,
             )
         from .engine.checkpoint import CheckpointError

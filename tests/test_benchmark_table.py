@@ -32,3 +32,12 @@ def test_ratios_are_each_peer_over_ours():
     assert "| step | alone: 2000.000 | shared | 5000.000 | 2.50x |" in lines
     assert "| lonely | - | eager | 1000.000 |  |" in lines
     assert lines[-1] == "skipped 2: needs a CUDA device"
+
+
+def test_machine_line_names_the_cpu_model_its_bf16_and_the_gpu():
+    data = {"benchmarks": [], "machine_info": {
+        "cpu": {"brand_raw": "AMD EPYC"}, "cpu_model": "AMD EPYC 9B45 (family 26, model 2)", "cpu_count": 2,
+        "cpu_bf16": "the CPU has AVX512-BF16 (bf16 dot products): native bf16", "gpu": "NVIDIA H200"}}
+    line = table.table(data, "sfpn").splitlines()[0]
+    assert line.startswith("machine: AMD EPYC 9B45 (family 26, model 2), 2 CPUs; bf16: the CPU has AVX512-BF16")
+    assert "; GPU NVIDIA H200;" in line

@@ -1,5 +1,6 @@
 """Training, evaluation, checkpoints and DDP, end to end on a tiny synthetic dataset (CPU)."""
 import json
+import math
 import os
 import socket
 
@@ -11,6 +12,7 @@ from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.data.synthetic.shapes import CATEGORIES as SHAPES, STUFF_CATEGORIES as STUFF
 from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
+from sfpn.engine.precision import choose_precision
 from sfpn.engine.trainer import WarmupMultiStep
 
 PRESET = "faster_rcnn_r18_sfpn_small"
@@ -34,11 +36,11 @@ def data_args(paths):
     return ["--data-root", paths["train"][0], "--ann-file", paths["train"][1], "--val-data-root", paths["val"][0], "--val-ann-file", paths["val"][1]]
 
 
-def make_trainer(paths, output_dir, iters, num_workers=0, preset=PRESET, **model_overrides):
+def make_trainer(paths, output_dir, iters, num_workers=0, preset=PRESET, amp="auto", **model_overrides):
     overrides = [
         ("solver.max_iters", iters), ("solver.batch_size", 2), ("solver.warmup_iters", 2), ("data.min_size", (64,)),
         ("data.max_size", 96), ("data.test_min_size", 64), ("data.num_workers", num_workers),
-        ("checkpoint_every", 1000), ("log_every", 1), ("eval_batch_size", 3), *model_overrides.items(),
+        ("checkpoint_every", 1000), ("log_every", 1), ("eval_batch_size", 3), ("solver.amp", amp), *model_overrides.items(),
     ]
     train, detector = run_configs(preset, overrides)
     return build_trainer(preset, paths, str(output_dir), train, detector, progress=False)
@@ -49,7 +51,10 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
 
     output = tmp_path / "run"
     metrics = train.main(data_args(tiny_data) + TINY + ["--iters", "3", "--batch-size", "2", "--eval-every", "2", "--checkpoint-every", "2", "--output-dir", str(output), "--no-progress"])
-    assert "AP" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "AP" in printed
+    # The log's first line says what the run computes in, and why.
+    assert printed.splitlines()[0].endswith(f"; precision {choose_precision('auto', 'cpu').describe()}")
     with open(output / "eval.json") as f:
         written = json.load(f)
     assert written == metrics
@@ -71,6 +76,7 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     assert state["iteration"] == 3 and state["meta"]["preset"] == PRESET
 
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"; precision {choose_precision('auto', 'cpu').describe()}")
     assert evaluated["bbox"] == metrics["bbox"]
     assert evaluated["semantic"] == metrics["semantic"]
     results = json.load(open(tmp_path / "results.json"))
@@ -131,6 +137,18 @@ def test_other_detectors_train_and_evaluate(tiny_data, tmp_path, preset):
     assert (metrics["segm"] is None) == preset.startswith("cascade")
     record = json.loads(open(tmp_path / "metrics.jsonl").readline())
     assert ("loss_mask" in record) == preset.startswith("mask_rcnn")
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_cpu_precision_trains_and_evaluates(tiny_data, tmp_path, amp):
+    """fp32 and bf16 + channels_last on the CPU, whatever auto would pick on this machine."""
+    trainer = make_trainer(tiny_data, tmp_path, iters=2, amp=amp)
+    assert trainer.precision.dtype == (torch.float32 if amp == "off" else torch.bfloat16)
+    assert trainer.model.backbone.conv1.weight.is_contiguous() != (amp == "bf16")  # channels_last with bf16
+    metrics = trainer.train()
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    assert set(metrics) == {"bbox", "segm", "semantic"}
 
 
 def test_checkpoint_errors(tiny_data, tmp_path):

@@ -232,7 +232,10 @@ def test_cross_entropy_reference_gradient_is_exact(generator, upsample, reductio
 # Autocast: what dtype each op runs in
 
 
-def test_autocast_runs_box_ops_in_float32(generator):
+def test_autocast_box_ops_compute_in_float32(generator):
+    """NMS runs on float32 boxes and scores; RoIAlign runs in the features' dtype, computing in
+    float32, which gives torchvision's result (float32 in, the features' dtype out) without a
+    float32 copy of the maps."""
     x = randn(generator, 2, 3, 10, 12)
     rois = rois_for(generator, 6, 2, 10, 12)
     pyramid = [x, randn(generator, 2, 3, 5, 6)]
@@ -243,7 +246,6 @@ def test_autocast_runs_box_ops_in_float32(generator):
         pooled_levels = ops.multilevel_roi_align([p.to(half) for p in pyramid], rois.to(half), 2, [1, 0.5], 2)
         kept = ops.batched_nms(boxes.to(half), scores.to(half), idxs, 0.5)
         fused = ops.upsample_add(pyramid[1].to(half), x.to(half))
-    # torchvision's rule: computed in float32, returned in the features' dtype.
     assert pooled.dtype == half and pooled_levels.dtype == half and fused.dtype == half
     torch.testing.assert_close(pooled, ops.roi_align(x.to(half).float(), rois.to(half).float(), 3, 1.0, 2).to(half))
     torch.testing.assert_close(

@@ -117,10 +117,10 @@ class RecyclingAllocator final : public c10::Allocator {
 
 }  // namespace
 
-at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options) {
+at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout) {
   TORCH_INTERNAL_ASSERT(options.device().is_cpu());
   return at::detail::empty_generic(sizes, &RecyclingAllocator::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), c10::MemoryFormat::Contiguous);
+                                   c10::typeMetaToScalarType(options.dtype()), layout);
 }
 
 }  // namespace sfpn::memory

@@ -30,7 +30,8 @@ constexpr size_t kMinRecycledBytes = size_t(2) << 20;
 // (batch 2 at 800 x 1344, fp32) frees ~440 MB of such outputs and gradients per step.
 constexpr size_t kMaxRecycledBytes = size_t(1) << 30;
 
-// An uninitialised contiguous CPU tensor of `sizes` (options' dtype), from recycled memory when large.
-at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options);
+// An uninitialised CPU tensor of `sizes` (options' dtype) laid out as `layout` (contiguous or
+// channels_last), from recycled memory when large.
+at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout);
 
 }  // namespace sfpn::memory

@@ -2,7 +2,9 @@
 // weight tables, the forward `out = lateral + resize(top)` over rows of planes, and the adjoint
 // of the resize as a gather (each source row sums the output rows that read it).
 //
-// Layout: every tensor here is a contiguous stack of planes (N * C, H, W).
+// Layout: the planar kernels take contiguous stacks of planes (N * C, H, W); their channels_last
+// twins (at the end) take (N, H, W, C) tensors, each tap a vector of C contiguous channels, with
+// the same tables and the same arithmetic in the same order.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -20,8 +22,16 @@ namespace sfpn::resize::cpu {
 // A fresh output tensor, in memory recycled from earlier calls when it is large: see
 // recycled_memory.h for why (the page faults of fresh multi-megabyte outputs cost the FPN
 // top-down step more than its arithmetic).
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return memory::empty_recycled(sizes, options);
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat layout) {
+  return memory::empty_recycled(sizes, options, layout);
+}
+
+// Whether an engine's tensors are NHWC: resize.h hands those of one resize over in one layout
+// (engine_layout), so either each is channels_last-contiguous or each is contiguous. A tensor
+// whose two layouts coincide (C == 1, or H == W == 1) is both, and either kernel reads it alike.
+inline bool is_nhwc(at::TensorList tensors) {
+  return std::all_of(tensors.begin(), tensors.end(),
+                     [](const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); });
 }
 
 // One axis of the resize, tabulated: the forward taps of every output and the adjoint ranges of
@@ -232,6 +242,131 @@ void resize_adjoint(
       }
       scalar_t* dst = grad_source + row * source_w;
       for (int64_t x = 0; x < source_w; ++x) dst[x] = static_cast<scalar_t>(acc[x]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels-last twins: (N, H, W, C) tensors. A pixel's C channels are contiguous, so every tap
+// of the tables above moves a whole channel vector (the loops over c vectorise), and the
+// arithmetic per element is the planar kernels' own.
+
+// out = lateral + resize(top), (N, Ht, Wt, C) -> (N, H, W, C), one output row per step.
+template <typename scalar_t, typename acc_t>
+void resize_add_channels_last(
+    const scalar_t* top, const scalar_t* lateral, scalar_t* out, int64_t batch, int64_t channels,
+    const Resize2d<acc_t>& resize) {
+  const AxisTable<acc_t>& rows = resize.rows;
+  const AxisTable<acc_t>& cols = resize.cols;
+  const int64_t in_h = rows.axis.in_size, in_w = cols.axis.in_size;
+  const int64_t height = rows.axis.out_size, width = cols.axis.out_size;
+  const bool blend_rows = rows.taps == 2, blend_cols = cols.taps == 2;
+  at::parallel_for(0, batch * height, row_grain(width * channels), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / height, y = row % height;
+      const scalar_t* source0 = top + (n * in_h + rows.index0[y]) * in_w * channels;
+      const scalar_t* source1 = top + (n * in_h + rows.index1[y]) * in_w * channels;
+      const acc_t wa = rows.weight0[y], wb = rows.weight1[y];
+      for (int64_t x = 0; x < width; ++x) {
+        const scalar_t* __restrict__ lat = lateral + (row * width + x) * channels;
+        scalar_t* __restrict__ dst = out + (row * width + x) * channels;
+        const int64_t left = cols.index0[x] * channels, right = cols.index1[x] * channels;
+        const acc_t wl = cols.weight0[x], wr = cols.weight1[x];
+        const scalar_t* __restrict__ a0 = source0 + left;
+        const scalar_t* __restrict__ a1 = source0 + right;
+        const scalar_t* __restrict__ b0 = source1 + left;
+        const scalar_t* __restrict__ b1 = source1 + right;
+        auto load = [](const scalar_t* p, int64_t c) { return static_cast<acc_t>(p[c]); };
+        if (!blend_rows && !blend_cols) {
+          for (int64_t c = 0; c < channels; ++c) dst[c] = static_cast<scalar_t>(load(lat, c) + load(a0, c));
+        } else if (!blend_rows) {
+          for (int64_t c = 0; c < channels; ++c) {
+            dst[c] = static_cast<scalar_t>(load(lat, c) + (wl * load(a0, c) + wr * load(a1, c)));
+          }
+        } else if (!blend_cols) {
+          for (int64_t c = 0; c < channels; ++c) {
+            dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * load(a0, c) + wb * load(b0, c)));
+          }
+        } else {
+          for (int64_t c = 0; c < channels; ++c) {
+            const acc_t a = wl * load(a0, c) + wr * load(a1, c), b = wl * load(b0, c) + wr * load(b1, c);
+            dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * a + wb * b));
+          }
+        }
+      }
+    }
+  });
+}
+
+// acc (Ws, C) += adjoint of the resize of one image `grad` (H, W, C), restricted to source row
+// `source_y`: the output rows reading it are summed with their weights into `row_sums` (W, C),
+// then each source pixel gathers the output pixels that read it.
+template <typename scalar_t, typename acc_t>
+void accumulate_adjoint_row_channels_last(
+    const scalar_t* grad, const Resize2d<acc_t>& resize, int64_t channels, int64_t source_y, acc_t* row_sums,
+    acc_t* acc, acc_t* pixel) {
+  const AxisTable<acc_t>& rows = resize.rows;
+  const AxisTable<acc_t>& cols = resize.cols;
+  const int64_t row_size = cols.axis.out_size * channels, in_w = cols.axis.in_size;
+  bool any = false;
+  for (int tap = 0; tap < rows.taps; ++tap) {
+    const acc_t* weight = rows.weights(tap);
+    for (int64_t y = rows.begin[tap][source_y]; y < rows.end[tap][source_y]; ++y) {
+      const scalar_t* __restrict__ src = grad + y * row_size;
+      acc_t* __restrict__ sums = row_sums;
+      const acc_t w = rows.taps == 2 ? weight[y] : acc_t(1);
+      if (!any) {
+        for (int64_t i = 0; i < row_size; ++i) sums[i] = w * static_cast<acc_t>(src[i]);
+      } else {
+        for (int64_t i = 0; i < row_size; ++i) sums[i] += w * static_cast<acc_t>(src[i]);
+      }
+      any = true;
+    }
+  }
+  if (!any) return;  // no output row reads this source row (down-sampling)
+  for (int64_t i = 0; i < in_w; ++i) {
+    acc_t* __restrict__ target = acc + i * channels;
+    if (cols.doubling) {
+      const acc_t* __restrict__ even = row_sums + 2 * i * channels;
+      const acc_t* __restrict__ odd = even + channels;
+      for (int64_t c = 0; c < channels; ++c) target[c] += even[c] + odd[c];
+      continue;
+    }
+    acc_t* __restrict__ gathered = pixel;
+    std::fill(gathered, gathered + channels, acc_t(0));
+    for (int tap = 0; tap < cols.taps; ++tap) {
+      const acc_t* weight = cols.weights(tap);
+      for (int64_t x = cols.begin[tap][i]; x < cols.end[tap][i]; ++x) {
+        const acc_t w = cols.taps == 2 ? weight[x] : acc_t(1);
+        const acc_t* __restrict__ sums = row_sums + x * channels;
+        for (int64_t c = 0; c < channels; ++c) gathered[c] += w * sums[c];
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) target[c] += gathered[c];
+  }
+}
+
+// grad_source (N, Hs, Ws, C) = sum over `grads` g_k (N, H_k, W_k, C) of the adjoint of resize k,
+// one source row per step, each written exactly once.
+template <typename scalar_t, typename acc_t>
+void resize_adjoint_channels_last(
+    const std::vector<const scalar_t*>& grads, const std::vector<Resize2d<acc_t>>& resizes, scalar_t* grad_source,
+    int64_t batch, int64_t channels, int64_t source_h, int64_t source_w) {
+  int64_t widest = 0;
+  for (const auto& resize : resizes) widest = std::max(widest, resize.cols.axis.out_size);
+  const int64_t source_row = source_w * channels;
+  at::parallel_for(0, batch * source_h, row_grain(widest * channels), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row_sums(widest * channels), acc(source_row), pixel(channels);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / source_h, y = row % source_h;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (size_t k = 0; k < grads.size(); ++k) {
+        const int64_t image_size = resizes[k].rows.axis.out_size * resizes[k].cols.axis.out_size * channels;
+        accumulate_adjoint_row_channels_last(
+            grads[k] + n * image_size, resizes[k], channels, y, row_sums.data(), acc.data(), pixel.data());
+      }
+      scalar_t* dst = grad_source + row * source_row;
+      for (int64_t i = 0; i < source_row; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
     }
   });
 }

@@ -13,6 +13,9 @@
 // channel plane of one image stays in cache while all its RoIs read (or write) it, so the maps
 // cross memory once. In the backward each thread owns whole gradient planes and visits RoIs in
 // index order: no atomics, no zero-filled allocation, the same bits on every run.
+// Channels-last maps (NHWC) are pooled as they are, in parallel over RoIs: every tap reads a
+// vector of C contiguous channels (forward_kernel_channels_last). The backward writes planar
+// gradients whatever the maps' layout.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -375,6 +378,51 @@ void forward_kernel(const std::vector<at::Tensor>& levels, const at::Tensor& roi
   });
 }
 
+// The forward over NHWC maps: each RoI's bins are sums of channel vectors, in the order of
+// pool_roi_sparse (per row tap, the weighted sum of its column taps).
+template <typename scalar_t>
+void forward_kernel_channels_last(const std::vector<at::Tensor>& levels, const at::Tensor& rois,
+                                  at::ArrayRef<double> scales, at::IntArrayRef heights, at::IntArrayRef widths,
+                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned,
+                                  const LevelMapper& mapper, at::Tensor& output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch_size = levels[0].size(0), channels = levels[0].size(1), bins = pooled_h * pooled_w;
+  const RoiTaps<acc_t> t = tabulate_taps<acc_t>(rois, batch_size, scales, heights, widths, pooled_h, pooled_w,
+                                                sampling_ratio, aligned, mapper);
+  std::vector<const scalar_t*> level_data;
+  for (const at::Tensor& level : levels) level_data.push_back(level.const_data_ptr<scalar_t>());
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bins * channels));
+  at::parallel_for(0, rois.size(0), grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> bin_sum(channels), row_sum(channels);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t level = t.level[k], width = widths[level];
+      const scalar_t* image = level_data[level] + t.batch[k] * heights[level] * width * channels;
+      const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
+      scalar_t* out_roi = out + k * channels * bins;
+      for (int64_t ph = 0; ph < pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < pooled_w; ++pw) {
+          std::fill(bin_sum.begin(), bin_sum.end(), acc_t(0));
+          for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+            const scalar_t* row = image + row_taps.index[i] * width * channels;
+            std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
+            for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
+              const scalar_t* __restrict__ pixel = row + col_taps.index[j] * channels;
+              const acc_t w = col_taps.weight[j];
+              acc_t* __restrict__ sum = row_sum.data();
+              for (int64_t c = 0; c < channels; ++c) sum[c] += w * static_cast<acc_t>(pixel[c]);
+            }
+            const acc_t w = row_taps.weight[i];
+            for (int64_t c = 0; c < channels; ++c) bin_sum[c] += w * row_sum[c];
+          }
+          scalar_t* out_bin = out_roi + ph * pooled_w + pw;
+          for (int64_t c = 0; c < channels; ++c) out_bin[c * bins] = static_cast<scalar_t>(bin_sum[c]);
+        }
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
                      at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
@@ -433,11 +481,13 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
 
 at::Tensor forward(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t pooled_h,
                    int64_t pooled_w, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper) {
-  ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w);
+  const bool nhwc = checks::is_channels_last(levels[0]);
+  ForwardArgs args = forward_args(levels, rois, pooled_h, pooled_w, nhwc);
   if (args.output.numel() == 0) return args.output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.output.scalar_type(), "sfpn::roi_align", [&] {
-    forward_kernel<scalar_t>(args.levels, args.rois, scales, args.heights, args.widths, pooled_h, pooled_w,
-                             sampling_ratio, aligned, mapper, args.output);
+    auto* kernel = nhwc ? &forward_kernel_channels_last<scalar_t> : &forward_kernel<scalar_t>;
+    kernel(args.levels, args.rois, scales, args.heights, args.widths, pooled_h, pooled_w, sampling_ratio, aligned,
+           mapper, args.output);
   });
   return args.output;
 }

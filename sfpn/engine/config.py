@@ -34,8 +34,9 @@ class SolverConfig:
     warmup_factor: float = setting(0.001, Range(0, 1, low_open=True))
     #: Clip the gradients' global L2 norm to this; 0 disables clipping.
     clip_grad_norm: float = setting(0.0, NON_NEGATIVE)
-    #: Mixed precision on CUDA: "auto" (bf16 where supported, else fp16), "bf16", "fp16" or
-    #: "off". The CPU always trains in fp32.
+    #: Mixed precision, in training and evaluation: "auto" (CUDA: bf16 where supported, else
+    #: fp16; CPU: bf16 with channels_last where the CPU computes bf16 natively, else fp32),
+    #: "bf16", "fp16" (CUDA only) or "off" (fp32). See sfpn.engine.precision.
     amp: str = setting("auto", ("auto", "bf16", "fp16", "off"))
 
 

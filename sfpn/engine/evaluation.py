@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from ..modeling.postprocess import detections_at_original_size
 from . import distributed
+from .precision import Precision
 
 #: COCOeval.stats entries we report, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -136,8 +137,10 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
 
 @torch.no_grad()
 def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-            masks: bool = True) -> tuple[list[dict], bool, dict]:
+            masks: bool = True, precision: Precision | None = None) -> tuple[list[dict], bool, dict]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
+    ``precision`` gives the autocast to run the model under (default fp32); the model's layout is
+    the caller's (see :func:`~sfpn.engine.precision.prepare_model`).
 
     ``masks``: whether the results get instance masks (the detector's, or those made from its
     semantic map, one full-size mask per detection); False leaves them out, unmade.
@@ -157,10 +160,12 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     )
     was_training = model.training
     model.eval()
+    autocast = precision.autocast(torch.device(device).type) if precision is not None else contextlib.nullcontext()
     results, with_masks, confusions = [], None, {}
     try:
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
-            outputs = model([image.to(device) for image in images])
+            with autocast:
+                outputs = model([image.to(device) for image in images])
             for image, output, target in zip(images, outputs, targets):
                 if with_masks is None:
                     with_masks = masks and ("masks" in output or "semantic" in output)
@@ -215,8 +220,10 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
     return metrics, "\n".join(tables)
 
 
-def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True) -> tuple[dict, str]:
-    """Predicts over ``dataset`` and scores it. Every rank returns the same metrics.
+def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True,
+             precision: Precision | None = None) -> tuple[dict, str]:
+    """Predicts over ``dataset`` (under ``precision``'s autocast, default fp32) and scores it.
+    Every rank returns the same metrics.
 
     Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None, "semantic":
     {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
@@ -226,7 +233,7 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     # annotation without a 'segmentation'. On box-only datasets no masks are made at all.
     ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
     results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress,
-                                              masks=ground_truth_masks)
+                                              masks=ground_truth_masks, precision=precision)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)

@@ -1,4 +1,5 @@
-"""The training loop: SGD with warmup and step decay, AMP, DDP, checkpoints, evaluation, logs.
+"""The training loop: SGD with warmup and step decay, mixed precision (``sfpn.engine.precision``),
+DDP, checkpoints, evaluation, logs.
 
 Iteration-based, like the paper's schedules. Everything that decides what an iteration computes
 is checkpointed or derived from the iteration number (model, optimizer, scheduler, grad scaler,
@@ -10,7 +11,6 @@ evaluation), ``plot.png`` and ``eval.json``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,6 +36,7 @@ from .checkpoint import (
 from .config import TrainConfig, validate
 from .evaluation import evaluate, format_metrics
 from .plot import plot_metrics
+from .precision import choose_precision, prepare_model
 
 
 class WarmupMultiStep:
@@ -129,16 +130,6 @@ def build_scheduler(optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.
     )
 
 
-def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32 (always on the CPU)."""
-    mode = config.solver.amp
-    if device.type != "cuda" or mode == "off":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
 class Trainer:
     """Trains ``model`` on ``train_set`` and evaluates on ``val_set`` (COCO datasets).
 
@@ -165,10 +156,12 @@ class Trainer:
         self.rank = distributed.get_rank()
         if config.solver.batch_size % self.world_size:
             raise ValueError(f"solver.batch_size ({config.solver.batch_size}) must be a multiple of the number of processes ({self.world_size})")
+        #: What the run computes in (``solver.amp`` on this device) and why.
+        self.precision = choose_precision(config.solver.amp, device)
+        prepare_model(model, self.precision)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
-        self.amp_dtype = amp_dtype(config, device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
         self.iteration = 0
         self.guard = DivergenceGuard(config.divergence_factor, config.divergence_window)
         #: The newest checkpoint written or resumed from, named when the run diverges.
@@ -276,10 +269,7 @@ class Trainer:
     def step(self, images, targets) -> dict[str, torch.Tensor]:
         """One optimisation step; returns the detached losses. Raises ``TrainingDiverged``
         before touching the weights when the loss has diverged."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
-        )
-        with autocast:
+        with self.precision.autocast(self.device.type):
             losses = self.ddp_model(images, targets)
         self._check_divergence(losses)
         loss = sum(losses.values())
@@ -318,6 +308,7 @@ class Trainer:
             num_workers=min(self.config.data.num_workers, 2),
             results_file=os.path.join(self.output_dir, "results.json"),
             progress=self.progress,
+            precision=self.precision,
         )
         self._log({"type": "eval", "iter": self.iteration, **metrics})
         if distributed.is_main_process():

@@ -12,13 +12,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def pad_to(tensors: list[torch.Tensor], divisor: int, value: float) -> torch.Tensor:
-    """Stack ``(..., H_i, W_i)`` tensors into ``(N, ..., H, W)``, H and W the largest sizes rounded
-    up to a multiple of ``divisor``, padding at the bottom and right with ``value``."""
+def pad_to(tensors: list[torch.Tensor], divisor: int, value: float,
+           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Stack ``(..., H_i, W_i)`` tensors into ``(N, ..., H, W)`` laid out in ``memory_format``, H
+    and W the largest sizes rounded up to a multiple of ``divisor``, padding at the bottom and
+    right with ``value``."""
     height = max(t.shape[-2] for t in tensors)
     width = max(t.shape[-1] for t in tensors)
     height, width = -(-height // divisor) * divisor, -(-width // divisor) * divisor
-    batch = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], height, width), value)
+    shape = (len(tensors), *tensors[0].shape[:-2], height, width)
+    batch = torch.empty(shape, dtype=tensors[0].dtype, device=tensors[0].device, memory_format=memory_format).fill_(value)
     for slot, t in zip(batch, tensors):
         slot[..., : t.shape[-2], : t.shape[-1]].copy_(t)
     return batch
@@ -61,7 +64,16 @@ class FasterRCNN(nn.Module):
                 raise ValueError(f"images[{i}] must be (3, H, W), got shape {tuple(image.shape)}")
         sizes = [tuple(image.shape[-2:]) for image in images]
         normalised = [(image.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std for image in images]
-        return pad_to(normalised, self.size_divisibility, 0.0), sizes
+        return pad_to(normalised, self.size_divisibility, 0.0, self.input_memory_format()), sizes
+
+    def input_memory_format(self) -> torch.memory_format:
+        """The layout of the image batch: channels_last when the backbone's weights are (after
+        ``model.to(memory_format=torch.channels_last)``), so that its first convolution reads the
+        batch as it is instead of converting it."""
+        weight = next((p for p in self.backbone.parameters() if p.dim() == 4), None)
+        if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        return torch.contiguous_format
 
     def _check_targets(self, targets, num_images: int) -> None:
         if targets is None or len(targets) != num_images:

@@ -118,10 +118,9 @@ def register(op: Op) -> None:
             LIBRARY.impl(name, implementation, "CUDA")
 
 
-def autocast_to_float32(name: str, *, keep_dtype_of: int | None = None) -> None:
+def autocast_to_float32(name: str) -> None:
     """Under ``torch.autocast`` (CPU and CUDA), run ``sfpn::<name>`` on float32 inputs, as
-    torchvision does for its box ops; with ``keep_dtype_of``, cast the (single tensor) result back
-    to the dtype of that argument (torchvision's ``roi_align``: features in, features out)."""
+    torchvision does for its box ops."""
     op = getattr(torch.ops.sfpn, name).default
 
     def cast(value):
@@ -137,13 +136,25 @@ def autocast_to_float32(name: str, *, keep_dtype_of: int | None = None) -> None:
 
         def kernel(*args, _excluded=excluded):
             with torch._C._ExcludeDispatchKeyGuard(_excluded):
-                out = op(*[cast(a) for a in args])
-            if keep_dtype_of is None:
-                return out
-            reference = args[keep_dtype_of]
-            return out.to((reference[0] if isinstance(reference, (list, tuple)) else reference).dtype)
+                return op(*[cast(a) for a in args])
 
         LIBRARY.impl(name, kernel, key)
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout of an op's output that follows its ``(N, C, H, W)`` input ``x``: channels_last
+    for a channels_last ``x`` on the CPU, whose kernels (and references) read and write NHWC as it
+    is; contiguous otherwise (the CUDA and Triton kernels take NCHW). ``checks::is_channels_last``
+    in csrc/checks.h is the C++ side of the same rule."""
+    if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialised ``shape`` tensor of ``x``'s dtype and device in :func:`output_memory_format`
+    of ``x``: the fakes' output of the ops whose output follows ``x``'s layout."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 def serving(name: str, device_type: str) -> str:

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._library import output_memory_format
 from ._validate import OpValueError, check_choice
 
 MODES = ("nearest", "bilinear")
@@ -27,9 +28,12 @@ def resize(x: torch.Tensor, size, mode: str, align_corners: bool) -> torch.Tenso
 
 
 def resize_adjoint(grad: torch.Tensor, height, width, mode: str, align_corners: bool) -> torch.Tensor:
-    """The adjoint of :func:`resize` to ``(height, width)``: ``(N, C, H, W)`` -> ``(N, C, height, width)``."""
+    """The adjoint of :func:`resize` to ``(height, width)``: ``(N, C, H, W)`` -> ``(N, C, height, width)``,
+    laid out as :func:`~sfpn.ops._library.output_memory_format` of ``grad`` says."""
     input_size = [grad.shape[0], grad.shape[1], height, width]
     output_size = list(grad.shape[-2:])
     if mode == "nearest":
-        return torch.ops.aten.upsample_nearest2d_backward(grad, output_size, input_size)
-    return torch.ops.aten.upsample_bilinear2d_backward(grad, output_size, input_size, align_corners)
+        adjoint = torch.ops.aten.upsample_nearest2d_backward(grad, output_size, input_size)
+    else:
+        adjoint = torch.ops.aten.upsample_bilinear2d_backward(grad, output_size, input_size, align_corners)
+    return adjoint.contiguous(memory_format=output_memory_format(grad))

@@ -5,7 +5,9 @@ the loss.
 Schemas, reference fallbacks and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernel: ``kernels/cross_entropy.py`` (one kernel, both ops). The
 kernel computes in float32: float64 logits and empty inputs run the reference. Under
-``torch.autocast`` they run in the logits' dtype (the loss is float32 either way).
+``torch.autocast`` they run in the logits' dtype (the loss is float32 either way; the reference
+computes in float32 too). The gradient takes the logits' layout on the CPU (channels_last
+logits, a channels_last gradient).
 """
 from __future__ import annotations
 
@@ -137,10 +139,21 @@ def _loss_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
+def _in_loss_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """The logits in the loss's dtype, NCHW: one pass that casts and lays them out as the softmax
+    over classes reads them (a channels_last map of few classes gains nothing from NHWC)."""
+    return logits.to(_loss_dtype(logits), memory_format=torch.contiguous_format)
+
+
+def _as_logits(grad: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The gradient in the logits' dtype and layout (one pass)."""
+    return grad.to(logits.dtype, memory_format=_library.output_memory_format(logits))
+
+
 def _loss_and_grad(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
     """The reference loss and its gradient ``softmax - smoothed one-hot`` on labelled pixels
     (divided by their count for ``"mean"``), on the logits' grid."""
-    x = logits.to(_loss_dtype(logits))
+    x = _in_loss_dtype(logits)
     loss = F.cross_entropy(x, labels.long(), ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
     if not compute_grad:
@@ -155,17 +168,16 @@ def _loss_and_grad(logits, labels, ignore_index, reduction, label_smoothing, com
 
 def _semantic_cross_entropy_op_reference(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
     loss, grad = _loss_and_grad(logits, labels, ignore_index, reduction, label_smoothing, compute_grad)
-    return loss, (grad.to(logits.dtype) if compute_grad else logits.new_empty((0,)))
+    return loss, (_as_logits(grad, logits) if compute_grad else logits.new_empty((0,)))
 
 
 def _upsample_cross_entropy_op_reference(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
-    full_size = F.interpolate(logits.to(_loss_dtype(logits)), size=tuple(labels.shape[-2:]), mode="bilinear",
-                              align_corners=False)
+    full_size = F.interpolate(_in_loss_dtype(logits), size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
     loss, grad = _loss_and_grad(full_size, labels, ignore_index, reduction, label_smoothing, compute_grad)
     if not compute_grad:
         return loss, logits.new_empty((0,))
     grad = torch.ops.aten.upsample_bilinear2d_backward(grad, list(labels.shape[-2:]), list(logits.shape), False)
-    return loss, grad.to(logits.dtype)
+    return loss, _as_logits(grad, logits)
 
 
 def _triton(op, reference):
@@ -175,15 +187,16 @@ def _triton(op, reference):
         kernels.check_launchable(logits, op)
         from ..kernels import cross_entropy as launcher
 
-        return launcher.cross_entropy(
+        loss, grad = launcher.cross_entropy(
             logits.contiguous(), labels.contiguous(), ignore_index, reduction, label_smoothing, compute_grad
         )
+        return loss, grad.contiguous(memory_format=_library.output_memory_format(logits)) if compute_grad else grad
 
     return implementation
 
 
 def _fake(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
-    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty((0,))
+    grad = _library.empty_like_layout(logits, logits.shape) if compute_grad else logits.new_empty((0,))
     return logits.new_empty((), dtype=_loss_dtype(logits)), grad
 
 

@@ -3,7 +3,9 @@
 Schema, reference fallback and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernel: ``kernels/group_norm_relu.py``. The kernel computes in
 float32: float64 and empty inputs run the reference. Under ``torch.autocast`` it runs in x's dtype
-(computing in float32 at least, as autocast runs GroupNorm).
+(computing in float32 at least, as autocast runs GroupNorm). On the CPU (the reference, on ATen's
+GroupNorm kernels) a channels_last ``x`` gives a channels_last result and gradient, and bf16/fp16
+``x`` is read as it is: no layout or dtype copy of ``x``.
 """
 from __future__ import annotations
 
@@ -73,26 +75,41 @@ def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _in_compute_type(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ATen's GroupNorm kernels take it with parameters in the statistics' dtype: the CPU
+    kernel reads fp16/bf16 ``x`` as it is (and in any layout), computing in float32; elsewhere
+    ``x`` is cast first."""
+    return x if x.device.type == "cpu" else x.to(_statistics_dtype(x))
+
+
 def _group_norm_relu_op_reference(x, num_groups, weight, bias, eps):
-    grouped = x.to(_statistics_dtype(x)).reshape(x.shape[0], num_groups, -1)
-    mean = grouped.mean(-1)
-    rstd = (grouped.var(-1, unbiased=False) + eps).rsqrt()
-    return group_norm_relu_reference(x, num_groups, weight, bias, eps).contiguous(), mean, rstd
+    compute = _statistics_dtype(x)
+    batch, channels = x.shape[:2]
+    out, mean, rstd = torch.native_group_norm(
+        _in_compute_type(x), weight.to(compute), bias.to(compute), batch, channels, x.shape[2] * x.shape[3], num_groups, eps
+    )
+    out = F.relu_(out).to(x.dtype)
+    return out.contiguous(memory_format=_library.output_memory_format(x)), mean, rstd
 
 
 def _group_norm_relu_backward_op_reference(grad, x, mean, rstd, weight, bias):
     batch, channels, groups = x.shape[0], x.shape[1], mean.shape[1]
     compute = mean.dtype
-    x_hat = ((x.to(compute).reshape(batch, groups, -1) - mean[..., None]) * rstd[..., None]).reshape(x.shape)
-    scale, shift = weight.to(compute).view(1, -1, 1, 1), bias.to(compute).view(1, -1, 1, 1)
-    grad_y = grad.to(compute) * (x_hat * scale + shift > 0)  # through the ReLU
-    grad_weight, grad_bias = (grad_y * x_hat).sum((0, 2, 3)), grad_y.sum((0, 2, 3))
-    grad_x_hat = (grad_y * scale).reshape(batch, groups, -1)
-    x_hat = x_hat.reshape(batch, groups, -1)
-    grad_x = rstd[..., None] * (
-        grad_x_hat - grad_x_hat.mean(-1, keepdim=True) - x_hat * (grad_x_hat * x_hat).mean(-1, keepdim=True)
+
+    def per_channel(statistic):  # (N, G) -> (N, C, 1, 1)
+        return statistic.repeat_interleave(channels // groups, dim=1).view(batch, channels, 1, 1)
+
+    # The ReLU passes the gradient where the normalised output, recomputed from the saved
+    # statistics as x * scale + shift, is positive.
+    scale = per_channel(rstd) * weight.to(compute).view(1, channels, 1, 1)
+    shift = bias.to(compute).view(1, channels, 1, 1) - per_channel(mean) * scale
+    grad_y = torch.where(torch.addcmul(shift, x, scale) > 0, grad, 0).to(x.dtype)
+    grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+        _in_compute_type(grad_y), _in_compute_type(x), mean, rstd, weight.to(compute), batch, channels,
+        x.shape[2] * x.shape[3], groups, [True, True, True],
     )
-    return grad_x.reshape(x.shape).to(x.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype)
+    grad_x = grad_x.to(x.dtype).contiguous(memory_format=_library.output_memory_format(x))
+    return grad_x, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype)
 
 
 def _group_norm_relu_triton(x, num_groups, weight, bias, eps):
@@ -101,7 +118,8 @@ def _group_norm_relu_triton(x, num_groups, weight, bias, eps):
     kernels.check_launchable(x, "group_norm_relu")
     from ..kernels import group_norm_relu as launcher
 
-    return launcher.group_norm_relu(x.contiguous(), num_groups, weight.contiguous(), bias.contiguous(), eps)
+    out, mean, rstd = launcher.group_norm_relu(x.contiguous(), num_groups, weight.contiguous(), bias.contiguous(), eps)
+    return out.contiguous(memory_format=_library.output_memory_format(x)), mean, rstd
 
 
 def _group_norm_relu_backward_triton(grad, x, mean, rstd, weight, bias):
@@ -110,9 +128,10 @@ def _group_norm_relu_backward_triton(grad, x, mean, rstd, weight, bias):
     kernels.check_launchable(x, "group_norm_relu_backward")
     from ..kernels import group_norm_relu as launcher
 
-    return launcher.group_norm_relu_backward(
+    grad_x, grad_weight, grad_bias = launcher.group_norm_relu_backward(
         grad.contiguous(), x.contiguous(), mean, rstd, weight.contiguous(), bias.contiguous()
     )
+    return grad_x.contiguous(memory_format=_library.output_memory_format(x)), grad_weight, grad_bias
 
 
 _library.define(
@@ -129,12 +148,12 @@ _library.define(
 @torch.library.register_fake("sfpn::group_norm_relu")
 def _(x, num_groups, weight, bias, eps):
     stats = x.new_empty((x.shape[0], num_groups), dtype=_statistics_dtype(x))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
+    return _library.empty_like_layout(x, x.shape), stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("sfpn::group_norm_relu_backward")
 def _(grad, x, mean, rstd, weight, bias):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight), torch.empty_like(bias)
+    return _library.empty_like_layout(x, x.shape), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):

@@ -4,9 +4,10 @@
 Each box is pooled from its FPN level, chosen inside the kernel with torchvision's
 ``MultiScaleRoIAlign`` rule, so there is no per-level gather and scatter in Python. Schema and
 reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
-``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Under ``torch.autocast`` it runs in
-float32 and returns the levels' dtype, as ``roi_align``. Both script with TorchScript, as
-``roi_align`` does (the Python argument checks are left out of a scripted call).
+``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
+under ``torch.autocast`` it runs in the levels' dtype (computing in float32), and the CPU kernel
+reads channels_last levels as they are. Both script with TorchScript, as ``roi_align`` does
+(the Python argument checks are left out of a scripted call).
 """
 from __future__ import annotations
 
@@ -283,7 +284,7 @@ class MultiLevelRoIAlign(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# The dispatcher op: schema, reference fallback, fake, autograd (twice differentiable), autocast.
+# The dispatcher op: schema, reference fallback, fake, autograd (twice differentiable).
 
 
 def _multilevel_op_reference(levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_scale,
@@ -371,5 +372,4 @@ torch.library.register_autograd("sfpn::multilevel_roi_align", _backward, setup_c
 torch.library.register_autograd(
     "sfpn::multilevel_roi_align_backward", _backward_backward, setup_context=_setup_backward_context
 )
-_library.autocast_to_float32("multilevel_roi_align", keep_dtype_of=0)
 _library.register(_library.Op("multilevel_roi_align", _library.COMPILED, backward=("multilevel_roi_align_backward",)))

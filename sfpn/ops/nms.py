@@ -37,7 +37,8 @@ are only known on the device. That scratch is the practical limit on boxes per c
 
 Schemas and reference fallbacks below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/nms.cpp``
 and ``csrc/cuda/nms.cu`` (IoU shared in ``csrc/nms_iou.h``). Under ``torch.autocast`` the boxes
-and scores are cast to float32, as torchvision does.
+and scores are cast to float32, as torchvision does, so there they may differ in dtype (bfloat16
+scores of a head under autocast with float32 boxes decoded in float32).
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ def _check_nms(boxes, scores, idxs=None) -> None:
     if boxes.shape[1] != 4:
         raise OpValueError(f"boxes must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     check_tensor("scores", scores, ndim=1)
-    check_same("scores", scores, "boxes", boxes)
+    # Under autocast both are cast to float32 before the kernel (below): their dtypes may differ.
+    if not (torch.is_autocast_enabled(boxes.device.type) and scores.device == boxes.device):
+        check_same("scores", scores, "boxes", boxes)
     if scores.shape[0] != boxes.shape[0]:
         raise OpValueError(f"scores must have shape (N,) = ({boxes.shape[0]},) like boxes, got {tuple(scores.shape)}")
     if idxs is not None:
@@ -197,7 +200,7 @@ def batched_nms_padded_reference(
 
 # The public functions script with TorchScript (torchvision's detectors call batched_nms from
 # scripted code). A scripted call skips the Python argument checks, which TorchScript cannot
-# compile; the kernels' checks (csrc/op_checks.h) raise instead, as RuntimeError.
+# compile; the kernels' checks (csrc/nms.h) raise instead, as RuntimeError.
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

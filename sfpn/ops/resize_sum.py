@@ -4,6 +4,8 @@ in one kernel.
 Schema, reference fallback and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernel: ``kernels/resize_sum.py``. The kernel computes in float32:
 float64 and empty inputs run the reference. Under ``torch.autocast`` it runs in its inputs' dtype.
+On the CPU (the reference, on ATen's bilinear kernels) channels_last levels give a channels_last
+sum, and a channels_last gradient channels_last level gradients.
 """
 from __future__ import annotations
 
@@ -75,12 +77,13 @@ def _check_resize_sum(levels, size) -> None:
 
 
 def _resize_sum_op_reference(levels, height, width):
-    return resize_sum_reference(levels, (height, width)).contiguous()
+    return resize_sum_reference(levels, (height, width)).contiguous(memory_format=_library.output_memory_format(levels[0]))
 
 
 def _resize_sum_backward_op_reference(grad, heights, widths):
     return [
         torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), [*grad.shape[:2], h, w], False)
+        .contiguous(memory_format=_library.output_memory_format(grad))
         for h, w in zip(heights, widths)
     ]
 
@@ -91,7 +94,8 @@ def _resize_sum_triton(levels, height, width):
     kernels.check_launchable(levels[0], "resize_sum")
     from ..kernels import resize_sum as launcher
 
-    return launcher.resize_sum([level.contiguous() for level in levels], height, width)
+    out = launcher.resize_sum([level.contiguous() for level in levels], height, width)
+    return out.contiguous(memory_format=_library.output_memory_format(levels[0]))
 
 
 def _resize_sum_backward_triton(grad, heights, widths):
@@ -100,7 +104,8 @@ def _resize_sum_backward_triton(grad, heights, widths):
     kernels.check_launchable(grad, "resize_sum_backward")
     from ..kernels import resize_sum as launcher
 
-    return launcher.resize_sum_backward(grad.contiguous(), list(zip(heights, widths)))
+    grads = launcher.resize_sum_backward(grad.contiguous(), list(zip(heights, widths)))
+    return [g.contiguous(memory_format=_library.output_memory_format(grad)) for g in grads]
 
 
 _library.define("resize_sum(Tensor[] levels, SymInt height, SymInt width) -> Tensor", _resize_sum_op_reference)
@@ -110,12 +115,12 @@ _library.define("resize_sum_backward(Tensor grad, SymInt[] heights, SymInt[] wid
 
 @torch.library.register_fake("sfpn::resize_sum")
 def _(levels, height, width):
-    return levels[0].new_empty((levels[0].shape[0], levels[0].shape[1], height, width))
+    return _library.empty_like_layout(levels[0], (levels[0].shape[0], levels[0].shape[1], height, width))
 
 
 @torch.library.register_fake("sfpn::resize_sum_backward")
 def _(grad, heights, widths):
-    return [grad.new_empty((grad.shape[0], grad.shape[1], h, w)) for h, w in zip(heights, widths)]
+    return [_library.empty_like_layout(grad, (grad.shape[0], grad.shape[1], h, w)) for h, w in zip(heights, widths)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -3,7 +3,13 @@
 Schema and reference fallback below (:mod:`sfpn.ops._library`); kernels:
 ``csrc/cpu/roi_align.cpp``, ``csrc/cuda/roi_align.cu``; the references below are the
 definitions they are tested against (and the multi-level op's, ``multilevel_roi_align.py``).
-Under ``torch.autocast`` it runs in float32 and returns the input's dtype, as torchvision's.
+
+Precision: every backend computes fp16/bf16 maps in float32 (the coordinates, the weights and
+the sums) and rounds the result once, so under ``torch.autocast`` the op runs in the input's
+dtype as it is: the result is torchvision's (which casts the input to float32 and the result
+back) without a float32 copy of the feature maps. Layout: the CPU kernel reads a channels_last
+input as it is (NHWC, no copy); the result is ``(K, C, PH, PW)`` contiguous for any input, as
+the box head's fully connected layers read it, and so is the input's gradient.
 
 Backward determinism: the CPU backward is always deterministic (each thread owns whole gradient
 planes). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
@@ -11,7 +17,7 @@ planes). On CUDA the default backward adds with float atomics; ``deterministic=T
 
 TorchScript: ``roi_align`` and ``RoIAlign`` script with torchvision's signatures (so a scripted
 torchvision model may call them). A scripted call skips the Python argument checks below, which
-TorchScript cannot compile: the kernels' own checks (``csrc/op_checks.h``) raise instead, as
+TorchScript cannot compile: the kernels' own checks (``csrc/roi_align.h``) raise instead, as
 ``RuntimeError`` (torchvision's scripted ``roi_align`` checks little more).
 """
 from __future__ import annotations
@@ -315,7 +321,7 @@ class RoIAlign(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # The dispatcher op: schema, reference fallback, fake, autograd (twice differentiable: linear in
-# the input, so the backward of the backward is roi_align again), autocast.
+# the input, so the backward of the backward is roi_align again).
 
 
 def _roi_align_op_reference(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, deterministic=False):
@@ -388,5 +394,4 @@ def _backward_backward(ctx, grad_grad_input):
 
 torch.library.register_autograd("sfpn::roi_align", _backward, setup_context=_setup_context)
 torch.library.register_autograd("sfpn::roi_align_backward", _backward_backward, setup_context=_setup_backward_context)
-_library.autocast_to_float32("roi_align", keep_dtype_of=0)
 _library.register(_library.Op("roi_align", _library.COMPILED, backward=("roi_align_backward",)))

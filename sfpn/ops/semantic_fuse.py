@@ -3,7 +3,9 @@
 
 Schema and reference fallback below (:mod:`sfpn.ops._library`); kernels:
 ``csrc/cpu/semantic_fuse.cpp``, ``csrc/cuda/semantic_fuse.cu``. Under ``torch.autocast`` it runs
-in its inputs' dtype (an add, all inputs of one dtype).
+in its inputs' dtype (an add, all inputs of one dtype). On the CPU each channels_last level gives
+a channels_last output, and channels_last gradients a channels_last gradient of ``semantic``,
+computed in NHWC without layout copies.
 """
 from __future__ import annotations
 
@@ -74,11 +76,16 @@ def semantic_fuse(
 
 
 def _semantic_fuse_op_reference(levels, semantic, mode, align_corners):
-    return [(level + resize(semantic, level.shape[-2:], mode, align_corners)).contiguous() for level in levels]
+    return [
+        (level + resize(semantic, level.shape[-2:], mode, align_corners)).contiguous(
+            memory_format=_library.output_memory_format(level))
+        for level in levels
+    ]
 
 
 def _semantic_fuse_backward_reference(grads, semantic_height, semantic_width, mode, align_corners):
-    return sum(resize_adjoint(grad, semantic_height, semantic_width, mode, align_corners) for grad in grads)
+    adjoints = sum(resize_adjoint(grad, semantic_height, semantic_width, mode, align_corners) for grad in grads)
+    return adjoints.contiguous(memory_format=_library.output_memory_format(grads[0]))
 
 
 _library.define(
@@ -95,12 +102,12 @@ _library.define(
 
 @torch.library.register_fake("sfpn::semantic_fuse")
 def _(levels, semantic, mode, align_corners):
-    return [torch.empty_like(level, memory_format=torch.contiguous_format) for level in levels]
+    return [_library.empty_like_layout(level, level.shape) for level in levels]
 
 
 @torch.library.register_fake("sfpn::semantic_fuse_backward")
 def _(grads, semantic_height, semantic_width, mode, align_corners):
-    return grads[0].new_empty((grads[0].shape[0], grads[0].shape[1], semantic_height, semantic_width))
+    return _library.empty_like_layout(grads[0], (grads[0].shape[0], grads[0].shape[1], semantic_height, semantic_width))
 
 
 def _setup_context(ctx, inputs, output):

@@ -4,7 +4,8 @@ one pass over memory.
 Schema and reference fallback below (:mod:`sfpn.ops._library`); kernels:
 ``csrc/cpu/upsample_add.cpp``, ``csrc/cuda/upsample_add.cu`` (resize indices shared with
 ``semantic_fuse`` in ``csrc/resize_index.h``). Under ``torch.autocast`` it runs in its inputs'
-dtype (an add: nothing to promote, as both inputs share one dtype).
+dtype (an add: nothing to promote, as both inputs share one dtype). On the CPU a channels_last
+``lateral`` gives a channels_last result (and gradient), computed in NHWC without a layout copy.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def upsample_add(
 
 _library.define(
     "upsample_add(Tensor top, Tensor lateral, str mode, bool align_corners) -> Tensor",
-    lambda top, lateral, mode, align_corners: (lateral + resize(top, lateral.shape[-2:], mode, align_corners)).contiguous(),
+    lambda top, lateral, mode, align_corners: (lateral + resize(top, lateral.shape[-2:], mode, align_corners)).contiguous(
+        memory_format=_library.output_memory_format(lateral)),
 )
 # Gradient w.r.t. `top` (the adjoint of the resize); the gradient w.r.t. lateral is `grad`.
 _library.define(
@@ -75,12 +77,12 @@ _library.define(
 
 @torch.library.register_fake("sfpn::upsample_add")
 def _(top, lateral, mode, align_corners):
-    return torch.empty_like(lateral, memory_format=torch.contiguous_format)
+    return _library.empty_like_layout(lateral, lateral.shape)
 
 
 @torch.library.register_fake("sfpn::upsample_add_backward")
 def _(grad, top_height, top_width, mode, align_corners):
-    return grad.new_empty((grad.shape[0], grad.shape[1], top_height, top_width))
+    return _library.empty_like_layout(grad, (grad.shape[0], grad.shape[1], top_height, top_width))
 
 
 def _setup_context(ctx, inputs, output):
