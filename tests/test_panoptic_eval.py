@@ -212,3 +212,61 @@ def test_panoptic_ground_truth_must_cover_the_images(panoptic_data, tmp_path):
         CocoDetection(images, instances_json, panoptic=PanopticGroundTruth(str(short), panoptic_json.removesuffix(".json")))
     with pytest.raises(FileNotFoundError, match="panoptic PNG folder not found"):
         PanopticGroundTruth(str(short))
+
+
+def _panoptic_from_instances(ann_file: str, json_file: str) -> None:
+    """COCO panoptic ground truth of a COCO instances file: each instance a thing segment (the
+    larger ones painted first, so a smaller one on top keeps its pixels), every category a thing."""
+    from pycocotools.coco import COCO
+    import contextlib
+    import io
+    import os
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(ann_file)
+    png_root = json_file.removesuffix(".json")
+    os.makedirs(png_root)
+    annotations = []
+    for image_id, info in coco.imgs.items():
+        ids = np.zeros((info["height"], info["width"]), dtype=np.int64)
+        instances = sorted(coco.imgToAnns[image_id], key=lambda a: -a["area"])
+        for annotation in instances:
+            ids[coco.annToMask(annotation) > 0] = annotation["id"]
+        present = set(np.unique(ids).tolist())
+        segments = [{"id": a["id"], "category_id": a["category_id"], "iscrowd": a["iscrowd"]} for a in instances if a["id"] in present]
+        name = os.path.splitext(info["file_name"])[0] + ".png"
+        write_segment_ids(os.path.join(png_root, name), ids)
+        annotations.append({"image_id": image_id, "file_name": name, "segments_info": segments})
+    categories = [{**c, "isthing": 1} for c in coco.dataset["categories"]]
+    with open(json_file, "w") as f:
+        json.dump({"images": coco.dataset["images"], "annotations": annotations, "categories": categories}, f)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_training_and_sfpn_eval_report_panoptic_scores(tmp_path, capsys):
+    """eval.json, metrics.jsonl, plot.png and ``python -m sfpn.eval`` carry PQ, SQ, RQ when the
+    val split has panoptic ground truth (data.panoptic_json)."""
+    from sfpn import eval as sfpn_eval, train
+    from sfpn.data import ShapesSpec, synthetic_dataset
+
+    splits = synthetic_dataset(ShapesSpec(seed=3, num_train=4, num_val=2), root=str(tmp_path / "data"), progress=False)
+    panoptic_json = str(tmp_path / "panoptic_val.json")
+    _panoptic_from_instances(splits["val"].ann_file, panoptic_json)
+    output = tmp_path / "run"
+    metrics = train.main([
+        "--data-root", splits["train"].image_root, "--ann-file", splits["train"].ann_file,
+        "--val-data-root", splits["val"].image_root, "--val-ann-file", splits["val"].ann_file,
+        "--set", "data.min_size=64", "--set", "data.max_size=96", "--set", "data.test_min_size=64", "--set", "data.num_workers=0",
+        "--set", f"data.panoptic_json={panoptic_json}", "--set", "panoptic.score_threshold=0", "--set", "log_every=1",
+        "--iters", "2", "--batch-size", "2", "--eval-every", "1", "--output-dir", str(output), "--no-progress",
+    ])
+    assert set(metrics["panoptic"]) == set(PANOPTIC_METRIC_NAMES)
+    assert all(v is None or 0 <= v <= 100 for v in metrics["panoptic"].values())
+    assert json.load(open(output / "eval.json"))["panoptic"] == metrics["panoptic"]
+    evals = [json.loads(line) for line in open(output / "metrics.jsonl") if '"eval"' in line]
+    assert [set(r["panoptic"]) for r in evals] == [set(PANOPTIC_METRIC_NAMES)] * 2
+    assert (output / "plot.png").stat().st_size > 0
+    capsys.readouterr()
+    evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
+    assert evaluated["panoptic"] == metrics["panoptic"]
+    assert "panoptic: PQ" in capsys.readouterr().out
