@@ -29,16 +29,12 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from numbers import Real
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..semantic_labels import SEMANTIC_SOURCES, read_label_png, semantic_from_boxes, semantic_from_masks
-
-if TYPE_CHECKING:
-    from .panoptic import PanopticGroundTruth
 
 
 class AnnotationError(ValueError):
@@ -172,8 +168,10 @@ class CocoDetection(torch.utils.data.Dataset):
         return_masks: add the instances' ``masks`` to the target (for Mask R-CNN).
         remove_empty: drop images without a non-crowd annotation whose box is usable (for
             training; evaluation keeps every image).
-        panoptic: the images' COCO panoptic ground truth, for evaluation (``self.panoptic``,
-            None without); it must annotate every image.
+        panoptic: the images' COCO panoptic ground truth, a
+            :class:`~sfpn.data.panoptic.PanopticGroundTruth` (which imports this module, hence
+            no annotation), for evaluation (``self.panoptic``, None without); it must annotate
+            every image.
 
     Items are ``(image, target)``: ``image`` (3, H, W) float32 RGB in [0, 1]; ``target`` holds
     ``boxes`` (K, 4) float32 xyxy, ``labels`` (K,) int64 in 1..num_classes, ``crowd_boxes``
@@ -195,7 +193,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return_masks: bool = False,
         remove_empty: bool = False,
         check_images: bool = True,
-        panoptic: PanopticGroundTruth | None = None,
+        panoptic=None,
     ):
         if semantic not in SEMANTIC_SOURCES:
             raise ValueError(f"semantic must be one of {SEMANTIC_SOURCES}, got {semantic!r}")
