@@ -270,3 +270,22 @@ def test_training_and_sfpn_eval_report_panoptic_scores(tmp_path, capsys):
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
     assert evaluated["panoptic"] == metrics["panoptic"]
     assert "panoptic: PQ" in capsys.readouterr().out
+
+
+def test_a_semantic_branch_with_other_classes_than_the_dataset_is_refused(panoptic_data, monkeypatch):
+    dataset = _dataset(panoptic_data)
+    model = _model()
+    outputs = _outputs_from(panoptic_data[3], dataset)
+    for output in outputs:  # a branch that also predicts a class the label space does not know
+        output["semantic_logits"] = torch.zeros(len(THINGS) + 2, *output["semantic_logits"].shape[1:])
+    _patch_forward(monkeypatch, model, outputs)
+    with pytest.raises(ValueError, match="the semantic branch has 4 classes, the dataset's categories give 3"):
+        evaluate(model, dataset, "cpu", progress=False)
+
+
+def test_checkpoint_configs_from_before_the_panoptic_section_load_with_its_defaults():
+    from sfpn.config import DetectorConfig, PanopticConfig, preset_config
+
+    stored = preset_config("faster_rcnn_r18_sfpn_small").to_dict()
+    del stored["panoptic"]
+    assert DetectorConfig.from_dict(stored).panoptic == PanopticConfig()

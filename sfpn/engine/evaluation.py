@@ -139,15 +139,13 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
         confusions[key] = confusion if key not in confusions else confusions[key] + confusion
 
 
-def _accumulate_panoptic(quality: PanopticQuality, output: dict, target: dict, input_size: tuple[int, int],
+def _accumulate_panoptic(quality: PanopticQuality, label_space, output: dict, target: dict, input_size: tuple[int, int],
                          dataset, panoptic_config) -> None:
     """Adds one image's panoptic result against its ground truth."""
     classes = output["semantic_logits"].shape[0]
-    if classes != len(dataset.label_to_category_id):
+    if classes != len(label_space.semantic_to_category_id):
         raise ValueError(f"the semantic branch has {classes} classes, the dataset's categories give "
-                         f"{len(dataset.label_to_category_id)} (background and the detector's labels)")
-    # The branch's classes are background and the detector's labels: the same category ids.
-    label_space = panoptic_label_space(dataset.label_to_category_id, dataset.label_to_category_id, dataset.panoptic.categories)
+                         f"{len(label_space.semantic_to_category_id)} (background and the detector's labels)")
     predicted = panoptic_at_original_size(output, input_size, target["orig_size"], label_space, panoptic_config)
     quality.update(*predicted, *dataset.panoptic.read(target["image_id"]))
 
@@ -179,7 +177,11 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     model.eval()
     results, with_masks, confusions = [], None, {}
     panoptic = getattr(dataset, "panoptic", None)
-    quality = PanopticQuality(panoptic.categories) if panoptic is not None and getattr(model.neck, "has_semantic_branch", False) else None
+    quality = label_space = None
+    if panoptic is not None and getattr(model.neck, "has_semantic_branch", False):
+        quality = PanopticQuality(panoptic.categories)
+        # The branch's classes are background and the detector's labels: the same category ids.
+        label_space = panoptic_label_space(dataset.label_to_category_id, dataset.label_to_category_id, panoptic.categories)
     try:
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
             outputs = model([image.to(device) for image in images])
@@ -190,7 +192,7 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
                 if "semantic_logits" in output and "semantic" in target:
                     _accumulate_semantic(confusions, output, target)
                 if quality is not None:
-                    _accumulate_panoptic(quality, output, target, tuple(image.shape[-2:]), dataset, model.config.panoptic)
+                    _accumulate_panoptic(quality, label_space, output, target, tuple(image.shape[-2:]), dataset, model.config.panoptic)
     finally:
         model.train(was_training)
     gathered = distributed.all_gather_objects((results, bool(with_masks), confusions, quality))
