@@ -82,9 +82,9 @@ def _dataset(panoptic_data) -> CocoDetection:
                          panoptic=PanopticGroundTruth(panoptic_json, panoptic_json.removesuffix(".json")))
 
 
-def _model(**overrides):
+def _model(preset="faster_rcnn_r18_sfpn_small", **overrides):
     torch.manual_seed(0)
-    return sfpn.build_detector("faster_rcnn_r18_sfpn_small", len(THINGS), **overrides).eval()
+    return sfpn.build_detector(preset, len(THINGS), **overrides).eval()
 
 
 def _outputs_from(instances, dataset, drop_last=False, shift=0):
@@ -118,8 +118,10 @@ def _patch_forward(monkeypatch, model, outputs):
     monkeypatch.setattr(model, "forward", lambda images, targets=None: [queue.pop(0) for _ in images])
 
 
-def test_predict_panoptic_of_a_real_detector_has_consistent_segments():
-    model = _model(**{"panoptic.score_threshold": 0.0, "panoptic.stuff_min_area": 0})
+@pytest.mark.parametrize("preset", ["faster_rcnn_r18_sfpn_small", "mask_rcnn_r18_sfpn_small"])
+def test_predict_panoptic_of_a_real_detector_has_consistent_segments(preset):
+    """Box-only: instances from the semantic map inside the boxes; Mask R-CNN: from its masks."""
+    model = _model(preset, **{"panoptic.score_threshold": 0.0, "panoptic.stuff_min_area": 0})
     categories = [{"id": c, "isthing": 1} for c in THINGS]
     space = panoptic_label_space([0, *THINGS], [0, *THINGS], categories)
     images = [torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(1)), torch.rand(3, 36, 40)]
@@ -270,6 +272,11 @@ def test_training_and_sfpn_eval_report_panoptic_scores(tmp_path, capsys):
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
     assert evaluated["panoptic"] == metrics["panoptic"]
     assert "panoptic: PQ" in capsys.readouterr().out
+    other_data = sfpn_eval.main([str(output), "--data-root", splits["val"].image_root, "--ann-file", splits["val"].ann_file,
+                                 "--panoptic-json", panoptic_json, "--results", str(tmp_path / "other.json"), "--no-progress"])
+    assert other_data["panoptic"] == metrics["panoptic"]
+    with pytest.raises(SystemExit, match="--panoptic-dir needs --panoptic-json"):
+        sfpn_eval.main([str(output), "--panoptic-dir", str(tmp_path)])
 
 
 def test_a_semantic_branch_with_other_classes_than_the_dataset_is_refused(panoptic_data, monkeypatch):
