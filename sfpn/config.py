@@ -114,6 +114,13 @@ class CascadeConfig:  # cascade_rcnn only
 
 
 @dataclass
+class PanopticConfig:  # the panoptic merge (sfpn.modeling.panoptic.panoptic_merge), when asked for
+    score_threshold: float = setting(0.5, FRACTION)  # detections below it are no instance
+    overlap_threshold: float = setting(0.5, FRACTION)  # drop an instance more than this share hidden
+    stuff_min_area: int = setting(4096, NON_NEGATIVE)  # pixels of the original image, per stuff segment
+
+
+@dataclass
 class DetectorConfig:
     meta_architecture: str = setting("faster_rcnn", ("faster_rcnn", "mask_rcnn", "cascade_rcnn"))
     num_classes: int = setting(80, AT_LEAST_ONE)  # foreground categories; labels are 1..num_classes, 0 background
@@ -125,6 +132,7 @@ class DetectorConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
     size_divisibility: int = setting(32, AT_LEAST_ONE)
 
     @property
@@ -214,6 +222,8 @@ def _small_config(meta_architecture: str, semantic: bool) -> DetectorConfig:
         ),
         roi_heads=RoIHeadsConfig(fc_dim=256, batch_size_per_image=128),
         mask_head=MaskHeadConfig(conv_dim=64),
+        # detectron2's 4096 pixels are 0.38% of an 800 x 1333 image; the same share of 256 x 320.
+        panoptic=PanopticConfig(stuff_min_area=315),
     )
 
 

@@ -3,7 +3,9 @@
 Writes a PNG with two panels: the image with the detections (boxes, class names and scores, and
 instance masks: Mask R-CNN's, or for an SFPN detector the semantic map inside each box) and, for
 SFPN, the predicted semantic map: each class's colour over the image in dimmed grey, with a legend
-of the colours and the share of the pixels predicted as each class.
+of the colours and the share of the pixels predicted as each class. With ``--panoptic``, a third
+panel shows the panoptic result (the detector config's ``panoptic`` merge): each segment in its
+category's colour, the thing segments outlined.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ PANEL_GAP = 8
 SEMANTIC_OPACITY = 0.6
 #: Brightness of the grey image under the semantic colours, so that the colours stand out.
 SEMANTIC_DIMMING = 0.6
+#: Colour of the thing segments' outlines in the panoptic panel.
+OUTLINE_COLOR = (255, 255, 255)
 
 
 def class_colors(count: int) -> np.ndarray:
@@ -33,18 +37,33 @@ def class_colors(count: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_image(model, image: torch.Tensor, min_size: int, max_size: int, num_things: int | None = None) -> dict:
+def predict_image(model, image: torch.Tensor, min_size: int, max_size: int, num_things: int | None = None,
+                  panoptic: bool = False) -> dict:
     """Detections for one (3, H, W) image in [0, 1], in its own (original) coordinates;
-    ``num_things``: the semantic map's thing classes (see ``sfpn.modeling.postprocess``)."""
+    ``num_things``: the semantic map's thing classes (see ``sfpn.modeling.postprocess``). With
+    ``panoptic``, also ``panoptic``: the ``(segment_ids, segments)`` of
+    :func:`~sfpn.modeling.postprocess.panoptic_at_original_size`, each segment's ``category_id``
+    its semantic class (the demo knows no dataset: the detector's classes are the things, the
+    semantic classes after them the stuff)."""
+    from .data.panoptic import panoptic_label_space
     from .data.transforms import ResizeShortestEdge
-    from .modeling.postprocess import detections_at_original_size
+    from .modeling.postprocess import detections_at_original_size, panoptic_at_original_size
 
     resized, _ = ResizeShortestEdge(min_size, max_size)(image, {}, None)
     device = next(model.parameters()).device
     output = model([resized.to(device)])[0]
+    sizes = tuple(resized.shape[-2:]), tuple(image.shape[-2:])
     # Masks as evaluation makes them (an SFPN detector's from its semantic map), so that the
     # picture shows what COCOeval scores.
-    return detections_at_original_size(output, tuple(resized.shape[-2:]), tuple(image.shape[-2:]), num_things=num_things)
+    prediction = detections_at_original_size(output, *sizes, num_things=num_things)
+    if panoptic:
+        config = model.config
+        labels = list(range(config.num_classes + 1))
+        semantic = list(range(1 + config.num_classes + config.num_stuff_classes))
+        categories = [{"id": k, "isthing": int(k <= config.num_classes)} for k in semantic[1:]]
+        space = panoptic_label_space(labels, semantic, categories)
+        prediction["panoptic"] = panoptic_at_original_size(output, *sizes, space, config.panoptic)
+    return prediction
 
 
 def render(
@@ -82,12 +101,14 @@ def render(
     if "semantic" not in prediction:
         return panel
     semantic = prediction["semantic"].clamp(0, len(semantic_class_names)).numpy()
-    semantic_panel = Image.fromarray(semantic_overlay(image, semantic, colors))
+    panels = [panel, Image.fromarray(semantic_overlay(image, semantic, colors))]
+    if "panoptic" in prediction:
+        panels.append(Image.fromarray(panoptic_overlay(image, *prediction["panoptic"], colors)))
     names = ["background"] + list(semantic_class_names)
-    key = legend(names, colors, class_fractions(semantic, len(names)), panel.width * 2 + PANEL_GAP)
+    key = legend(names, colors, class_fractions(semantic, len(names)), len(panels) * (panel.width + PANEL_GAP) - PANEL_GAP)
     combined = Image.new("RGB", (key.width, panel.height + key.height), (255, 255, 255))
-    combined.paste(panel, (0, 0))
-    combined.paste(semantic_panel, (panel.width + PANEL_GAP, 0))
+    for index, drawn in enumerate(panels):
+        combined.paste(drawn, (index * (panel.width + PANEL_GAP), 0))
     combined.paste(key, (0, panel.height))
     return combined
 
@@ -100,6 +121,24 @@ def semantic_overlay(image: np.ndarray, semantic: np.ndarray, colors: np.ndarray
     foreground = semantic > 0
     grey[foreground] = (1 - SEMANTIC_OPACITY) * grey[foreground] + SEMANTIC_OPACITY * colors[semantic[foreground]]
     return grey.round().astype(np.uint8)
+
+
+def panoptic_overlay(image: np.ndarray, segment_ids: torch.Tensor, segments: list[dict], colors: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image, (H, W) panoptic segment ids and their segments (``id``,
+    ``category_id`` indexing ``colors``, ``isthing``) -> (H, W, 3) uint8: as
+    :func:`semantic_overlay`, each segment in its category's colour (void stays grey), and each
+    thing segment's border pixels (those with a 4-neighbour outside the segment or the image) in
+    OUTLINE_COLOR, so that touching instances of one class stay apart."""
+    ids = segment_ids.numpy()
+    categories = np.zeros(int(ids.max(initial=0)) + 1, dtype=np.int64)
+    for segment in segments:
+        categories[segment["id"]] = segment["category_id"]
+    drawn = semantic_overlay(image, categories[ids], colors)
+    padded = np.pad(ids, 1, constant_values=-1)
+    border = ((padded[:-2, 1:-1] != ids) | (padded[2:, 1:-1] != ids) | (padded[1:-1, :-2] != ids) | (padded[1:-1, 2:] != ids))
+    things = np.isin(ids, [segment["id"] for segment in segments if segment["isthing"]])
+    drawn[border & things] = OUTLINE_COLOR
+    return drawn
 
 
 def class_fractions(semantic: np.ndarray, count: int) -> np.ndarray:
@@ -136,6 +175,8 @@ def main(argv=None) -> str:
     parser.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--min-size", type=int, help="shorter side the model sees (default: the training config's)")
     parser.add_argument("--max-size", type=int, help="cap on the longer side (default: the training config's)")
+    parser.add_argument("--panoptic", action="store_true",
+                        help="add a panel of the panoptic result (SFPN detectors; the checkpoint config's panoptic thresholds)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -144,13 +185,15 @@ def main(argv=None) -> str:
     if not os.path.isfile(args.image):
         raise SystemExit(f"error: image not found: {args.image}")
     model, meta = model_from_checkpoint(args.checkpoint, args.device)
+    if args.panoptic and not getattr(model.neck, "has_semantic_branch", False):
+        raise SystemExit("error: --panoptic needs a detector with the semantic branch (an SFPN checkpoint)")
     data_config = meta.get("train_config", {}).get("data", {})
     with Image.open(args.image) as pil:
         pixels = np.asarray(pil.convert("RGB"))
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
     prediction = predict_image(
         model, image, args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333),
-        num_things=len(meta["classes"]),
+        num_things=len(meta["classes"]), panoptic=args.panoptic,
     )
     output = args.output or f"{os.path.splitext(os.path.basename(args.image))[0]}_sfpn.png"
     render(pixels, prediction, meta["classes"], args.score_threshold, meta.get("semantic_classes")).save(output)

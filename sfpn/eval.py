@@ -3,7 +3,9 @@
 Scores the detector with COCOeval (bbox, and segm when it predicts masks or a semantic map: see
 ``sfpn.engine.evaluation``) on the validation split it was trained with, or on any COCO-format
 dataset given with ``--data-root``/``--ann-file``. Prints the COCO AP table (AP, AP50, AP75 and
-the per-size APs), writes the COCO results JSON and, with ``--metrics-json``, the metrics.
+the per-size APs), writes the COCO results JSON and, with ``--metrics-json``, the metrics. With
+COCO panoptic ground truth (``--panoptic-json``, or the training config's ``data.panoptic_json``
+for its validation split) it scores the panoptic result too and prints PQ, SQ, RQ.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", help="image folder (default: the checkpoint's validation split)")
     parser.add_argument("--ann-file", help="COCO annotation file (with --data-root)")
     parser.add_argument("--results", help="where to write the COCO results JSON (default: results_eval.json beside the checkpoint)")
+    parser.add_argument("--panoptic-json", help="COCO panoptic annotation file of the images: also score PQ, SQ, RQ "
+                        "(default: the training config's data.panoptic_json, for its validation split)")
+    parser.add_argument("--panoptic-dir", help="folder of the panoptic PNGs (default: the JSON's path without .json)")
     parser.add_argument("--metrics-json", help="also write the metrics as JSON here")
     parser.add_argument("--min-size", type=int_at_least(1), help="shorter side of the test images (default: the training config's data.test_min_size)")
     parser.add_argument("--max-size", type=int_at_least(1), help="cap on the longer side (default: the training config's data.max_size)")
@@ -51,6 +56,7 @@ def main(argv=None) -> dict:
     check_not_shadowed()
     args = parse_args(argv)
     from .data.coco import CocoDetection
+    from .data.panoptic import PanopticGroundTruth
     from .data.transforms import build_transforms
     from .engine import distributed
     from .engine.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
@@ -59,6 +65,8 @@ def main(argv=None) -> dict:
 
     if (args.data_root is None) != (args.ann_file is None):
         raise SystemExit("error: give both --data-root and --ann-file, or neither")
+    if args.panoptic_dir and not args.panoptic_json:
+        raise SystemExit("error: --panoptic-dir needs --panoptic-json")
     device = distributed.init_distributed(args.device)
     try:
         try:
@@ -88,8 +96,15 @@ def main(argv=None) -> dict:
         if semantic == "png" and args.data_root is not None:  # the label PNGs belong to the training data
             semantic = "none"
         semantic_dir = data_config.get("semantic_dir") or None
+        panoptic_json, panoptic_dir = args.panoptic_json, args.panoptic_dir
+        if panoptic_json is None and args.data_root is None:  # the panoptic ground truth of the training's val split
+            panoptic_json, panoptic_dir = data_config.get("panoptic_json"), data_config.get("panoptic_dir")
+        try:
+            panoptic = PanopticGroundTruth(panoptic_json, panoptic_dir or None) if panoptic_json else None
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
         dataset = CocoDetection(image_root, ann_file, transforms=transforms, semantic=semantic, semantic_dir=semantic_dir,
-                                coco_stuff=data_config.get("coco_stuff", False))
+                                coco_stuff=data_config.get("coco_stuff", False), panoptic=panoptic)
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")

@@ -24,6 +24,13 @@ Loading it needs sfpn's custom ops (``torch.ops.sfpn.*``, which the graph calls)
     program = torch.export.load("OUTPUT_DIR/model.pt2").module()
     detections = program(images)
 
+The program does not return the panoptic map: the merge
+(:func:`sfpn.modeling.panoptic.panoptic_merge`) paints the instances one by one and decides per
+instance on data-dependent pixel counts, a Python loop that ``torch.export`` would have to unroll
+per detection count. Run it on the program's outputs instead, with the thresholds of
+``export.json``'s ``model_config["panoptic"]``: ``panoptic_at_original_size(output, (H, W), (H, W),
+label_space, PanopticConfig(**model_config["panoptic"]))`` (:mod:`sfpn.modeling.postprocess`).
+
 In the traced graph Mask R-CNN pastes all of an image's masks in one ``grid_sample`` (eager
 chunks them to bound memory), so its peak memory grows with ``D x H x W``.
 """

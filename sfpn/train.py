@@ -119,12 +119,15 @@ COCO_STUFF_MAPS = "stuffthingmaps_trainval2017"
 def data_defaults(args) -> list[tuple[str, object]]:
     """``(key, value)`` config defaults that come with the data, applied after the preset's and
     before ``--set`` and the flags: the semantic branch learns things and stuff from the label
-    maps the data has, a synthetic dataset's own or COCO-stuff's in a COCO root."""
-    from .data.synthetic import label_maps_dir
+    maps the data has, a synthetic dataset's own or COCO-stuff's in a COCO root, and a synthetic
+    dataset's val split is scored as a panoptic segmentation against its panoptic ground truth."""
+    from .data.synthetic import label_maps_dir, split_files
 
     spec = synthetic_spec(args)
     if spec is not None:
-        return [("data.semantic", "png"), ("data.semantic_dir", label_maps_dir(spec))]
+        val = split_files(spec)["val"]
+        return [("data.semantic", "png"), ("data.semantic_dir", label_maps_dir(spec)),
+                ("data.panoptic_json", val.panoptic_file), ("data.panoptic_dir", val.panoptic_dir)]
     if args.ann_file is None and os.path.isdir(os.path.join(args.data_root, COCO_STUFF_MAPS)):  # a COCO root
         return [("data.semantic", "png"), ("data.semantic_dir", os.path.join(args.data_root, COCO_STUFF_MAPS)), ("data.coco_stuff", True)]
     return []

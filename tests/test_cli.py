@@ -82,6 +82,12 @@ def train_error(*argv: str) -> str:
         (["--set", "data.semantic=png"], "'data.semantic=png' needs data.semantic_dir"),
         (["--set", "neck.labels_from=masks"], "unknown config key 'neck.labels_from'"),
         (["--set", "data.min_size=()"], "config key 'data.min_size' needs at least one entry, got ()"),
+        # issue 25: the panoptic merge's thresholds and its ground truth's paths
+        (["--set", "panoptic.score_threshold=1.5"], "'panoptic.score_threshold' must be in [0, 1], got 1.5"),
+        (["--set", "model.panoptic.overlap_threshold=-0.1"], "'panoptic.overlap_threshold' must be in [0, 1], got -0.1"),
+        (["--set", "panoptic.stuff_min_area=-1"], "'panoptic.stuff_min_area' must be >= 0, got -1"),
+        (["--set", "panoptic.stuff_min_area=0.5"], "'panoptic.stuff_min_area' expects int, got '0.5'"),
+        (["--set", "data.panoptic_dir=pngs"], "config key 'data.panoptic_dir' needs data.panoptic_json"),
     ] + [
         # issue 26, item 1: the rules between detector fields fired only when the model was built,
         # after the datasets were read
@@ -192,7 +198,7 @@ def test_unknown_keys_suggest_the_closest():
 
 
 def test_every_number_and_string_declares_its_allowed_values():
-    free = {"data.semantic_dir", "model.backbone.weights", "model.roi_heads.sampling_ratio"}  # paths; <= 0 means adaptive
+    free = {"data.semantic_dir", "data.panoptic_json", "data.panoptic_dir", "model.backbone.weights", "model.roi_heads.sampling_ratio"}  # paths; <= 0 means adaptive
     keys = all_keys(training_config("cascade_rcnn_r50_sfpn_1x"), preset_config("cascade_rcnn_r50_sfpn_1x"))
     for key, field in keys.items():
         if field.hint is not bool:

@@ -52,3 +52,42 @@ def test_masks_from_the_semantic_map_only_for_drawn_detections(generator):
     np.testing.assert_allclose(drawn[40:55, 15:35], tint[40:55, 15:35], atol=0.51)  # inside the drawn box
     np.testing.assert_array_equal(drawn[45:55, 55:65], image[45:55, 55:65])  # the box under the threshold
     np.testing.assert_array_equal(drawn[:15, 45:], image[:15, 45:])  # outside every box and label
+
+
+def test_panoptic_panel_colours_segments_by_category_and_outlines_things(generator):
+    """Two touching instances of one class stay apart by their outlines; a stuff segment has
+    none; void stays grey."""
+    height, width = 30, 40
+    image = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+    ids = torch.zeros(height, width, dtype=torch.int32)
+    ids[5:20, 4:14], ids[5:20, 14:30], ids[24:, :] = 1, 2, 3
+    segments = [{"id": 1, "category_id": 2, "isthing": True}, {"id": 2, "category_id": 2, "isthing": True},
+                {"id": 3, "category_id": 1, "isthing": False}]
+    colors = demo.class_colors(2)
+    drawn = demo.panoptic_overlay(image, ids, segments, colors).astype(np.float32)
+
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True) * demo.SEMANTIC_DIMMING
+    category = np.zeros((height, width), dtype=np.int64)
+    category[5:20, 4:30], category[24:, :] = 2, 1
+    expected = np.where(category[..., None] > 0, (1 - demo.SEMANTIC_OPACITY) * grey + demo.SEMANTIC_OPACITY * colors[category], grey)
+    outline = np.zeros((height, width), dtype=bool)
+    for top, bottom, left, right in ((5, 20, 4, 14), (5, 20, 14, 30)):
+        outline[top:bottom, left:right] = True
+        outline[top + 1:bottom - 1, left + 1:right - 1] = False
+    expected[outline] = demo.OUTLINE_COLOR
+    np.testing.assert_allclose(drawn, expected, atol=0.51)
+
+
+def test_demo_draws_the_panoptic_panel_of_a_real_detector(generator):
+    import sfpn
+
+    torch.manual_seed(0)
+    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", 2, **{"panoptic.score_threshold": 0.0}).eval()
+    image = torch.rand(3, 40, 52, generator=generator)
+    prediction = demo.predict_image(model, image, 40, 1000, panoptic=True)
+    segment_ids, segments = prediction["panoptic"]
+    assert segment_ids.shape == (40, 52) and all(s["category_id"] in (1, 2) for s in segments)
+    pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    drawn = np.asarray(demo.render(pixels, prediction, ["circle", "square"], 0.5))
+    panel = drawn[:40, 2 * (52 + demo.PANEL_GAP):3 * 52 + 2 * demo.PANEL_GAP]
+    np.testing.assert_array_equal(panel, demo.panoptic_overlay(pixels, segment_ids, segments, demo.class_colors(2)))

@@ -185,6 +185,10 @@ class CocoDetection(torch.utils.data.Dataset):
         return_masks: add the instances' ``masks`` to the target (for Mask R-CNN).
         remove_empty: drop images without a non-crowd annotation whose box is usable (for
             training; evaluation keeps every image).
+        panoptic: the images' COCO panoptic ground truth, a
+            :class:`~sfpn.data.panoptic.PanopticGroundTruth` (which imports this module, hence
+            no annotation), for evaluation (``self.panoptic``, None without); it must annotate
+            every image.
 
     Items are ``(image, target)``: ``image`` (3, H, W) float32 RGB in [0, 1]; ``target`` holds
     ``boxes`` (K, 4) float32 xyxy, ``labels`` (K,) int64 in 1..num_classes, ``crowd_boxes``
@@ -208,6 +212,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return_masks: bool = False,
         remove_empty: bool = False,
         check_images: bool = True,
+        panoptic=None,
     ):
         if semantic not in SEMANTIC_SOURCES:
             raise ValueError(f"semantic must be one of {SEMANTIC_SOURCES}, got {semantic!r}")
@@ -238,7 +243,10 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = [c["name"] for c in things]
         #: The classes of the semantic maps after background (0): the things, then (from label
         #: PNGs) the stuff.
-        self.semantic_class_names = self.class_names + ([c["name"] for c in stuff] if semantic == "png" else [])
+        semantic_stuff = stuff if semantic == "png" else []
+        self.semantic_class_names = self.class_names + [c["name"] for c in semantic_stuff]
+        #: semantic class -> COCO category id; index 0 is background.
+        self.semantic_to_category_id = self.label_to_category_id + [c["id"] for c in semantic_stuff]
         if semantic_lookup is None:  # COCO-stuff's stuffthingmaps: raw value = category id - 1
             semantic_lookup = {c["id"] - 1: label for label, c in enumerate(things + stuff, start=1) if 0 < c["id"] <= 255}
         self.semantic_lookup = semantic_lookup
@@ -250,6 +258,11 @@ class CocoDetection(torch.utils.data.Dataset):
             if not image_ids:
                 raise AnnotationError(f"{ann_file}: no image has a non-crowd annotation with a usable box")
         self.image_ids = image_ids
+        if panoptic is not None:
+            unannotated = sorted(set(image_ids) - set(panoptic.annotations))
+            if unannotated:
+                raise AnnotationError(f"{panoptic.json_file} has no panoptic annotation of the images {unannotated[:10]} of {ann_file}")
+        self.panoptic = panoptic
         if check_images:
             for image_id in image_ids:
                 path = self.image_path(image_id)

@@ -10,6 +10,7 @@ PNGs lie in a folder named like the JSON file without ``.json`` (``panoptic_val2
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -117,3 +118,75 @@ def read_panoptic_ground_truth(annotation: Mapping, categories: list[Mapping], p
         for s in annotation["segments_info"]
     ]
     return segment_ids, segments
+
+
+@dataclasses.dataclass(frozen=True)
+class PanopticLabelSpace:
+    """How a detector's labels and semantic classes name a panoptic dataset's categories.
+
+    ``label_to_semantic``: detector label -> the semantic class of that thing class;
+    ``stuff_classes``: the semantic classes that are stuff; ``semantic_to_category_id``: semantic
+    class -> panoptic category id (index 0, background, maps to 0: void). The first two are
+    :func:`~sfpn.modeling.panoptic.panoptic_merge`'s arguments.
+    """
+
+    label_to_semantic: dict[int, int]
+    stuff_classes: tuple[int, ...]
+    semantic_to_category_id: tuple[int, ...]
+
+
+def panoptic_label_space(label_to_category_id: list[int], semantic_category_ids: list[int],
+                         categories: list[Mapping]) -> PanopticLabelSpace:
+    """The label space of a detector on a panoptic dataset, from the dataset's categories.
+
+    Args:
+        label_to_category_id: detector label -> category id (index 0 background), as
+            :class:`~sfpn.data.coco.CocoDetection` has it.
+        semantic_category_ids: semantic class -> category id (index 0 background). The SFPN
+            branch's classes are background and the detector's labels (``label_to_category_id``
+            itself); a branch trained on stuff too lists the stuff categories after them.
+        categories: the panoptic file's ``categories`` (``id``, ``isthing``).
+
+    Raises ``ValueError`` when a detector label's category is not a thing category of
+    ``categories``, or a semantic class's category is not in ``categories`` at all.
+    """
+    isthing = {category["id"]: bool(category["isthing"]) for category in categories}
+    unknown = [c for c in semantic_category_ids[1:] if c not in isthing]
+    if unknown:
+        raise ValueError(f"semantic_category_ids: the categories {unknown} are not in the panoptic categories {sorted(isthing)}")
+    semantic_of_category = {c: k for k, c in enumerate(semantic_category_ids) if k > 0}
+    not_things = [c for c in label_to_category_id[1:] if not isthing.get(c, False) or c not in semantic_of_category]
+    if not_things:
+        raise ValueError(f"label_to_category_id: the detector's categories {not_things} are not thing categories of "
+                         f"both the panoptic categories and the semantic classes")
+    return PanopticLabelSpace(
+        label_to_semantic={label: semantic_of_category[c] for label, c in enumerate(label_to_category_id) if label > 0},
+        stuff_classes=tuple(k for k, c in enumerate(semantic_category_ids) if k > 0 and not isthing[c]),
+        semantic_to_category_id=(0, *semantic_category_ids[1:]),
+    )
+
+
+class PanopticGroundTruth:
+    """A COCO panoptic annotation file and its PNG folder, read one image at a time.
+
+    Args:
+        json_file: the ``panoptic_*.json`` file.
+        png_root: the folder of its PNGs; None takes COCO's convention (the JSON's path without
+            ``.json``).
+    """
+
+    def __init__(self, json_file: str, png_root: str | None = None):
+        self.data = load_panoptic_annotations(json_file)
+        self.png_root = png_root or os.path.splitext(json_file)[0]
+        if not os.path.isdir(self.png_root):
+            raise FileNotFoundError(f"panoptic PNG folder not found: {self.png_root} (for {json_file})")
+        self.json_file = json_file
+        self.categories = self.data["categories"]
+        self.annotations = {annotation["image_id"]: annotation for annotation in self.data["annotations"]}
+
+    def read(self, image_id: int) -> tuple[torch.Tensor, list[dict]]:
+        """The image's ``(segment_ids, segments)`` (:func:`read_panoptic_ground_truth`); a
+        ``KeyError`` naming the file when it has no annotation of ``image_id``."""
+        if image_id not in self.annotations:
+            raise KeyError(f"{self.json_file} has no annotation of image_id {image_id}")
+        return read_panoptic_ground_truth(self.annotations[image_id], self.categories, self.png_root)

@@ -61,6 +61,7 @@ def build_datasets(paths: dict[str, tuple[str, str]], train: TrainConfig, detect
     """Train and val :class:`~sfpn.data.coco.CocoDetection` with the targets ``detector`` trains
     on: masks for Mask R-CNN, semantic maps when the semantic loss is on (else none are made)."""
     from ..data.coco import CocoDetection
+    from ..data.panoptic import PanopticGroundTruth
     from ..data.transforms import build_transforms
 
     data = train.data
@@ -71,7 +72,8 @@ def build_datasets(paths: dict[str, tuple[str, str]], train: TrainConfig, detect
         return_masks=detector.meta_architecture == "mask_rcnn",
     )
     train_set = CocoDetection(*paths["train"], transforms=build_transforms(data.min_size, data.max_size, data.flip_prob), remove_empty=True, **common)
-    val_set = CocoDetection(*paths["val"], transforms=build_transforms(data.test_min_size, data.max_size), **common)
+    panoptic = PanopticGroundTruth(data.panoptic_json, data.panoptic_dir or None) if data.panoptic_json else None
+    val_set = CocoDetection(*paths["val"], transforms=build_transforms(data.test_min_size, data.max_size), panoptic=panoptic, **common)
     if (val_set.label_to_category_id, val_set.semantic_class_names) != (train_set.label_to_category_id, train_set.semantic_class_names):
         raise ValueError(f"{paths['val'][1]} and {paths['train'][1]} have different categories")
     return train_set, val_set

@@ -56,6 +56,11 @@ class DataConfig:
     #: Add COCO-stuff's 91 stuff categories to the annotation file's (COCO's instances files list
     #: things only) so that COCO-stuff's label PNGs train things and stuff.
     coco_stuff: bool = False
+    #: COCO panoptic ground truth of the val split (its ``panoptic_*.json``): evaluation then
+    #: scores the detector's panoptic result too (PQ, SQ, RQ); ``panoptic_dir`` is the folder of
+    #: its PNGs, by default the JSON's path without ``.json`` (COCO's convention).
+    panoptic_json: str = ""
+    panoptic_dir: str = ""
     num_workers: int = setting(4, NON_NEGATIVE)
 
 
@@ -104,3 +109,5 @@ def validate(config: TrainConfig) -> None:
     check_not_empty(key_names("data.min_size"), config.data.min_size)
     if config.data.semantic == "png" and not config.data.semantic_dir:
         raise ValueError("config key 'data.semantic=png' needs data.semantic_dir, the folder of label PNGs")
+    if config.data.panoptic_dir and not config.data.panoptic_json:
+        raise ValueError("config key 'data.panoptic_dir' needs data.panoptic_json, the panoptic annotation file")

@@ -15,6 +15,13 @@ over the validation pixels, at image size (the upsampled class map the detector 
 the head's stride (its logits' argmax against the label at each cell's centre pixel). The
 classes are the dataset's semantic classes: things, and stuff where the labels come from
 things-and-stuff label maps; foreground IoU is "any thing vs not a thing" either way.
+
+Panoptic segmentation is scored when the dataset has COCO panoptic ground truth
+(``dataset.panoptic``) and the detector a semantic map: each image's panoptic result
+(:func:`~sfpn.modeling.postprocess.panoptic_at_original_size`, with the detector config's
+``panoptic`` thresholds and the label space of the dataset's categories) against the ground truth
+with :class:`~sfpn.engine.panoptic_quality.PanopticQuality`: ``metrics["panoptic"]`` holds PQ,
+SQ, RQ and their thing and stuff means (percent).
 """
 from __future__ import annotations
 
@@ -28,12 +35,16 @@ import torch
 from tqdm import tqdm
 
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
-from ..modeling.postprocess import detections_at_original_size
+from ..data.panoptic import panoptic_label_space
+from ..modeling.postprocess import detections_at_original_size, panoptic_at_original_size
 from . import distributed
+from .panoptic_quality import PanopticQuality
 from .precision import Precision
 
 #: COCOeval.stats entries we report, in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: PanopticQuality.compute entries we report, in order.
+PANOPTIC_METRIC_NAMES = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -135,9 +146,20 @@ def _accumulate_semantic(confusions: dict, output: dict, target: dict) -> None:
         confusions[key] = confusion if key not in confusions else confusions[key] + confusion
 
 
+def _accumulate_panoptic(quality: PanopticQuality, label_space, output: dict, target: dict, input_size: tuple[int, int],
+                         dataset, panoptic_config) -> None:
+    """Adds one image's panoptic result against its ground truth."""
+    classes = output["semantic_logits"].shape[0]
+    if classes != len(label_space.semantic_to_category_id):
+        raise ValueError(f"the semantic branch has {classes} classes, the dataset's categories give "
+                         f"{len(label_space.semantic_to_category_id)} (background, the things, then any stuff)")
+    predicted = panoptic_at_original_size(output, input_size, target["orig_size"], label_space, panoptic_config)
+    quality.update(*predicted, *dataset.panoptic.read(target["image_id"]))
+
+
 @torch.no_grad()
 def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-            masks: bool = True, precision: Precision | None = None) -> tuple[list[dict], bool, dict]:
+            masks: bool = True, precision: Precision | None = None) -> tuple[list[dict], bool, dict, PanopticQuality | None]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
     ``precision`` gives the autocast to run the model under (default fp32); the model's layout is
     the caller's (see :func:`~sfpn.engine.precision.prepare_model`).
@@ -146,7 +168,9 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     semantic map, one full-size mask per detection); False leaves them out, unmade.
 
     Returns (results, whether the results have masks, ``{"image", "stride"}`` semantic confusion
-    matrices summed over all ranks, empty without a semantic branch or semantic labels).
+    matrices summed over all ranks, empty without a semantic branch or semantic labels, the
+    panoptic counts summed over all ranks, None without panoptic ground truth
+    (``dataset.panoptic``) or a semantic branch).
     """
     from ..data.coco import collate
 
@@ -162,6 +186,11 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
     model.eval()
     autocast = precision.autocast(torch.device(device).type) if precision is not None else contextlib.nullcontext()
     results, with_masks, confusions = [], None, {}
+    panoptic = getattr(dataset, "panoptic", None)
+    quality = label_space = None
+    if panoptic is not None and getattr(model.neck, "has_semantic_branch", False):
+        quality = PanopticQuality(panoptic.categories)
+        label_space = panoptic_label_space(dataset.label_to_category_id, dataset.semantic_to_category_id, panoptic.categories)
     try:
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
             with autocast:
@@ -172,14 +201,21 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
                 results.extend(to_coco_results(output, target, tuple(image.shape[-2:]), dataset.label_to_category_id, with_masks))
                 if "semantic_logits" in output and "semantic" in target:
                     _accumulate_semantic(confusions, output, target)
+                if quality is not None:
+                    _accumulate_panoptic(quality, label_space, output, target, tuple(image.shape[-2:]), dataset, model.config.panoptic)
     finally:
         model.train(was_training)
-    gathered = distributed.all_gather_objects((results, bool(with_masks), confusions))
-    summed = {}
-    for _, _, rank_confusions in gathered:
+    gathered = distributed.all_gather_objects((results, bool(with_masks), confusions, quality))
+    summed, total_quality = {}, None
+    for _, _, rank_confusions, rank_quality in gathered:
         for key, confusion in rank_confusions.items():
             summed[key] = confusion if key not in summed else summed[key] + confusion
-    return [r for rank_results, _, _ in gathered for r in rank_results], any(m for _, m, _ in gathered), summed
+        if total_quality is None:
+            total_quality = rank_quality
+        elif rank_quality is not None:
+            total_quality += rank_quality
+    return ([r for rank_results, *_ in gathered for r in rank_results], any(m for _, m, *_ in gathered), summed,
+            total_quality)
 
 
 def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=None, category_ids=None) -> tuple[dict, str]:
@@ -226,14 +262,15 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     Every rank returns the same metrics.
 
     Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None, "semantic":
-    {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None}, the COCO table).
+    {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None, and, with panoptic
+    ground truth and a semantic branch, "panoptic": {PQ, SQ, RQ, PQ_th, PQ_st}}, the COCO table).
     Rank 0 writes the COCO results to ``results_file`` when given.
     """
     # Masks can only be scored against ground truth that has them: COCOeval fails on the first
     # annotation without a 'segmentation'. On box-only datasets no masks are made at all.
     ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
-    results, with_masks, confusions = predict(model, dataset, device, batch_size, num_workers, progress,
-                                              masks=ground_truth_masks, precision=precision)
+    results, with_masks, confusions, quality = predict(model, dataset, device, batch_size, num_workers, progress,
+                                                       masks=ground_truth_masks, precision=precision)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)
@@ -243,11 +280,15 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     metrics.setdefault("segm", None)
     class_names = ["background", *dataset.semantic_class_names]
     metrics["semantic"] = {key: semantic_scores(c, class_names, dataset.num_classes) for key, c in confusions.items()} or None
+    if quality is not None:
+        scores = quality.compute()
+        metrics["panoptic"] = {name: None if scores[name] is None else round(scores[name], 3) for name in PANOPTIC_METRIC_NAMES}
     return metrics, table
 
 
 def format_metrics(metrics: dict) -> str:
-    """A compact AP table: one row per IoU type, AP in percent; then the semantic mIoU if any."""
+    """A compact AP table: one row per IoU type, AP in percent; then the semantic mIoU and the
+    panoptic PQ, SQ, RQ if any."""
     header = f"{'':6}" + "".join(f"{name:>8}" for name in METRIC_NAMES)
     rows = [header]
     for iou_type in IOU_TYPES:
@@ -259,6 +300,8 @@ def format_metrics(metrics: dict) -> str:
     for where, scores in (metrics.get("semantic") or {}).items():
         per_class = ", ".join(f"{name} {'-' if iou is None else format(iou, '.1f')}" for name, iou in scores["IoU"].items())
         rows.append(f"semantic at {where}: mIoU {_percent(scores['mIoU'])}, foreground IoU {_percent(scores['fgIoU'])} ({per_class})")
+    if metrics.get("panoptic"):
+        rows.append("panoptic: " + ", ".join(f"{name} {_percent(metrics['panoptic'][name])}" for name in PANOPTIC_METRIC_NAMES))
     return "\n".join(rows)
 
 

@@ -12,7 +12,8 @@ def read_metrics(path: str) -> list[dict]:
 def plot_metrics(metrics_file: str, output_png: str) -> None:
     """Left: total and per-term losses against iterations (log scale); right: val AP and, for a
     detector with a semantic branch, its mIoU at image size and at its stride and its foreground
-    IoU (all in percent)."""
+    IoU, and the panoptic PQ (overall, things, stuff) where the val split has panoptic ground truth
+    (all in percent)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,8 +42,12 @@ def plot_metrics(metrics_file: str, output_png: str) -> None:
         points = [(iteration, value) for iteration, value in scores if value is not None]
         if points:
             ap_axis.plot(*zip(*points), marker=marker, linestyle=style, label=f"semantic {score} ({where})")
+    for score, style in (("PQ", "-"), ("PQ_th", ":"), ("PQ_st", "--")):
+        points = [(r["iter"], r["panoptic"][score]) for r in evals if (r.get("panoptic") or {}).get(score) is not None]
+        if points:
+            ap_axis.plot(*zip(*points), marker="D", linestyle=style, label=f"panoptic {score}")
     last = max((r["iter"] for r in records), default=0)
-    ap_axis.set(xlabel="iteration", ylabel="%", title="validation AP, semantic mIoU", xlim=(0, max(1, last) * 1.05))
+    ap_axis.set(xlabel="iteration", ylabel="%", title="validation AP, semantic mIoU, panoptic PQ", xlim=(0, max(1, last) * 1.05))
     ap_axis.grid(True, alpha=0.3)
     if evals:
         ap_axis.legend()

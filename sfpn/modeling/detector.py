@@ -6,6 +6,7 @@ from torch import nn
 
 from ..ops import upsample_argmax
 from ..semantic_labels import semantic_labels
+from .postprocess import panoptic_at_original_size
 
 #: ImageNet statistics of RGB images in [0, 1] (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,6 +106,24 @@ class FasterRCNN(nn.Module):
                 detection["semantic"] = upsample_argmax(image_logits, batch.shape[-2:], (height, width))
                 detection["semantic_logits"] = image_logits[:, : -(-height // stride), : -(-width // stride)]
         return detections
+
+    @torch.no_grad()
+    def predict_panoptic(self, images: list[torch.Tensor], label_space) -> list[tuple[torch.Tensor, list[dict]]]:
+        """Panoptic segmentation of each image, in eval mode, with the thresholds of the config's
+        ``panoptic`` section: per image ``(segment_ids (H_i, W_i) int32, segments)`` (see
+        :func:`~sfpn.modeling.postprocess.panoptic_at_original_size`; ``label_space``, a
+        :class:`~sfpn.data.panoptic.PanopticLabelSpace`, comes from the dataset's categories).
+        Needs the semantic branch (``neck.semantic``)."""
+        if self.config is None:
+            raise ValueError("predict_panoptic needs the detector's config (build it with sfpn.build_detector)")
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self(images)
+        finally:
+            self.train(was_training)
+        return [panoptic_at_original_size(output, tuple(image.shape[-2:]), tuple(image.shape[-2:]), label_space, self.config.panoptic)
+                for image, output in zip(images, outputs)]
 
 
 class MaskRCNN(FasterRCNN):

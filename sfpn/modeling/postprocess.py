@@ -3,15 +3,23 @@
 A detector in eval mode returns, per image, detections in the coordinates of the image it saw
 (resized by the test transforms): ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``, and
 ``masks`` (Mask R-CNN) or ``semantic (H, W)`` (SFPN). Evaluation and the demo both want them on
-the original image; they take them from here.
+the original image; they take them from here, and so does the panoptic result
+(:func:`panoptic_at_original_size`).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..semantic_labels import IGNORE_LABEL
 from .boxes import box_pixel_masks
+from .panoptic import panoptic_merge
+
+if TYPE_CHECKING:
+    from ..config import PanopticConfig
+    from ..data.panoptic import PanopticLabelSpace
 
 
 def instance_masks(output: dict, num_things: int | None = None) -> torch.Tensor | None:
@@ -72,6 +80,42 @@ def detections_at_original_size(
     if with_semantic and "semantic" in output:
         result["semantic"] = _resize_nearest(output["semantic"][None], original_size)[0].long()
     return result
+
+
+def panoptic_at_original_size(
+    output: dict,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    label_space: PanopticLabelSpace,
+    config: PanopticConfig,
+) -> tuple[torch.Tensor, list[dict]]:
+    """One image's panoptic segmentation on the original image (:func:`~sfpn.modeling.panoptic.panoptic_merge`).
+
+    Args:
+        output: the detector's eval output for the image; it must have ``semantic``.
+        input_size, original_size: as :func:`detections_at_original_size`.
+        label_space: the dataset's :class:`~sfpn.data.panoptic.PanopticLabelSpace`.
+        config: the thresholds (the detector config's ``panoptic`` section).
+
+    Returns:
+        ``(segment_ids (H, W) int32 on the CPU, segments)`` as ``panoptic_merge`` returns them,
+        at the original size, each segment's ``category_id`` the dataset's category id.
+    """
+    if "semantic" not in output:
+        raise ValueError("output: a panoptic result needs the semantic map ('semantic'), which only a detector with "
+                         "the semantic branch on (neck.semantic) outputs")
+    # Box-only detectors pass no masks: the merge takes the semantic pixels of each detection's
+    # own class inside its box (instance_masks' foreground rule is for COCO's segm instead).
+    detections = detections_at_original_size(output, input_size, original_size, with_masks="masks" in output)
+    segment_ids, segments = panoptic_merge(
+        detections["boxes"], detections["scores"], detections["labels"], detections["semantic"],
+        label_to_semantic=label_space.label_to_semantic, stuff_classes=label_space.stuff_classes,
+        score_threshold=config.score_threshold, overlap_threshold=config.overlap_threshold,
+        stuff_min_area=config.stuff_min_area, masks=detections.get("masks"),
+    )
+    for segment in segments:
+        segment["category_id"] = label_space.semantic_to_category_id[segment["category_id"]]
+    return segment_ids, segments
 
 
 def _resize_nearest(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -19,10 +19,10 @@ module per dataset (``shapes``, ``clutter``).
 """
 from .clutter import ClutterSpec
 from .shapes import ShapesSpec
-from .writer import DatasetSpec, Rendering, SyntheticSplit, cache_dir, label_maps_dir, synthetic_dataset
+from .writer import DatasetSpec, Rendering, SyntheticSplit, cache_dir, label_maps_dir, split_files, synthetic_dataset
 
 #: The synthetic datasets: name -> spec class, called with the spec's fields (``seed=...``).
 DATASETS: dict[str, type[DatasetSpec]] = {spec.name: spec for spec in (ShapesSpec, ClutterSpec)}
 
 __all__ = ["DATASETS", "ClutterSpec", "DatasetSpec", "Rendering", "ShapesSpec", "SyntheticSplit", "cache_dir", "label_maps_dir",
-           "synthetic_dataset"]
+           "split_files", "synthetic_dataset"]

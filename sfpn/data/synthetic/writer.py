@@ -145,6 +145,11 @@ def label_maps_dir(spec: DatasetSpec, root: str | None = None) -> str:
     return os.path.join(dataset_folder(spec, root), LABEL_MAPS)
 
 
+def split_files(spec: DatasetSpec, root: str | None = None) -> dict[str, SyntheticSplit]:
+    """The files of each split of ``spec``'s dataset, where :func:`synthetic_dataset` writes them."""
+    return split_paths(dataset_folder(spec, root))
+
+
 def split_paths(folder: str) -> dict[str, SyntheticSplit]:
     """The files of each split of the dataset in ``folder`` (see the module docstring)."""
     return {
