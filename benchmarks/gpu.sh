@@ -112,9 +112,10 @@ sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
 
   # The cuda-marked tests, and the Triton kernels' and semantic head's tests (on CUDA when there).
   stage "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda \
-    tests/test_upsample.py tests/test_roi_align.py tests/test_nms.py
+    tests/ops
   stage "Triton and semantic-head tests on CUDA" "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/test_triton_kernels.py tests/test_semantic_head.py
+    tests/ops/test_resize_sum.py tests/ops/test_group_norm_relu.py tests/ops/test_cross_entropy.py \
+    tests/ops/test_library.py tests/modeling/test_semantic_head.py
 
   # The training step and inference first (fp32 and bf16 rows): the figures the others explain.
   # Then every other file in benchmarks/

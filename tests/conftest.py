@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Hypothesis profiles, chosen with `--hypothesis-profile NAME` (hypothesis' pytest option). "ci",
-# the default, keeps the property tests (tests/test_properties.py) to about two minutes on two
+# the default, keeps the property tests (test_*drawn_inputs* in tests/ops/) to about two minutes on two
 # cores; "long" is for a thorough local run. Tests scale max_examples by their cost. No deadline:
 # timings on a shared CI machine vary too much for one, and the first call of a kernel compiles.
 _PROFILE_DEFAULTS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -68,10 +68,11 @@ def generator(request):
     return torch.Generator().manual_seed(test_seed(request.config.getoption("--seed"), request.node.nodeid))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def single_thread():
-    """One intra-op thread for a module of small-shape tests: on tiny tensors threads only add
-    OpenMP overhead (a lot of it on a loaded machine). Opt in with
+    """One intra-op thread for a small-shape test: on tiny tensors threads only add OpenMP
+    overhead (a lot of it on a loaded machine). Opt in with
+    ``@pytest.mark.usefixtures("single_thread")``, or for a module with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -90,3 +91,12 @@ def device():
     else:
         with kernels.interpret_on_cpu():
             yield torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def emulated():
+    """The CUDA kernels compiled for the CPU (tests/cuda_emulation.py), as torch.ops.sfpn_emulated:
+    built once per session."""
+    from cuda_emulation import load
+
+    return load()

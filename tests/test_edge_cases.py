@@ -1,4 +1,4 @@
-"""Real-world COCO data that used to crash training or evaluation (issue 13, items 1-3): images
+"""Real-world COCO data that training and evaluation must survive: images
 without annotations, crowd-only images, degenerate boxes, batches without foreground, zero
 proposals, and grayscale / RGBA / palette / 16-bit / JPEG images, on a generated dataset that
 every preset family trains and evaluates on."""
@@ -103,8 +103,8 @@ def index_of(data, name: str) -> int:
 
 @pytest.mark.parametrize("semantic", ["masks", "boxes", "png", "none"])
 def test_images_without_objects_load(edge_data, semantic):
-    """Item 1: on main, an unannotated image raised 'need at least one array to stack' with
-    semantic="masks"; Mask R-CNN's resize of its (0, H, W) masks raised too."""
+    """Images without usable objects give empty targets, (0, H, W) masks through the resize,
+    and a semantic map of background (or ignore, for a crowd-only image), for every label source."""
     data = dataset(edge_data, semantic, return_masks=True, transforms=build_transforms(64, 96))
     for name in ("unannotated.jpg", "subpixel.png", "negative.png", "outside.png", "crowd_only.png"):
         image, target = data[index_of(data, name)]
@@ -120,7 +120,8 @@ def test_images_without_objects_load(edge_data, semantic):
 
 
 def test_degenerate_boxes_are_dropped_with_one_counted_warning(edge_data):
-    """Item 2's cause: on main an image whose only boxes were under 1 px stayed in the training set."""
+    """Degenerate boxes are dropped with one warning that counts them by reason, and an image
+    left without boxes leaves the training set; a box over the border is clipped and kept."""
     image_root, ann_file, _, _ = edge_data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -138,7 +139,8 @@ def test_degenerate_boxes_are_dropped_with_one_counted_warning(edge_data):
 
 
 def test_image_modes_become_rgb_in_unit_range(edge_data):
-    """16-bit PNGs were clipped to white on main (convert("RGB") saturates at 255)."""
+    """Grayscale, RGBA, palette and 16-bit PNGs load as RGB in [0, 1] (16-bit scaled by 65535,
+    not saturated at 255)."""
     pixels = edge_data[3]
     data = dataset(edge_data, "none")
     expected = {
@@ -163,8 +165,7 @@ FAMILIES = ["faster_rcnn_r18_sfpn_small", "mask_rcnn_r18_sfpn_small", "cascade_r
 
 @pytest.mark.parametrize("preset", FAMILIES)
 def test_batch_without_foreground_trains(edge_data, preset):
-    """Item 2: on main, Faster and Mask R-CNN crashed on a batch without a foreground box
-    ('cannot reshape tensor of 0 elements'). Now: background-only classification, zero
+    """A batch without a foreground box trains: background-only classification, zero
     regression/mask losses that stay in the graph, a gradient for every parameter."""
     data = dataset(edge_data, "masks", return_masks=True, transforms=build_transforms(64, 96))
     batch = [data[index_of(data, name)] for name in ("unannotated.jpg", "crowd_only.png")]
@@ -189,8 +190,8 @@ def test_batch_without_foreground_trains(edge_data, preset):
 
 @pytest.mark.parametrize("preset", FAMILIES)
 def test_zero_proposals_give_empty_detections(preset, monkeypatch):
-    """Item 3: on main the box head crashed on an image without proposals (e.g. Cascade R-CNN
-    on random images, or diverged weights)."""
+    """An image without proposals (e.g. Cascade R-CNN on random images, or diverged weights)
+    gets empty detections, and the semantic map still."""
     torch.manual_seed(0)
     model = sfpn.build_detector(preset, num_classes=2).eval()
     rpn_forward = model.rpn.forward
@@ -229,8 +230,8 @@ END_TO_END = [
 @pytest.mark.parametrize("preset, semantic", END_TO_END)
 def test_every_family_trains_and_evaluates_on_edge_cases(edge_data, tmp_path, preset, semantic):
     """Training keeps the images without objects (remove_empty=False), so background-only
-    images and batches go through the whole loop; evaluation covers every image. On main, the
-    box-only dataset's SFPN evaluation failed in COCOeval (no 'segmentation' to score masks on)."""
+    images and batches go through the whole loop; evaluation covers every image, and a box-only
+    dataset is scored without masks (COCOeval finds no 'segmentation' to score them on)."""
     boxes_only = semantic == "boxes"
     config = training_config(preset)
     config.solver.max_iters, config.solver.batch_size, config.solver.warmup_iters = 3, 2, 1

@@ -1,4 +1,4 @@
-"""The package's import graph (issue 26): no module of sfpn imports, directly or through others, a
+"""The package's import graph: no module of sfpn imports, directly or through others, a
 module that imports it back, and the two bottom modules import nothing from sfpn.
 
 The graph is read from the source (every ``import`` statement, those inside functions too: a lazy

@@ -2,7 +2,7 @@
 // same files (kernels, launch geometry and host entry functions) build two ways:
 //   - by nvcc into sfpn._C, where this maps onto the real runtime;
 //   - by the host compiler with SFPN_EMULATION defined, into the test extension sfpn_emulated,
-//     where csrc/emulation/cuda_emulation.h runs every launch on the CPU (tests/test_cuda_emulation.py).
+//     where csrc/emulation/cuda_emulation.h runs every launch on the CPU (tests/cuda_emulation.py).
 // Kernel files include this after their ATen headers and use only:
 //   gpu::Geometry{grid, block, shared_bytes}, gpu::launch<kernel>(geometry, stream, args...),
 //   gpu::DeviceGuard, gpu::current_stream(), gpu::max_shared_bytes_per_block(),

@@ -1,7 +1,7 @@
 // Host check of the CUDA kernels' per-element logic (csrc/cuda/resize_kernels.cuh): sample() and
 // adjoint() against a dense-matrix model of the resize, Y = Mh X Mw^T and its adjoint
 // Mh^T G Mw, built from the shared taps (which the Python tests check against F.interpolate).
-// Built and run by tests/test_upsample.py, so that the CUDA code is tested without a GPU.
+// Built and run by tests/native/test_resize_logic.py, so that the CUDA code is tested without a GPU.
 // Exit status 0 when every element agrees.
 #include <cmath>
 #include <cstdio>

@@ -1,6 +1,6 @@
 // Kernels with planted bugs, one of each kind the CUDA emulation must catch (a missing barrier, an
 // out-of-bounds global write, an out-of-bounds shared write, a failed device-side assertion), and
-// a correct twin of the first: tests/test_cuda_emulation.py proves with them that the emulation
+// a correct twin of the first: tests/native/test_cuda_emulation.py proves with them that the emulation
 // fails such kernels. Built into the test library only.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>

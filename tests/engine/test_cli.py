@@ -24,7 +24,7 @@ from sfpn.modeling.semantic_head import SemanticHead
 from sfpn.overrides import set_key
 
 modeling_build = importlib.import_module("sfpn.modeling.build")  # the package's `build` is the function
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def train_error(*argv: str) -> str:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        # issue 13, item 8: each used to divide by zero, train nothing and exit 0, or end in a traceback
+        # each would divide by zero, train nothing and exit 0, or end in a traceback if let through
         (["--set", "checkpoint_every=0"], "'checkpoint_every' must be >= 1, got 0"),
         (["--set", "log_every=0"], "'log_every' must be >= 1, got 0"),
         (["--checkpoint-every", "0"], "'checkpoint_every' must be >= 1, got 0"),
@@ -68,7 +68,7 @@ def train_error(*argv: str) -> str:
         (["--set", "cascade.box_coder_weights=((1, 1, 1, 0),)"], "'cascade.box_coder_weights' must be > 0"),
         (["--set", "num_classes=3"], "unknown config key 'num_classes'"),
         (["--set", "solver.lr"], "--set expects KEY=VALUE"),
-        # issue 26, item 1: strings were checked only by the modules, after the datasets were built
+        # strings are checked with the config, before the datasets are built
         (["--set", "neck.fusion_op=bogus"], "'neck.fusion_op' must be one of ('add', 'concat', 'gate'), got 'bogus'"),
         (["--set", "model.neck.downsample=area"], "'neck.downsample' must be one of ('bilinear', 'max_pool'), got 'area'"),
         (["--set", "neck.semantic_loss_average=mean"], "'neck.semantic_loss_average' must be one of ('pixels', 'foreground_background')"),
@@ -89,8 +89,8 @@ def train_error(*argv: str) -> str:
         (["--set", "panoptic.stuff_min_area=0.5"], "'panoptic.stuff_min_area' expects int, got '0.5'"),
         (["--set", "data.panoptic_dir=pngs"], "config key 'data.panoptic_dir' needs data.panoptic_json"),
     ] + [
-        # issue 26, item 1: the rules between detector fields fired only when the model was built,
-        # after the datasets were read
+        # the rules between detector fields are checked with the config, before the datasets are
+        # read
         (["--preset", "faster_rcnn_r50_sfpn_1x", "--set", "neck.semantic_channels=100"],
          "config key 'neck.semantic_channels' must be divisible by neck.num_groups (32), got 100"),
         (["--set", "neck.semantic_channels=100"], "config key 'neck.semantic_channels' must be divisible by neck.num_groups (16), got 100"),

@@ -1,5 +1,6 @@
-"""The semantic branch's own metrics (confusion, IoU, labels at the head's stride); the class map
-they score comes from sfpn.ops.upsample_argmax (tests/test_upsample_argmax.py)."""
+"""The semantic branch's metrics (sfpn/engine/evaluation.py): confusion, IoU scores (the
+foreground IoU with stuff classes), labels at the head's stride, the head's stride from its
+grid, the printed summary."""
 import json
 
 import pytest

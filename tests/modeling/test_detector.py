@@ -8,32 +8,18 @@ import sfpn
 from sfpn.config import DetectorConfig, get_config
 from sfpn.semantic_labels import semantic_from_boxes, semantic_from_masks
 
+from detector_inputs import NUM_CLASSES, synthetic_batch
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
 SMALL = ["faster_rcnn_r18_fpn_small", "faster_rcnn_r18_sfpn_small"]
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-NUM_CLASSES = 2
+# ------------------------------------------------------------------------------------------------
+# Configs
 
 
-def synthetic_batch(size: int = 96):
-    """Two images with two coloured rectangles each (class = colour channel), their semantic maps,
-    and deterministic texture."""
-    generator = torch.Generator().manual_seed(0)
-    images, targets = [], []
-    for i in range(2):
-        image = torch.rand(3, size, size - 16 * i, generator=generator) * 0.3
-        boxes = torch.tensor([[8.0, 10.0, 44.0, 52.0], [50.0, 40.0, 78.0, 90.0]]) - 4 * i
-        labels = torch.tensor([1, 2])
-        semantic = torch.zeros(image.shape[-2:], dtype=torch.int64)
-        for (x1, y1, x2, y2), label in zip(boxes.long().tolist(), labels.tolist()):
-            semantic[y1:y2, x1:x2] = label
-            image[label - 1, y1:y2, x1:x2] = 1.0
-        images.append(image)
-        targets.append({"boxes": boxes, "labels": labels, "semantic": semantic})
-    return images, targets
-
-
-# ---------------------------------------------------------------------------------------- configs
 def test_presets_of_the_contract_are_listed():
     presets = sfpn.list_presets()
     for name in ["faster_rcnn_r50_fpn_1x", "faster_rcnn_r50_sfpn_1x", "faster_rcnn_r101_fpn_1x",
@@ -72,7 +58,10 @@ def test_config_round_trips_through_plain_dict():
     assert model.config == config
 
 
-# ----------------------------------------------------------------------------- training and eval
+# ------------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_training_losses(name):
     torch.manual_seed(0)
@@ -107,7 +96,7 @@ def test_semantic_labels_without_a_semantic_map_come_from_masks_else_boxes():
     torch.testing.assert_close(with_maps_and_masks["loss_segm"], with_maps)
 
     # Where the labels come from is the training config's data.semantic alone: the detector has no
-    # option of its own (issue 26; an old checkpoint's neck.labels_from is dropped on loading).
+    # option of its own (an old checkpoint's neck.labels_from is dropped on loading).
     with pytest.raises(ValueError, match="unknown config key 'neck.labels_from'"):
         sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.labels_from": "masks"})
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", NUM_CLASSES, **{"neck.alpha": 0.0}).train()

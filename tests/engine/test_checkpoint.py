@@ -1,4 +1,4 @@
-"""Checkpoint integrity (issue 13, item 9): checksummed writes, refused broken files, stale
+"""Checkpoint integrity: checksummed writes, refused broken files, stale
 temporaries removed."""
 import os
 import warnings

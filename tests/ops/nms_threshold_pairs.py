@@ -1,6 +1,6 @@
 """Box pairs whose IoU sits at an NMS threshold and one float32 step either side of it: where the
-decision depends on how the IoU is compared with the threshold (tests/test_torchvision_parity.py,
-tests/test_cuda_emulation.py).
+decision depends on how the IoU is compared with the threshold (tests/ops/test_torchvision_parity.py,
+the emulated kernels' test in tests/ops/test_nms.py).
 
 Pair k is box A = [20k, 0, 20k + 10, s] and box B = [20k, 0, 20k + 10, h] inside it, A first by
 score, for sides s = 10..17 and the float32 values h nearest to ``s * threshold``. The IoU is

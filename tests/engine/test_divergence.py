@@ -1,4 +1,4 @@
-"""The divergence guard (issue 13, item 4): a non-finite or exploding loss stops training."""
+"""The divergence guard: a non-finite or exploding loss stops training."""
 import json
 import math
 

@@ -7,13 +7,13 @@ import torch
 import sfpn
 from sfpn.modeling.mask_head import mask_targets, paste_masks
 
-from test_detector import NUM_CLASSES, synthetic_batch
+from detector_inputs import NUM_CLASSES, synthetic_batch
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 MASK = ["mask_rcnn_r18_fpn_small", "mask_rcnn_r18_sfpn_small"]
 CASCADE = ["cascade_rcnn_r18_fpn_small", "cascade_rcnn_r18_sfpn_small"]
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def batch_with_masks():
@@ -23,7 +23,10 @@ def batch_with_masks():
     return images, targets
 
 
-# ---------------------------------------------------------------------------------- mask targets
+# ------------------------------------------------------------------------------------------------
+# Mask targets
+
+
 def test_mask_targets_crop_the_instance():
     masks = torch.zeros(2, 50, 60, dtype=torch.uint8)
     masks[1, 10:30, 20:40] = 1
@@ -35,7 +38,10 @@ def test_mask_targets_crop_the_instance():
     assert not targets[2].any()
 
 
-# ------------------------------------------------------------------------------------ mask paste
+# ------------------------------------------------------------------------------------------------
+# Mask paste
+
+
 def _bilinear_zero_padded(grid, y, x):
     size = grid.shape[0]
     y0, x0 = math.floor(y), math.floor(x)
@@ -77,7 +83,10 @@ def test_paste_masks_of_no_boxes():
     assert paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), (10, 12)).shape == (0, 10, 12)
 
 
-# ------------------------------------------------------------------------------------- detectors
+# ------------------------------------------------------------------------------------------------
+# Detectors
+
+
 def test_presets_are_listed():
     presets = sfpn.list_presets()
     for arch in ("mask_rcnn_r50", "mask_rcnn_r101", "cascade_rcnn_r101"):

@@ -1,42 +1,25 @@
-"""The compiled ops check their own arguments: a call that reaches ``torch.ops.sfpn.*`` directly,
-bypassing the Python wrappers' checks, gets a ``RuntimeError`` naming the bad argument, never a
-crash (issue 13, items 5 and 6 and "every C++/CUDA op checks its own arguments").
+"""The compiled ops check their own arguments: a call that reaches ``torch.ops.sfpn.*``
+directly, bypassing the Python wrappers' checks, gets a ``RuntimeError`` naming the bad
+argument, never a crash; every C++/CUDA op of csrc/ checks its arguments (csrc/op_checks.h).
+Each case carries its op's marker.
 
-A crash would take pytest down with it, so every case first runs in a child process; each test
-then asserts on what its case did there.
+A crash would take pytest down with it, so every case first runs in a child process; each
+test then asserts on what its case did there.
 """
-import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-import torch
 
 from sfpn import _extension
-from sfpn.ops import reference
+
+from isolated_calls import run_isolated
+from op_helpers import op_marker
 
 pytestmark = pytest.mark.skipif(
-    not _extension.STATUS.loaded, reason="the compiled extension is not loaded: no C++ op to check"
+    not _extension.STATUS.loaded,
+    reason="the compiled extension is not loaded: no C++ op to check",
 )
 
-# The valid arguments every case starts from; each case spoils one of them.
-PRELUDE = """
-import torch
-import sfpn.ops as public_ops  # loads the extension
-sfpn = torch.ops.sfpn
-g = torch.Generator().manual_seed(0)
-x = torch.rand(2, 3, 8, 8, generator=g)
-top = torch.rand(2, 3, 4, 4, generator=g)
-levels = [torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 8, 8, generator=g)]
-rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0], [1, 0.0, 2.0, 7.5, 7.0]])
-grad = torch.rand(2, 3, 2, 2, generator=g)
-boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.0]])
-scores = torch.tensor([0.9, 0.8, 0.7])
-idxs = torch.tensor([0, 0, 1])
-nan, inf = float("nan"), float("inf")
-"""
 
 # (case id, call, the argument the error must name). `None`: the call is valid and must succeed,
 # so that every failure below comes from the one argument a case spoils.
@@ -137,7 +120,7 @@ CASES = [
     #                      canonical_scale, canonical_level)
     ("multilevel_roi_align-valid", "sfpn.multilevel_roi_align(levels, rois, [0.25, 0.125], 2, 2, 2, True, 224.0, 4)",
      None),
-    # issue 13 item 6: non-consecutive scales used to index a level that is not there
+    # non-consecutive scales must not index a level that is not there
     ("multilevel_roi_align-scales-gap", "sfpn.multilevel_roi_align(levels, rois, [0.25, 1 / 64], 2, 2, 2, True, 224.0, 4)",
      "scales"),
     ("multilevel_roi_align-scales-coarse-first",
@@ -215,62 +198,15 @@ CASES = [
 CASE_IDS = [case_id for case_id, _, _ in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS)
 
-# Runs the (id, call) pairs given on the command line in order; prints "start <id>" before each and
-# one JSON line of its outcome (exception or value) after, so that a crash is pinned on the case
-# that started last.
-RUNNER = PRELUDE + """
-import json, sys
-
-def plain(value):  # a result as JSON: tensors as nested lists
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return None
-
-calls = json.loads(sys.argv[1])
-for case_id, call in calls:
-    print("start", case_id, flush=True)
-    try:
-        outcome = {"id": case_id, "raised": None, "message": "", "value": plain(eval(call))}
-    except Exception as error:
-        outcome = {"id": case_id, "raised": type(error).__name__, "message": str(error)}
-    print(json.dumps(outcome), flush=True)
-"""
-
-
-def run_isolated(calls: list[tuple[str, str]]) -> dict[str, dict]:
-    """Outcome of every (id, call), each run in a child process; a case that kills its process is
-    recorded as crashed and the remaining cases run in a fresh one."""
-    outcomes: dict[str, dict] = {}
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending = list(calls)
-    while pending:
-        proc = subprocess.run(
-            [sys.executable, "-c", RUNNER, json.dumps(pending)], capture_output=True, text=True, env=env, timeout=600
-        )
-        started = None
-        for line in proc.stdout.splitlines():
-            if line.startswith("start "):
-                started = line.split(" ", 1)[1]
-            elif line.startswith("{"):
-                outcome = json.loads(line)
-                outcomes[outcome["id"]] = outcome
-                started = None
-        if started is None and proc.returncode != 0:  # died before or between cases
-            raise RuntimeError(f"the case runner failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        if started is not None:
-            outcomes[started] = {"id": started, "raised": "crash", "message": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
-        pending = [(case_id, call) for case_id, call in pending if case_id not in outcomes]
-    return outcomes
-
 
 @pytest.fixture(scope="module")
 def outcomes():
     return run_isolated([(case_id, call) for case_id, call, _ in CASES])
 
 
-@pytest.mark.parametrize("case_id, call, argument", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(
+    "case_id, call, argument", [pytest.param(*case, marks=op_marker(case[0])) for case in CASES], ids=CASE_IDS
+)
 def test_direct_call_checks_its_argument(outcomes, case_id, call, argument):
     outcome = outcomes[case_id]
     if argument is None:
@@ -281,50 +217,3 @@ def test_direct_call_checks_its_argument(outcomes, case_id, call, argument):
     assert re.search(rf"(?<![\w\[]){re.escape(argument)}(?![\w\[])", outcome["message"]), (
         f"{call}: the error must name {argument!r}, got: {outcome['message']}"
     )
-
-
-# Issue 13 item 5: class ids spanning the whole int64 range overflowed the CPU kernel's class-range
-# arithmetic (heap corruption). Each id set is checked against the reference (not torchvision,
-# whose coordinate-offset trick cannot tell ids apart that round to one float, such as 2**63 - 1
-# and 2**63 - 2).
-EXTREME_IDS = {
-    "int64-min-and-max": [-(2**63), 2**63 - 1],
-    "max-and-max-minus-one": [2**63 - 1, 2**63 - 2, 2**63 - 1],
-    "min-and-zero": [-(2**63), 0, -(2**63), 0],
-    "spread": [-(2**63), -(2**40), -1, 0, 1, 2**40, 2**63 - 1, -(2**63)],
-    "dense-negative": [-3, -1, -2, -3, -1, -2, -3, -1],
-}
-
-
-@pytest.fixture(scope="module")
-def extreme_ids_runs():
-    """For each id set of EXTREME_IDS: overlapping boxes (only the class split keeps several),
-    random scores, and what the ops returned for them in a child process."""
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"random seed: {seed}")
-    generator = torch.Generator().manual_seed(seed)
-    inputs, calls = {}, []
-    for name, ids in EXTREME_IDS.items():
-        xy = torch.rand(len(ids), 2, generator=generator) * 4
-        boxes, scores = torch.cat([xy, xy + 10], 1), torch.rand(len(ids), generator=generator)
-        inputs[name] = boxes, scores, torch.tensor(ids, dtype=torch.int64)
-        args = f"torch.tensor({boxes.tolist()}), torch.tensor({scores.tolist()}), torch.tensor({ids}), 0.5"
-        calls += [
-            (f"{name}/op", f"sfpn.batched_nms({args})"),
-            (f"{name}/padded", f"sfpn.batched_nms_padded({args}, {len(ids)})"),
-            (f"{name}/public", f"public_ops.batched_nms({args})"),
-        ]
-    return inputs, run_isolated(calls)
-
-
-@pytest.mark.parametrize("name", EXTREME_IDS)
-def test_batched_nms_any_int64_class_ids(extreme_ids_runs, name):
-    inputs, outcomes = extreme_ids_runs
-    expected = reference.batched_nms(*inputs[name], 0.5).tolist()
-    for call in ("op", "padded", "public"):
-        outcome = outcomes[f"{name}/{call}"]
-        assert outcome["raised"] is None, f"{name}/{call}: {outcome['raised']}: {outcome['message']}"
-    assert outcomes[f"{name}/op"]["value"] == expected
-    assert outcomes[f"{name}/public"]["value"] == expected
-    padded, count = outcomes[f"{name}/padded"]["value"]
-    assert count == len(expected) and padded[:count] == expected and all(p == -1 for p in padded[count:])

@@ -1,5 +1,13 @@
-"""Builds and loads sfpn_emulated: csrc/cuda/*.cu compiled by the host compiler against the CUDA
-emulation (csrc/emulation/), for tests/test_cuda_emulation.py.
+"""The CUDA kernels of csrc/cuda/ on the CPU: builds and loads the test library
+``sfpn_emulated`` and calls its ops (the ``emulated`` fixture of tests/conftest.py).
+
+The .cu files are compiled a second time by the host compiler against our CUDA emulation
+(csrc/emulation/cuda_emulation.h), with the entry points of tests/native/emulated/*.cpp: the
+same kernels, launch geometry and host entry functions as the GPU build. Each block's threads
+run as fibers, one at a time between barriers, in an order shuffled by the seed (a missing
+``__syncthreads`` or a shared memory race gives a wrong answer under some seed); blocks run
+one after another in a shuffled order; every buffer a kernel touches ends at an inaccessible
+page (an out-of-bounds access fails the launch with the kernel's name).
 
 The build lands in build/cuda_emulation/. Each new process runs its ninja file once: ninja
 tracks every included header (csrc/cuda/*.cu included), so only what changed is rebuilt.
@@ -9,6 +17,7 @@ import os
 
 import torch
 from torch.utils import cpp_extension
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -49,3 +58,30 @@ def load():
         verbose=False,
     )
     return torch.ops.sfpn_emulated
+
+
+SEEDS = (0, 1, 2)
+
+
+def _checked_copy(arg):
+    if isinstance(arg, torch.Tensor):
+        return arg.clone()
+    if isinstance(arg, list):
+        return [_checked_copy(a) for a in arg]
+    return arg
+
+
+def run(emulated, name, *args, seed=0):
+    """Calls emulated op `name` under `seed` with checked copies of the tensor arguments: the
+    kernels see only buffers that end at an inaccessible page, as do the outputs."""
+    emulated.set_seed(seed)
+    emulated.set_checked_memory(True)
+    try:
+        return getattr(emulated, name)(*(_checked_copy(a) for a in args))
+    finally:
+        emulated.set_checked_memory(False)
+
+
+def assert_close(actual, expected, dtype=torch.float32):
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)

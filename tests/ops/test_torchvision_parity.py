@@ -1,5 +1,5 @@
 """sfpn's ``roi_align``, ``nms``, ``batched_nms`` and the torchvision integration as drop-ins for
-``torchvision.ops`` (issue 24): NMS decides an IoU at the threshold as torchvision does, the ops
+``torchvision.ops``: NMS decides an IoU at the threshold as torchvision does, the ops
 and an SFPN torchvision detector script with TorchScript, and bad arguments raise errors that
 handlers written for torchvision's errors catch.
 """

@@ -1,4 +1,5 @@
-"""SemanticHead: shapes, options, and the fused path against the reference path (same weights).
+"""SemanticHead: shapes, options, the loss averages, and the fused path against the reference
+path (same weights). The class map's op, upsample_argmax: tests/ops/test_upsample_argmax.py.
 
 The fused path runs the Triton kernels: on the GPU when present, else under the interpreter
 (tiny shapes: the interpreter is slow).
@@ -14,6 +15,7 @@ from sfpn import kernels
 from sfpn.modeling import SemanticHead
 from sfpn.ops import _library
 
+
 needs_kernels = pytest.mark.skipif(
     not kernels.AVAILABLE or not (torch.cuda.is_available() or kernels.INTERPRETING),
     reason="needs Triton and a GPU or TRITON_INTERPRET=1",
@@ -28,6 +30,10 @@ def pyramid(generator, in_channels, batch=2, finest=(12, 16), device="cpu"):
         size = (max(1, -(-height // 2**i)), max(1, -(-width // 2**i)))
         maps.append(torch.randn(batch, channels, *size, generator=generator).to(device))
     return maps
+
+
+# ------------------------------------------------------------------------------------------------
+# The head
 
 
 def test_shapes_and_options(generator):

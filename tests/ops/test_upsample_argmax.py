@@ -1,5 +1,7 @@
-"""upsample_argmax: the class map of bilinearly upsampled logits, C++ kernel and references, against
-``F.interpolate(...).argmax(0)`` (the CUDA kernel: tests/test_cuda_emulation.py)."""
+"""upsample_argmax: the class map of bilinearly upsampled logits, the C++ kernel and both
+references (the op and the banded one) against ``F.interpolate(...).argmax(0)`` (dtypes,
+layouts, NaN, empty crops, determinism across thread counts), argument checks, opcheck, the
+CUDA kernel on the CPU (emulation)."""
 import contextlib
 
 import pytest
@@ -9,7 +11,10 @@ import torch.nn.functional as F
 from sfpn import _extension
 from sfpn.ops import _library, reference, upsample_argmax
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+from cuda_emulation import SEEDS, run
+
+pytestmark = [pytest.mark.upsample_argmax, pytest.mark.usefixtures("single_thread")]
+
 
 requires_kernels = pytest.mark.skipif(not _extension.STATUS.loaded, reason="sfpn._C is not loaded")
 
@@ -69,6 +74,10 @@ def serve(serving, logits, size, crop):
 
 def random_logits(generator, num_classes, size, dtype=torch.float32):
     return (3 * torch.randn(num_classes, *size, generator=generator)).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the reference
 
 
 @pytest.mark.parametrize("serving", SERVINGS)
@@ -137,6 +146,24 @@ def test_empty_outputs(generator, serving, size, crop):
     assert got.shape == tuple(crop or size) and got.dtype == torch.int64
 
 
+# ------------------------------------------------------------------------------------------------
+# Opcheck
+
+
+@pytest.mark.parametrize("serving", ["kernel", "reference-op"])
+def test_opcheck(generator, serving):
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    with _library.references() if serving == "reference-op" else contextlib.nullcontext():
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = random_logits(generator, 5, (6, 7), dtype)
+            torch.library.opcheck(torch.ops.sfpn.upsample_argmax, (logits, [48, 56], [45, 50]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+
+
 @pytest.mark.parametrize(
     "logits,size,crop,error,match",
     [
@@ -173,11 +200,28 @@ def test_kernel_checks_direct_calls(logits, size, crop, match):
         torch.ops.sfpn.upsample_argmax(logits, size, crop)
 
 
-@pytest.mark.parametrize("serving", ["kernel", "reference-op"])
-def test_opcheck(generator, serving):
-    if serving == "kernel" and not _extension.STATUS.loaded:
-        pytest.skip("sfpn._C is not loaded")
-    with _library.references() if serving == "reference-op" else contextlib.nullcontext():
-        for dtype in (torch.float32, torch.bfloat16):
-            logits = random_logits(generator, 5, (6, 7), dtype)
-            torch.library.opcheck(torch.ops.sfpn.upsample_argmax, (logits, [48, 56], [45, 50]))
+# ------------------------------------------------------------------------------------------------
+# CUDA kernels on the CPU (emulation)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_classes,logits_size,size,crop", [
+    (7, (5, 6), (40, 48), (37, 45)),  # 8x, cropped: the detector's case
+    (3, (4, 7), (11, 17), (11, 17)),  # sizes that do not divide
+    (1, (3, 3), (9, 9), (9, 9)),
+])
+def test_emulated_matches_interpolate_then_argmax(emulated, generator, seed, dtype, num_classes, logits_size, size, crop):
+    logits = (3 * torch.randn(num_classes, *logits_size, generator=generator)).to(dtype)
+    got = run(emulated, "upsample_argmax", logits, list(size), list(crop), seed=seed)
+    assert_class_map(got, expected_upsampled(logits, size, crop))
+
+
+def test_emulated_nan_and_empty(emulated, generator):
+    logits = torch.randn(4, 5, 5, generator=generator)
+    logits[2, 1, 3] = float("nan")
+    got = run(emulated, "upsample_argmax", logits, [20, 20], [20, 20])
+    upsampled = expected_upsampled(logits, (20, 20), None)
+    nan = upsampled.isnan().any(0)
+    assert nan.any() and torch.equal(got[nan], upsampled.argmax(0)[nan])
+    assert run(emulated, "upsample_argmax", logits, [20, 20], [0, 20]).shape == (0, 20)

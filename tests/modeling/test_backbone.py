@@ -1,0 +1,77 @@
+"""The ResNet backbone (sfpn/modeling/backbone.py): shapes, frozen stages and BatchNorm,
+torchvision checkpoints loaded and mismatched ones refused."""
+import pytest
+import torch
+from torch import nn
+
+from sfpn.config import RESNET_STAGES, resnet_channels
+from sfpn.modeling import FrozenBatchNorm2d, ResNet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+SMALL_CHANNELS = [16, 32, 64, 128]  # C2..C5 of ResNet(18, width=16)
+
+
+def test_resnet_shapes_and_freezing():
+    model = ResNet(18, width=16, norm="bn", freeze_at=2)
+    features = model(torch.rand(2, 3, 64, 96))
+    assert [tuple(f.shape) for f in features] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 128, 2, 3)]
+    assert model.out_channels == SMALL_CHANNELS
+    assert not any(p.requires_grad for p in [*model.conv1.parameters(), *model.layer1.parameters()])
+    assert all(p.requires_grad for p in model.layer2.parameters())
+    assert ResNet(50, freeze_at=0).out_channels == [256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize("depth, refused", [(18, (5,)), (34, (5,)), (50, (3, 5)), (101, (3, 5))])
+def test_resnet_channels_are_those_its_norms_normalise(depth, refused):
+    """The config's GroupNorm rule reads resnet_channels: it must list the model's norm widths, so
+    that a width the rule accepts builds with norm="gn" and one it refuses is refused by the model
+    (width 5: 40 channels; 3: the bottlenecks' 48)."""
+    assert set(RESNET_STAGES) == {18, 34, 50, 101}
+    for width in (1, 3, 5, 8):
+        norms = {m.num_features for m in ResNet(depth, width, "bn").modules() if isinstance(m, nn.BatchNorm2d)}
+        assert resnet_channels(depth, width) == tuple(sorted(norms))
+        if width in refused:
+            with pytest.raises(ValueError, match=f"^width with norm='gn' must make every channel count of the ResNet-{depth}"):
+                ResNet(depth, width, "gn")
+        else:
+            model = ResNet(depth, width, "gn")
+            assert all(norm.num_channels % norm.num_groups == 0 for norm in model.modules() if isinstance(norm, nn.GroupNorm))
+
+
+def test_frozen_batchnorm_matches_batchnorm_in_eval(generator):
+    bn = nn.BatchNorm2d(8).eval()
+    for name in ("weight", "bias", "running_mean"):
+        getattr(bn, name).data = torch.randn(8, generator=generator)
+    bn.running_var.data = torch.rand(8, generator=generator) + 0.5
+    frozen = FrozenBatchNorm2d(8)
+    frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is dropped
+    x = torch.randn(2, 8, 5, 5, generator=generator)
+    torch.testing.assert_close(frozen(x), bn(x))
+    assert not list(frozen.parameters())
+
+
+def test_resnet_loads_torchvision_checkpoint(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet18().eval()
+    for m in reference.modules():  # non-trivial statistics so frozen BN is really exercised
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = ResNet(18, norm="frozen_bn", weights=str(path)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    body = nn.Sequential(*list(reference.children())[:-2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[-1], body(x), rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_rejects_mismatched_checkpoint(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(ResNet(18, width=16).state_dict(), path)
+    with pytest.raises(ValueError, match="do not fit"):
+        ResNet(18, weights=str(path))
+    with pytest.raises(FileNotFoundError):
+        ResNet(18, weights=str(tmp_path / "missing.pth"))

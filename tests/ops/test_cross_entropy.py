@@ -1,0 +1,251 @@
+"""semantic_cross_entropy and upsample_cross_entropy: the Triton kernel against the
+pure-PyTorch references (K from 2 to 200, chunked classes, all-ignored labels, half types),
+drawn inputs, the references' explicit gradient, opcheck, argument checks. The kernel runs as
+in tests/ops/test_resize_sum.py: on a GPU or under the Triton interpreter, on tiny shapes."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfpn import ops
+from sfpn.ops import reference
+
+from op_helpers import FP32, exact, float64_leaf, labels_for, leaf, needs_triton, randn
+from op_strategies import TRITON_DTYPES, arrange, assert_close, examples, layouts, seeds, uniform
+
+pytestmark = pytest.mark.cross_entropy
+
+
+def assert_loss_and_grad(op, ref, logits, labels, tol=FP32, **kwargs):
+    ours, theirs = leaf(logits), exact(logits)
+    loss, expected = op(ours, labels, **kwargs), ref(theirs, labels, **kwargs)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    torch.testing.assert_close(loss, expected.float(), equal_nan=True, **tol)
+    (loss * 0.75).backward()  # a non-unit incoming gradient must scale the fused gradient
+    (expected * 0.75).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad.float(), **tol)
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the reference
+
+
+CE_CASES = [
+    # (N, K, H, W): K from 2 to 200, odd sizes, a single pixel
+    (2, 2, 5, 7),
+    (1, 7, 3, 11),
+    (2, 81, 4, 5),
+    (1, 200, 3, 3),
+    (1, 5, 1, 1),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", CE_CASES)
+@pytest.mark.parametrize("reduction, smoothing", [("mean", 0.0), ("sum", 0.1)])
+def test_semantic_cross_entropy_matches_reference(device, generator, launches, shape, reduction, smoothing):
+    n, k, h, w = shape
+    logits = randn(generator, n, k, h, w, device=device) * 3
+    labels = labels_for(generator, (n, h, w), k, device, ignored_fraction=0.0 if h * w == 1 else 0.2)
+    assert_loss_and_grad(
+        ops.semantic_cross_entropy, reference.semantic_cross_entropy, logits, labels,
+        reduction=reduction, label_smoothing=smoothing,
+    )
+    assert launches == {"cross_entropy": 1}
+
+
+UPSAMPLE_CASES = [
+    # (N, K, h, w, H, W): x8 as in the detector, odd ratios, labels smaller than logits, 1x1 logits
+    (1, 5, 2, 3, 16, 24),
+    (2, 13, 3, 4, 11, 9),
+    (1, 200, 2, 2, 5, 3),
+    (1, 3, 5, 6, 2, 3),
+    (2, 4, 1, 1, 3, 2),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", UPSAMPLE_CASES)
+def test_upsample_cross_entropy_matches_reference(device, generator, launches, shape):
+    n, k, h, w, out_h, out_w = shape
+    logits = randn(generator, n, k, h, w, device=device) * 3
+    labels = labels_for(generator, (n, out_h, out_w), k, device, dtype=torch.uint8)
+    assert_loss_and_grad(ops.upsample_cross_entropy, reference.upsample_cross_entropy, logits, labels)
+    assert launches == {"cross_entropy": 1}
+
+
+@needs_triton
+@pytest.mark.parametrize("upsample", [False, True])
+def test_chunked_classes(device, generator, upsample):
+    """K wider than one class tile: the online log-sum-exp over chunks, then a gradient pass."""
+    from sfpn.kernels import cross_entropy as launcher
+
+    logits = randn(generator, 2, 37, 3, 5, device=device) * 3
+    size = (7, 9) if upsample else (3, 5)
+    labels = labels_for(generator, (2, *size), 37, device)
+    loss, grad = launcher.cross_entropy(logits, labels, 255, "mean", 0.05, True, max_block_k=16)
+    ref_fn = reference.upsample_cross_entropy if upsample else reference.semantic_cross_entropy
+    theirs = leaf(logits)
+    expected = ref_fn(theirs, labels, label_smoothing=0.05)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, **FP32)
+    torch.testing.assert_close(grad, theirs.grad, **FP32)
+
+
+@needs_triton
+@pytest.mark.parametrize("op_name", ["semantic_cross_entropy", "upsample_cross_entropy"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ignored(device, generator, op_name, reduction):
+    """No labelled pixel: mean is NaN and sum is 0 (as F.cross_entropy); the gradient is zero."""
+    logits = randn(generator, 1, 4, 3, 3, device=device)
+    labels = torch.full((1, 3, 3), 255, dtype=torch.int64, device=device)
+    assert_loss_and_grad(getattr(ops, op_name), getattr(reference, op_name), logits, labels, reduction=reduction)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op_name", ["semantic_cross_entropy", "upsample_cross_entropy"])
+def test_low_precision(device, generator, dtype, op_name):
+    logits = randn(generator, 2, 9, 3, 4, dtype=dtype, device=device) * 3
+    size = (3, 4) if op_name == "semantic_cross_entropy" else (10, 7)
+    labels = labels_for(generator, (2, *size), 9, device)
+    ours, theirs = leaf(logits), leaf(logits)
+    loss = getattr(ops, op_name)(ours, labels)
+    expected = getattr(reference, op_name)(theirs, labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-3)  # float32 math inside
+    loss.backward()
+    expected.backward()
+    assert ours.grad.dtype == dtype
+    torch.testing.assert_close(ours.grad.float(), theirs.grad.float(), rtol=2e-2, atol=2e-3)
+
+
+@needs_triton
+def test_invalid_label_gives_nan(device, generator):
+    logits = randn(generator, 1, 3, 2, 2, device=device)
+    labels = torch.tensor([[[0, 1], [3, 2]]], device=device)  # 3 is neither a class nor ignored
+    assert torch.isnan(ops.semantic_cross_entropy(logits, labels))
+
+
+@needs_triton
+def test_without_grad_writes_none(device, generator, monkeypatch):
+    logits = randn(generator, 1, 6, 3, 4, device=device)
+    labels = labels_for(generator, (1, 3, 4), 6, device)
+    from sfpn.kernels import cross_entropy as launcher
+
+    seen = []
+    launch = launcher.cross_entropy
+    monkeypatch.setattr(launcher, "cross_entropy", lambda *args: seen.append(args[-1]) or launch(*args))
+    with torch.no_grad():
+        loss = ops.semantic_cross_entropy(leaf(logits), labels)
+    torch.testing.assert_close(loss, reference.semantic_cross_entropy(logits, labels), **FP32)
+    assert seen == [False]
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("reduction, smoothing", [("mean", 0.0), ("mean", 0.2), ("sum", 0.1)])
+@pytest.mark.parametrize("upsample", [False, True])
+def test_reference_gradient_is_exact(generator, upsample, reduction, smoothing):
+    logits = float64_leaf(generator, 2, 5, 3, 4)
+    labels = torch.randint(0, 5, (2, 7, 6) if upsample else (2, 3, 4), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.3] = 255
+    op, ref = (ops.upsample_cross_entropy, reference.upsample_cross_entropy) if upsample else (
+        ops.semantic_cross_entropy, reference.semantic_cross_entropy)
+    ours = torch.autograd.grad(op(logits, labels, 255, reduction, smoothing), logits)[0]
+    theirs = torch.autograd.grad(ref(logits, labels, 255, reduction, smoothing), logits)[0]
+    torch.testing.assert_close(ours, theirs)
+
+
+@needs_triton
+def test_upsample_reference_is_bilinear_then_cross_entropy(generator):
+    """The references are the documented compositions (guards against a drifting definition)."""
+    logits = randn(generator, 1, 4, 3, 5)
+    labels = labels_for(generator, (1, 9, 10), 4, "cpu")
+    up = F.interpolate(logits, (9, 10), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(
+        reference.upsample_cross_entropy(logits, labels), F.cross_entropy(up, labels, ignore_index=255)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties on drawn inputs
+
+
+@pytest.mark.usefixtures("single_thread")
+@examples(0.1)
+@given(
+    seed=seeds,
+    batch=st.integers(1, 2),
+    classes=st.integers(1, 40),
+    size=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    upsample=st.booleans(),
+    reduction=st.sampled_from(("mean", "sum")),
+    label_smoothing=st.sampled_from((0.0, 0.1)),
+    ignored=st.sampled_from((0.0, 0.3, 1.0)),
+    dtype=st.sampled_from(TRITON_DTYPES),
+    layout=layouts,
+)
+def test_drawn_inputs_match_reference(
+    device, seed, batch, classes, size, upsample, reduction, label_smoothing, ignored, dtype, layout
+):
+    g = torch.Generator().manual_seed(seed)
+    logits = uniform(g, (batch, classes, *size), dtype, -4, 4)
+    label_size = (2 * size[0] + 1, 2 * size[1]) if upsample else size
+    labels = torch.randint(0, classes, (batch, *label_size), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < ignored] = 255
+    op, ref = (
+        (ops.upsample_cross_entropy, reference.upsample_cross_entropy)
+        if upsample
+        else (ops.semantic_cross_entropy, reference.semantic_cross_entropy)
+    )
+    expected_logits = logits.clone().requires_grad_()
+    expected = ref(expected_logits, labels, 255, reduction, label_smoothing)
+    got_logits = arrange(logits, layout).to(device).requires_grad_()
+    out = op(got_logits, labels.to(device), 255, reduction, label_smoothing)
+    if expected.isnan():  # every label ignored with the mean: 0 / 0, as F.cross_entropy
+        assert out.isnan()
+        return
+    expected.backward()
+    out.backward()
+    assert_close(out, expected, torch.float32)
+    assert_close(got_logits.grad, expected_logits.grad, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Opcheck
+
+
+@needs_triton
+@pytest.mark.parametrize("op_name", ["semantic_cross_entropy", "upsample_cross_entropy"])
+def test_opcheck(device, generator, op_name):
+    logits = randn(generator, 2, 5, 3, 4, device=device).requires_grad_()
+    size = (3, 4) if op_name == "semantic_cross_entropy" else (7, 6)
+    labels = labels_for(generator, (2, *size), 5, device)
+    op = getattr(torch.ops.sfpn, op_name)
+    torch.library.opcheck(op, (logits, labels, 255, "mean", 0.1, True))
+    torch.library.opcheck(op, (logits.detach(), labels, 255, "sum", 0.0, False))
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+@needs_triton
+def test_bad_inputs(generator):
+    logits, labels = randn(generator, 2, 3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.int64)
+    with pytest.raises(TypeError, match="labels must have dtype"):
+        ops.semantic_cross_entropy(logits, labels.float())
+    with pytest.raises(ValueError, match="labels must have 3 dimensions"):
+        ops.semantic_cross_entropy(logits, labels[None])
+    with pytest.raises(ValueError, match="spatial size.*upsample_cross_entropy"):
+        ops.semantic_cross_entropy(logits, labels[:, :3])
+    with pytest.raises(ValueError, match="batch size"):
+        ops.upsample_cross_entropy(logits, labels[:1])
+    with pytest.raises(ValueError, match="reduction"):
+        ops.semantic_cross_entropy(logits, labels, reduction="none")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.upsample_cross_entropy(logits, labels, label_smoothing=1.5)
+    with pytest.raises(TypeError, match="ignore_index"):
+        ops.semantic_cross_entropy(logits, labels, ignore_index=255.0)
+    with pytest.raises(ValueError, match="logits must have 4 dimensions"):
+        ops.semantic_cross_entropy(logits[0], labels)

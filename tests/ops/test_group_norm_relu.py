@@ -1,0 +1,155 @@
+"""group_norm_relu: the Triton kernel against the pure-PyTorch reference (also under AMP's
+float32 affine parameters), drawn inputs, the reference's explicit backward, opcheck,
+argument checks. The kernel runs as in tests/ops/test_resize_sum.py: on a GPU or under the
+Triton interpreter, on tiny shapes."""
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sfpn import ops
+from sfpn.ops import reference
+
+from op_helpers import FP32, assert_grads_match, float64_leaf, needs_triton, randn
+from op_strategies import TRITON_DTYPES, arrange, assert_close, assert_matches, examples, layouts, seeds, uniform
+
+pytestmark = pytest.mark.group_norm_relu
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the reference
+
+
+GN_CASES = [
+    # (shape, groups): odd sizes, a single pixel, one group, a group spanning several kernel blocks
+    ((2, 8, 5, 7), 4),
+    ((1, 6, 1, 1), 3),
+    ((3, 4, 3, 2), 1),
+    ((1, 4, 33, 40), 2),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape, groups", GN_CASES)
+def test_matches_reference(device, generator, launches, shape, groups):
+    channels = shape[1]
+    x = randn(generator, *shape, device=device) * 3 + 1
+    weight, bias = randn(generator, channels, device=device), randn(generator, channels, device=device)
+    grad = randn(generator, *shape, device=device)
+    # d x scales with 1 / std of the group: a tiny group of close values (two pixels here) is
+    # ill-conditioned, and float32 rounding grows with it. Scale the absolute tolerance to match.
+    group_std = x.double().reshape(shape[0], groups, -1).std(-1, unbiased=False).min().item()
+    tol = dict(rtol=1e-5, atol=1e-5 * max(1.0, 1.0 / group_std))
+    assert_grads_match(
+        lambda x, w, b: ops.group_norm_relu(x, groups, w, b),
+        lambda x, w, b: reference.group_norm_relu(x, groups, w, b),
+        [x, weight, bias], grad, tol,
+    )
+    assert launches == {"group_norm_relu": 1, "group_norm_relu_backward": 1}
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_with_float32_affine(device, generator, dtype):
+    """Under AMP the activations are half precision while the GroupNorm parameters stay float32."""
+    x = randn(generator, 2, 6, 5, 3, dtype=dtype, device=device)
+    weight, bias = randn(generator, 6, device=device), randn(generator, 6, device=device)
+    grad = randn(generator, 2, 6, 5, 3, device=device)
+    assert_grads_match(
+        lambda x, w, b: ops.group_norm_relu(x, 3, w, b),
+        lambda x, w, b: reference.group_norm_relu(x.double(), 3, w, b),
+        [x, weight, bias], grad, dict(rtol=2e-2, atol=5e-2),
+    )
+
+
+@needs_triton
+def test_channels_last_and_eps(device, generator):
+    x = randn(generator, 2, 4, 3, 5, device=device).to(memory_format=torch.channels_last)
+    weight, bias = randn(generator, 4, device=device), randn(generator, 4, device=device)
+    torch.testing.assert_close(
+        ops.group_norm_relu(x, 2, weight, bias, eps=0.5), reference.group_norm_relu(x, 2, weight, bias, eps=0.5), **FP32
+    )
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_reference_backward_is_exact(generator):
+    x, weight, bias = float64_leaf(generator, 2, 4, 3, 5), float64_leaf(generator, 4), float64_leaf(generator, 4)
+    assert torch.autograd.gradcheck(lambda *a: ops.group_norm_relu(a[0], 2, a[1], a[2]), (x, weight, bias))
+    grad = randn(generator, 2, 4, 3, 5, dtype=torch.float64)
+    ours = torch.autograd.grad(ops.group_norm_relu(x, 2, weight, bias), (x, weight, bias), grad)
+    theirs = torch.autograd.grad(reference.group_norm_relu(x, 2, weight, bias), (x, weight, bias), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties on drawn inputs
+
+
+@pytest.mark.usefixtures("single_thread")
+@examples(0.1)
+@given(
+    seed=seeds,
+    batch=st.integers(1, 2),
+    groups_and_width=st.tuples(st.integers(1, 4), st.integers(1, 3)),
+    size=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    eps=st.sampled_from((1e-5, 1e-3)),
+    dtype=st.sampled_from(TRITON_DTYPES),
+    layout=layouts,
+)
+def test_drawn_inputs_match_reference(device, seed, batch, groups_and_width, size, eps, dtype, layout):
+    g = torch.Generator().manual_seed(seed)
+    groups, width = groups_and_width
+    assume(width * size[0] * size[1] > 1)  # F.group_norm, the reference, needs two values per group
+    channels = groups * width
+    x = uniform(g, (batch, channels, *size), dtype, -3, 3)
+    weight, bias = uniform(g, (channels,), torch.float32), uniform(g, (channels,), torch.float32)
+    grad = uniform(g, x.shape, dtype)
+    expected_args = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    expected = reference.group_norm_relu(expected_args[0], groups, *expected_args[1:], eps)
+    expected.backward(grad)
+    got_args = [arrange(x, layout).to(device).requires_grad_()] + [t.to(device).requires_grad_() for t in (weight, bias)]
+    out = ops.group_norm_relu(got_args[0], groups, *got_args[1:], eps)
+    out.backward(grad.to(device))
+    assert_matches([out], [expected], [], [], dtype)
+    # Gradients of a normalisation amplify rounding: half types get a looser bound there.
+    for got, want in zip(got_args, expected_args):
+        if dtype == torch.float32:
+            assert_close(got.grad, want.grad, dtype)
+        else:
+            torch.testing.assert_close(got.grad.double().cpu(), want.grad.double(), rtol=5e-2, atol=5e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Opcheck
+
+
+@needs_triton
+def test_opcheck(device, generator):
+    x = randn(generator, 2, 4, 3, 5, device=device).requires_grad_()
+    weight = randn(generator, 4, device=device).requires_grad_()
+    bias = randn(generator, 4, device=device).requires_grad_()
+    torch.library.opcheck(torch.ops.sfpn.group_norm_relu, (x, 2, weight, bias, 1e-5))
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+@needs_triton
+def test_bad_inputs(generator):
+    x, weight = randn(generator, 1, 4, 3, 3), randn(generator, 4)
+    with pytest.raises(ValueError, match="divisible by num_groups"):
+        ops.group_norm_relu(x, 3, weight, weight)
+    with pytest.raises(ValueError, match="num_groups"):
+        ops.group_norm_relu(x, 0, weight, weight)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        ops.group_norm_relu(x, 2, weight[:3], weight)
+    with pytest.raises(ValueError, match="bias must have 1 dimensions"):
+        ops.group_norm_relu(x, 2, weight, weight[None])
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        ops.group_norm_relu(x[0], 2, weight, weight)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ops.group_norm_relu(x.long(), 2, weight, weight)
+    with pytest.raises(ValueError, match="eps"):
+        ops.group_norm_relu(x, 2, weight, weight, eps=-1.0)
