@@ -1,0 +1,133 @@
+"""A grid of OpenMP wait policies: the default run's training step alone and beside a second
+training process, each setting in fresh processes, the settings interleaved round by round.
+
+    python benchmarks/wait_policy.py [--rounds 3] [--steps 6] [--threads 2] [--json PATH]
+
+The wait policy is read once, when ``import torch`` loads libgomp, so every setting needs its
+own processes: a measuring process (``--worker``: warm-up steps, then ``--steps`` timed steps,
+printing the median) and, for the shared case, a competitor running the same step in a loop
+with the same setting, as two sfpn trainings on one machine would. The step is
+``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320).
+
+Rounds interleave the settings (round 1: every setting alone, then every setting shared; round
+2: the same) so that a drift of the machine's speed spreads over all settings instead of
+favouring the first. The table gives per setting the median over rounds of the step time alone,
+shared, and their ratio, and each setting's time alone relative to libgomp's own default spin.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: name -> environment. sfpn leaves the wait policy alone when either variable is set
+#: (sfpn/_threads.py), so each row is exactly the setting it names.
+SETTINGS = {
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin 1k": {"GOMP_SPINCOUNT": "1000"},
+    "spin 10k": {"GOMP_SPINCOUNT": "10000"},
+    "spin 30k": {"GOMP_SPINCOUNT": "30000"},
+    "spin 100k": {"GOMP_SPINCOUNT": "100000"},
+    "libgomp default (spin 300k)": {"GOMP_SPINCOUNT": "300000"},
+    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+}
+
+
+def _environment(setting: str, threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(SETTINGS[setting], OMP_NUM_THREADS=str(threads))
+    return env
+
+
+def _worker(steps: int, compete: bool) -> None:
+    sys.path.insert(0, HERE)
+    from bench_shared_cpu import training_step
+
+    step = training_step()
+    for _ in range(2):
+        step()
+    if compete:
+        print("stepping", flush=True)
+        while True:
+            step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"median_s": statistics.median(times), "times_s": times}), flush=True)
+
+
+def _measure(setting: str, threads: int, steps: int, shared: bool) -> float:
+    env = _environment(setting, threads)
+    competitor = None
+    if shared:
+        competitor = subprocess.Popen([sys.executable, __file__, "--worker", "--compete"], env=env, stdout=subprocess.PIPE, text=True)
+        if competitor.stdout.readline().strip() != "stepping":
+            raise RuntimeError(f"the competing process did not start (exit status {competitor.poll()})")
+    try:
+        out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env, capture_output=True, text=True, check=True)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compete", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.steps, args.compete)
+        return
+
+    load_before = os.getloadavg()[0]
+    results = {name: {"alone": [], "shared": []} for name in args.settings}
+    for round_index in range(args.rounds):
+        for shared in (False, True):
+            for name in args.settings:
+                seconds = _measure(name, args.threads, args.steps, shared)
+                results[name]["shared" if shared else "alone"].append(seconds)
+                print(f"round {round_index + 1} {'shared' if shared else 'alone '} {name:30s} {seconds:.3f} s", flush=True)
+    load_after = os.getloadavg()[0]
+
+    baseline = "libgomp default (spin 300k)"
+    median = {name: {case: statistics.median(values) for case, values in cases.items()} for name, cases in results.items()}
+    print(f"\nCPU: {_cpu_model()}, {args.threads} threads, {args.rounds} rounds of {args.steps} steps; "
+          f"1-min load {load_before:.1f} before, {load_after:.1f} after")
+    print("| setting | step alone (s) | vs libgomp default | step beside a second training (s) | shared / alone |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, cases in median.items():
+        versus = f"{cases['alone'] / median[baseline]['alone']:.2f}x" if baseline in median else "n/a"
+        print(f"| {name} | {cases['alone']:.3f} | {versus} | {cases['shared']:.3f} | {cases['shared'] / cases['alone']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"cpu": _cpu_model(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+                       "load": [load_before, load_after], "results": results}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
