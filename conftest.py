@@ -10,4 +10,4 @@ import os
 import runpy
 
 _package = os.path.dirname(importlib.util.find_spec("sfpn").origin)
-runpy.run_path(os.path.join(_package, "_threads.py"))["prefer_passive_waiting"]()
+runpy.run_path(os.path.join(_package, "_threads.py"))["prefer_bounded_spinning"]()

@@ -3,9 +3,9 @@
 ``sfpn.kernels`` is the top-level ``kernels/`` folder: the build maps it (pyproject.toml's
 ``package-dir``), for regular and editable installs alike.
 """
-from ._threads import prefer_passive_waiting
+from ._threads import prefer_bounded_spinning
 
-prefer_passive_waiting()  # before anything below imports torch: see sfpn/_threads.py
+prefer_bounded_spinning()  # before anything below imports torch: see sfpn/_threads.py
 
 from . import _extension, ops  # noqa: E402
 from .config import DetectorConfig, list_presets  # noqa: E402, F401

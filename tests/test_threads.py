@@ -1,7 +1,8 @@
 """sfpn's OpenMP wait policy (sfpn/_threads.py) reaches libgomp, in fresh processes.
 
 libgomp prints the settings it started with when OMP_DISPLAY_ENV is set; its spin count is what
-the wait policy decides: 0 for PASSIVE, 300000 by default, 30000000000 for ACTIVE.
+the wait policy decides: sfpn's bounded 1000, 0 for PASSIVE, 300000 by default, 30000000000 for
+ACTIVE.
 """
 import os
 import subprocess
@@ -24,22 +25,22 @@ def libgomp_spin_count(code: list[str], **env) -> str:
     return reported[0]
 
 
-def test_importing_sfpn_first_makes_waiting_passive():
-    assert libgomp_spin_count(["-c", "import sfpn, torch; torch.ones(4).sum()"]) == "0"
+def test_importing_sfpn_first_bounds_the_spinning():
+    assert libgomp_spin_count(["-c", "import sfpn, torch; torch.ones(4).sum()"]) == "1000"
 
 
-@pytest.mark.parametrize("setting", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}], ids=str)
+@pytest.mark.parametrize("setting", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}], ids=str)
 def test_a_users_own_setting_wins(setting):
-    expected = {"OMP_WAIT_POLICY": "30000000000", "GOMP_SPINCOUNT": "300000"}[next(iter(setting))]
+    expected = {"ACTIVE": "30000000000", "PASSIVE": "0", "300000": "300000"}[next(iter(setting.values()))]
     assert libgomp_spin_count(["-c", "import sfpn"], **setting) == expected
 
 
 def test_torch_imported_first_is_left_alone():
-    code = "import torch, sfpn, os; from sfpn._threads import prefer_passive_waiting as p; assert not p(); assert 'OMP_WAIT_POLICY' not in os.environ"
+    code = "import torch, sfpn, os; from sfpn._threads import prefer_bounded_spinning as p; assert not p(); assert 'GOMP_SPINCOUNT' not in os.environ"
     assert libgomp_spin_count(["-c", code]) == "300000"
 
 
-def test_pytest_runs_get_passive_waiting():
+def test_pytest_runs_get_bounded_spinning():
     """The root conftest.py applies it before tests/conftest.py imports torch."""
     here = os.path.relpath(__file__, ROOT)
-    assert libgomp_spin_count(["-m", "pytest", "-q", "--collect-only", "-s", "-p", "no:cacheprovider", here]) == "0"
+    assert libgomp_spin_count(["-m", "pytest", "-q", "--collect-only", "-s", "-p", "no:cacheprovider", here]) == "1000"
