@@ -11,8 +11,9 @@ The upsampling variant takes logits on a coarse grid ``(N, K, h, w)`` and labels
 ``(N, H, W)``: it samples the logits bilinearly (``align_corners=False``) inside the kernel and
 scatters the gradient to the coarse grid with atomic adds (float32), so no full-size logits exist.
 
-The mean's divisor (the number of labelled pixels) is counted on the device beforehand, which
-lets the kernel write the final gradient; the backward only multiplies it by the incoming scalar.
+Optional class weights multiply each pixel's loss and gradient by its label's weight. The mean's
+divisor (the labelled pixels' count, or their summed weight) is computed on the device
+beforehand, which lets the kernel write the final gradient; the backward only multiplies it by the incoming scalar.
 Labels outside ``[0, K)`` other than ``ignore_index`` make the loss NaN (checking them on the host
 would cost a device sync every step).
 """
@@ -47,10 +48,11 @@ def _logits_tile(logits_ptr, image, classes, class_mask, pixel_mask, y0, y1, x0,
 @triton.jit
 def _write_grad(grad_ptr, x, lse, classes, class_mask, labels, pixel_mask, valid, scale, smoothing, num_classes,
                 image, y0, y1, x0, x1, w00, w01, w10, w11, in_hw, UPSAMPLE: tl.constexpr):
-    """Store (or, upsampling, scatter) ``(softmax - smoothed one-hot) * scale`` for one class tile."""
+    """Store (or, upsampling, scatter) ``(softmax - smoothed one-hot) * scale`` for one class
+    tile; ``scale`` holds one factor per pixel."""
     target = tl.where(classes[:, None] == labels[None, :], 1.0 - smoothing, 0.0) + smoothing / num_classes
     grad = tl.exp(x - lse[None, :]) - target
-    grad = tl.where(valid[None, :], grad * scale, 0.0)
+    grad = tl.where(valid[None, :], grad * scale[None, :], 0.0)
     base = grad_ptr + (image * num_classes + classes[:, None]) * in_hw
     if UPSAMPLE:
         mask = class_mask[:, None] & valid[None, :]
@@ -65,14 +67,14 @@ def _write_grad(grad_ptr, x, lse, classes, class_mask, labels, pixel_mask, valid
 
 @triton.jit
 def _cross_entropy_kernel(
-    logits_ptr, labels_ptr, grad_ptr, partial_ptr, scale_ptr,
+    logits_ptr, labels_ptr, weight_ptr, grad_ptr, partial_ptr, scale_ptr,
     num_classes, in_height, in_width, out_height, out_width, scale_y, scale_x,
     ignore_index, smoothing,
-    UPSAMPLE: tl.constexpr, COMPUTE_GRAD: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    UPSAMPLE: tl.constexpr, COMPUTE_GRAD: tl.constexpr, SINGLE_TILE: tl.constexpr, WEIGHTED: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """Grid (pixel blocks, N). Writes this program's loss sum to ``partial_ptr`` and, with
-    COMPUTE_GRAD, the gradient of ``sum(loss) * scale`` w.r.t. the logits to ``grad_ptr``."""
+    """Grid (pixel blocks, N). Writes this program's (weighted) loss sum to ``partial_ptr`` and,
+    with COMPUTE_GRAD, the gradient of ``sum(loss) * scale`` w.r.t. the logits to ``grad_ptr``."""
     image = tl.program_id(1).to(tl.int64)
     out_hw = out_height * out_width
     in_hw = in_height * in_width
@@ -128,9 +130,14 @@ def _cross_entropy_kernel(
     in_range = (labels >= 0) & (labels < num_classes)
     loss = lse - (1.0 - smoothing) * target_logit - smoothing * logit_sum / num_classes
     loss = tl.where(in_range, loss, float("nan"))
+    if WEIGHTED:  # the label's weight; an out-of-range label keeps its NaN
+        pixel_weight = tl.load(weight_ptr + labels, mask=valid & in_range, other=1.0)
+    else:
+        pixel_weight = tl.full([BLOCK_P], 1.0, dtype=tl.float32)
+    loss *= pixel_weight
     tl.store(partial_ptr + image * tl.num_programs(0) + tl.program_id(0), tl.sum(tl.where(valid, loss, 0.0), axis=0))
     if COMPUTE_GRAD:
-        scale = tl.load(scale_ptr)
+        scale = tl.load(scale_ptr) * pixel_weight
         if SINGLE_TILE:
             _write_grad(grad_ptr, x, lse, classes, class_mask, labels, pixel_mask, valid, scale, smoothing,
                         num_classes, image, y0, y1, x0, x1, w00, w01, w10, w11, in_hw, UPSAMPLE)
@@ -152,12 +159,15 @@ def cross_entropy(
     label_smoothing: float,
     compute_grad: bool,
     max_block_k: int = MAX_BLOCK_K,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean or summed cross-entropy of ``logits`` against ``labels`` and its gradient.
 
     logits: contiguous ``(N, K, h, w)``; labels: contiguous integer ``(N, H, W)``. When ``(H, W)``
     differs from ``(h, w)`` the logits are bilinearly resized to it (align_corners=False) inside
     the kernel. ``max_block_k`` caps the class tile (tests lower it to exercise the chunked path).
+    ``weight``: None or contiguous float32 ``(K,)`` class weights (F.cross_entropy's, without
+    label smoothing).
     Returns ``(loss, grad)``: a float32 scalar and the gradient of ``loss`` w.r.t. ``logits``
     (``(N, K, h, w)`` in logits' dtype), or an empty tensor without ``compute_grad``.
     """
@@ -168,7 +178,13 @@ def cross_entropy(
     block_p = max(16, min(128, _TILE_ELEMENTS // block_k))
     grid = (triton.cdiv(out_height * out_width, block_p), batch)
     if reduction == "mean":  # mean over labelled pixels; 0 of them gives NaN, as F.cross_entropy
-        scale = 1.0 / (labels != ignore_index).sum(dtype=torch.float32).reshape(1)
+        labelled = labels != ignore_index
+        if weight is None:
+            total = labelled.sum(dtype=torch.float32)
+        else:  # summed weight of the labelled pixels, without a host sync (a label past K is NaN's business)
+            classes = torch.where(labelled, labels.long(), 0).clamp_(max=num_classes - 1)
+            total = torch.where(labelled, weight.take(classes), 0.0).sum()
+        scale = 1.0 / total.reshape(1)
     else:
         scale = torch.ones(1, dtype=torch.float32, device=logits.device)
     partial = logits.new_empty((batch, grid[0]), dtype=torch.float32)
@@ -180,11 +196,11 @@ def cross_entropy(
         grad = torch.empty_like(logits)
     with launch_device(logits):
         _cross_entropy_kernel[grid](
-            logits, labels, grad if compute_grad else logits, partial, scale,
+            logits, labels, logits if weight is None else weight, grad if compute_grad else logits, partial, scale,
             num_classes, in_height, in_width, out_height, out_width,
             _bilinear.scale(in_height, out_height), _bilinear.scale(in_width, out_width),
             ignore_index, float(label_smoothing),
-            UPSAMPLE=upsample, COMPUTE_GRAD=compute_grad, SINGLE_TILE=num_classes <= block_k,
+            UPSAMPLE=upsample, COMPUTE_GRAD=compute_grad, SINGLE_TILE=num_classes <= block_k, WEIGHTED=weight is not None,
             BLOCK_K=block_k, BLOCK_P=block_p, num_warps=8 if block_k * block_p >= 4096 else 4,
         )
     loss = partial.sum() * scale[0]

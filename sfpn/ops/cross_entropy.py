@@ -20,6 +20,7 @@ from ._validate import OpTypeError, OpValueError, check_choice, check_tensor
 
 LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
 REDUCTIONS = ("mean", "sum")
+WEIGHT_DTYPES = (torch.float32, torch.float64)
 
 
 def semantic_cross_entropy_reference(
@@ -28,11 +29,13 @@ def semantic_cross_entropy_reference(
     ignore_index: int = 255,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch :func:`semantic_cross_entropy` (computed in float32 at least, as the kernel)."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
     return F.cross_entropy(
-        logits, labels.long(), ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+        logits, labels.long(), weight=None if weight is None else weight.to(logits.dtype), ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing,
     )
 
 
@@ -42,14 +45,15 @@ def upsample_cross_entropy_reference(
     ignore_index: int = 255,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch :func:`upsample_cross_entropy`: resize the logits, then the cross-entropy."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
     logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
-    return semantic_cross_entropy_reference(logits, labels, ignore_index, reduction, label_smoothing)
+    return semantic_cross_entropy_reference(logits, labels, ignore_index, reduction, label_smoothing, weight)
 
 
-def _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, same_size: bool) -> None:
+def _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, weight, same_size: bool) -> None:
     check_tensor("logits", logits, ndim=4)
     check_tensor("labels", labels, ndim=3, dtypes=LABEL_DTYPES)
     if labels.device != logits.device:
@@ -68,16 +72,27 @@ def _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothin
     check_choice("reduction", reduction, REDUCTIONS)
     if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
         raise OpValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if weight is not None:
+        check_tensor("weight", weight, ndim=1, dtypes=WEIGHT_DTYPES)
+        if weight.device != logits.device or weight.shape[0] != logits.shape[1]:
+            raise OpValueError(
+                f"weight must hold one value per class ({logits.shape[1]}) on logits' device ({logits.device}), "
+                f"got shape {tuple(weight.shape)} on {weight.device}"
+            )
+        if label_smoothing:
+            # F.cross_entropy weighs each class of the smoothed target by its own weight: a second
+            # definition for one kernel to carry, which no caller of ours needs.
+            raise OpValueError(f"weight and label_smoothing ({label_smoothing}) cannot be combined")
 
 
-def _cross_entropy(name, logits, labels, ignore_index, reduction, label_smoothing) -> torch.Tensor:
+def _cross_entropy(name, logits, labels, ignore_index, reduction, label_smoothing, weight) -> torch.Tensor:
     """Checks the arguments of ``sfpn::<name>`` and returns its loss (the gradient, written by the
     same pass, is kept for the backward when logits require grad)."""
     same_size = name == "semantic_cross_entropy"
-    _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, same_size=same_size)
+    _check_cross_entropy(logits, labels, ignore_index, reduction, label_smoothing, weight, same_size=same_size)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     op = getattr(torch.ops.sfpn, name)
-    return op(logits, labels, ignore_index, reduction, float(label_smoothing), compute_grad)[0]
+    return op(logits, labels, weight, ignore_index, reduction, float(label_smoothing), compute_grad)[0]
 
 
 def semantic_cross_entropy(
@@ -86,6 +101,7 @@ def semantic_cross_entropy(
     ignore_index: int = 255,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-wise softmax cross-entropy, ``F.cross_entropy(logits, labels, ...)`` in one pass.
 
@@ -97,12 +113,15 @@ def semantic_cross_entropy(
         reduction: ``"mean"`` over the labelled pixels (NaN when there are none, as F.cross_entropy)
             or ``"sum"``.
         label_smoothing: as in F.cross_entropy.
+        weight: ``(K,)`` float weights of the classes, as F.cross_entropy's: a pixel's loss is
+            multiplied by its label's weight, and ``"mean"`` divides by the labelled pixels'
+            summed weight. Not with ``label_smoothing``.
 
     Returns:
         A float32 scalar (float64 for float64 logits). When logits require grad, the gradient is
         written during the forward pass; the backward only scales it.
     """
-    return _cross_entropy("semantic_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing)
+    return _cross_entropy("semantic_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing, weight)
 
 
 def upsample_cross_entropy(
@@ -111,6 +130,7 @@ def upsample_cross_entropy(
     ignore_index: int = 255,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of coarse logits, bilinearly resized to the labels' size, against full-size labels.
 
@@ -121,12 +141,12 @@ def upsample_cross_entropy(
     Args:
         logits: ``(N, K, h, w)`` on the head's grid (stride 8).
         labels: ``(N, H, W)`` at image size (any size), classes or ``ignore_index``.
-        ignore_index, reduction, label_smoothing: as :func:`semantic_cross_entropy`.
+        ignore_index, reduction, label_smoothing, weight: as :func:`semantic_cross_entropy`.
 
     Returns:
         A float32 scalar (float64 for float64 logits).
     """
-    return _cross_entropy("upsample_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing)
+    return _cross_entropy("upsample_cross_entropy", logits, labels, ignore_index, reduction, label_smoothing, weight)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,30 +170,33 @@ def _as_logits(grad: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return grad.to(logits.dtype, memory_format=_library.output_memory_format(logits))
 
 
-def _loss_and_grad(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
-    """The reference loss and its gradient ``softmax - smoothed one-hot`` on labelled pixels
-    (divided by their count for ``"mean"``), on the logits' grid."""
+def _loss_and_grad(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
+    """The reference loss and its gradient ``(softmax - smoothed one-hot) * weight[label]`` on
+    labelled pixels (divided by their summed weight for ``"mean"``), on the logits' grid."""
     x = _in_loss_dtype(logits)
-    loss = F.cross_entropy(x, labels.long(), ignore_index=ignore_index, reduction=reduction,
+    weight = None if weight is None else weight.to(x.dtype)
+    loss = F.cross_entropy(x, labels.long(), weight=weight, ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
     if not compute_grad:
         return loss, None
     labelled = labels != ignore_index
-    target = F.one_hot(torch.where(labelled, labels.long(), 0), x.shape[1]).permute(0, 3, 1, 2).to(x.dtype)
-    grad = (x.softmax(1) - (1 - label_smoothing) * target - label_smoothing / x.shape[1]) * labelled[:, None]
+    classes = torch.where(labelled, labels.long(), 0)
+    pixel_weight = labelled.to(x.dtype) if weight is None else weight[classes] * labelled
+    target = F.one_hot(classes, x.shape[1]).permute(0, 3, 1, 2).to(x.dtype)
+    grad = (x.softmax(1) - (1 - label_smoothing) * target - label_smoothing / x.shape[1]) * pixel_weight[:, None]
     if reduction == "mean":
-        grad = grad / labelled.sum()
+        grad = grad / pixel_weight.sum()
     return loss, grad
 
 
-def _semantic_cross_entropy_op_reference(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
-    loss, grad = _loss_and_grad(logits, labels, ignore_index, reduction, label_smoothing, compute_grad)
+def _semantic_cross_entropy_op_reference(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
+    loss, grad = _loss_and_grad(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad)
     return loss, (_as_logits(grad, logits) if compute_grad else logits.new_empty((0,)))
 
 
-def _upsample_cross_entropy_op_reference(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
+def _upsample_cross_entropy_op_reference(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
     full_size = F.interpolate(_in_loss_dtype(logits), size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
-    loss, grad = _loss_and_grad(full_size, labels, ignore_index, reduction, label_smoothing, compute_grad)
+    loss, grad = _loss_and_grad(full_size, labels, weight, ignore_index, reduction, label_smoothing, compute_grad)
     if not compute_grad:
         return loss, logits.new_empty((0,))
     grad = torch.ops.aten.upsample_bilinear2d_backward(grad, list(labels.shape[-2:]), list(logits.shape), False)
@@ -181,21 +204,22 @@ def _upsample_cross_entropy_op_reference(logits, labels, ignore_index, reduction
 
 
 def _triton(op, reference):
-    def implementation(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
+    def implementation(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
         if not (kernels.takes(logits) and labels.numel() > 0):
-            return reference(logits, labels, ignore_index, reduction, label_smoothing, compute_grad)
+            return reference(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad)
         kernels.check_launchable(logits, op)
         from ..kernels import cross_entropy as launcher
 
         loss, grad = launcher.cross_entropy(
-            logits.contiguous(), labels.contiguous(), ignore_index, reduction, label_smoothing, compute_grad
+            logits.contiguous(), labels.contiguous(), ignore_index, reduction, label_smoothing, compute_grad,
+            weight=None if weight is None else weight.float().contiguous(),
         )
         return loss, grad.contiguous(memory_format=_library.output_memory_format(logits)) if compute_grad else grad
 
     return implementation
 
 
-def _fake(logits, labels, ignore_index, reduction, label_smoothing, compute_grad):
+def _fake(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
     grad = _library.empty_like_layout(logits, logits.shape) if compute_grad else logits.new_empty((0,))
     return logits.new_empty((), dtype=_loss_dtype(logits)), grad
 
@@ -215,11 +239,11 @@ def _backward(ctx, grad_loss, grad_of_grad):
     # partition a backward that mutates a forward output, so the product is out of place and
     # Inductor plans the buffers.
     if torch.compiler.is_compiling() or type(grad) is not torch.Tensor:
-        return grad * grad_loss, None, None, None, None, None
-    return grad.mul_(grad_loss), None, None, None, None, None
+        return grad * grad_loss, None, None, None, None, None, None
+    return grad.mul_(grad_loss), None, None, None, None, None, None
 
 
-_SCHEMA = ("(Tensor logits, Tensor labels, int ignore_index, str reduction, float label_smoothing, "
+_SCHEMA = ("(Tensor logits, Tensor labels, Tensor? weight, int ignore_index, str reduction, float label_smoothing, "
            "bool compute_grad) -> (Tensor, Tensor)")
 for _name, _reference in (
     ("semantic_cross_entropy", _semantic_cross_entropy_op_reference),

@@ -254,7 +254,7 @@ def test_channels_last_opcheck(generator):
     torch.library.opcheck(torch.ops.sfpn.resize_sum, ([l.detach() for l in levels], 5, 6))
     logits = randn(generator, 2, 5, 6, 7).to(memory_format=CL).requires_grad_()
     labels = torch.randint(0, 5, (2, 6, 7), generator=generator)
-    torch.library.opcheck(torch.ops.sfpn.semantic_cross_entropy, (logits, labels, 255, "mean", 0.0, True))
+    torch.library.opcheck(torch.ops.sfpn.semantic_cross_entropy, (logits, labels, None, 255, "mean", 0.0, True))
 
 
 # ------------------------------------------------------------------------------------------------

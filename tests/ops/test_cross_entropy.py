@@ -1,5 +1,5 @@
 """semantic_cross_entropy and upsample_cross_entropy: the Triton kernel against the
-pure-PyTorch references (K from 2 to 200, chunked classes, all-ignored labels, half types),
+pure-PyTorch references (K from 2 to 200, chunked classes, class weights, all-ignored labels, half types),
 drawn inputs, the references' explicit gradient, opcheck, argument checks. The kernel runs as
 in tests/ops/test_resize_sum.py: on a GPU or under the Triton interpreter, on tiny shapes."""
 import pytest
@@ -76,21 +76,57 @@ def test_upsample_cross_entropy_matches_reference(device, generator, launches, s
 
 
 @needs_triton
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("upsample", [False, True])
-def test_chunked_classes(device, generator, upsample):
-    """K wider than one class tile: the online log-sum-exp over chunks, then a gradient pass."""
+def test_chunked_classes(device, generator, upsample, weighted):
+    """K wider than one class tile: the online log-sum-exp over chunks, then a gradient pass
+    (label smoothing, or class weights, which exclude it)."""
     from sfpn.kernels import cross_entropy as launcher
 
     logits = randn(generator, 2, 37, 3, 5, device=device) * 3
     size = (7, 9) if upsample else (3, 5)
     labels = labels_for(generator, (2, *size), 37, device)
-    loss, grad = launcher.cross_entropy(logits, labels, 255, "mean", 0.05, True, max_block_k=16)
+    weight = torch.rand(37, generator=generator).to(device) if weighted else None
+    smoothing = 0.0 if weighted else 0.05
+    loss, grad = launcher.cross_entropy(logits, labels, 255, "mean", smoothing, True, max_block_k=16, weight=weight)
     ref_fn = reference.upsample_cross_entropy if upsample else reference.semantic_cross_entropy
     theirs = leaf(logits)
-    expected = ref_fn(theirs, labels, label_smoothing=0.05)
+    expected = ref_fn(theirs, labels, label_smoothing=smoothing, weight=weight)
     expected.backward()
     torch.testing.assert_close(loss, expected, **FP32)
     torch.testing.assert_close(grad, theirs.grad, **FP32)
+
+
+@needs_triton
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("op_name", ["semantic_cross_entropy", "upsample_cross_entropy"])
+def test_class_weights(device, generator, launches, op_name, reduction):
+    """Class weights: each pixel's loss and gradient times its label's weight, the mean over the
+    summed weight, as F.cross_entropy's ``weight``."""
+    logits = randn(generator, 2, 7, 3, 5, device=device) * 3
+    size = (3, 5) if op_name == "semantic_cross_entropy" else (11, 9)
+    labels = labels_for(generator, (2, *size), 7, device)
+    weight = torch.rand(7, generator=generator).to(device) * 4
+    assert_loss_and_grad(getattr(ops, op_name), getattr(reference, op_name), logits, labels,
+                         reduction=reduction, weight=weight)
+    assert launches == {"cross_entropy": 1}
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("upsample", [False, True])
+def test_weighted_reference_is_f_cross_entropy(generator, upsample):
+    """The op's reference, gradient included, against F.cross_entropy(weight=...) in float64:
+    a weight of 0 removes a class, unequal weights change the mean's divisor."""
+    logits = float64_leaf(generator, 2, 5, 3, 4)
+    labels = torch.randint(0, 5, (2, 7, 6) if upsample else (2, 3, 4), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.3] = 255
+    weight = torch.tensor([0.0, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    op = ops.upsample_cross_entropy if upsample else ops.semantic_cross_entropy
+    full = F.interpolate(logits, labels.shape[-2:], mode="bilinear", align_corners=False) if upsample else logits
+    expected = F.cross_entropy(full, labels, weight=weight, ignore_index=255)
+    ours = op(logits, labels, weight=weight)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(expected, logits)[0])
 
 
 @needs_triton
@@ -135,7 +171,7 @@ def test_without_grad_writes_none(device, generator, monkeypatch):
 
     seen = []
     launch = launcher.cross_entropy
-    monkeypatch.setattr(launcher, "cross_entropy", lambda *args: seen.append(args[-1]) or launch(*args))
+    monkeypatch.setattr(launcher, "cross_entropy", lambda *args, **kwargs: seen.append(args[5]) or launch(*args, **kwargs))
     with torch.no_grad():
         loss = ops.semantic_cross_entropy(leaf(logits), labels)
     torch.testing.assert_close(loss, reference.semantic_cross_entropy(logits, labels), **FP32)
@@ -222,8 +258,10 @@ def test_opcheck(device, generator, op_name):
     size = (3, 4) if op_name == "semantic_cross_entropy" else (7, 6)
     labels = labels_for(generator, (2, *size), 5, device)
     op = getattr(torch.ops.sfpn, op_name)
-    torch.library.opcheck(op, (logits, labels, 255, "mean", 0.1, True))
-    torch.library.opcheck(op, (logits.detach(), labels, 255, "sum", 0.0, False))
+    weight = torch.rand(5, generator=generator).to(device)
+    torch.library.opcheck(op, (logits, labels, None, 255, "mean", 0.1, True))
+    torch.library.opcheck(op, (logits, labels, weight, 255, "mean", 0.0, True))
+    torch.library.opcheck(op, (logits.detach(), labels, None, 255, "sum", 0.0, False))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,3 +287,9 @@ def test_bad_inputs(generator):
         ops.semantic_cross_entropy(logits, labels, ignore_index=255.0)
     with pytest.raises(ValueError, match="logits must have 4 dimensions"):
         ops.semantic_cross_entropy(logits[0], labels)
+    with pytest.raises(ValueError, match=r"weight must hold one value per class \(3\)"):
+        ops.semantic_cross_entropy(logits, labels, weight=torch.ones(4))
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        ops.semantic_cross_entropy(logits, labels, weight=torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="weight and label_smoothing"):
+        ops.upsample_cross_entropy(logits, labels, label_smoothing=0.1, weight=torch.ones(3))

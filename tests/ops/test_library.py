@@ -410,13 +410,14 @@ for kernel in (gn._moments_kernel, gn._forward_kernel, gn._backward_sums_kernel,
     if "CHANNELS_PER_GROUP" in kernel.arg_names:
         constexprs["CHANNELS_PER_GROUP"] = 8
     compile_for_sm90(kernel, types, constexprs)
-for upsample, single_tile, block_k, block_p in ((True, True, 256, 16), (False, False, 64, 64)):
-    types = {"logits_ptr": "*bf16", "labels_ptr": "*u8", "grad_ptr": "*fp32" if upsample else "*bf16",
+for upsample, single_tile, block_k, block_p, weighted in (
+        (True, True, 256, 16, False), (True, True, 256, 16, True), (False, False, 64, 64, True)):
+    types = {"logits_ptr": "*bf16", "labels_ptr": "*u8", "weight_ptr": "*fp32", "grad_ptr": "*fp32" if upsample else "*bf16",
              "partial_ptr": "*fp32", "scale_ptr": "*fp32", "num_classes": "i32", "in_height": "i32",
              "in_width": "i32", "out_height": "i32", "out_width": "i32", "scale_y": "fp32", "scale_x": "fp32",
              "ignore_index": "i32", "smoothing": "fp32"}
     compile_for_sm90(ce._cross_entropy_kernel, types, {"UPSAMPLE": upsample, "COMPUTE_GRAD": True,
-                     "SINGLE_TILE": single_tile, "BLOCK_K": block_k, "BLOCK_P": block_p})
+                     "SINGLE_TILE": single_tile, "WEIGHTED": weighted, "BLOCK_K": block_k, "BLOCK_P": block_p})
 """
 
 
@@ -431,4 +432,4 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=300, cwd=root
     )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert out.stdout.count("compiled") == 8
+    assert out.stdout.count("compiled") == 9
