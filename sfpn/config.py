@@ -54,13 +54,17 @@ class NeckConfig:
     semantic_channels: int = setting(256, AT_LEAST_ONE)
     semantic_convs: int = setting(4, NON_NEGATIVE)
     num_groups: int = setting(32, AT_LEAST_ONE)
-    fusion_point: str = setting("before", ("before", "after"))  # of the 3x3 output convs
+    # Where the semantic embedding joins the pyramid: "before" or "after" the 3x3 output convs, or
+    # "none": the branch learns and predicts (the semantic map, the panoptic stuff) but its
+    # features are not fused back, Panoptic FPN's layout (the baseline SFPN is compared with)
+    fusion_point: str = setting("before", ("before", "after", "none"))
     fusion_op: str = setting("add", ("add", "concat", "gate"))
     downsample: str = setting("bilinear", ("bilinear", "max_pool"))  # to the coarse levels
     alpha: float = setting(0.2, NON_NEGATIVE)  # weight of the semantic loss
     # How the semantic CE averages its pixels: "pixels" (each labelled pixel alike, the paper's CE)
-    # | "foreground_background" (the mean of the foreground pixels' mean and the background's)
-    semantic_loss_average: str = setting("pixels", ("pixels", "foreground_background"))
+    # | "foreground_background" (the mean of the thing pixels' mean and the other pixels')
+    # | "median_frequency" (each class weighted by median / its pixels, per batch)
+    semantic_loss_average: str = setting("pixels", ("pixels", "foreground_background", "median_frequency"))
     upsample_mode: str = setting("nearest", ("nearest", "bilinear"))  # of the top-down pathway
 
 

@@ -21,7 +21,9 @@ past one core. The runs still start in seed-major order.
 The table (``study.md``, ``study.json``) gives per configuration and metric the mean, the sample
 standard deviation and the number of seeds, and against the baseline the paired difference: the
 mean over the seeds both have of (config - baseline) on the same seed, with its standard
-deviation. ``study.png`` shows every seed's value and the mean of each configuration.
+deviation and the half-width of its 95% confidence interval (Student's t with n - 1 degrees of
+freedom: ``t * std / sqrt(n)``). ``study.png`` shows every seed's value and the mean of each
+configuration.
 """
 from __future__ import annotations
 
@@ -45,7 +47,15 @@ METRICS = (
     ("segm AP", ("segm", "AP")),
     ("semantic mIoU", ("semantic", "image", "mIoU")),
     ("semantic fgIoU", ("semantic", "image", "fgIoU")),
+    ("PQ", ("panoptic", "PQ")),
+    ("PQ_th", ("panoptic", "PQ_th")),
+    ("PQ_st", ("panoptic", "PQ_st")),
 )
+#: Metrics whose paired difference against the baseline the markdown table shows.
+DIFFERENCE_METRICS = ("bbox AP", "PQ")
+#: Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30; the normal's beyond).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 SMALL_FPN = "faster_rcnn_r18_fpn_small"
 SMALL_SFPN = "faster_rcnn_r18_sfpn_small"
 
@@ -71,9 +81,11 @@ class RunConfig:
         return cls(name, preset, tuple(overrides))
 
 
-#: The issue's studies. "main": is the gain from the semantic supervision (alpha=0 keeps the
-#: branch's layers but trains no labels) and does it survive labels from boxes only. "axes": the
-#: paper's design axes, one change from the default SFPN each.
+#: The built-in studies. "main": is the gain from the semantic supervision (alpha=0 keeps the
+#: branch's layers but trains no labels) and does it survive labels from boxes only. "loss": the
+#: semantic CE's averages other than the paper's pixel mean. "panoptic": Panoptic FPN's layout,
+#: the branch trained on the FPN outputs and not fused back, the baseline of the panoptic
+#: comparison. "axes": the paper's design axes, one change from the default SFPN each.
 STUDIES: dict[str, tuple[RunConfig, ...]] = {
     "main": (
         RunConfig("fpn", SMALL_FPN),
@@ -81,6 +93,11 @@ STUDIES: dict[str, tuple[RunConfig, ...]] = {
         RunConfig("sfpn_alpha0", SMALL_SFPN, ("neck.alpha=0",)),
         RunConfig("sfpn_boxes", SMALL_SFPN, ("data.semantic=boxes",)),
     ),
+    "loss": (
+        RunConfig("sfpn_fgbg", SMALL_SFPN, ("neck.semantic_loss_average=foreground_background",)),
+        RunConfig("sfpn_medfreq", SMALL_SFPN, ("neck.semantic_loss_average=median_frequency",)),
+    ),
+    "panoptic": (RunConfig("panoptic_fpn", SMALL_SFPN, ("neck.fusion_point=none",)),),
     "axes": (
         RunConfig("fusion_after", SMALL_SFPN, ("neck.fusion_point=after",)),
         RunConfig("fusion_concat", SMALL_SFPN, ("neck.fusion_op=concat",)),
@@ -205,12 +222,21 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def ci95_half_width(std: float | None, n: int) -> float | None:
+    """Half-width of the 95% confidence interval of a mean of ``n`` values of sample std ``std``
+    (Student's t); None below two values."""
+    if std is None or n < 2:
+        return None
+    return (T_975[n - 2] if n - 1 <= len(T_975) else 1.960) * std / math.sqrt(n)
+
+
 def summarise(values: dict[str, dict[int, dict[str, float | None]]], baseline: str | None) -> dict:
     """The table from ``values[config][seed][metric]``.
 
     Returns ``{config: {metric: {"mean", "std", "n", "seeds": {seed: value}, "diff_mean",
-    "diff_std", "diff_n"}}}``; the paired difference is over the seeds both the config and the
-    baseline have a value for (absent for the baseline itself and without a baseline).
+    "diff_std", "diff_n", "diff_ci95"}}}``; the paired difference is over the seeds both the
+    config and the baseline have a value for (absent for the baseline itself and without a
+    baseline); ``diff_ci95`` is its 95% interval's half-width.
     """
     table = {}
     for config, by_seed in values.items():
@@ -224,6 +250,7 @@ def summarise(values: dict[str, dict[int, dict[str, float | None]]], baseline: s
                 diffs = [v - base[s][metric] for s, v in seeds.items() if s in base and base[s].get(metric) is not None]
                 row["diff_mean"], row["diff_std"] = mean_std(diffs)
                 row["diff_n"] = len(diffs)
+                row["diff_ci95"] = ci95_half_width(row["diff_std"], len(diffs))
             table[config][metric] = row
     return table
 
@@ -254,11 +281,11 @@ def _cell(mean, std, digits: int = 1) -> str:
 
 def format_table(table: dict, baseline: str | None, runs: dict | None = None) -> str:
     """Markdown: one row per configuration, mean ± std (n) per metric, then the paired
-    difference against the baseline for the first metric."""
+    difference against the baseline of each of :data:`DIFFERENCE_METRICS` reported, as mean
+    ± 95% half-width (pairs)."""
     metrics = [name for name, _ in METRICS if any(table[c][name]["n"] for c in table)]
-    header = ["config", *[f"{m} (n)" for m in metrics]]
-    if baseline:
-        header += [f"Δ {metrics[0]} vs {baseline} (pairs)"] if metrics else []
+    compared = [m for m in DIFFERENCE_METRICS if m in metrics] if baseline else []
+    header = ["config", *[f"{m} (n)" for m in metrics], *[f"Δ {m} vs {baseline}, 95% (pairs)" for m in compared]]
     header.append("load at start → end")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config, rows in table.items():
@@ -266,9 +293,9 @@ def format_table(table: dict, baseline: str | None, runs: dict | None = None) ->
             lines.append("| " + " | ".join([config, *["not run"] * (len(header) - 1)]) + " |")
             continue
         cells = [config, *[f"{_cell(rows[m]['mean'], rows[m]['std'])} ({rows[m]['n']})" for m in metrics]]
-        if baseline and metrics:
-            first = rows[metrics[0]]
-            cells.append(f"{_cell(first.get('diff_mean'), first.get('diff_std'), 2)} ({first.get('diff_n', 0)})" if "diff_n" in first else "baseline")
+        for metric in compared:
+            row = rows[metric]
+            cells.append(f"{_cell(row.get('diff_mean'), row.get('diff_ci95'), 2)} ({row['diff_n']})" if "diff_n" in row else "baseline")
         loads = [f"{r['load_start'].split()[0]} → {r['load_end'].split()[0]}" for _, r in sorted((runs or {}).get(config, {}).items())]
         cells.append("; ".join(loads) or "-")
         lines.append("| " + " | ".join(cells) + " |")

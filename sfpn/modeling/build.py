@@ -26,7 +26,8 @@ def build(config: DetectorConfig) -> FasterRCNN:
     detector, build_roi_heads = architectures[config.meta_architecture]
     channels = config.neck.out_channels
     backbone = ResNet.from_config(config.backbone)
-    neck = SFPN.from_config(config.neck, backbone.out_channels, 1 + config.num_classes + config.num_stuff_classes)
+    neck = SFPN.from_config(config.neck, backbone.out_channels, 1 + config.num_classes + config.num_stuff_classes,
+                            num_thing_classes=config.num_classes)
     rpn = RPN.from_config(config.rpn, channels, PYRAMID_STRIDES)
     model = detector(backbone, neck, rpn, build_roi_heads(), size_divisibility=config.size_divisibility)
     model.config = copy.deepcopy(config)

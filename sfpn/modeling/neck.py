@@ -5,7 +5,8 @@ Data flow for backbone maps ``C2..C5`` (strides 4..32):
 
 1. laterals ``L_i = conv1x1(C_i)``; top-down ``M_5 = L_5``, ``M_i = upsample_add(M_{i+1}, L_i)``;
 2. semantic branch (SFPN only): ``logits, E = SemanticHead([M_2..M_5])`` at stride 8;
-3. fusion of the embedding ``E`` into every level, before the 3x3 output convs (default) or after;
+3. fusion of the embedding ``E`` into every level, before the 3x3 output convs (default) or after
+   (with ``fusion_point="none"`` the branch reads the outputs and nothing is fused: Panoptic FPN);
 4. ``P_i = conv3x3(M_i')``; ``P6 = max_pool(P5, 1, stride 2)`` for the RPN;
 5. given semantic labels (training), the branch's own loss ``alpha * CE(logits, labels)``.
 
@@ -58,14 +59,19 @@ class SFPN(nn.Module):
         semantic: whether the semantic branch exists.
         semantic_channels, semantic_convs, num_groups: width, depth and GroupNorm groups of the
             semantic head.
-        fusion_point: ``"before"`` the 3x3 output convs (default) or ``"after"`` them (BFP-style).
+        fusion_point: ``"before"`` the 3x3 output convs (default), ``"after"`` them (BFP-style),
+            or ``"none"``: the branch reads the output levels, learns and predicts, and nothing is
+            fused back (Panoptic FPN's layout; the pyramid is FPN's, the branch has no embedding).
         fusion_op: ``"add"`` (``M + E``), ``"concat"`` (``conv1x1([M, E])``) or ``"gate"``
             (``M + sigmoid(conv1x1(M)) * E``: each level decides per position how much to take).
         downsample: how ``E`` shrinks to the coarse levels, ``"bilinear"`` or ``"max_pool"``.
         alpha: weight of the semantic loss.
         upsample_mode: interpolation of the top-down pathway (``"nearest"`` as FPN).
-        semantic_loss_average: how the semantic CE averages its pixels (``"pixels"`` or
-            ``"foreground_background"``, see :class:`~sfpn.modeling.semantic_head.SemanticHead`).
+        semantic_loss_average: how the semantic CE averages its pixels (``"pixels"``,
+            ``"foreground_background"`` or ``"median_frequency"``, see
+            :class:`~sfpn.modeling.semantic_head.SemanticHead`).
+        num_thing_classes: how many of the ``K - 1`` semantic classes are things (the others
+            are stuff); None: all of them.
 
     The defaults are :class:`sfpn.config.NeckConfig`'s.
 
@@ -92,6 +98,7 @@ class SFPN(nn.Module):
         alpha: float = NeckConfig.alpha,
         upsample_mode: str = NeckConfig.upsample_mode,
         semantic_loss_average: str = NeckConfig.semantic_loss_average,
+        num_thing_classes: Optional[int] = None,
     ):
         super().__init__()
         if len(in_channels) != 4:
@@ -113,23 +120,28 @@ class SFPN(nn.Module):
                 channels=semantic_channels,
                 num_convs=semantic_convs,
                 num_classes=num_semantic_classes,
-                embed_channels=out_channels,
+                embed_channels=0 if fusion_point == "none" else out_channels,
                 num_groups=num_groups,
+                num_thing_classes=num_thing_classes,
                 loss_average=semantic_loss_average,
             )
-            if fusion_op == "concat":
+            fused = fusion_point != "none"
+            if fused and fusion_op == "concat":
                 self.fusion_convs = nn.ModuleList(nn.Conv2d(2 * out_channels, out_channels, 1) for _ in in_channels)
-            elif fusion_op == "gate":
+            elif fused and fusion_op == "gate":
                 self.fusion_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 1) for _ in in_channels)
         for conv in [*self.lateral_convs, *self.output_convs]:
             nn.init.kaiming_uniform_(conv.weight, a=1)  # as FPN's reference implementations
             nn.init.zeros_(conv.bias)
 
     @classmethod
-    def from_config(cls, config: NeckConfig, in_channels: list[int], num_semantic_classes: int) -> "SFPN":
+    def from_config(
+        cls, config: NeckConfig, in_channels: list[int], num_semantic_classes: int, num_thing_classes: Optional[int] = None
+    ) -> "SFPN":
         """The neck a :class:`~sfpn.config.NeckConfig` describes, on backbone maps of ``in_channels``."""
         options = dataclasses.asdict(config)
-        return cls(in_channels, options.pop("out_channels"), num_semantic_classes, **options)
+        return cls(in_channels, options.pop("out_channels"), num_semantic_classes, num_thing_classes=num_thing_classes,
+                   **options)
 
     @property
     def has_semantic_branch(self) -> bool:
@@ -174,13 +186,15 @@ class SFPN(nn.Module):
         logits: Optional[torch.Tensor] = None
         if self.semantic_head is not None and self.fusion_point == "before":
             logits, embedding = self.semantic_head(merged)
-            merged = self._fuse(merged, embedding)
+            if embedding is not None:
+                merged = self._fuse(merged, embedding)
         outputs: list[torch.Tensor] = []
         for i, conv in enumerate(self.output_convs):
             outputs.append(conv(merged[i]))
-        if self.semantic_head is not None and self.fusion_point == "after":
+        if self.semantic_head is not None and self.fusion_point != "before":  # "after" or "none"
             logits, embedding = self.semantic_head(outputs)
-            outputs = self._fuse(outputs, embedding)
+            if embedding is not None:
+                outputs = self._fuse(outputs, embedding)
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
         losses: dict[str, torch.Tensor] = {}
         if semantic_labels is not None:

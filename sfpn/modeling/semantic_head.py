@@ -9,6 +9,7 @@ elsewhere (the dispatcher's choice, see ``sfpn.ops``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +33,23 @@ class SemanticHead(nn.Module):
         num_classes: K, the logits' classes (0 = background; label 255 is ignored by the loss).
         channels: width of the branch (256; 128 is the cheaper option).
         num_convs: number of 3x3 conv + GroupNorm + ReLU blocks.
-        embed_channels: channels of the semantic embedding fused into the pyramid.
+        embed_channels: channels of the semantic embedding fused into the pyramid; 0 makes none
+            (a branch that only predicts classes, as Panoptic FPN's).
         num_groups: GroupNorm groups (must divide ``channels``).
         target_level: index of the level whose grid the branch works on (1: stride 8 for P2..P5).
+        num_thing_classes: labels ``1..num_thing_classes`` are things, the labels above them
+            stuff; None: every label but 0 is a thing (labels painted from instances).
         loss_average: how :meth:`loss` averages the pixels' cross-entropy, one of
-            :data:`LOSS_AVERAGES`: ``"pixels"``, every labelled pixel alike (the paper's CE), or
-            ``"foreground_background"``, the mean over foreground pixels and the mean over
-            background pixels, averaged, so that background (~87% of the pixels of the
-            synthetic sets' labels painted from masks) cannot drown the classes the head should
-            tell apart. Background is label 0 only: with things-and-stuff label maps, which
-            label every pixel, stuff counts as foreground and the two means are the pixel mean.
+            :data:`LOSS_AVERAGES`:
+
+            * ``"pixels"``: every labelled pixel alike (the paper's CE);
+            * ``"foreground_background"``: the mean over thing pixels and the mean over the
+              others (background and stuff), averaged, so that the not-things (~87% of the
+              synthetic sets' pixels) cannot drown the things;
+            * ``"median_frequency"``: median-frequency balancing computed on each batch's
+              labels, each class weighted by ``median(n) / n_c``, where ``n_c`` is its labelled
+              pixels and the median (the lower middle value) is over the classes present, so
+              every class present weighs as much as the median one.
     """
 
     def __init__(
@@ -53,6 +61,7 @@ class SemanticHead(nn.Module):
         embed_channels: int = 256,
         num_groups: int = 32,
         target_level: int = 1,
+        num_thing_classes: int | None = None,
         loss_average: str = "pixels",
     ) -> None:
         super().__init__()
@@ -63,9 +72,14 @@ class SemanticHead(nn.Module):
             raise ValueError(f"target_level must index in_channels (0..{len(in_channels) - 1}), got {target_level}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if embed_channels < 0:
+            raise ValueError(f"embed_channels must be >= 0, got {embed_channels}")
+        if num_thing_classes is not None and not 0 <= num_thing_classes < num_classes:
+            raise ValueError(f"num_thing_classes must be in [0, num_classes = {num_classes}), got {num_thing_classes}")
         check_value("loss_average", loss_average, LOSS_AVERAGES)
         check_divisible("channels", channels, "num_groups", num_groups)
         self.num_classes = num_classes
+        self.num_thing_classes = num_classes - 1 if num_thing_classes is None else num_thing_classes
         self.target_level = target_level
         self.loss_average = loss_average
         self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
@@ -73,11 +87,12 @@ class SemanticHead(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
         self.norms = nn.ModuleList(nn.GroupNorm(num_groups, channels) for _ in range(num_convs))
         self.logits = nn.Conv2d(channels, num_classes, 1)
-        self.embed = nn.Conv2d(channels, embed_channels, 1)
+        self.embed = nn.Conv2d(channels, embed_channels, 1) if embed_channels > 0 else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for conv in [*self.laterals, *self.convs, self.embed]:
+        embed = [] if self.embed is None else [self.embed]
+        for conv in [*self.laterals, *self.convs, *embed]:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
@@ -88,7 +103,7 @@ class SemanticHead(nn.Module):
 
     def forward(
         self, features: list[torch.Tensor], compute_logits: bool = True
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Semantic logits and embedding on the target level's grid.
 
         Args:
@@ -96,8 +111,8 @@ class SemanticHead(nn.Module):
             compute_logits: False skips the logits conv (inference needs only the embedding).
 
         Returns:
-            ``(logits (N, K, H_t, W_t) or None, embedding (N, embed_channels, H_t, W_t))`` where
-            ``(H_t, W_t)`` is ``features[target_level]``'s size.
+            ``(logits (N, K, H_t, W_t) or None, embedding (N, embed_channels, H_t, W_t) or None
+            when embed_channels is 0)`` where ``(H_t, W_t)`` is ``features[target_level]``'s size.
         """
         if len(features) != len(self.laterals):
             raise ValueError(f"features must hold {len(self.laterals)} levels, got {len(features)}")
@@ -109,7 +124,10 @@ class SemanticHead(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             x = ops.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)
         logits = self.logits(x) if compute_logits else None
-        return logits, F.relu(self.embed(x))
+        embedding: Optional[torch.Tensor] = None
+        if self.embed is not None:
+            embedding = F.relu(self.embed(x))
+        return logits, embedding
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
         """Pixel-wise cross-entropy over the labelled pixels, averaged as ``loss_average`` says.
@@ -123,8 +141,8 @@ class SemanticHead(nn.Module):
         Returns:
             A float32 scalar; 0 (still in the graph) when every pixel is ignored, e.g. a batch of
             crowd-only or unlabelled images, where a plain mean would be 0 / 0 = NaN. With
-            ``"foreground_background"``, a batch without foreground (or without background) pixels
-            gives the other group's mean alone.
+            ``"foreground_background"``, a batch without thing pixels (or without others) gives
+            the other group's mean alone.
         """
         same_grid = tuple(labels.shape[-2:]) == tuple(logits.shape[-2:])
         cross_entropy = ops.semantic_cross_entropy if same_grid else ops.upsample_cross_entropy
@@ -135,9 +153,32 @@ class SemanticHead(nn.Module):
 
         if self.loss_average == "pixels":
             return mean_over_labelled(labels)[0]
-        background = labels == 0
-        foreground_mean, has_foreground = mean_over_labelled(labels.masked_fill(background, ignore_index))
-        background_mean, has_background = mean_over_labelled(labels.masked_fill(~background, ignore_index))
+        if self.loss_average == "median_frequency":
+            counts = class_pixel_counts(labels, self.num_classes, ignore_index)
+            weight = median_frequency_weights(counts)
+            summed = cross_entropy(logits, labels, ignore_index, reduction="sum", weight=weight)
+            return summed / (counts * weight).sum().clamp(min=1).to(summed.dtype)
+        thing = (labels > 0) & (labels <= self.num_thing_classes)
+        thing_mean, has_thing = mean_over_labelled(labels.masked_fill(~thing, ignore_index))
+        other_mean, has_other = mean_over_labelled(labels.masked_fill(thing, ignore_index))
         # Tensors, not Python branches: no host sync, and the graph stays one shape under compile.
-        groups = (has_foreground.float() + has_background.float()).clamp(min=1)
-        return (foreground_mean + background_mean) / groups
+        groups = (has_thing.float() + has_other.float()).clamp(min=1)
+        return (thing_mean + other_mean) / groups
+
+
+def class_pixel_counts(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """``(K,)`` int64 labelled pixels of each class in ``labels (N, H, W)``; ignored pixels and
+    labels past ``K`` count nowhere. Computed on the labels' device without a host sync."""
+    index = torch.where(labels == ignore_index, num_classes, labels.long()).clamp(0, num_classes).flatten()
+    counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=labels.device)
+    return counts.scatter_add_(0, index, torch.ones(1, dtype=torch.int64, device=labels.device).expand_as(index))[:num_classes]
+
+
+def median_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Median-frequency balancing: ``(K,)`` float64 weights ``median(counts present) / counts``
+    for the classes present in ``counts (K,)``, 0 for the others (which no pixel carries). The
+    median is the lower middle value; a class with the median count weighs 1."""
+    counts = counts.double()
+    present = counts > 0
+    median = torch.where(present, counts, float("nan")).nanmedian()
+    return torch.where(present, median / counts.clamp(min=1), 0.0)

@@ -71,7 +71,7 @@ def train_error(*argv: str) -> str:
         # strings are checked with the config, before the datasets are built
         (["--set", "neck.fusion_op=bogus"], "'neck.fusion_op' must be one of ('add', 'concat', 'gate'), got 'bogus'"),
         (["--set", "model.neck.downsample=area"], "'neck.downsample' must be one of ('bilinear', 'max_pool'), got 'area'"),
-        (["--set", "neck.semantic_loss_average=mean"], "'neck.semantic_loss_average' must be one of ('pixels', 'foreground_background')"),
+        (["--set", "neck.semantic_loss_average=mean"], "'neck.semantic_loss_average' must be one of ('pixels', 'foreground_background', 'median_frequency')"),
         (["--set", "neck.upsample_mode=bicubic"], "'neck.upsample_mode' must be one of ('nearest', 'bilinear'), got 'bicubic'"),
         (["--set", "backbone.norm=ln"], "'backbone.norm' must be one of ('frozen_bn', 'bn', 'gn'), got 'ln'"),
         (["--set", "backbone.depth=7"], "'backbone.depth' must be one of (18, 34, 50, 101), got 7"),

@@ -1,5 +1,6 @@
 """The study runner: the table's statistics, skipping and resuming runs, and one real tiny study."""
 import json
+import math
 import os
 import statistics
 
@@ -43,6 +44,23 @@ def test_mean_std_match_statistics(generator):
     assert study.mean_std([]) == (None, None)
 
 
+def _student_t_cdf(x: float, df: int, steps: int = 20000) -> float:
+    """P(T <= x) for x >= 0: 1/2 plus Simpson's rule on the t density over [0, x]."""
+    norm = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = lambda t: norm * (1 + t * t / df) ** (-(df + 1) / 2)  # noqa: E731
+    h = x / steps
+    total = density(0) + density(x) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+    return 0.5 + total * h / 3
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 30])
+def test_t_quantiles_are_students(df):
+    """The 95% interval's t quantiles, checked against the t distribution integrated here."""
+    assert _student_t_cdf(study.T_975[df - 1], df) == pytest.approx(0.975, abs=2e-5)
+    assert study.ci95_half_width(2.0, df + 1) == pytest.approx(study.T_975[df - 1] * 2.0 / math.sqrt(df + 1))
+    assert study.ci95_half_width(None, 3) is None and study.ci95_half_width(1.0, 1) is None
+
+
 def test_summary_pairs_differences_by_seed(generator):
     import torch
 
@@ -60,6 +78,7 @@ def test_summary_pairs_differences_by_seed(generator):
     assert row["diff_n"] == 2
     assert row["diff_mean"] == pytest.approx(statistics.mean(diffs), rel=1e-12)
     assert row["diff_std"] == pytest.approx(statistics.stdev(diffs), rel=1e-12)
+    assert row["diff_ci95"] == pytest.approx(12.706 * statistics.stdev(diffs) / 2 ** 0.5, rel=1e-12)
     assert "diff_n" not in table["fpn"]["bbox AP"]  # the baseline has no difference with itself
     assert table["fpn"]["semantic mIoU"]["n"] == 0 and table["fpn"]["semantic mIoU"]["mean"] is None
 

@@ -60,7 +60,7 @@ def test_semantic_loss_average_reaches_the_head_from_the_config(generator):
     torch.testing.assert_close(losses["loss_segm"], 0.5 * neck.semantic_head.loss(logits, labels))
 
 
-@pytest.mark.parametrize("fusion_point", FUSION_POINTS)
+@pytest.mark.parametrize("fusion_point", [point for point in FUSION_POINTS if point != "none"])
 @pytest.mark.parametrize("fusion_op", FUSION_OPS)
 @pytest.mark.parametrize("downsample", DOWNSAMPLE_MODES)
 def test_sfpn_fusion_options(fusion_point, fusion_op, downsample, generator):
@@ -74,6 +74,26 @@ def test_sfpn_fusion_options(fusion_point, fusion_op, downsample, generator):
     assert not torch.allclose(pyramid["p3"], baseline["p3"])  # the semantics did reach the pyramid
     sum(p.sum() for p in pyramid.values()).backward()
     assert neck.semantic_head.embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fusion_op", FUSION_OPS)
+def test_unfused_branch_is_panoptic_fpn(generator, fusion_op):
+    """``fusion_point="none"``: the pyramid is FPN's exactly, the branch reads its outputs (its
+    loss trains the FPN layers below it) and has no embedding nor fusion layers."""
+    neck = _small_sfpn(fusion_point="none", fusion_op=fusion_op, alpha=0.5)
+    assert neck.semantic_head.embed is None and neck.fusion_convs is None
+    plain = _small_sfpn(semantic=False)
+    plain.load_state_dict(neck.state_dict(), strict=False)
+    maps = _backbone_maps(generator)
+    labels = torch.randint(0, 5, (2, 64, 96), generator=generator)
+    pyramid, logits, losses = neck(maps, labels)
+    baseline, _, _ = plain(maps)
+    for name in baseline:
+        assert torch.equal(pyramid[name], baseline[name])
+    expected_logits, _ = neck.semantic_head(list(baseline.values())[:4])
+    torch.testing.assert_close(logits, expected_logits)
+    losses["loss_segm"].backward()
+    assert neck.output_convs[0].weight.grad.abs().sum() > 0  # the branch reads the outputs
 
 
 def test_sfpn_without_branch_is_fpn_exactly(generator):

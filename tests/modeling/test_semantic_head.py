@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from sfpn import kernels
 from sfpn.modeling import SemanticHead
+from sfpn.modeling.semantic_head import LOSS_AVERAGES
 from sfpn.ops import _library
 
 
@@ -60,25 +61,39 @@ def test_bad_configuration():
         head([torch.zeros(1, 8, 4, 4)])
 
 
-def _expected_loss(logits, labels, loss_average):
-    """The loss from its definition, with F.cross_entropy on explicitly upsampled logits."""
+def _expected_loss(logits, labels, loss_average, num_thing_classes):
+    """The loss from its definition, with F.cross_entropy on explicitly upsampled logits and
+    Python loops over the classes."""
     if labels.shape[-2:] != logits.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
     labelled = labels != 255
+    if not labelled.any():
+        return per_pixel.sum() * 0
     if loss_average == "pixels":
-        return per_pixel[labelled].mean() if labelled.any() else per_pixel.sum() * 0
-    means = [per_pixel[group].mean() for group in (labelled & (labels > 0), labels == 0) if group.any()]
-    return torch.stack(means).mean() if means else per_pixel.sum() * 0
+        return per_pixel[labelled].mean()
+    if loss_average == "median_frequency":
+        present = [c for c in range(logits.shape[1]) if (labels == c).any()]
+        counts = sorted(int((labels == c).sum()) for c in present)
+        median = counts[(len(counts) - 1) // 2]  # the lower middle value
+        weights = {c: median / int((labels == c).sum()) for c in present}
+        total = sum(weights[c] * per_pixel[labels == c].sum() for c in present)
+        return total / sum(weights[c] * int((labels == c).sum()) for c in present)
+    thing = labelled & (labels > 0) & (labels <= num_thing_classes)
+    means = [per_pixel[group].mean() for group in (thing, labelled & ~thing) if group.any()]
+    return torch.stack(means).mean()
 
 
-@pytest.mark.parametrize("loss_average", ["pixels", "foreground_background"])
+@pytest.mark.parametrize("loss_average", LOSS_AVERAGES)
 @pytest.mark.parametrize("full_size_labels", [False, True])
 @pytest.mark.parametrize("present", ["both", "background only", "foreground only", "none labelled"])
-def test_loss_averages_match_their_definition(generator, loss_average, full_size_labels, present):
+@pytest.mark.parametrize("num_thing_classes", [None, 2])
+def test_loss_averages_match_their_definition(generator, loss_average, full_size_labels, present, num_thing_classes):
     """On fresh random logits and labels (in float64, so the comparison is tight), for batches with
-    both pixel groups, one of them, or none labelled; and the gradient flows in every case."""
-    head = SemanticHead([8, 8], num_classes=5, channels=8, num_groups=4, loss_average=loss_average)
+    both pixel groups (things; background and stuff), one of them, or none labelled; with every
+    class but 0 a thing, or classes 3 and 4 stuff; and the gradient flows in every case."""
+    head = SemanticHead([8, 8], num_classes=5, channels=8, num_groups=4, loss_average=loss_average,
+                        num_thing_classes=num_thing_classes)
     logits = torch.randn(2, 5, 6, 8, generator=generator, dtype=torch.float64, requires_grad=True)
     label_size = (12, 16) if full_size_labels else (6, 8)
     labels = torch.randint(1, 5, (2, *label_size), generator=generator)
@@ -87,11 +102,12 @@ def test_loss_averages_match_their_definition(generator, loss_average, full_size
     if present == "background only":
         labels[(labels > 0) & (labels != 255)] = 0
     elif present == "foreground only":
-        labels[labels == 0] = 3
+        labels[labels == 0] = 1
     elif present == "none labelled":
         labels[:] = 255
     loss = head.loss(logits, labels)
-    torch.testing.assert_close(loss, _expected_loss(logits, labels, loss_average), rtol=1e-10, atol=1e-12)
+    expected = _expected_loss(logits, labels, loss_average, 4 if num_thing_classes is None else num_thing_classes)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     if present == "none labelled":
@@ -110,8 +126,24 @@ def test_foreground_background_average_weighs_the_groups_equally(generator):
     torch.testing.assert_close(head.loss(logits, labels), (foreground + background) / 2)
 
 
+def test_median_frequency_weighs_each_present_class_as_the_median_one(generator):
+    """Per class, weight x pixels is the same for every class present: a class of 6 pixels
+    carries as much of the loss as one of 60, and an absent class gets weight 0."""
+    from sfpn.modeling.semantic_head import class_pixel_counts, median_frequency_weights
+
+    labels = torch.zeros(2, 10, 10, dtype=torch.int64)
+    labels[0, :6, 0] = 2  # 6 pixels
+    labels[1, :6, :10] = 3  # 60 pixels
+    labels[1, 9, :] = 255  # ignored
+    counts = class_pixel_counts(labels, num_classes=5)
+    assert counts.tolist() == [124, 0, 6, 60, 0]
+    weights = median_frequency_weights(counts)
+    torch.testing.assert_close(weights, torch.tensor([60 / 124, 0.0, 10.0, 1.0, 0.0], dtype=torch.float64))
+    assert not median_frequency_weights(torch.zeros(5)).any()
+
+
 @needs_kernels
-@pytest.mark.parametrize("loss_average", ["pixels", "foreground_background"])
+@pytest.mark.parametrize("loss_average", LOSS_AVERAGES)
 @pytest.mark.parametrize("full_size_labels", [False, True])
 def test_fused_path_matches_reference(device, generator, full_size_labels, loss_average):
     """Loss and every parameter gradient of the fused head equal those of the same head run on the
