@@ -24,12 +24,17 @@ Loading it needs sfpn's custom ops (``torch.ops.sfpn.*``, which the graph calls)
     program = torch.export.load("OUTPUT_DIR/model.pt2").module()
     detections = program(images)
 
-The program does not return the panoptic map: the merge
-(:func:`sfpn.modeling.panoptic.panoptic_merge`) paints the instances one by one and decides per
-instance on data-dependent pixel counts, a Python loop that ``torch.export`` would have to unroll
-per detection count. Run it on the program's outputs instead, with the thresholds of
-``export.json``'s ``model_config["panoptic"]``: ``panoptic_at_original_size(output, (H, W), (H, W),
-label_space, PanopticConfig(**model_config["panoptic"]))`` (:mod:`sfpn.modeling.postprocess`).
+With ``--panoptic`` (an SFPN detector), each dict also holds the panoptic segmentation, the
+merge of :func:`sfpn.modeling.panoptic.panoptic_merge` with the thresholds of the config's
+``panoptic`` section, traced (the instances go through a ``scan``):
+
+- ``panoptic (H, W)`` int32 segment ids, 0 void;
+- ``panoptic_instance_ids (D,)`` int32: detection ``d``'s segment id (0: not in the result);
+- ``panoptic_stuff_ids (S,)`` int32: the segment id of each stuff class of
+  ``export.json``'s ``panoptic.stuff_classes`` (semantic class ids; 0: none).
+
+The segment of an instance has the detection's label as its class; a segment's area is its
+pixel count in ``panoptic``.
 
 In the traced graph Mask R-CNN pastes all of an image's masks in one ``grid_sample`` (eager
 chunks them to bound memory), so its peak memory grows with ``D x H x W``.
@@ -45,6 +50,8 @@ import time
 import torch
 from torch import nn
 
+from .modeling.panoptic import instance_masks_by_score, paint_segments
+
 #: Smallest exported height and width, in units of ``size_divisibility`` (32): 128 px keeps P6
 #: (stride 64) at least 2 x 2, since tracing specialises a dimension of size 1 to a constant.
 MIN_BLOCKS = 4
@@ -54,14 +61,38 @@ METADATA_FILE = "export.json"
 
 class ExportableDetector(nn.Module):
     """The eval forward of a detector on a batch tensor: ``images (N, 3, H, W)`` -> the
-    detector's list of ``N`` detection dicts (see the module docstring)."""
+    detector's list of ``N`` detection dicts, with the panoptic result when ``panoptic`` (see the
+    module docstring)."""
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: nn.Module, panoptic: bool = False):
         super().__init__()
         self.detector = detector
+        self.stuff_classes = stuff_classes(detector) if panoptic else None
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return self.detector(list(images.unbind(0)))
+        outputs = self.detector(list(images.unbind(0)))
+        if self.stuff_classes is None:
+            return outputs
+        config = self.detector.config.panoptic
+        for output in outputs:
+            # The detector's labels are its semantic thing classes (the branch numbers them alike).
+            order, masks = instance_masks_by_score(output["boxes"], output["scores"], output["labels"], output["semantic"],
+                                                   config.score_threshold, output.get("masks"))
+            segment_ids, ids_by_score, stuff_ids = paint_segments(masks, output["semantic"], self.stuff_classes,
+                                                                  config.overlap_threshold, config.stuff_min_area)
+            output["panoptic"] = segment_ids
+            output["panoptic_instance_ids"] = torch.zeros_like(ids_by_score).scatter_(0, order, ids_by_score)
+            output["panoptic_stuff_ids"] = stuff_ids
+        return outputs
+
+
+def stuff_classes(detector: nn.Module) -> list[int]:
+    """The semantic class ids of the stuff classes (after the thing classes); ``ValueError`` for
+    a detector without the semantic branch."""
+    if not getattr(detector.neck, "has_semantic_branch", False) or detector.config is None:
+        raise ValueError("panoptic: the panoptic result needs an SFPN detector (the semantic branch on) built from a config")
+    things, stuff = detector.config.num_classes, detector.config.num_stuff_classes
+    return list(range(things + 1, things + stuff + 1))
 
 
 def _check_size(name: str, value: int, divisor: int, max_size: int) -> None:
@@ -73,7 +104,7 @@ def _check_size(name: str, value: int, divisor: int, max_size: int) -> None:
 
 
 def export_detector(detector: nn.Module, batch_size: int = 1, height: int = 320, width: int = 320,
-                    max_size: int = 2048) -> torch.export.ExportedProgram:
+                    max_size: int = 2048, panoptic: bool = False) -> torch.export.ExportedProgram:
     """Exports ``detector``'s eval forward (the detector is put in eval mode).
 
     Args:
@@ -83,6 +114,7 @@ def export_detector(detector: nn.Module, batch_size: int = 1, height: int = 320,
             in the exported range works at run time.
         max_size: largest height and width the program accepts (a multiple of
             ``size_divisibility``).
+        panoptic: the outputs hold the panoptic result too (an SFPN detector only).
     """
     divisor = detector.size_divisibility
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -91,6 +123,7 @@ def export_detector(detector: nn.Module, batch_size: int = 1, height: int = 320,
         raise ValueError(f"max_size must be a multiple of {divisor} and at least {MIN_BLOCKS * divisor}, got {max_size}")
     _check_size("height", height, divisor, max_size)
     _check_size("width", width, divisor, max_size)
+    module = ExportableDetector(detector, panoptic)
     detector.eval()
     device = next(detector.parameters()).device
     images = torch.rand(batch_size, 3, height, width, device=device)
@@ -98,22 +131,27 @@ def export_detector(detector: nn.Module, batch_size: int = 1, height: int = 320,
     blocks = {name: torch.export.Dim(name, min=MIN_BLOCKS, max=max_size // divisor) for name in ("height", "width")}
     dynamic_shapes = {"images": {2: divisor * blocks["height"], 3: divisor * blocks["width"]}}
     with torch.no_grad():
-        return torch.export.export(ExportableDetector(detector), (images,), dynamic_shapes=dynamic_shapes, strict=False)
+        return torch.export.export(module, (images,), dynamic_shapes=dynamic_shapes, strict=False)
 
 
-def interface(detector: nn.Module, batch_size: int, max_size: int) -> dict:
+def interface(detector: nn.Module, batch_size: int, max_size: int, panoptic: bool = False) -> dict:
     """The exported program's input and outputs, as ``export.json`` records them."""
     outputs = ["boxes", "scores", "labels"]
     if hasattr(detector.roi_heads, "mask_head"):
         outputs.append("masks")
     if getattr(detector.neck, "has_semantic_branch", False):
         outputs += ["semantic", "semantic_logits"]
+    extra = {}
+    if panoptic:
+        outputs += ["panoptic", "panoptic_instance_ids", "panoptic_stuff_ids"]
+        extra["panoptic"] = {"stuff_classes": stuff_classes(detector)}
     divisor = detector.size_divisibility
     size = {"multiple_of": divisor, "min": MIN_BLOCKS * divisor, "max": max_size}
     return {
         "input": {"name": "images", "shape": [batch_size, 3, "H", "W"], "dtype": "float32",
                   "value_range": [0.0, 1.0], "channels": "RGB", "height": size, "width": size},
         "outputs": outputs,
+        **extra,
     }
 
 
@@ -136,6 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=320, help="width of the example batch traced (multiple of 32)")
     parser.add_argument("--max-size", type=int, default=2048, help="largest height and width the program accepts")
     parser.add_argument("--device", default="cpu", help="device the program is traced for and runs on")
+    parser.add_argument("--panoptic", action="store_true", help="the outputs hold the panoptic segmentation too (SFPN detectors)")
     return parser.parse_args(argv)
 
 
@@ -171,7 +210,7 @@ def main(argv=None) -> str:
     try:
         detector, classes, source = _load_detector(args)
         started = time.perf_counter()
-        program = export_detector(detector, args.batch_size, args.height, args.width, args.max_size)
+        program = export_detector(detector, args.batch_size, args.height, args.width, args.max_size, args.panoptic)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     seconds = time.perf_counter() - started
@@ -184,7 +223,7 @@ def main(argv=None) -> str:
         "load": "import sfpn; torch.export.load(path).module()(images)",
         **source,
         "classes": classes,
-        **interface(detector, args.batch_size, args.max_size),
+        **interface(detector, args.batch_size, args.max_size, args.panoptic),
         "model_config": config_to_dict(detector.config),
         "export_seconds": round(seconds, 1),
     }

@@ -127,3 +127,40 @@ def test_export_detector_checks_its_sizes():
         export_detector(model, max_size=1000)
     with pytest.raises(ValueError, match=r"width must be a multiple of 32 .* got 4096"):
         export_detector(model, width=4096)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["faster_rcnn_r18_sfpn_small", "mask_rcnn_r18_sfpn_small"])
+def test_panoptic_outputs_match_the_eager_merge(preset):
+    """``panoptic=True``: the traced merge (a scan over the instances) gives the eager
+    ``panoptic_merge``'s segment map and segments, for box-only and mask detectors, at a size
+    other than the traced one; a detector without the branch is refused."""
+    from sfpn.modeling.panoptic import panoptic_merge
+
+    torch.manual_seed(0)
+    overrides = {"num_stuff_classes": 2, "roi_heads.score_threshold": 0.25, "panoptic.score_threshold": 0.0,
+                 "panoptic.stuff_min_area": 64}
+    model = sfpn.build_detector(preset, num_classes=3, **overrides).eval()
+    program = export_detector(model, batch_size=1, height=128, width=128, panoptic=True).module()
+    config = model.config.panoptic
+    instances = 0
+    for size in [(128, 128), (160, 192)]:
+        images = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            got, expected = program(images)[0], model(list(images))[0]
+        segment_ids, segments = panoptic_merge(
+            expected["boxes"], expected["scores"], expected["labels"], expected["semantic"],
+            label_to_semantic={1: 1, 2: 2, 3: 3}, stuff_classes=(4, 5), score_threshold=config.score_threshold,
+            overlap_threshold=config.overlap_threshold, stuff_min_area=config.stuff_min_area, masks=expected.get("masks"))
+        assert torch.equal(got["panoptic"], segment_ids)
+        things = {s["id"]: s for s in segments if s["isthing"]}
+        for d, segment_id in enumerate(got["panoptic_instance_ids"].tolist()):
+            if segment_id:
+                assert things.pop(segment_id)["score"] == pytest.approx(float(expected["scores"][d]))
+        assert not things  # every instance segment belongs to one detection
+        stuff = {s["category_id"]: s["id"] for s in segments if not s["isthing"]}
+        assert got["panoptic_stuff_ids"].tolist() == [stuff.get(4, 0), stuff.get(5, 0)]
+        instances += sum(s["isthing"] for s in segments)
+    assert instances > 0, "no instance in any result: the test would prove little"
+    with pytest.raises(ValueError, match="needs an SFPN detector"):
+        export_detector(sfpn.build_detector("faster_rcnn_r18_fpn_small", num_classes=2), height=128, width=128, panoptic=True)

@@ -15,9 +15,10 @@ categories.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
+from torch._higher_order_ops.scan import scan
 
 from .boxes import box_pixel_masks
 
@@ -66,45 +67,96 @@ def panoptic_merge(
     """
     _check_merge_inputs(boxes, scores, labels, semantic, masks, label_to_semantic, stuff_classes,
                         overlap_threshold)
-    size = tuple(semantic.shape)
-    segment_ids = torch.zeros(size, dtype=torch.int32, device=semantic.device)
-    segments: list[dict] = []
-
-    order = torch.argsort(scores.detach(), descending=True, stable=True)
-    kept = order[scores[order] >= score_threshold].tolist()
-    if masks is not None:
-        kept_masks = masks[kept].to(device=semantic.device, dtype=torch.bool)
-    else:
-        classes = torch.tensor([label_to_semantic[int(labels[d])] for d in kept], dtype=semantic.dtype,
-                               device=semantic.device)
-        kept_masks = box_pixel_masks(boxes[kept].to(semantic.device), size) & (semantic[None] == classes[:, None, None])
-    for d, mask in zip(kept, kept_masks):
-        area = int(mask.sum())
-        if area == 0:
-            continue
-        free = mask & (segment_ids == 0)
-        free_area = int(free.sum())
-        # Panoptic FPN's rule: an instance mostly hidden behind better ones is a duplicate.
-        if free_area == 0 or (area - free_area) / area > overlap_threshold:
-            continue
-        _add_segment(segment_ids, segments, free, free_area, label_to_semantic[int(labels[d])],
-                     isthing=True, score=float(scores[d]))
-
-    for category in sorted(set(torch.unique(semantic).tolist()) & set(stuff_classes)):
-        free = (semantic == category) & (segment_ids == 0)
-        free_area = int(free.sum())
-        if free_area == 0 or free_area < stuff_min_area:
-            continue
-        _add_segment(segment_ids, segments, free, free_area, category, isthing=False, score=None)
+    classes = torch.tensor([label_to_semantic[int(label)] for label in labels.tolist()], dtype=torch.int64)
+    stuff = sorted(stuff_classes)
+    order, instance_masks = instance_masks_by_score(boxes, scores, classes, semantic, score_threshold, masks)
+    segment_ids, instance_ids, stuff_ids = paint_segments(instance_masks, semantic, stuff, overlap_threshold, stuff_min_area)
+    areas = torch.bincount(segment_ids.flatten().long(), minlength=int(segment_ids.max()) + 1).tolist()
+    segments = [{"id": segment_id, "category_id": int(classes[d]), "isthing": True, "score": float(scores[d]),
+                 "area": areas[segment_id]} for d, segment_id in zip(order.tolist(), instance_ids.tolist()) if segment_id]
+    segments += [{"id": segment_id, "category_id": category, "isthing": False, "score": None, "area": areas[segment_id]}
+                 for category, segment_id in zip(stuff, stuff_ids.tolist()) if segment_id]
     return segment_ids, segments
 
 
-def _add_segment(segment_ids: torch.Tensor, segments: list[dict], pixels: torch.Tensor, area: int,
-                 category_id: int, isthing: bool, score: float | None) -> None:
-    """Paints the next segment id over ``pixels`` (``(H, W)`` bool) and lists the segment."""
-    segment_id = len(segments) + 1
-    segment_ids[pixels] = segment_id
-    segments.append({"id": segment_id, "category_id": int(category_id), "isthing": isthing, "score": score, "area": area})
+def instance_masks_by_score(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    semantic: torch.Tensor,
+    score_threshold: float,
+    masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instances in the merge's painting order: ``(order (D,) int64, masks (D, H, W) bool)``,
+    by descending score (stable), the masks of detections under ``score_threshold`` all False.
+
+    ``classes (D,)`` are the detections' semantic class ids; ``masks``, ``boxes`` and
+    ``semantic`` as :func:`panoptic_merge` takes them (without masks, the pixels inside the box
+    where ``semantic`` is the detection's class)."""
+    order = torch.argsort(scores.detach(), descending=True, stable=True)
+    if masks is not None:
+        ordered = masks[order].to(device=semantic.device, dtype=torch.bool)
+    else:
+        ordered = box_pixel_masks(boxes[order].to(semantic.device), tuple(semantic.shape)) & (
+            semantic[None] == classes[order].to(semantic.device, semantic.dtype)[:, None, None])
+    above = (scores[order] >= score_threshold).to(semantic.device)
+    return order, ordered & above[:, None, None]
+
+
+def paint_segments(
+    instance_masks: torch.Tensor,
+    semantic: torch.Tensor,
+    stuff_classes: Sequence[int],
+    overlap_threshold: float,
+    stuff_min_area: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The merge on tensors, with no host sync and no Python loop over the data, so that
+    ``torch.export`` traces it (the instances go through a ``scan``).
+
+    Args:
+        instance_masks: ``(D, H, W)`` bool, in painting order (:func:`instance_masks_by_score`).
+        semantic: ``(H, W)`` integer semantic class map.
+        stuff_classes: the stuff class ids, ascending (a Python sequence: fixed in a trace).
+        overlap_threshold, stuff_min_area: as :func:`panoptic_merge`.
+
+    Returns:
+        ``segment_ids (H, W)`` int32 (0 void), ``instance_ids (D,)`` int32, the segment id of
+        each instance (0: dropped), ``stuff_ids (S,)`` int32, the segment id of each stuff class
+        (0: absent or under the minimum area). Ids count from 1: the instances kept, in order,
+        then the stuff classes kept, in order.
+    """
+    height, width = semantic.shape
+    device = semantic.device
+    # A leading empty mask (never kept): the scan then never runs over zero instances.
+    masks = torch.cat([torch.zeros((1, height, width), dtype=torch.bool, device=device), instance_masks])
+
+    def paint(carry: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor):
+        segment_ids, next_id = carry
+        area = mask.sum()
+        free = mask & (segment_ids == 0)
+        free_area = free.sum()
+        # Panoptic FPN's rule: an instance mostly hidden behind better ones is a duplicate. The
+        # share in float64, as Python's division computes it.
+        hidden = (area - free_area).double() / area.clamp(min=1).double()
+        keep = (free_area > 0) & (hidden <= overlap_threshold)
+        segment_id = torch.where(keep, next_id, torch.zeros_like(next_id))
+        return (torch.where(free & keep, next_id, segment_ids), next_id + keep.int()), segment_id
+
+    start = (torch.zeros((height, width), dtype=torch.int32, device=device), torch.ones((), dtype=torch.int32, device=device))
+    (segment_ids, next_id), instance_ids = scan(paint, start, masks)
+
+    # Stuff: the pixels of each stuff class that no instance took make one segment, if large enough.
+    free = segment_ids == 0
+    slots = max(stuff_classes, default=-1) + 1  # semantic ids past the last stuff class share slot `slots`
+    slot = torch.where(free, semantic.long().clamp(0, slots), slots).flatten()
+    free_area = torch.zeros(slots + 1, dtype=torch.int64, device=device).scatter_add_(0, slot, torch.ones_like(slot))
+    stuff = torch.tensor(list(stuff_classes), dtype=torch.int64, device=device)
+    areas = free_area[stuff]
+    keep = (areas > 0) & (areas >= stuff_min_area)
+    stuff_ids = torch.where(keep, next_id + torch.cumsum(keep.int(), 0, dtype=torch.int32) - 1, 0).int()
+    id_of_slot = torch.zeros(slots + 1, dtype=torch.int32, device=device).index_put_((stuff,), stuff_ids)
+    segment_ids = torch.where(free, id_of_slot[semantic.long().clamp(0, slots)], segment_ids)
+    return segment_ids, instance_ids[1:], stuff_ids
 
 
 def _check_merge_inputs(boxes, scores, labels, semantic, masks, label_to_semantic, stuff_classes,
