@@ -62,7 +62,7 @@ class SemanticHead(nn.Module):
         num_groups: int = 32,
         target_level: int = 1,
         num_thing_classes: int | None = None,
-        loss_average: str = "pixels",
+        loss_average: str = NeckConfig.semantic_loss_average,
     ) -> None:
         super().__init__()
         in_channels = list(in_channels)

@@ -49,7 +49,7 @@ def test_semantic_loss_average_reaches_the_head_from_the_config(generator):
 
     model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", num_classes=4, **{"neck.semantic_loss_average": "foreground_background"})
     assert model.neck.semantic_head.loss_average == "foreground_background"
-    assert sfpn.build_detector("faster_rcnn_r18_sfpn_small", num_classes=4).neck.semantic_head.loss_average == "pixels"
+    assert sfpn.build_detector("faster_rcnn_r18_sfpn_small", num_classes=4).neck.semantic_head.loss_average == "median_frequency"
     with pytest.raises(ValueError, match="loss_average"):
         _small_sfpn(semantic_loss_average="per_class")
     # The neck weighs the head's loss, whichever average it takes.
