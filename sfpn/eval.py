@@ -5,7 +5,9 @@ Scores the detector with COCOeval (bbox, and segm when it predicts masks or a se
 dataset given with ``--data-root``/``--ann-file``. Prints the COCO AP table (AP, AP50, AP75 and
 the per-size APs), writes the COCO results JSON and, with ``--metrics-json``, the metrics. With
 COCO panoptic ground truth (``--panoptic-json``, or the training config's ``data.panoptic_json``
-for its validation split) it scores the panoptic result too and prints PQ, SQ, RQ.
+for its validation split) it scores the panoptic result too and prints PQ, SQ, RQ. A branch
+trained on label PNGs (``data.semantic=png``) is scored on another dataset with its label PNGs
+(``--semantic-dir``): e.g. a larger validation split of the same synthetic set.
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--panoptic-json", help="COCO panoptic annotation file of the images: also score PQ, SQ, RQ "
                         "(default: the training config's data.panoptic_json, for its validation split)")
     parser.add_argument("--panoptic-dir", help="folder of the panoptic PNGs (default: the JSON's path without .json)")
+    parser.add_argument("--semantic-dir", help="folder of the label PNGs of --data-root's images, as the checkpoint's "
+                        "training read them (data.semantic=png): also score the semantic map (default: not scored "
+                        "on another dataset)")
     parser.add_argument("--metrics-json", help="also write the metrics as JSON here")
     parser.add_argument("--min-size", type=int_at_least(1), help="shorter side of the test images (default: the training config's data.test_min_size)")
     parser.add_argument("--max-size", type=int_at_least(1), help="cap on the longer side (default: the training config's data.max_size)")
@@ -67,6 +72,10 @@ def main(argv=None) -> dict:
         raise SystemExit("error: give both --data-root and --ann-file, or neither")
     if args.panoptic_dir and not args.panoptic_json:
         raise SystemExit("error: --panoptic-dir needs --panoptic-json")
+    if args.semantic_dir and args.data_root is None:
+        raise SystemExit("error: --semantic-dir needs --data-root (the checkpoint's own split has its label PNGs)")
+    if args.semantic_dir and not os.path.isdir(args.semantic_dir):
+        raise SystemExit(f"error: --semantic-dir {args.semantic_dir!r} is not a folder")
     device = distributed.init_distributed(args.device)
     try:
         try:
@@ -93,9 +102,13 @@ def main(argv=None) -> dict:
         # Semantic labels as in training, so that the semantic branch is scored too (its mIoU).
         has_branch = getattr(model.neck, "has_semantic_branch", False)
         semantic = data_config.get("semantic", "masks") if has_branch else "none"
-        if semantic == "png" and args.data_root is not None:  # the label PNGs belong to the training data
-            semantic = "none"
         semantic_dir = data_config.get("semantic_dir") or None
+        if args.semantic_dir and has_branch and semantic != "png":  # (a detector without a branch has nothing to score)
+            raise SystemExit(f"error: --semantic-dir is for a detector whose semantic branch trained on label PNGs "
+                             f"(data.semantic=png); this one's trained on {semantic!r}")
+        if semantic == "png" and args.data_root is not None:  # the training's label PNGs are not this dataset's
+            semantic_dir = args.semantic_dir
+            semantic = "png" if semantic_dir else "none"
         panoptic_json, panoptic_dir = args.panoptic_json, args.panoptic_dir
         if panoptic_json is None and args.data_root is None:  # the panoptic ground truth of the training's val split
             panoptic_json, panoptic_dir = data_config.get("panoptic_json"), data_config.get("panoptic_dir")

@@ -277,6 +277,42 @@ def test_training_and_sfpn_eval_report_panoptic_scores(tmp_path, capsys):
     assert other_data["panoptic"] == metrics["panoptic"]
     with pytest.raises(SystemExit, match="--panoptic-dir needs --panoptic-json"):
         sfpn_eval.main([str(output), "--panoptic-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="trained on 'masks'"):  # a things-only branch: label PNGs of things and stuff do not fit
+        sfpn_eval.main([str(output), "--data-root", splits["val"].image_root, "--ann-file", splits["val"].ann_file,
+                        "--semantic-dir", str(tmp_path)])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_sfpn_eval_scores_the_semantic_map_on_another_dataset_with_its_label_pngs(tmp_path):
+    """A things-and-stuff detector (data.semantic=png) scored on a dataset given by path, with
+    --semantic-dir, gets the semantic scores it got on the same images in training; without
+    --semantic-dir it gets none (the training's label PNGs are not that dataset's)."""
+    from sfpn import eval as sfpn_eval, train
+    from sfpn.data import ShapesSpec, synthetic_dataset
+    from sfpn.data.synthetic import label_maps_dir
+
+    spec = ShapesSpec(seed=4, num_train=4, num_val=2)
+    root = str(tmp_path / "data")
+    splits = synthetic_dataset(spec, root=root, progress=False)
+    output = tmp_path / "run"
+    metrics = train.main([
+        "--data-root", splits["train"].image_root, "--ann-file", splits["train"].ann_file,
+        "--val-data-root", splits["val"].image_root, "--val-ann-file", splits["val"].ann_file,
+        "--set", "data.semantic=png", "--set", f"data.semantic_dir={label_maps_dir(spec, root)}",
+        "--set", "data.min_size=64", "--set", "data.max_size=96", "--set", "data.test_min_size=64", "--set", "data.num_workers=0",
+        "--iters", "2", "--batch-size", "2", "--output-dir", str(output), "--no-progress",
+    ])
+    assert metrics["semantic"]["image"]["IoU"].keys() == {"background", *ShapesSpec.categories, *ShapesSpec.stuff_categories}
+    other_data = ["--data-root", splits["val"].image_root, "--ann-file", splits["val"].ann_file, "--no-progress",
+                  "--results", str(tmp_path / "other.json")]
+    scored = sfpn_eval.main([str(output), *other_data, "--semantic-dir", label_maps_dir(spec, root)])
+    assert scored["semantic"] == metrics["semantic"]
+    assert scored["bbox"] == metrics["bbox"]
+    assert sfpn_eval.main([str(output), *other_data])["semantic"] is None
+    with pytest.raises(SystemExit, match="--semantic-dir needs --data-root"):
+        sfpn_eval.main([str(output), "--semantic-dir", label_maps_dir(spec, root)])
+    with pytest.raises(SystemExit, match="--semantic-dir .* is not a folder"):
+        sfpn_eval.main([str(output), *other_data, "--semantic-dir", str(tmp_path / "missing")])
 
 
 def test_a_semantic_branch_with_other_classes_than_the_dataset_is_refused(panoptic_data, monkeypatch):
