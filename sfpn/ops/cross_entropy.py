@@ -171,22 +171,31 @@ def _as_logits(grad: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_and_grad(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):
-    """The reference loss and its gradient ``(softmax - smoothed one-hot) * weight[label]`` on
-    labelled pixels (divided by their summed weight for ``"mean"``), on the logits' grid."""
-    x = _in_loss_dtype(logits)
-    weight = None if weight is None else weight.to(x.dtype)
-    loss = F.cross_entropy(x, labels.long(), weight=weight, ignore_index=ignore_index, reduction=reduction,
-                           label_smoothing=label_smoothing)
+    """The reference loss, F.cross_entropy's, and its gradient ``(softmax - smoothed one-hot) *
+    weight[label]`` on labelled pixels (divided by their summed weight for ``"mean"``), on the
+    logits' grid. One ``(N, K, H, W)`` buffer: the log-softmax, which becomes the gradient in place
+    (these run at image size on the CPU, where every pass over K full-size maps counts)."""
+    log_probs = _in_loss_dtype(logits).log_softmax(1)
+    num_classes = log_probs.shape[1]
+    labelled = labels != ignore_index
+    classes = torch.where(labelled, labels.long(), 0).unsqueeze(1)  # (N, 1, H, W)
+    pixel_weight = labelled.to(log_probs.dtype)
+    if weight is not None:
+        pixel_weight = pixel_weight * weight.to(log_probs.dtype)[classes.squeeze(1)]
+    pixel_loss = log_probs.gather(1, classes).squeeze(1).mul_(label_smoothing - 1)
+    if label_smoothing:  # the smoothed target's uniform part (never with class weights)
+        pixel_loss.sub_(log_probs.sum(1), alpha=label_smoothing / num_classes)
+    loss = (pixel_loss * pixel_weight).sum()
+    if reduction == "mean":  # over the labelled pixels' summed weight: 0 / 0 = NaN with none, as F.cross_entropy
+        total = pixel_weight.sum()
+        loss, pixel_weight = loss / total, pixel_weight / total
     if not compute_grad:
         return loss, None
-    labelled = labels != ignore_index
-    classes = torch.where(labelled, labels.long(), 0)
-    pixel_weight = labelled.to(x.dtype) if weight is None else weight[classes] * labelled
-    target = F.one_hot(classes, x.shape[1]).permute(0, 3, 1, 2).to(x.dtype)
-    grad = (x.softmax(1) - (1 - label_smoothing) * target - label_smoothing / x.shape[1]) * pixel_weight[:, None]
-    if reduction == "mean":
-        grad = grad / pixel_weight.sum()
-    return loss, grad
+    grad = log_probs.exp_()
+    grad.scatter_add_(1, classes, grad.new_full(classes.shape, label_smoothing - 1))
+    if label_smoothing:
+        grad.sub_(label_smoothing / num_classes)
+    return loss, grad.mul_(pixel_weight.unsqueeze(1))
 
 
 def _semantic_cross_entropy_op_reference(logits, labels, weight, ignore_index, reduction, label_smoothing, compute_grad):

@@ -22,9 +22,14 @@ MAX_LEVELS = 5
 
 
 def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-    """Pure-PyTorch :func:`resize_sum`."""
+    """Pure-PyTorch :func:`resize_sum`: summed in place into the first level's resized copy, and a
+    later level already at ``size`` added as it is (bilinear resizing to its own size is the
+    identity), so the sum allocates one output."""
     size = tuple(size)
-    return sum(F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in levels)
+    total = F.interpolate(levels[0], size=size, mode="bilinear", align_corners=False)
+    for level in levels[1:]:
+        total.add_(level if tuple(level.shape[-2:]) == size else F.interpolate(level, size=size, mode="bilinear", align_corners=False))
+    return total
 
 
 def check_size(size) -> None:
