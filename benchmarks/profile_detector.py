@@ -2,7 +2,7 @@
 for a training step (forward + backward of the losses, no optimizer step).
 
     python benchmarks/profile_detector.py [--model small|r50] [--arch faster_rcnn] [--size 320 320]
-        [--modes inference training] [--rounds 5] [--threads 1]
+        [--modes inference training] [--rounds 5] [--threads 1] [--amp off|bf16]
 
 Prints, per mode, two tables of milliseconds per call (the median over ``--rounds`` profiled
 calls after two warm-up calls, FPN and SFPN in turns): the process CPU time of each stage (the
@@ -11,8 +11,9 @@ against SFPN; then the ops whose self time in the profiler (wall time) grows the
 to SFPN. The detectors (random weights) run on a batch of two random images, as in
 benchmarks/bench_detector.py: by default the ``<arch>_r18_{fpn,sfpn}_small`` presets with 4
 classes and 4 boxes per image (its ``step-small``), with ``--model r50`` the ``_r50_*_1x`` ones
-with 80 classes and 20 boxes. On a shared machine use ``--threads 1`` and read the
-FPN/SFPN ratios, not the absolute times.
+with 80 classes and 20 boxes. ``--amp bf16`` runs both as ``solver.amp=bf16`` trains and
+evaluates (bf16 autocast, channels_last weights and images: ``sfpn.engine.precision``). On a
+shared machine use ``--threads 1`` and read the FPN/SFPN ratios, not the absolute times.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sfpn  # noqa: E402
+from sfpn.engine.precision import choose_precision, prepare_model  # noqa: E402
 from bench_detector import _batch  # noqa: E402
 
 #: The detector's modules timed as stages (inclusive of what they call), by attribute path.
@@ -122,22 +124,25 @@ def medians(calls: list[dict]) -> dict:
 MODELS = {"small": ("{arch}_r18_{neck}_small", 4, 4), "r50": ("{arch}_r50_{neck}_1x", 80, 20)}
 
 
-def steps(model_name: str, arch: str, neck: str, height: int, width: int):
-    """(model, inference step, training step) of ``--model`` with ``neck``; a step takes the
-    :class:`Stages` that time it."""
+def steps(model_name: str, arch: str, neck: str, height: int, width: int, amp: str):
+    """(model, inference step, training step) of ``--model`` with ``neck`` in ``amp``'s precision;
+    a step takes the :class:`Stages` that time it."""
     preset, num_classes, boxes = MODELS[model_name]
     torch.manual_seed(0)
-    model = sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes)
+    precision = choose_precision(amp, torch.device("cpu"))
+    model = prepare_model(sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes), precision)
     images, targets = _batch(height, width, num_classes, boxes, "cpu")
 
     @torch.no_grad()
     def infer(stages: Stages):  # noqa: ARG001 (the model's own stages are timed by hooks)
         model.eval()
-        model(images)
+        with precision.autocast("cpu"):
+            model(images)
 
     def train(stages: Stages):
         model.train()
-        losses = model(images, targets)
+        with precision.autocast("cpu"):
+            losses = model(images, targets)
         with stages("backward"):
             sum(losses.values()).backward()
         model.zero_grad(set_to_none=True)
@@ -155,13 +160,14 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--top", type=int, default=12, help="ops listed per mode")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16"], help="precision, as solver.amp (default fp32)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = args.size
     print(f"{MODELS[args.model][0].format(arch=args.arch, neck='*')}, batch 2 at {height}x{width}, "
-          f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
+          f"{args.threads} thread(s), {'bf16 autocast + channels_last' if args.amp == 'bf16' else 'fp32'}, load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
     for mode in args.modes:
-        detectors = {neck: steps(args.model, args.arch, neck, height, width) for neck in ("fpn", "sfpn")}
+        detectors = {neck: steps(args.model, args.arch, neck, height, width, args.amp) for neck in ("fpn", "sfpn")}
         calls = {neck: [] for neck in detectors}
         for index in range(2 + args.rounds):  # FPN and SFPN in turns, so that both see the same load
             for neck, (model, infer, train) in detectors.items():
