@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Mapping
 
 import torch
@@ -75,8 +76,10 @@ def interpret_on_cpu():
         )
     if _cpu_registration["depth"] == 0:
         library = torch.library.Library("sfpn", "IMPL")
-        for name, implementation in _implementations.items():
-            library.impl(name, implementation, "CPU")
+        with warnings.catch_warnings():  # "overriding a previously registered kernel": a C++ one, for the block
+            warnings.simplefilter("ignore")
+            for name, implementation in _implementations.items():
+                library.impl(name, implementation, "CPU")
         _cpu_registration["library"] = library
     _cpu_registration["depth"] += 1
     try:
@@ -86,6 +89,11 @@ def interpret_on_cpu():
         if _cpu_registration["depth"] == 0:
             library, _cpu_registration["library"] = _cpu_registration["library"], None
             library._destroy()
+
+
+def interpreting_on_cpu() -> bool:
+    """Whether an :func:`interpret_on_cpu` block is active (the Triton kernels serve CPU tensors)."""
+    return _cpu_registration["depth"] > 0
 
 
 def launch_device(tensor: torch.Tensor):

@@ -44,7 +44,7 @@ def _backend(op: _library.Op, device: str) -> str:
         if device == "cpu":
             return "Triton (interpreter)"
         return "Triton" if torch.cuda.is_available() else "Triton (but no GPU is visible)"
-    if op.backend == _library.TRITON:
+    if op.backend == _library.TRITON and not (device == "cpu" and op.compiled_on_cpu):
         if device == "cpu":
             return "reference (Triton kernels serve CUDA)"
         return f"reference ({kernels.UNAVAILABLE_REASON})"

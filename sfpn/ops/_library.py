@@ -10,7 +10,8 @@ Faster kernels register per dispatch key and win over it:
   ``TORCH_LIBRARY_IMPL(sfpn, CPU|CUDA, m)`` block; ``sfpn._extension`` loads them (before or
   after the schemas are defined: the dispatcher accepts kernels for a not yet defined op).
 * Triton kernels (``kernels/<op>.py``): the op module registers them for ``CUDA``;
-  ``sfpn.kernels.interpret_on_cpu()`` registers them for ``CPU`` for the length of a block.
+  ``sfpn.kernels.interpret_on_cpu()`` registers them for ``CPU`` for the length of a block (over
+  a C++ kernel, where the op has one: the semantic cross entropy's, ``csrc/cpu/cross_entropy.cpp``).
 
 So the public functions validate, document and call ``torch.ops.sfpn.<name>``; which kernel runs
 is the dispatcher's choice, the same in eager mode, under ``torch.compile``, ``opcheck`` and fake
@@ -47,6 +48,14 @@ class Op:
     #: The Triton implementation registered for CUDA (and for CPU by ``interpret_on_cpu``), by op
     #: name (the op and its backward ops).
     triton: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    #: A ``TRITON`` op whose CPU tensors a C++ kernel in ``sfpn._C`` serves (the Triton kernels
+    #: serve CUDA only, and on the CPU the reference would make image-size temporaries).
+    compiled_on_cpu: bool = False
+
+    @property
+    def cpu_kernel(self) -> bool:
+        """Whether ``sfpn._C`` has a C++ kernel for the op's CPU tensors."""
+        return self.backend == COMPILED or self.compiled_on_cpu
 
 
 #: Public op name -> :class:`Op`, in the order ``sfpn.info`` prints them.
@@ -163,6 +172,7 @@ def serving(name: str, device_type: str) -> str:
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sfpn::{name}", key):
         return "reference"
-    if OPS[name].backend == TRITON:
-        return "Triton"
-    return "C++" if key == "CPU" else "CUDA"
+    op = OPS[name]
+    if key == "CPU":
+        return "Triton" if op.triton and kernels.interpreting_on_cpu() else "C++"
+    return "Triton" if op.backend == TRITON else "CUDA"

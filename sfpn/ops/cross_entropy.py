@@ -3,8 +3,10 @@ logits, on the logits' grid or against full-size labels with the bilinear upsamp
 the loss.
 
 Schemas, reference fallbacks and the Triton kernel's registration for CUDA below
-(:mod:`sfpn.ops._library`); kernel: ``kernels/cross_entropy.py`` (one kernel, both ops). The
-kernel computes in float32: float64 logits and empty inputs run the reference. Under
+(:mod:`sfpn.ops._library`); kernels: ``kernels/cross_entropy.py`` for CUDA (one Triton kernel,
+both ops), ``csrc/cpu/cross_entropy.cpp`` for the CPU (one C++ kernel, both ops, in float32 or
+float64, without image-size temporaries). The Triton kernel computes in float32: float64 logits
+and empty inputs run the reference there. Under
 ``torch.autocast`` they run in the logits' dtype (the loss is float32 either way; the reference
 computes in float32 too). The gradient takes the logits' layout on the CPU (channels_last
 logits, a channels_last gradient).
@@ -108,7 +110,7 @@ def semantic_cross_entropy(
     Args:
         logits: ``(N, K, H, W)`` class scores.
         labels: ``(N, H, W)`` integer classes in ``[0, K)`` or ``ignore_index`` (uint8 label maps
-            are fine). On the kernel path another value makes the loss NaN instead of raising.
+            are fine). Another value raises on the CPU, and makes the loss NaN on CUDA (no sync).
         ignore_index: label of pixels that take no part in the loss (255 by default).
         reduction: ``"mean"`` over the labelled pixels (NaN when there are none, as F.cross_entropy)
             or ``"sum"``.
@@ -262,4 +264,4 @@ for _name, _reference in (
     _library.define(_name + _SCHEMA, _reference)
     torch.library.register_fake(f"sfpn::{_name}", _fake)
     torch.library.register_autograd(f"sfpn::{_name}", _backward, setup_context=_setup_context)
-    _library.register(_library.Op(_name, _library.TRITON, triton={_name: _triton(_name, _reference)}))
+    _library.register(_library.Op(_name, _library.TRITON, triton={_name: _triton(_name, _reference)}, compiled_on_cpu=True))

@@ -1,7 +1,12 @@
 """semantic_cross_entropy and upsample_cross_entropy: the Triton kernel against the
 pure-PyTorch references (K from 2 to 200, chunked classes, class weights, all-ignored labels, half types),
 drawn inputs, the references' explicit gradient, opcheck, argument checks. The kernel runs as
-in tests/ops/test_resize_sum.py: on a GPU or under the Triton interpreter, on tiny shapes."""
+in tests/ops/test_resize_sum.py: on a GPU or under the Triton interpreter, on tiny shapes. The C++
+CPU kernel (csrc/cpu/cross_entropy.cpp) against the same references on drawn inputs, gradcheck,
+its thread-count independence and its own argument checks; the op's Python reference, which
+serves CPU tensors without the extension, through ``_library.references()``."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,12 +14,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfpn import ops
-from sfpn.ops import reference
+from sfpn.ops import _library, reference
 
 from op_helpers import FP32, exact, float64_leaf, labels_for, leaf, needs_triton, randn
-from op_strategies import TRITON_DTYPES, arrange, assert_close, examples, layouts, seeds, uniform
+from op_strategies import FLOAT_DTYPES, TRITON_DTYPES, arrange, assert_close, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.cross_entropy
+
+needs_cpu_kernel = pytest.mark.skipif(_library.serving("upsample_cross_entropy", "cpu") != "C++", reason="sfpn._C not built")
+# How the CPU serves the op in the tests that take ``serving``: its C++ kernel, or the op's Python
+# reference (the fallback without the extension).
+SERVINGS = [pytest.param("kernel", marks=needs_cpu_kernel), "reference"]
+
+
+def served(serving: str):
+    return _library.references() if serving == "reference" else contextlib.nullcontext()
 
 
 def assert_loss_and_grad(op, ref, logits, labels, tol=FP32, **kwargs):
@@ -113,9 +127,10 @@ def test_class_weights(device, generator, launches, op_name, reduction):
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("serving", SERVINGS)
 @pytest.mark.parametrize("upsample", [False, True])
-def test_weighted_reference_is_f_cross_entropy(generator, upsample):
-    """The op's reference, gradient included, against F.cross_entropy(weight=...) in float64:
+def test_weighted_cpu_op_is_f_cross_entropy(generator, upsample, serving):
+    """The op on the CPU, gradient included, against F.cross_entropy(weight=...) in float64:
     a weight of 0 removes a class, unequal weights change the mean's divisor."""
     logits = float64_leaf(generator, 2, 5, 3, 4)
     labels = torch.randint(0, 5, (2, 7, 6) if upsample else (2, 3, 4), generator=generator)
@@ -124,7 +139,8 @@ def test_weighted_reference_is_f_cross_entropy(generator, upsample):
     op = ops.upsample_cross_entropy if upsample else ops.semantic_cross_entropy
     full = F.interpolate(logits, labels.shape[-2:], mode="bilinear", align_corners=False) if upsample else logits
     expected = F.cross_entropy(full, labels, weight=weight, ignore_index=255)
-    ours = op(logits, labels, weight=weight)
+    with served(serving):
+        ours = op(logits, labels, weight=weight)
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(expected, logits)[0])
 
@@ -179,15 +195,17 @@ def test_without_grad_writes_none(device, generator, monkeypatch):
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("serving", SERVINGS)
 @pytest.mark.parametrize("reduction, smoothing", [("mean", 0.0), ("mean", 0.2), ("sum", 0.1)])
 @pytest.mark.parametrize("upsample", [False, True])
-def test_reference_gradient_is_exact(generator, upsample, reduction, smoothing):
+def test_cpu_gradient_is_exact(generator, upsample, reduction, smoothing, serving):
     logits = float64_leaf(generator, 2, 5, 3, 4)
     labels = torch.randint(0, 5, (2, 7, 6) if upsample else (2, 3, 4), generator=generator)
     labels[torch.rand(labels.shape, generator=generator) < 0.3] = 255
     op, ref = (ops.upsample_cross_entropy, reference.upsample_cross_entropy) if upsample else (
         ops.semantic_cross_entropy, reference.semantic_cross_entropy)
-    ours = torch.autograd.grad(op(logits, labels, 255, reduction, smoothing), logits)[0]
+    with served(serving):
+        ours = torch.autograd.grad(op(logits, labels, 255, reduction, smoothing), logits)[0]
     theirs = torch.autograd.grad(ref(logits, labels, 255, reduction, smoothing), logits)[0]
     torch.testing.assert_close(ours, theirs)
 
@@ -207,20 +225,22 @@ def test_upsample_reference_is_bilinear_then_cross_entropy(generator):
 # Properties on drawn inputs
 
 
-@pytest.mark.usefixtures("single_thread")
-@examples(0.1)
-@given(
+# What both kernels' property tests draw: the logits' shape and layout, the labels' ignored share.
+DRAWN = dict(
     seed=seeds,
     batch=st.integers(1, 2),
     classes=st.integers(1, 40),
     size=st.tuples(st.integers(1, 6), st.integers(1, 6)),
     upsample=st.booleans(),
     reduction=st.sampled_from(("mean", "sum")),
-    label_smoothing=st.sampled_from((0.0, 0.1)),
     ignored=st.sampled_from((0.0, 0.3, 1.0)),
-    dtype=st.sampled_from(TRITON_DTYPES),
     layout=layouts,
 )
+
+
+@pytest.mark.usefixtures("single_thread")
+@examples(0.1)
+@given(**DRAWN, label_smoothing=st.sampled_from((0.0, 0.1)), dtype=st.sampled_from(TRITON_DTYPES))
 def test_drawn_inputs_match_reference(
     device, seed, batch, classes, size, upsample, reduction, label_smoothing, ignored, dtype, layout
 ):
@@ -293,3 +313,127 @@ def test_bad_inputs(generator):
         ops.semantic_cross_entropy(logits, labels, weight=torch.ones(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="weight and label_smoothing"):
         ops.upsample_cross_entropy(logits, labels, label_smoothing=0.1, weight=torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------------
+# The C++ CPU kernel
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@examples(0.1)
+@given(
+    **DRAWN,
+    label_size=st.tuples(st.integers(1, 13), st.integers(1, 13)),
+    target=st.sampled_from(("plain", "smoothed", "weighted")),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+)
+def test_cpu_kernel_drawn_inputs_match_reference(
+    seed, batch, classes, size, label_size, upsample, reduction, target, ignored, dtype, layout
+):
+    """Any scale (the labels may be smaller than the logits: bilinear down-sampling), any layout;
+    the gradient comes back in the logits' dtype and layout."""
+    g = torch.Generator().manual_seed(seed)
+    logits = uniform(g, (batch, classes, *size), dtype, -4, 4)
+    label_size = label_size if upsample else size
+    labels = torch.randint(0, classes, (batch, *label_size), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < ignored] = 255
+    smoothing = 0.1 if target == "smoothed" else 0.0
+    weight = torch.rand(classes, generator=g, dtype=torch.float64) if target == "weighted" else None
+    op, ref = ((ops.upsample_cross_entropy, reference.upsample_cross_entropy) if upsample
+               else (ops.semantic_cross_entropy, reference.semantic_cross_entropy))
+    expected_logits = logits.double().requires_grad_()
+    expected = ref(expected_logits, labels, 255, reduction, smoothing, weight=weight)
+    got_logits = arrange(logits, layout).requires_grad_()
+    out = op(got_logits, labels, 255, reduction, smoothing, weight=None if weight is None else weight.to(dtype if dtype == torch.float64 else torch.float32))
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    if expected.isnan():  # every label ignored with the mean: 0 / 0, as F.cross_entropy
+        assert out.isnan()
+        return
+    expected.backward()
+    out.backward()
+    assert_close(out, expected.to(out.dtype), out.dtype)
+    assert got_logits.grad.dtype == dtype
+    assert_close(got_logits.grad, expected_logits.grad.to(dtype), dtype)
+    if layout == "channels_last" and not got_logits.is_contiguous():
+        assert got_logits.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("target", ["plain", "smoothed", "weighted"])
+@pytest.mark.parametrize("upsample", [False, True])
+def test_cpu_kernel_gradient_against_finite_differences(generator, upsample, target):
+    """gradcheck's fast mode by hand, in float64: the gradient's product with random directions
+    against central differences of the loss. (gradcheck itself runs the backward twice on one
+    graph, which the op refuses: its backward scales the saved gradient in place.)"""
+    logits = float64_leaf(generator, 2, 4, 3, 5).detach()
+    labels = torch.randint(0, 4, (2, 7, 4) if upsample else (2, 3, 5), generator=generator)
+    labels[0, 0] = 255
+    op = ops.upsample_cross_entropy if upsample else ops.semantic_cross_entropy
+    smoothing = 0.2 if target == "smoothed" else 0.0
+    weight = torch.tensor([0.5, 0.0, 2.0, 1.0], dtype=torch.float64) if target == "weighted" else None
+
+    def loss(x):
+        return op(x, labels, 255, "mean", smoothing, weight=weight)
+
+    grad = torch.autograd.grad(loss(logits.requires_grad_()), logits)[0]
+    step = 1e-6
+    for _ in range(5):
+        direction = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            numeric = (loss(logits + step * direction) - loss(logits - step * direction)) / (2 * step)
+        torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-6, atol=1e-8)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_depends_on_the_thread_count_only(generator):
+    """Each thread's run adds into its own buffer, summed in run order: a repeated call is bitwise
+    equal, and another thread count changes the result by rounding only."""
+    logits = randn(generator, 1, 32, 16, 16).requires_grad_()
+    labels = labels_for(generator, (1, 128, 128), 32, "cpu")  # 2^19 class-pixels: two runs on two threads
+
+    def loss_and_grad(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            loss = ops.upsample_cross_entropy(logits, labels, reduction="sum")
+            return loss, torch.autograd.grad(loss, logits)[0]
+        finally:
+            torch.set_num_threads(previous)
+
+    first, again, one_thread = loss_and_grad(2), loss_and_grad(2), loss_and_grad(1)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    torch.testing.assert_close(first[0], one_thread[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(first[1], one_thread[1], **FP32)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cpu_kernel_with_every_pixel_ignored(generator, reduction):
+    """The mean is 0 / 0 = NaN and the sum 0, as F.cross_entropy; the gradient is 0 either way."""
+    logits = randn(generator, 1, 4, 3, 3).requires_grad_()
+    labels = torch.full((1, 7, 7), 255, dtype=torch.uint8)
+    loss = ops.upsample_cross_entropy(logits, labels, reduction=reduction)
+    assert loss.isnan() if reduction == "mean" else loss == 0
+    assert torch.equal(torch.autograd.grad(loss, logits)[0], torch.zeros_like(logits))
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_refuses_what_the_python_checks_refuse(generator):
+    """A direct call (torch.ops.sfpn.*, past the Python checks) gets the kernel's own errors; a label
+    that is neither a class nor ignore_index raises (the CUDA kernel gives NaN, see above)."""
+    logits, labels = randn(generator, 2, 3, 4, 5), torch.zeros(2, 4, 5, dtype=torch.int64)
+    op = torch.ops.sfpn.upsample_cross_entropy
+    with pytest.raises(RuntimeError, match=r"labels must be classes in \[0, 3\) or ignore_index \(255\), got 7"):
+        op(logits, labels + 7, None, 255, "mean", 0.0, False)
+    with pytest.raises(RuntimeError, match="labels must be integer classes"):
+        op(logits, labels.float(), None, 255, "mean", 0.0, False)
+    with pytest.raises(RuntimeError, match="reduction must be 'mean' or 'sum'"):
+        op(logits, labels, None, 255, "none", 0.0, False)
+    with pytest.raises(RuntimeError, match="weight and label_smoothing"):
+        op(logits, labels, torch.ones(3), 255, "mean", 0.1, False)
+    with pytest.raises(RuntimeError, match="labels must have logits' spatial size"):
+        torch.ops.sfpn.semantic_cross_entropy(logits, labels[:, :3], None, 255, "mean", 0.0, False)
+    with pytest.raises(RuntimeError, match="labels must be in|labels must be classes"):
+        ops.semantic_cross_entropy(logits, labels - 1)

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-COMPILED_OPS = [name for name, op in _library.OPS.items() if op.backend == _library.COMPILED]
-TRITON_OPS = [name for name, op in _library.OPS.items() if op.backend == _library.TRITON]
+CPU_KERNEL_OPS = [name for name, op in _library.OPS.items() if op.cpu_kernel]
+CPU_REFERENCE_OPS = [name for name, op in _library.OPS.items() if not op.cpu_kernel]
 needs_interpreter = pytest.mark.skipif(
     not (kernels.AVAILABLE and kernels.INTERPRETING), reason="needs Triton and TRITON_INTERPRET=1"
 )
@@ -59,8 +59,9 @@ def test_registry_lists_every_public_op_once_with_its_definition():
 
 def test_compiled_kernels_serve_the_cpu_when_the_extension_is_loaded():
     expected = "C++" if _extension.STATUS.loaded else "reference"
-    assert {name: _library.serving(name, "cpu") for name in COMPILED_OPS} == dict.fromkeys(COMPILED_OPS, expected)
-    assert {name: _library.serving(name, "cpu") for name in TRITON_OPS} == dict.fromkeys(TRITON_OPS, "reference")
+    assert {name: _library.serving(name, "cpu") for name in CPU_KERNEL_OPS} == dict.fromkeys(CPU_KERNEL_OPS, expected)
+    assert {name: _library.serving(name, "cpu") for name in CPU_REFERENCE_OPS} == dict.fromkeys(CPU_REFERENCE_OPS, "reference")
+    assert {"semantic_cross_entropy", "upsample_cross_entropy"} <= set(CPU_KERNEL_OPS)
 
 
 @pytest.mark.skipif(not _extension.STATUS.loaded, reason="sfpn._C is not loaded")
