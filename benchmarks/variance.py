@@ -1,6 +1,9 @@
 """Where a study's seed-to-seed spread comes from: the validation images, or the training.
 
     python benchmarks/variance.py output-study/v3/shapes --dataset shapes --baseline fpn
+    python benchmarks/variance.py output-study/v3/clutter-val1000 --dataset clutter --val-images 1000
+
+(the second on a study rescored on a larger validation split by benchmarks/rescore.py)
 
 A run's bbox AP is measured on a finite validation split, so part of the spread between seeds is
 measurement error: another draw of 200 images would score the same model differently. This
@@ -117,16 +120,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="a sfpn.study output folder (<config>/seed<k>/results.json)")
     parser.add_argument("--dataset", default="shapes", help="the synthetic dataset the study ran on (its val split is the ground truth)")
+    parser.add_argument("--val-images", type=int, help="the validation split's size, for a study rescored by rescore.py (default: the study's own split)")
     parser.add_argument("--baseline", default="fpn")
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="of the bootstrap draws")
     parser.add_argument("--output", help="write the figures as JSON here too")
     args = parser.parse_args(argv)
 
-    from sfpn.data.synthetic import DATASETS, split_files
+    from sfpn.data.synthetic import split_files
+
+    from rescore import validation_spec
 
     with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(split_files(DATASETS[args.dataset]())["val"].ann_file)
+        ground_truth = COCO(split_files(validation_spec(args.dataset, args.val_images))["val"].ann_file)
     runs = run_folders(args.study)
     if args.baseline not in runs:
         raise SystemExit(f"error: no finished run of the baseline {args.baseline!r} in {args.study}")
