@@ -1,8 +1,10 @@
-// sfpn::semantic_cross_entropy and sfpn::upsample_cross_entropy on the CPU: the softmax
-// cross-entropy of logits (N, K, h, w), bilinearly resized to the labels' size (H, W) (the identity
-// when the sizes agree), and its gradient, in one pass over the labelled pixels: no (N, K, H, W)
-// tensor. The schema, the Python checks and the reference both backends are tested against are in
+// sfpn::upsample_cross_entropy on the CPU: the softmax cross-entropy of logits (N, K, h, w),
+// bilinearly resized to the labels' size (H, W) (any size; the identity when the sizes agree), and
+// its gradient, in one pass over the labelled pixels: no (N, K, H, W) tensor. The schema, the
+// Python checks and the reference both backends are tested against are in
 // sfpn/ops/cross_entropy.py; the Triton kernel (kernels/cross_entropy.py) serves CUDA.
+// sfpn::semantic_cross_entropy (labels on the logits' grid) keeps its reference on the CPU: with
+// nothing to resize, ATen's vectorised log-softmax over NCHW beats this kernel's NHWC round trip.
 //
 // Plan. The logits are read as (N, h, w, K) in the accumulation type (a copy of the small map on
 // the head's grid), so each of a pixel's four bilinear taps is one contiguous K-vector. The threads
@@ -182,7 +184,7 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
   }
 }
 
-void check_arguments(const char* op, bool same_size, const at::Tensor& logits, const at::Tensor& labels,
+void check_arguments(const char* op, const at::Tensor& logits, const at::Tensor& labels,
                      const std::optional<at::Tensor>& weight, std::string_view reduction, double smoothing) {
   checks::check_tensor(op, "logits", logits, 4, "(N, K, h, w)");
   TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, "sfpn::", op,
@@ -192,9 +194,6 @@ void check_arguments(const char* op, bool same_size, const at::Tensor& logits, c
   checks::check_same_device(op, "labels", labels, "logits", logits);
   TORCH_CHECK(labels.size(0) == logits.size(0), "sfpn::", op, ": labels must have logits' batch size ", logits.size(0),
               ", got shape ", labels.sizes());
-  TORCH_CHECK(!same_size || (labels.size(1) == logits.size(2) && labels.size(2) == logits.size(3)), "sfpn::", op,
-              ": labels must have logits' spatial size (", logits.size(2), ", ", logits.size(3), "), got shape ",
-              labels.sizes());
   TORCH_CHECK(reduction == "mean" || reduction == "sum", "sfpn::", op, ": reduction must be 'mean' or 'sum', got '",
               reduction, "'");
   TORCH_CHECK(smoothing >= 0 && smoothing <= 1, "sfpn::", op, ": label_smoothing must be in [0, 1], got ", smoothing);
@@ -208,16 +207,15 @@ void check_arguments(const char* op, bool same_size, const at::Tensor& logits, c
   }
 }
 
-// sfpn::semantic_cross_entropy (same_size: labels on the logits' grid) or
-// sfpn::upsample_cross_entropy: (loss, gradient), the loss float32 (float64 for float64 logits),
-// the gradient d loss / d logits in the logits' dtype and layout when compute_grad, else empty.
-template <bool same_size>
-std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
-                                                 const std::optional<at::Tensor>& weight, int64_t ignore_index,
-                                                 c10::string_view reduction_name, double smoothing, bool compute_grad) {
-  constexpr const char* op = same_size ? "semantic_cross_entropy" : "upsample_cross_entropy";
+// (loss, gradient): the loss float32 (float64 for float64 logits), the gradient d loss / d logits
+// in the logits' dtype and layout when compute_grad, else an empty tensor.
+std::tuple<at::Tensor, at::Tensor> upsample_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
+                                                          const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                                          c10::string_view reduction_name, double smoothing,
+                                                          bool compute_grad) {
+  constexpr const char* op = "upsample_cross_entropy";
   const std::string_view reduction(reduction_name.data(), reduction_name.size());
-  check_arguments(op, same_size, logits, labels, weight, reduction, smoothing);
+  check_arguments(op, logits, labels, weight, reduction, smoothing);
   const at::ScalarType acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor source = logits.to(acc_type).permute({0, 2, 3, 1}).contiguous();  // (N, h, w, K)
   const at::Tensor label_map = labels.contiguous();
@@ -252,8 +250,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& logits, const
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sfpn, CPU, m) {
-  m.impl("semantic_cross_entropy", &cross_entropy</*same_size=*/true>);
-  m.impl("upsample_cross_entropy", &cross_entropy</*same_size=*/false>);
+  m.impl("upsample_cross_entropy", &upsample_cross_entropy);
 }
 
 }  // namespace sfpn::cross_entropy::cpu

@@ -11,7 +11,7 @@ Faster kernels register per dispatch key and win over it:
   after the schemas are defined: the dispatcher accepts kernels for a not yet defined op).
 * Triton kernels (``kernels/<op>.py``): the op module registers them for ``CUDA``;
   ``sfpn.kernels.interpret_on_cpu()`` registers them for ``CPU`` for the length of a block (over
-  a C++ kernel, where the op has one: the semantic cross entropy's, ``csrc/cpu/cross_entropy.cpp``).
+  a C++ kernel, where the op has one: ``upsample_cross_entropy``'s, ``csrc/cpu/cross_entropy.cpp``).
 
 So the public functions validate, document and call ``torch.ops.sfpn.<name>``; which kernel runs
 is the dispatcher's choice, the same in eager mode, under ``torch.compile``, ``opcheck`` and fake

@@ -4,9 +4,10 @@ the loss.
 
 Schemas, reference fallbacks and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernels: ``kernels/cross_entropy.py`` for CUDA (one Triton kernel,
-both ops), ``csrc/cpu/cross_entropy.cpp`` for the CPU (one C++ kernel, both ops, in float32 or
-float64, without image-size temporaries). The Triton kernel computes in float32: float64 logits
-and empty inputs run the reference there. Under
+both ops), ``csrc/cpu/cross_entropy.cpp`` for ``upsample_cross_entropy`` on the CPU (float32 or
+float64, without image-size temporaries; ``semantic_cross_entropy``, with nothing to resize, keeps
+its reference there). The Triton kernel computes in float32: float64 logits and empty inputs run
+the reference there. Under
 ``torch.autocast`` they run in the logits' dtype (the loss is float32 either way; the reference
 computes in float32 too). The gradient takes the logits' layout on the CPU (channels_last
 logits, a channels_last gradient).
@@ -264,4 +265,5 @@ for _name, _reference in (
     _library.define(_name + _SCHEMA, _reference)
     torch.library.register_fake(f"sfpn::{_name}", _fake)
     torch.library.register_autograd(f"sfpn::{_name}", _backward, setup_context=_setup_context)
-    _library.register(_library.Op(_name, _library.TRITON, triton={_name: _triton(_name, _reference)}, compiled_on_cpu=True))
+    _library.register(_library.Op(_name, _library.TRITON, triton={_name: _triton(_name, _reference)},
+                                  compiled_on_cpu=_name == "upsample_cross_entropy"))

@@ -2,9 +2,10 @@
 pure-PyTorch references (K from 2 to 200, chunked classes, class weights, all-ignored labels, half types),
 drawn inputs, the references' explicit gradient, opcheck, argument checks. The kernel runs as
 in tests/ops/test_resize_sum.py: on a GPU or under the Triton interpreter, on tiny shapes. The C++
-CPU kernel (csrc/cpu/cross_entropy.cpp) against the same references on drawn inputs, gradcheck,
-its thread-count independence and its own argument checks; the op's Python reference, which
-serves CPU tensors without the extension, through ``_library.references()``."""
+CPU kernel of upsample_cross_entropy (csrc/cpu/cross_entropy.cpp) against the same references on
+drawn inputs, against finite differences, its thread-count independence and its own argument
+checks; the op's Python reference, which serves CPU tensors without the extension (and
+semantic_cross_entropy's always), through ``_library.references()``."""
 import contextlib
 
 import pytest
@@ -331,8 +332,9 @@ def test_bad_inputs(generator):
 def test_cpu_kernel_drawn_inputs_match_reference(
     seed, batch, classes, size, label_size, upsample, reduction, target, ignored, dtype, layout
 ):
-    """Any scale (the labels may be smaller than the logits: bilinear down-sampling), any layout;
-    the gradient comes back in the logits' dtype and layout."""
+    """upsample_cross_entropy at any scale (the labels may be smaller than the logits: bilinear
+    down-sampling; ``upsample`` False: the logits' own size, the identity resize), any dtype and
+    layout; the gradient comes back in the logits' dtype and layout."""
     g = torch.Generator().manual_seed(seed)
     logits = uniform(g, (batch, classes, *size), dtype, -4, 4)
     label_size = label_size if upsample else size
@@ -340,8 +342,7 @@ def test_cpu_kernel_drawn_inputs_match_reference(
     labels[torch.rand(labels.shape, generator=g) < ignored] = 255
     smoothing = 0.1 if target == "smoothed" else 0.0
     weight = torch.rand(classes, generator=g, dtype=torch.float64) if target == "weighted" else None
-    op, ref = ((ops.upsample_cross_entropy, reference.upsample_cross_entropy) if upsample
-               else (ops.semantic_cross_entropy, reference.semantic_cross_entropy))
+    op, ref = ops.upsample_cross_entropy, reference.upsample_cross_entropy
     expected_logits = logits.double().requires_grad_()
     expected = ref(expected_logits, labels, 255, reduction, smoothing, weight=weight)
     got_logits = arrange(logits, layout).requires_grad_()
@@ -363,14 +364,14 @@ def test_cpu_kernel_drawn_inputs_match_reference(
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("target", ["plain", "smoothed", "weighted"])
 @pytest.mark.parametrize("upsample", [False, True])
-def test_cpu_kernel_gradient_against_finite_differences(generator, upsample, target):
+def test_cpu_kernel_gradient_against_finite_differences(generator, upsample, target):  # upsample False: same size
     """gradcheck's fast mode by hand, in float64: the gradient's product with random directions
     against central differences of the loss. (gradcheck itself runs the backward twice on one
     graph, which the op refuses: its backward scales the saved gradient in place.)"""
     logits = float64_leaf(generator, 2, 4, 3, 5).detach()
     labels = torch.randint(0, 4, (2, 7, 4) if upsample else (2, 3, 5), generator=generator)
     labels[0, 0] = 255
-    op = ops.upsample_cross_entropy if upsample else ops.semantic_cross_entropy
+    op = ops.upsample_cross_entropy
     smoothing = 0.2 if target == "smoothed" else 0.0
     weight = torch.tensor([0.5, 0.0, 2.0, 1.0], dtype=torch.float64) if target == "weighted" else None
 
@@ -433,7 +434,5 @@ def test_cpu_kernel_refuses_what_the_python_checks_refuse(generator):
         op(logits, labels, None, 255, "none", 0.0, False)
     with pytest.raises(RuntimeError, match="weight and label_smoothing"):
         op(logits, labels, torch.ones(3), 255, "mean", 0.1, False)
-    with pytest.raises(RuntimeError, match="labels must have logits' spatial size"):
-        torch.ops.sfpn.semantic_cross_entropy(logits, labels[:, :3], None, 255, "mean", 0.0, False)
-    with pytest.raises(RuntimeError, match="labels must be in|labels must be classes"):
-        ops.semantic_cross_entropy(logits, labels - 1)
+    with pytest.raises(RuntimeError, match=r"labels must be classes in \[0, 3\) or ignore_index \(255\), got -1"):
+        ops.upsample_cross_entropy(logits, labels - 1)
