@@ -1,7 +1,7 @@
 """Rescore a study's runs on a larger validation split of its synthetic dataset.
 
     python benchmarks/rescore.py output-study/v3/clutter --dataset clutter --val-images 1000 \\
-        --output output-study/v3/clutter-val1000 [--jobs 2]
+        --output output-study/v3/clutter-val1000 [--jobs 2] [--config fpn --config sfpn ...]
 
 A synthetic image is drawn from (dataset seed, split, index) alone, so a spec with more validation
 images holds the study's 200 as its first 200 and adds new ones. Each finished run's last
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--val-images", type=int, required=True, help="validation images to score on (the study's: 200)")
     parser.add_argument("--output", required=True, help="the rescored study's folder")
     parser.add_argument("--jobs", type=int, default=1, help="runs scored at a time, each on cores // jobs threads")
+    parser.add_argument("--config", action="append", help="rescore this configuration's runs only (repeatable; default all)")
     args = parser.parse_args(argv)
 
     from sfpn.data.synthetic import label_maps_dir, synthetic_dataset
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     commands = []
     for config, seed in finished_runs(args.study):
+        if args.config and config not in args.config:
+            continue
         run, out = os.path.join(args.study, config, seed), os.path.join(args.output, config, seed)
         if os.path.isfile(os.path.join(out, "eval.json")):
             print(f"{config} {seed}: rescored, skipped")
