@@ -7,10 +7,11 @@ A synthetic image is drawn from (dataset seed, split, index) alone, so a spec wi
 images holds the study's 200 as its first 200 and adds new ones. Each finished run's last
 checkpoint is scored there by ``python -m sfpn.eval``: bbox (and segm) AP, the semantic scores from
 the split's label PNGs, PQ from its panoptic ground truth. Each run is a fresh process on
-cores // jobs threads and writes ``<output>/<config>/seed<k>/eval.json`` and ``results.json``, the
-files of a study's run, so that ``python -m sfpn.study --report-only --output <output>`` (with the
-study's configurations) and ``benchmarks/variance.py <output> --val-images N`` read the rescored
-study as they read the study itself. Runs already rescored are skipped.
+cores // jobs threads (as sfpn.study runs them) and writes ``<output>/<config>/seed<k>/eval.json``
+and ``results.json``, the files of a study's run, so that ``python -m sfpn.study --report-only
+--output <output>`` (with the study's configurations) and ``benchmarks/variance.py <output>
+--val-images N`` read the rescored study as they read the study itself. Runs already rescored
+are skipped.
 """
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ def validation_spec(dataset: str, val_images: int | None):
 
 
 def finished_runs(study: str) -> list[tuple[str, str]]:
-    """(config, seed<k>) of every run under ``study`` with an ``eval.json``."""
+    """(config, seed<k>) of every finished run under ``study`` (``sfpn.study.is_finished``)."""
+    from sfpn.study import is_finished
+
     runs = []
     for config in sorted(os.listdir(study)):
         folder = os.path.join(study, config)
         if os.path.isdir(folder):
             runs += [(config, name) for name in sorted(os.listdir(folder))
-                     if name.startswith("seed") and os.path.isfile(os.path.join(folder, name, "eval.json"))]
+                     if name.startswith("seed") and is_finished(os.path.join(folder, name))]
     return runs
 
 
@@ -62,10 +65,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from sfpn.data.synthetic import label_maps_dir, synthetic_dataset
+    from sfpn.study import threads_per_job
 
     spec = validation_spec(args.dataset, args.val_images)
     val = synthetic_dataset(spec)["val"]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_job(args.jobs)
     commands = []
     for config, seed in finished_runs(args.study):
         if args.config and config not in args.config:
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
 
     def rescore(job) -> str:
         config, seed, out, command = job
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ) if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
         with open(os.path.join(out, "eval.log"), "w") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         if code:

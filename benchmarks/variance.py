@@ -103,16 +103,14 @@ class PerImageMatches:
 
 
 def run_folders(study: str) -> dict[str, dict[int, str]]:
-    """{config: {seed: results.json}} of the finished runs under ``study``."""
+    """{config: {seed: results.json}} of the finished runs under ``study`` that kept their results."""
+    from rescore import finished_runs
+
     runs: dict[str, dict[int, str]] = {}
-    for config in sorted(os.listdir(study)):
-        folder = os.path.join(study, config)
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            results = os.path.join(folder, name, "results.json")
-            if name.startswith("seed") and os.path.isfile(os.path.join(folder, name, "eval.json")) and os.path.isfile(results):
-                runs.setdefault(config, {})[int(name[4:])] = results
+    for config, seed in finished_runs(study):
+        results = os.path.join(study, config, seed, "results.json")
+        if os.path.isfile(results):
+            runs.setdefault(config, {})[int(seed[4:])] = results
     return runs
 
 
