@@ -24,7 +24,7 @@ MAX_LEVELS = 5
 def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """Pure-PyTorch :func:`resize_sum`: summed in place into the first level's resized copy, and a
     later level already at ``size`` added as it is (bilinear resizing to its own size is the
-    identity), so the sum allocates one output."""
+    identity): no partial sums and no copy of that level are allocated."""
     size = tuple(size)
     total = F.interpolate(levels[0], size=size, mode="bilinear", align_corners=False)
     for level in levels[1:]:
