@@ -29,9 +29,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)``, each ``(C,)``: the normalisation is ``x * scale + shift`` per channel."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -40,6 +44,17 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` for a bias-free ``conv``. A frozen BatchNorm is folded into the convolution
+    (weights scaled per output channel, the shift as its bias): one pass over the activations
+    instead of three, in the forward and in the backward alike, as the weights stay trainable."""
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale, shift = norm.scale_and_shift()
+    weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
+    return F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -65,9 +80,10 @@ class BasicBlock(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        return F.relu(self.bn2(self.conv2(out)) + identity, inplace=True)
+        identity = _shortcut_forward(self.downsample, x)
+        out = F.relu(conv_norm(self.conv1, self.bn1, x), inplace=True)
+        out = conv_norm(self.conv2, self.bn2, out)
+        return F.relu(out.add_(identity), inplace=True)  # in place: the sum is the block's one new map
 
 
 class Bottleneck(nn.Module):
@@ -87,16 +103,21 @@ class Bottleneck(nn.Module):
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        return F.relu(self.bn3(self.conv3(out)) + identity, inplace=True)
+        identity = _shortcut_forward(self.downsample, x)
+        out = F.relu(conv_norm(self.conv1, self.bn1, x), inplace=True)
+        out = F.relu(conv_norm(self.conv2, self.bn2, out), inplace=True)
+        out = conv_norm(self.conv3, self.bn3, out)
+        return F.relu(out.add_(identity), inplace=True)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Module | None:
     if stride == 1 and in_channels == out_channels:
         return None
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels))
+
+
+def _shortcut_forward(shortcut: nn.Sequential | None, x: torch.Tensor) -> torch.Tensor:
+    return x if shortcut is None else conv_norm(shortcut[0], shortcut[1], x)
 
 
 class ResNet(nn.Module):
@@ -187,7 +208,7 @@ class ResNet(nn.Module):
                 p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.relu(conv_norm(self.conv1, self.bn1, x), inplace=True)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         features = []
         for i in range(1, 5):
