@@ -35,8 +35,9 @@ class SolverConfig:
     #: Clip the gradients' global L2 norm to this; 0 disables clipping.
     clip_grad_norm: float = setting(0.0, NON_NEGATIVE)
     #: Mixed precision, in training and evaluation: "auto" (CUDA: bf16 where supported, else
-    #: fp16; CPU: bf16 with channels_last where the CPU computes bf16 natively, else fp32),
-    #: "bf16", "fp16" (CUDA only) or "off" (fp32). See sfpn.engine.precision.
+    #: fp16; CPU: bf16 where the CPU computes bf16 natively, else fp32), "bf16", "fp16" (CUDA
+    #: only) or "off" (fp32). On the CPU every mode lays weights and activations out channels_last.
+    #: See sfpn.engine.precision.
     amp: str = setting("auto", ("auto", "bf16", "fp16", "off"))
 
 

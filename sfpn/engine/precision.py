@@ -3,10 +3,9 @@
 ``solver.amp`` (training, and evaluation of the trained model):
 
 * ``auto``: on CUDA, bf16 autocast where the GPU supports it, else fp16 (with a grad scaler). On
-  the CPU, bf16 autocast with channels_last weights and activations when the CPU computes bf16
-  natively (:func:`cpu_native_bf16`), else fp32.
-* ``bf16``: bf16 autocast on either device (channels_last on the CPU), even on a CPU that
-  emulates bf16 (the reason says so: expect it slower than fp32 there).
+  the CPU, bf16 autocast when the CPU computes bf16 natively (:func:`cpu_native_bf16`), else fp32.
+* ``bf16``: bf16 autocast on either device, even on a CPU that emulates bf16 (the reason says
+  so: expect it slower than fp32 there).
 * ``fp16``: fp16 autocast with a grad scaler; CUDA only.
 * ``off``: fp32.
 
@@ -14,10 +13,13 @@ Under autocast the ops keep in fp32 what needs it: the losses (autocast's own fp
 entropy, smooth L1, BCE), box decoding (``BoxCoder.decode`` computes in fp32), NMS's IoUs (its
 autocast rule casts boxes and scores to fp32) and the semantic cross entropy's accumulation.
 
-Why channels_last on the CPU only: oneDNN's bf16 convolutions run on NHWC activations; given
-NCHW ones they convert them at every convolution (measured: a 3x3 conv 256->256 at 64x84, batch
-2, one thread, forward and backward, 832 ms in fp32 and 135 ms in bf16 with channels_last on an
-Intel Xeon with AMX). On CUDA the layout stays as it was.
+On the CPU weights and activations are channels_last in every mode, wherever oneDNN runs the
+convolutions (:func:`cpu_channels_last`): oneDNN convolves NHWC activations as they are and
+converts NCHW ones at every convolution. Measured: a 3x3 conv 256->256 at 64x84, batch 2, one
+thread, forward and backward, 832 ms in fp32 and 135 ms in bf16 with channels_last on an Intel
+Xeon with AMX; R50 Faster R-CNN at the COCO shape in fp32, 2 threads, on an AMD EPYC (Zen 5):
+inference 1.6x and a training step 1.17x faster channels_last than NCHW (benchmarks/RESULTS.md,
+2026-12-03). On CUDA the layout stays as it was.
 """
 from __future__ import annotations
 
@@ -107,7 +109,7 @@ def cpu_native_bf16(flags=None) -> tuple[bool, str]:
     on bf16 instructions. On any other CPU it emulates bf16 through fp32 and conversions, slower
     than fp32, so ``auto`` stays in fp32 there. AVX512-BF16 without AMX pays too: on an AMD EPYC
     (Zen 5) the default run's training step ran 1.84x faster in bf16 with channels_last than in
-    fp32 at one thread (1.74x at two), its inference 1.69x (benchmarks/RESULTS.md, 2026-12-03).
+    fp32 NCHW at one thread (1.74x at two), its inference 1.69x (benchmarks/RESULTS.md, 2026-12-03).
     """
     flags = cpu_flags() if flags is None else frozenset(flags)
     if not flags:
@@ -120,6 +122,12 @@ def cpu_native_bf16(flags=None) -> tuple[bool, str]:
     return False, "the CPU has neither AMX-BF16 nor AVX512-BF16: bf16 would be emulated, slower than fp32"
 
 
+def cpu_channels_last() -> bool:
+    """Whether CPU runs lay weights and activations out channels_last: where this torch has
+    oneDNN (``torch.backends.mkldnn``), whose convolutions read NHWC as it is."""
+    return torch.backends.mkldnn.is_available()
+
+
 def choose_precision(amp: str, device: torch.device | str, flags=None) -> Precision:
     """The precision ``solver.amp = amp`` gives on ``device`` (``flags``: the CPU flags, for tests).
 
@@ -128,7 +136,7 @@ def choose_precision(amp: str, device: torch.device | str, flags=None) -> Precis
     check_value("solver.amp", amp, AMP_MODES)
     device_type = torch.device(device).type
     if amp == "off":
-        return Precision(torch.float32, False, "solver.amp=off")
+        return Precision(torch.float32, device_type == "cpu" and cpu_channels_last(), "solver.amp=off")
     if device_type == "cuda":
         if amp == "auto":
             supported = torch.cuda.is_bf16_supported()
@@ -142,11 +150,10 @@ def choose_precision(amp: str, device: torch.device | str, flags=None) -> Precis
     if amp == "fp16":
         raise ValueError("solver.amp=fp16 needs CUDA; on the CPU use auto, bf16 or off")
     native, why = cpu_native_bf16(flags)
+    channels_last = cpu_channels_last()
     if amp == "bf16":
-        return Precision(torch.bfloat16, True, "solver.amp=bf16" + ("" if native else f", although {why}"))
-    if native:
-        return Precision(torch.bfloat16, True, f"solver.amp=auto: {why}")
-    return Precision(torch.float32, False, f"solver.amp=auto: {why}")
+        return Precision(torch.bfloat16, channels_last, "solver.amp=bf16" + ("" if native else f", although {why}"))
+    return Precision(torch.bfloat16 if native else torch.float32, channels_last, f"solver.amp=auto: {why}")
 
 
 def prepare_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:

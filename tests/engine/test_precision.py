@@ -85,18 +85,24 @@ def test_native_bf16_rule_reads_the_cpu_flags(flags, native, words):
     assert found is native and words in reason
 
 
-@pytest.mark.parametrize("flags,dtype,channels_last", [(SAPPHIRE_RAPIDS, torch.bfloat16, True),
-                                                       (ZEN5, torch.bfloat16, True),
-                                                       (SKYLAKE_X, torch.float32, False)])
-def test_auto_on_the_cpu_takes_bf16_only_where_native(flags, dtype, channels_last):
+@pytest.mark.parametrize("flags,dtype", [(SAPPHIRE_RAPIDS, torch.bfloat16), (ZEN5, torch.bfloat16), (SKYLAKE_X, torch.float32)])
+def test_auto_on_the_cpu_takes_bf16_only_where_native(flags, dtype):
     chosen = choose_precision("auto", "cpu", flags)
-    assert (chosen.dtype, chosen.channels_last) == (dtype, channels_last)
+    assert (chosen.dtype, chosen.channels_last) == (dtype, True)
     assert chosen.reason == f"solver.amp=auto: {cpu_native_bf16(flags)[1]}"
-    assert chosen.describe().startswith("bf16 autocast, channels_last (" if channels_last else "fp32 (")
+    assert chosen.describe().startswith("bf16 autocast, channels_last (" if dtype == torch.bfloat16 else "fp32, channels_last (")
+
+
+@pytest.mark.parametrize("amp", ["auto", "bf16", "off"])
+def test_every_cpu_mode_is_channels_last_where_onednn_convolves(monkeypatch, amp):
+    assert choose_precision(amp, "cpu", ZEN5).channels_last
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not choose_precision(amp, "cpu", ZEN5).channels_last
 
 
 def test_off_and_bf16_force_their_precision_and_fp16_needs_cuda():
-    assert choose_precision("off", "cpu", SAPPHIRE_RAPIDS) == Precision(torch.float32, False, "solver.amp=off")
+    assert choose_precision("off", "cpu", SAPPHIRE_RAPIDS) == Precision(torch.float32, True, "solver.amp=off")
+    assert choose_precision("off", "cuda") == Precision(torch.float32, False, "solver.amp=off")
     forced = choose_precision("bf16", "cpu", SKYLAKE_X)
     assert (forced.dtype, forced.channels_last) == (torch.bfloat16, True) and "emulated" in forced.reason
     assert choose_precision("bf16", "cpu", ZEN5).reason == "solver.amp=bf16"
@@ -120,9 +126,9 @@ def test_auto_on_cuda_keeps_bf16_where_supported_else_fp16(monkeypatch, supporte
 
 def test_autocast_context_and_model_layout():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 2))
-    prepare_model(model, choose_precision("auto", "cpu", SKYLAKE_X))
+    prepare_model(model, Precision(torch.float32, False, "as on CUDA"))
     assert model[0].weight.is_contiguous()
-    prepare_model(model, choose_precision("auto", "cpu", ZEN5))
+    prepare_model(model, choose_precision("auto", "cpu", SKYLAKE_X))
     assert is_channels_last(model[0].weight) and model[1].weight.is_contiguous()
     with choose_precision("auto", "cpu", ZEN5).autocast("cpu"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
