@@ -6,17 +6,20 @@ twin (the semantic branch's price) and against torchvision's Faster R-CNN.
 A training step = forward + backward of the training losses (no optimizer step); inference =
 the eval-mode forward of the batch under ``torch.no_grad``. On CUDA each ends with a synchronize,
 so the time is the wall time. Implementations (the ``impl`` id, ``<detector>[-bf16]``): ``sfpn``,
-``fpn`` and ``torchvision`` in fp32; with ``-bf16`` the same under bf16 autocast, as
-``solver.amp=bf16`` runs them (``sfpn.engine.precision``: channels_last weights and images on the
-CPU). Each group reads every row against ``sfpn`` in fp32 (table.py: peer time / ours), so a
-``-bf16`` row's ratio is its time over fp32 SFPN's: 0.5x is twice as fast. Groups:
+``fpn`` and ``torchvision`` in fp32 (``solver.amp=off``); with ``-bf16`` the same under bf16
+autocast (``solver.amp=bf16``). Every row, torchvision's too, is laid out as
+``sfpn.engine.precision`` lays it out: channels_last weights and images on the CPU. Each group
+reads every row against ``sfpn`` in fp32 (table.py: peer time / ours), so a ``-bf16`` row's ratio
+is its time over fp32 SFPN's: 0.5x is twice as fast. Groups:
 ``step-coco [device]`` and ``infer-coco [device]``: R50 detectors at the COCO shape (batch 2 at
-800x1344, 80 classes, 20 boxes per image): ``sfpn`` (faster_rcnn_r50_sfpn_1x), ``fpn``
+800x1344, 80 classes, 20 boxes per image): ``sfpn`` (faster_rcnn_r50_sfpn_1x), ``sfpn-head128``
+(the same with a semantic head 128 channels wide, DESIGN.md's option for cost), ``fpn``
 (faster_rcnn_r50_fpn_1x, the same detector without the semantic branch), ``torchvision``
-(fasterrcnn_resnet50_fpn, random weights, its resize set to leave 800x1344 as it is), and for the
-training step the Mask and Cascade R-CNN SFPN presets. On a 2-core CPU one single-threaded step
-takes about half a minute, hence two timed rounds after one warm-up there (and --full only, see
-conftest.py).
+(fasterrcnn_resnet50_fpn's detector as torchvision fine-tunes it from ImageNet weights: frozen
+BatchNorm, stem and layer1 frozen; random weights here; its resize set to leave 800x1344 as it
+is), and for the training step the Mask and Cascade R-CNN SFPN presets. On a 2-core CPU one
+single-threaded step takes about half a minute, hence two timed rounds after one warm-up there
+(and --full only, see conftest.py).
 ``step-small [device]`` and ``infer-small [device]``: the CPU presets (faster_rcnn_r18_sfpn_small
 as ``sfpn``, its FPN twin as ``fpn``) at 2 x 320 x 320, the size the synthetic default trains at.
 
@@ -32,9 +35,10 @@ import sfpn
 from sfpn.engine.precision import choose_precision, prepare_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# impl -> preset (None: torchvision's). The ratios are read against "sfpn".
+# impl -> preset (None: torchvision's), or (preset, overrides). The ratios are read against "sfpn".
 COCO_DETECTORS = {
     "sfpn": "faster_rcnn_r50_sfpn_1x",
+    "sfpn-head128": ("faster_rcnn_r50_sfpn_1x", {"neck.semantic_channels": 128}),
     "fpn": "faster_rcnn_r50_fpn_1x",
     "torchvision": None,
     "mask-sfpn": "mask_rcnn_r50_sfpn_1x",
@@ -71,10 +75,15 @@ def _batch(height: int, width: int, num_classes: int, boxes_per_image: int, devi
 
 def _torchvision_faster_rcnn(num_classes: int, height: int, width: int):
     detection = pytest.importorskip("torchvision.models.detection")
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+
+    # As fasterrcnn_resnet50_fpn builds it from ImageNet weights, and as our R50 presets are (frozen
+    # BatchNorm, stem and layer1 frozen), with random weights; without weights torchvision would
+    # train BatchNorm and every stage, a costlier step than ours.
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
     # min_size/max_size equal to the batch's size: torchvision's transform then keeps 800x1344.
-    return detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=height, max_size=width
-    )
+    return detection.FasterRCNN(backbone, num_classes=num_classes + 1, min_size=height, max_size=width)
 
 
 def _prepared(model, impl: str, device: str):
@@ -113,8 +122,10 @@ def _time_inference(benchmark, model, precision, images, device: str, rounds: in
 
 def _coco_detector(impl: str, num_classes: int, height: int, width: int, device: str):
     preset = COCO_DETECTORS[impl.removesuffix(BF16)]
-    model = _torchvision_faster_rcnn(num_classes, height, width) if preset is None else sfpn.build_detector(preset, num_classes)
-    return _prepared(model, impl, device)
+    if preset is None:
+        return _prepared(_torchvision_faster_rcnn(num_classes, height, width), impl, device)
+    preset, overrides = preset if isinstance(preset, tuple) else (preset, {})
+    return _prepared(sfpn.build_detector(preset, num_classes, **overrides), impl, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -132,7 +143,7 @@ def test_step_coco_shape(benchmark, device, impl):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", with_bf16(["sfpn", "fpn", "torchvision"]))
+@pytest.mark.parametrize("impl", with_bf16(["sfpn", "sfpn-head128", "fpn", "torchvision"]))
 def test_inference_coco_shape(benchmark, device, impl):
     benchmark.group = f"infer-coco [{device}]"
     torch.manual_seed(0)
