@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/vector_clones.h"
 #include "resize_index.h"
 
 namespace sfpn::cross_entropy::cpu {
@@ -75,6 +76,7 @@ struct RunResult {
   int64_t first_row = 0;
   std::vector<acc_t> grad;
   double loss = 0, weight = 0;
+  std::optional<int64_t> bad_label;  // the first label neither a class nor ignore_index: the run stopped there
 };
 
 // What one call computes, in the accumulation type acc_t (float, or double for double logits).
@@ -89,6 +91,77 @@ struct Problem {
   bool compute_grad;
 };
 
+// Label rows [row_begin, row_end) of the (N * H) rows: their loss and weight into `out`, and,
+// with compute_grad, their gradient scattered into out.grad (the source rows from out.first_row
+// on). `blended` and `probs` are K-long scratch rows. Stops at a label that is neither a class
+// nor ignore_index, recorded in out.bad_label (a clone cannot throw: vector_clones.h).
+template <typename acc_t, typename label_t>
+SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_t* labels,
+                                           const resize::Axis<acc_t>& row_axis, const resize::Taps<acc_t>* cols,
+                                           int64_t row_begin, int64_t row_end, RunResult<acc_t>& out,
+                                           acc_t* blended, acc_t* probs) {
+  const int64_t K = p.classes;
+  const acc_t hit = acc_t(1) - p.smoothing, spread = p.smoothing / static_cast<acc_t>(K);
+  double run_loss = 0, run_weight = 0;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const resize::Taps<acc_t> ty = row_axis.taps_of(r % p.height);
+    const int64_t upper = (r / p.height) * p.in_h + ty.index0, lower = upper - ty.index0 + ty.index1;
+    const label_t* label_row = labels + r * p.width;
+    for (int64_t x = 0; x < p.width; ++x) {
+      const int64_t label = static_cast<int64_t>(label_row[x]);
+      if (label == p.ignore_index) continue;
+      if (label < 0 || label >= K) {
+        out.bad_label = label;
+        return;
+      }
+      const resize::Taps<acc_t>& tx = cols[x];
+      const acc_t w00 = ty.weight0 * tx.weight0, w01 = ty.weight0 * tx.weight1;
+      const acc_t w10 = ty.weight1 * tx.weight0, w11 = ty.weight1 * tx.weight1;
+      const acc_t* l00 = p.logits + (upper * p.in_w + tx.index0) * K;
+      const acc_t* l01 = p.logits + (upper * p.in_w + tx.index1) * K;
+      const acc_t* l10 = p.logits + (lower * p.in_w + tx.index0) * K;
+      const acc_t* l11 = p.logits + (lower * p.in_w + tx.index1) * K;
+      acc_t top = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : top)
+      for (int64_t k = 0; k < K; ++k) {
+        blended[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
+        top = std::max(top, blended[k]);
+      }
+      acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < K; ++k) {
+        probs[k] = exp_nonpositive(blended[k] - top);
+        sum += probs[k];
+      }
+      const acc_t log_sum_exp = top + std::log(sum);
+      const acc_t pixel_weight = p.weight ? p.weight[label] : acc_t(1);
+      acc_t pixel_loss = hit * (log_sum_exp - blended[label]);
+      if (p.smoothing != acc_t(0)) {
+        acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t k = 0; k < K; ++k) total += blended[k];
+        pixel_loss += p.smoothing * (log_sum_exp - total / static_cast<acc_t>(K));
+      }
+      run_loss += static_cast<double>(pixel_weight * pixel_loss);
+      run_weight += static_cast<double>(pixel_weight);
+      if (!p.compute_grad) continue;
+      const acc_t scale = pixel_weight / sum, shift = pixel_weight * spread;
+      for (int64_t k = 0; k < K; ++k) probs[k] = probs[k] * scale - shift;
+      probs[label] -= pixel_weight * hit;
+      acc_t* g00 = out.grad.data() + ((upper - out.first_row) * p.in_w + tx.index0) * K;
+      acc_t* g01 = out.grad.data() + ((upper - out.first_row) * p.in_w + tx.index1) * K;
+      acc_t* g10 = out.grad.data() + ((lower - out.first_row) * p.in_w + tx.index0) * K;
+      acc_t* g11 = out.grad.data() + ((lower - out.first_row) * p.in_w + tx.index1) * K;
+      for (int64_t k = 0; k < K; ++k) g00[k] += w00 * probs[k];
+      if (w01 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g01[k] += w01 * probs[k];
+      if (w10 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g10[k] += w10 * probs[k];
+      if (w11 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g11[k] += w11 * probs[k];
+    }
+  }
+  out.loss = run_loss;
+  out.weight = run_weight;
+}
+
 template <typename acc_t, typename label_t>
 void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, double& loss, double& weight_sum) {
   const resize::Axis<acc_t> row_axis(p.in_h, p.height, /*linear=*/true, /*align_corners=*/false);
@@ -98,12 +171,10 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
   const int64_t rows = p.batch * p.height, K = p.classes;
   if (rows == 0) return;
   const int64_t runs = std::clamp<int64_t>(rows * p.width * K / kMinRunWork, 1, std::min<int64_t>(at::get_num_threads(), rows));
-  // The flattened source row (n * h + i) that label row r reads with its upper or lower tap.
   auto source_row = [&](int64_t r, bool lower) {
     const resize::Taps<acc_t> t = row_axis.taps_of(r % p.height);
     return (r / p.height) * p.in_h + (lower ? t.index1 : t.index0);
   };
-  const acc_t hit = acc_t(1) - p.smoothing, spread = p.smoothing / static_cast<acc_t>(K);
   std::vector<RunResult<acc_t>> results(runs);
 
   at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
@@ -113,69 +184,13 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
       RunResult<acc_t>& out = results[run];
       out.first_row = source_row(row_begin, false);
       if (p.compute_grad) out.grad.assign((source_row(row_end - 1, true) - out.first_row + 1) * p.in_w * K, acc_t(0));
-      double run_loss = 0, run_weight = 0;
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        const resize::Taps<acc_t> ty = row_axis.taps_of(r % p.height);
-        const int64_t upper = (r / p.height) * p.in_h + ty.index0, lower = upper - ty.index0 + ty.index1;
-        const label_t* label_row = labels + r * p.width;
-        for (int64_t x = 0; x < p.width; ++x) {
-          const int64_t label = static_cast<int64_t>(label_row[x]);
-          if (label == p.ignore_index) continue;
-          TORCH_CHECK(label >= 0 && label < K, "sfpn::", p.op, ": labels must be classes in [0, ", K,
-                      ") or ignore_index (", p.ignore_index, "), got ", label);
-          const resize::Taps<acc_t>& tx = cols[x];
-          const acc_t w00 = ty.weight0 * tx.weight0, w01 = ty.weight0 * tx.weight1;
-          const acc_t w10 = ty.weight1 * tx.weight0, w11 = ty.weight1 * tx.weight1;
-          const acc_t* l00 = p.logits + (upper * p.in_w + tx.index0) * K;
-          const acc_t* l01 = p.logits + (upper * p.in_w + tx.index1) * K;
-          const acc_t* l10 = p.logits + (lower * p.in_w + tx.index0) * K;
-          const acc_t* l11 = p.logits + (lower * p.in_w + tx.index1) * K;
-          acc_t top = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : top)
-          for (int64_t k = 0; k < K; ++k) {
-            blended[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
-            top = std::max(top, blended[k]);
-          }
-          acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t k = 0; k < K; ++k) {
-            probs[k] = exp_nonpositive(blended[k] - top);
-            sum += probs[k];
-          }
-          const acc_t log_sum_exp = top + std::log(sum);
-          const acc_t pixel_weight = p.weight ? p.weight[label] : acc_t(1);
-          // -log softmax of the label, and with smoothing the mean of -log softmax over the classes.
-          acc_t pixel_loss = hit * (log_sum_exp - blended[label]);
-          if (p.smoothing != acc_t(0)) {
-            acc_t total = 0;
-#pragma omp simd reduction(+ : total)
-            for (int64_t k = 0; k < K; ++k) total += blended[k];
-            pixel_loss += p.smoothing * (log_sum_exp - total / static_cast<acc_t>(K));
-          }
-          run_loss += static_cast<double>(pixel_weight * pixel_loss);
-          run_weight += static_cast<double>(pixel_weight);
-          if (!p.compute_grad) continue;
-          const acc_t scale = pixel_weight / sum, shift = pixel_weight * spread;
-          for (int64_t k = 0; k < K; ++k) probs[k] = probs[k] * scale - shift;
-          probs[label] -= pixel_weight * hit;
-          // The adjoint of the blend. At the last row or column two taps are one source pixel (the
-          // second with weight 0), so the four buffers may alias: no __restrict__ here.
-          acc_t* g00 = out.grad.data() + ((upper - out.first_row) * p.in_w + tx.index0) * K;
-          acc_t* g01 = out.grad.data() + ((upper - out.first_row) * p.in_w + tx.index1) * K;
-          acc_t* g10 = out.grad.data() + ((lower - out.first_row) * p.in_w + tx.index0) * K;
-          acc_t* g11 = out.grad.data() + ((lower - out.first_row) * p.in_w + tx.index1) * K;
-          for (int64_t k = 0; k < K; ++k) g00[k] += w00 * probs[k];
-          if (w01 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g01[k] += w01 * probs[k];
-          if (w10 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g10[k] += w10 * probs[k];
-          if (w11 != acc_t(0)) for (int64_t k = 0; k < K; ++k) g11[k] += w11 * probs[k];
-        }
-      }
-      out.loss = run_loss;
-      out.weight = run_weight;
+      loss_and_grad_rows(p, labels, row_axis, cols.data(), row_begin, row_end, out, blended.data(), probs.data());
     }
   });
 
   for (const RunResult<acc_t>& run : results) {  // in run order: deterministic
+    TORCH_CHECK(!run.bad_label, "sfpn::", p.op, ": labels must be classes in [0, ", K, ") or ignore_index (",
+                p.ignore_index, "), got ", run.bad_label.value_or(0));
     loss += run.loss;
     weight_sum += run.weight;
     if (!p.compute_grad) continue;
