@@ -4,7 +4,8 @@ same CPU cores (goal: at most 2.5x the time alone when two processes share two c
     pytest benchmarks/bench_shared_cpu.py --benchmark-only
 
 The step: ``python -m sfpn.train``'s default detector (faster_rcnn_r18_sfpn_small, 4 classes),
-a batch of 4 images at 256x320, forward, backward and an SGD step. The competitor is this file
+a batch of 4 images at 256x320, forward, backward and an SGD step, in the precision and layout
+that ``solver.amp=auto`` gives on this CPU, as the default run trains. The competitor is this file
 run as a script (``python benchmarks/bench_shared_cpu.py``): the same step in a loop, in a fresh
 process with this one's environment and as many threads. Two processes that each use every core
 is the case OpenMP's default spin-waiting made 10-35x slower (sfpn/_threads.py); run with
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import sfpn
+from sfpn.engine.precision import choose_precision, prepare_model
 
 IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
 
@@ -25,7 +27,8 @@ IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
 def training_step():
     """The step as a closure over a fresh model, optimizer and random batch."""
     torch.manual_seed(0)
-    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES).train()
+    precision = choose_precision("auto", "cpu")
+    model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     images, targets = [], []
     for _ in range(IMAGES):
@@ -38,7 +41,8 @@ def training_step():
         })
 
     def step():
-        losses = model(images, targets)
+        with precision.autocast("cpu"):
+            losses = model(images, targets)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()

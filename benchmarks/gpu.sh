@@ -56,7 +56,7 @@ log="$OUT_DIR/${stamp}-gpu.log"
 deadline=$((SECONDS + BUDGET))
 failures=()
 
-# The OpenMP wait policy is the package's own (sfpn/_threads.py: GOMP_SPINCOUNT=1000), which the
+# The OpenMP wait policy is the package's own (sfpn/_threads.py: GOMP_SPINCOUNT=100000), which the
 # CPU rows then measure as users get it.
 export PYTHONUNBUFFERED=1
 

@@ -7,7 +7,8 @@ The wait policy is read once, when ``import torch`` loads libgomp, so every sett
 own processes: a measuring process (``--worker``: warm-up steps, then ``--steps`` timed steps,
 printing the median) and, for the shared case, a competitor running the same step in a loop
 with the same setting, as two sfpn trainings on one machine would. The step is
-``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320).
+``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320, in the precision
+that ``solver.amp=auto`` gives here).
 
 Rounds interleave the settings (round 1: every setting alone, then every setting shared; round
 2: the same) so that a drift of the machine's speed spreads over all settings instead of

@@ -9,12 +9,14 @@ of parallel regions in a training step: on a 2-core machine beside one other tra
 step of the default detector took 4-40x its idle time. ``OMP_WAIT_POLICY=PASSIVE`` (sleep at
 once) cured that but made every idle step ~20% slower, paying a wake-up at each region.
 
-sfpn sets ``GOMP_SPINCOUNT=1000`` instead: a waiting thread spins ~10 us, long enough for a
+sfpn sets ``GOMP_SPINCOUNT=100000`` instead: a waiting thread spins ~1 ms, long enough for a
 sibling that is running to arrive, then sleeps. On the 2-core EPYC dev machine
-(``benchmarks/wait_policy.py``, benchmarks/RESULTS.md 2026-12-03) the default run's step took
-1.02x libgomp's own default alone and 2.4x its idle time beside a second training (PASSIVE: 1.20x
-and 2.0x; libgomp's default: 4.3x, up to 40x). 1000 is also what libgomp itself spins when it
-knows the cores are oversubscribed.
+(``benchmarks/wait_policy.py``, benchmarks/RESULTS.md 2026-12-03) it was the fastest setting or
+within 3% of it alone, and the fastest beside a second training, in each of three grids: with
+the default run's step as it trains (bf16, channels_last; 5 rounds) 0.91x libgomp's default
+alone and 0.43 s shared, against PASSIVE's 1.32x and 0.67 s and a 1000-spin's 1.03x and 0.75 s;
+in fp32 1.03x alone and 2.3x its idle time shared. It never collapsed there, where 10000 and
+libgomp's default did (5x, 40x) in some rounds.
 
 ``sfpn/__init__.py`` calls :func:`prefer_bounded_spinning` before anything imports torch, so every
 entry point (``python -m sfpn.train``, ``sfpn.eval``, ``sfpn.demo``, a script that imports sfpn
@@ -29,7 +31,7 @@ import sys
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 #: Spins of a waiting thread before it sleeps (libgomp's unit: one spin is a few nanoseconds).
-SPIN_COUNT = "1000"
+SPIN_COUNT = "100000"
 
 
 def prefer_bounded_spinning() -> bool:

@@ -1,7 +1,7 @@
 """sfpn's OpenMP wait policy (sfpn/_threads.py) reaches libgomp, in fresh processes.
 
 libgomp prints the settings it started with when OMP_DISPLAY_ENV is set; its spin count is what
-the wait policy decides: sfpn's bounded 1000, 0 for PASSIVE, 300000 by default, 30000000000 for
+the wait policy decides: sfpn's bounded 100000, 0 for PASSIVE, 300000 by default, 30000000000 for
 ACTIVE.
 """
 import os
@@ -26,7 +26,7 @@ def libgomp_spin_count(code: list[str], **env) -> str:
 
 
 def test_importing_sfpn_first_bounds_the_spinning():
-    assert libgomp_spin_count(["-c", "import sfpn, torch; torch.ones(4).sum()"]) == "1000"
+    assert libgomp_spin_count(["-c", "import sfpn, torch; torch.ones(4).sum()"]) == "100000"
 
 
 @pytest.mark.parametrize("setting", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}], ids=str)
@@ -43,4 +43,4 @@ def test_torch_imported_first_is_left_alone():
 def test_pytest_runs_get_bounded_spinning():
     """The root conftest.py applies it before tests/conftest.py imports torch."""
     here = os.path.relpath(__file__, ROOT)
-    assert libgomp_spin_count(["-m", "pytest", "-q", "--collect-only", "-s", "-p", "no:cacheprovider", here]) == "1000"
+    assert libgomp_spin_count(["-m", "pytest", "-q", "--collect-only", "-s", "-p", "no:cacheprovider", here]) == "100000"
