@@ -189,9 +189,9 @@ def _loss_and_grad(logits, labels, weight, ignore_index, reduction, label_smooth
     if label_smoothing:  # the smoothed target's uniform part (never with class weights)
         pixel_loss.sub_(log_probs.sum(1), alpha=label_smoothing / num_classes)
     loss = (pixel_loss * pixel_weight).sum()
-    if reduction == "mean":  # over the labelled pixels' summed weight: 0 / 0 = NaN with none, as F.cross_entropy
-        total = pixel_weight.sum()
-        loss, pixel_weight = loss / total, pixel_weight / total
+    if reduction == "mean":  # over the labelled pixels' summed weight: 0 / 0 = NaN with none, as F.cross_entropy,
+        total = pixel_weight.sum()  # whose gradient is 0 then: every pixel weight is 0, divided by at least tiny
+        loss, pixel_weight = loss / total, pixel_weight / total.clamp_min(torch.finfo(total.dtype).tiny)
     if not compute_grad:
         return loss, None
     grad = log_probs.exp_()

@@ -409,13 +409,17 @@ def test_cpu_kernel_depends_on_the_thread_count_only(generator):
     torch.testing.assert_close(first[1], one_thread[1], **FP32)
 
 
-@needs_cpu_kernel
+@pytest.mark.parametrize("serving", SERVINGS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_cpu_kernel_with_every_pixel_ignored(generator, reduction):
-    """The mean is 0 / 0 = NaN and the sum 0, as F.cross_entropy; the gradient is 0 either way."""
+@pytest.mark.parametrize("upsample", [False, True])
+def test_cpu_op_with_every_pixel_ignored(generator, upsample, reduction, serving):
+    """The mean is 0 / 0 = NaN and the sum 0, as F.cross_entropy; the gradient is 0 either way
+    (a NaN there would poison every weight the step updates)."""
     logits = randn(generator, 1, 4, 3, 3).requires_grad_()
-    labels = torch.full((1, 7, 7), 255, dtype=torch.uint8)
-    loss = ops.upsample_cross_entropy(logits, labels, reduction=reduction)
+    labels = torch.full((1, 7, 7) if upsample else (1, 3, 3), 255, dtype=torch.uint8)
+    op = ops.upsample_cross_entropy if upsample else ops.semantic_cross_entropy
+    with served(serving):
+        loss = op(logits, labels, reduction=reduction)
     assert loss.isnan() if reduction == "mean" else loss == 0
     assert torch.equal(torch.autograd.grad(loss, logits)[0], torch.zeros_like(logits))
 
