@@ -40,6 +40,8 @@ namespace {
 
 // Class-pixel evaluations (a few ns each) per run at least: small maps run on one thread.
 constexpr int64_t kMinRunWork = int64_t(1) << 18;
+// The one op this file serves, as its error messages name it.
+constexpr const char* kOp = "upsample_cross_entropy";
 
 // exp(x) for x <= 0 (a logit minus the pixel's largest), in a form the compiler vectorises, as
 // the libm call is not: exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in
@@ -82,7 +84,6 @@ struct RunResult {
 // What one call computes, in the accumulation type acc_t (float, or double for double logits).
 template <typename acc_t>
 struct Problem {
-  const char* op;
   const acc_t* logits;  // (N, h, w, K), contiguous
   const acc_t* weight;  // (K,) or nullptr
   int64_t batch, classes, in_h, in_w, height, width;
@@ -171,6 +172,7 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
   const int64_t rows = p.batch * p.height, K = p.classes;
   if (rows == 0) return;
   const int64_t runs = std::clamp<int64_t>(rows * p.width * K / kMinRunWork, 1, std::min<int64_t>(at::get_num_threads(), rows));
+  // The flattened source row (n * h + i) that label row r reads with its upper or lower tap.
   auto source_row = [&](int64_t r, bool lower) {
     const resize::Taps<acc_t> t = row_axis.taps_of(r % p.height);
     return (r / p.height) * p.in_h + (lower ? t.index1 : t.index0);
@@ -189,7 +191,7 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
   });
 
   for (const RunResult<acc_t>& run : results) {  // in run order: deterministic
-    TORCH_CHECK(!run.bad_label, "sfpn::", p.op, ": labels must be classes in [0, ", K, ") or ignore_index (",
+    TORCH_CHECK(!run.bad_label, "sfpn::", kOp, ": labels must be classes in [0, ", K, ") or ignore_index (",
                 p.ignore_index, "), got ", run.bad_label.value_or(0));
     loss += run.loss;
     weight_sum += run.weight;
@@ -199,26 +201,26 @@ void loss_and_grad(const Problem<acc_t>& p, const label_t* labels, acc_t* grad, 
   }
 }
 
-void check_arguments(const char* op, const at::Tensor& logits, const at::Tensor& labels,
+void check_arguments(const at::Tensor& logits, const at::Tensor& labels,
                      const std::optional<at::Tensor>& weight, std::string_view reduction, double smoothing) {
-  checks::check_tensor(op, "logits", logits, 4, "(N, K, h, w)");
-  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, "sfpn::", op,
+  checks::check_tensor(kOp, "logits", logits, 4, "(N, K, h, w)");
+  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, "sfpn::", kOp,
               ": logits must have at least one class and one pixel, got shape ", logits.sizes());
-  TORCH_CHECK(labels.dim() == 3 && at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), "sfpn::", op,
+  TORCH_CHECK(labels.dim() == 3 && at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), "sfpn::", kOp,
               ": labels must be integer classes (N, H, W), got ", labels.scalar_type(), " of shape ", labels.sizes());
-  checks::check_same_device(op, "labels", labels, "logits", logits);
-  TORCH_CHECK(labels.size(0) == logits.size(0), "sfpn::", op, ": labels must have logits' batch size ", logits.size(0),
+  checks::check_same_device(kOp, "labels", labels, "logits", logits);
+  TORCH_CHECK(labels.size(0) == logits.size(0), "sfpn::", kOp, ": labels must have logits' batch size ", logits.size(0),
               ", got shape ", labels.sizes());
-  TORCH_CHECK(reduction == "mean" || reduction == "sum", "sfpn::", op, ": reduction must be 'mean' or 'sum', got '",
+  TORCH_CHECK(reduction == "mean" || reduction == "sum", "sfpn::", kOp, ": reduction must be 'mean' or 'sum', got '",
               reduction, "'");
-  TORCH_CHECK(smoothing >= 0 && smoothing <= 1, "sfpn::", op, ": label_smoothing must be in [0, 1], got ", smoothing);
+  TORCH_CHECK(smoothing >= 0 && smoothing <= 1, "sfpn::", kOp, ": label_smoothing must be in [0, 1], got ", smoothing);
   if (weight.has_value()) {
     const at::Tensor& w = *weight;
     TORCH_CHECK(w.dim() == 1 && w.size(0) == logits.size(1) && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
-                "sfpn::", op, ": weight must be float32 or float64 (K,) with K = ", logits.size(1), ", got ",
+                "sfpn::", kOp, ": weight must be float32 or float64 (K,) with K = ", logits.size(1), ", got ",
                 w.scalar_type(), " of shape ", w.sizes());
-    checks::check_same_device(op, "weight", w, "logits", logits);
-    TORCH_CHECK(smoothing == 0, "sfpn::", op, ": weight and label_smoothing (", smoothing, ") cannot be combined");
+    checks::check_same_device(kOp, "weight", w, "logits", logits);
+    TORCH_CHECK(smoothing == 0, "sfpn::", kOp, ": weight and label_smoothing (", smoothing, ") cannot be combined");
   }
 }
 
@@ -228,9 +230,8 @@ std::tuple<at::Tensor, at::Tensor> upsample_cross_entropy(const at::Tensor& logi
                                                           const std::optional<at::Tensor>& weight, int64_t ignore_index,
                                                           c10::string_view reduction_name, double smoothing,
                                                           bool compute_grad) {
-  constexpr const char* op = "upsample_cross_entropy";
   const std::string_view reduction(reduction_name.data(), reduction_name.size());
-  check_arguments(op, logits, labels, weight, reduction, smoothing);
+  check_arguments(logits, labels, weight, reduction, smoothing);
   const at::ScalarType acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor source = logits.to(acc_type).permute({0, 2, 3, 1}).contiguous();  // (N, h, w, K)
   const at::Tensor label_map = labels.contiguous();
@@ -242,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> upsample_cross_entropy(const at::Tensor& logi
   double loss = 0, weight_sum = 0;
   AT_DISPATCH_FLOATING_TYPES(acc_type, "sfpn::cross_entropy", [&] {
     using acc_t = scalar_t;
-    const Problem<acc_t> problem{op, source.const_data_ptr<acc_t>(),
+    const Problem<acc_t> problem{source.const_data_ptr<acc_t>(),
                                  class_weight ? class_weight->const_data_ptr<acc_t>() : nullptr,
                                  logits.size(0), logits.size(1), logits.size(2), logits.size(3), labels.size(1),
                                  labels.size(2), ignore_index, static_cast<acc_t>(smoothing), compute_grad};
