@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from sfpn.data.synthetic import label_maps_dir, synthetic_dataset
-    from sfpn.study import threads_per_job
+    from sfpn.study import job_environment, threads_per_job
 
     spec = validation_spec(args.dataset, args.val_images)
     val = synthetic_dataset(spec)["val"]
@@ -92,9 +92,8 @@ def main(argv=None) -> int:
 
     def rescore(job) -> str:
         config, seed, out, command = job
-        env = dict(os.environ) if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
         with open(os.path.join(out, "eval.log"), "w") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=job_environment(threads)).returncode
         if code:
             return f"{config} {seed}: sfpn.eval failed ({code}), see {os.path.join(out, 'eval.log')}"
         os.replace(os.path.join(out, "eval.json.part"), os.path.join(out, "eval.json"))  # finished runs only

@@ -135,11 +135,15 @@ def train_argv(config: RunConfig, seed: int, directory: str, data_args: Sequence
 def launch_subprocess(argv: list[str], directory: str, threads: int | None = None) -> int:
     """Runs ``python -m sfpn.train argv`` with its output in ``directory/train.log``, on
     ``threads`` OpenMP threads (None: torch's default)."""
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
     with open(os.path.join(directory, "train.log"), "a") as log:
-        return subprocess.call([sys.executable, "-m", "sfpn.train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.call([sys.executable, "-m", "sfpn.train", *argv], stdout=log, stderr=subprocess.STDOUT,
+                               env=job_environment(threads))
+
+
+def job_environment(threads: int | None) -> dict[str, str]:
+    """This process's environment for a job on ``threads`` OpenMP threads (None: as it is, so
+    torch's default or the user's ``OMP_NUM_THREADS``; see :func:`threads_per_job`)."""
+    return dict(os.environ) if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
 
 
 def threads_per_job(jobs: int) -> int | None:
