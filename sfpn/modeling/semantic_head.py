@@ -1,6 +1,7 @@
 """SFPN's semantic branch (docs/design.md, "The neck"): per-level 1x1 convs, every level resized to the
-stride-8 grid and summed, ``num_convs`` x (3x3 conv + GroupNorm + ReLU), then a 1x1 conv to the
-class logits and a 1x1 conv + ReLU to the embedding that is fused back into the pyramid.
+stride-8 grid and summed (a finer level resized before its conv, which is the same sum),
+``num_convs`` x (3x3 conv + GroupNorm + ReLU), then a 1x1 conv to the class logits and a 1x1 conv
++ ReLU to the embedding that is fused back into the pyramid.
 
 The fused ops (``sfpn.ops.resize_sum``, ``group_norm_relu``, ``semantic_cross_entropy``,
 ``upsample_cross_entropy``) run their Triton kernels on CUDA and their pure-PyTorch references
@@ -119,7 +120,12 @@ class SemanticHead(nn.Module):
         size = features[self.target_level].shape[-2:]
         laterals: list[torch.Tensor] = []
         for i, lateral in enumerate(self.laterals):  # TorchScript iterates a ModuleList, never zips it
-            laterals.append(lateral(features[i]))
+            # A 1x1 conv commutes with bilinear resizing (whose weights sum to 1), so a level finer
+            # than the target is shrunk before its conv: the same sum, the conv on the smaller grid.
+            level = features[i]
+            if i < self.target_level:
+                level = F.interpolate(level, size=[size[0], size[1]], mode="bilinear", align_corners=False)
+            laterals.append(lateral(level))
         x = ops.resize_sum(laterals, size)
         for conv, norm in zip(self.convs, self.norms):
             x = ops.group_norm_relu(conv(x), norm.num_groups, norm.weight, norm.bias, norm.eps)

@@ -47,6 +47,41 @@ def test_shapes_and_options(generator):
     assert logits is None
 
 
+@pytest.mark.parametrize("target_level", [0, 1, 2])
+def test_forward_and_gradients_follow_the_papers_order(generator, target_level):
+    """The head shrinks a level finer than the target before its 1x1 conv; the paper's order (every
+    lateral conv at its own level's size, then resized and summed) gives the same logits, embedding
+    and gradients, float64, odd sizes included."""
+    in_channels = [6, 8, 8, 10]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    head = SemanticHead(in_channels, num_classes=5, channels=16, num_convs=2, embed_channels=12, num_groups=4,
+                        target_level=target_level).double()
+    features = [f.double().requires_grad_() for f in pyramid(generator, in_channels, finest=(13, 15))]
+
+    def papers_order(features):
+        size = features[target_level].shape[-2:]
+        x = sum(F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False)
+                for lateral, f in zip(head.laterals, features))
+        for conv, norm in zip(head.convs, head.norms):
+            x = F.relu(norm(conv(x)))
+        return head.logits(x), F.relu(head.embed(x))
+
+    outputs = []
+    for forward in (head, papers_order):
+        logits, embedding = forward(features)
+        if not outputs:  # one random gradient for both
+            weights = [torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in (logits, embedding)]
+        gradients = torch.autograd.grad((logits * weights[0]).sum() + (embedding * weights[1]).sum(),
+                                        [*features, *head.parameters()])
+        outputs.append((logits, embedding, gradients))
+    (logits, embedding, gradients), expected = outputs
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logits, expected[0], **tol)
+    torch.testing.assert_close(embedding, expected[1], **tol)
+    for ours, theirs in zip(gradients, expected[2]):
+        torch.testing.assert_close(ours, theirs, **tol)
+
+
 def test_bad_configuration():
     with pytest.raises(ValueError, match="num_groups"):
         SemanticHead([8, 8], num_classes=3, channels=20, num_groups=8)
