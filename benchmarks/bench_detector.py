@@ -44,7 +44,11 @@ COCO_DETECTORS = {
     "mask-sfpn": "mask_rcnn_r50_sfpn_1x",
     "cascade-sfpn": "cascade_rcnn_r50_sfpn_1x",
 }
+#: The COCO-shape rows that are also timed at inference (the Mask and Cascade presets train only).
+INFERENCE_DETECTORS = ["sfpn", "sfpn-head128", "fpn", "torchvision"]
 SMALL_DETECTORS = {"sfpn": "faster_rcnn_r18_sfpn_small", "fpn": "faster_rcnn_r18_fpn_small"}
+#: The COCO-shape rows' batch: height, width (of both images) and classes.
+COCO_SHAPE = (800, 1344, 80)
 #: The implementations with a bf16 twin (``<impl>-bf16``).
 BF16 = "-bf16"
 
@@ -92,35 +96,64 @@ def _prepared(model, impl: str, device: str):
     return prepare_model(model.to(device), precision), precision
 
 
-def _time_steps(benchmark, model, precision, images, targets, device: str, rounds: int, warmup: int):
-    def step():
-        with precision.autocast(device):
-            losses = model(images, targets)
-        total = sum(losses.values())
-        total.backward()
-        model.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return total.item()
+def training_step(model, precision, images, targets, device: str) -> float:
+    """One timed training step (``model`` in train mode): forward, backward; returns the loss."""
+    with precision.autocast(device):
+        losses = model(images, targets)
+    total = sum(losses.values())
+    total.backward()
+    model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return total.item()
 
-    loss = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+def inference(model, precision, images, device: str) -> list[dict]:
+    """One timed inference (``model`` in eval mode); returns the detections."""
+    with torch.no_grad(), precision.autocast(device):
+        detections = model(images)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return detections
+
+
+def check_loss(loss: float) -> None:
     assert math.isfinite(loss), f"the training loss is {loss}"
 
 
-def _time_inference(benchmark, model, precision, images, device: str, rounds: int, warmup: int):
-    def infer():
-        with torch.no_grad(), precision.autocast(device):
-            detections = model(images)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return detections
-
-    detections = benchmark.pedantic(infer, rounds=rounds, iterations=1, warmup_rounds=warmup)
+def check_detections(detections: list[dict], images) -> None:
     assert len(detections) == len(images)
     assert all(torch.isfinite(d["boxes"]).all() and torch.isfinite(d["scores"]).all() for d in detections)
 
 
-def _coco_detector(impl: str, num_classes: int, height: int, width: int, device: str):
+def _time_steps(benchmark, model, precision, images, targets, device: str, rounds: int, warmup: int):
+    loss = benchmark.pedantic(training_step, args=(model, precision, images, targets, device), rounds=rounds,
+                              iterations=1, warmup_rounds=warmup)
+    check_loss(loss)
+
+
+def _time_inference(benchmark, model, precision, images, device: str, rounds: int, warmup: int):
+    detections = benchmark.pedantic(inference, args=(model, precision, images, device), rounds=rounds, iterations=1,
+                                    warmup_rounds=warmup)
+    check_detections(detections, images)
+
+
+def coco_step_batch(impl: str, device: str):
+    """The COCO-shape training batch ``(images, targets)``, targets cut to what ``impl`` trains on."""
+    images, targets = _batch(*COCO_SHAPE, 20, device)
+    if impl.startswith("torchvision"):
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]  # all it trains on
+    return images, targets
+
+
+def coco_inference_batch(device: str):
+    """The COCO-shape images for inference."""
+    return _batch(*COCO_SHAPE, 1, device)[0]
+
+
+def coco_detector(impl: str, device: str):
+    """``(model, precision)`` of a COCO-shape row."""
+    height, width, num_classes = COCO_SHAPE
     preset = COCO_DETECTORS[impl.removesuffix(BF16)]
     if preset is None:
         return _prepared(_torchvision_faster_rcnn(num_classes, height, width), impl, device)
@@ -133,23 +166,19 @@ def _coco_detector(impl: str, num_classes: int, height: int, width: int, device:
 def test_step_coco_shape(benchmark, device, impl):
     benchmark.group = f"step-coco [{device}]"
     torch.manual_seed(0)
-    height, width, num_classes = 800, 1344, 80
-    images, targets = _batch(height, width, num_classes, 20, device)
-    if impl.startswith("torchvision"):
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]  # all it trains on
-    model, precision = _coco_detector(impl, num_classes, height, width, device)
+    images, targets = coco_step_batch(impl, device)
+    model, precision = coco_detector(impl, device)
     rounds = {"rounds": 10, "warmup": 3} if device == "cuda" else {"rounds": 2, "warmup": 1}
     _time_steps(benchmark, model.train(), precision, images, targets, device, **rounds)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", with_bf16(["sfpn", "sfpn-head128", "fpn", "torchvision"]))
+@pytest.mark.parametrize("impl", with_bf16(INFERENCE_DETECTORS))
 def test_inference_coco_shape(benchmark, device, impl):
     benchmark.group = f"infer-coco [{device}]"
     torch.manual_seed(0)
-    height, width, num_classes = 800, 1344, 80
-    images, _ = _batch(height, width, num_classes, 1, device)
-    model, precision = _coco_detector(impl, num_classes, height, width, device)
+    images = coco_inference_batch(device)
+    model, precision = coco_detector(impl, device)
     rounds = {"rounds": 10, "warmup": 3} if device == "cuda" else {"rounds": 2, "warmup": 1}
     _time_inference(benchmark, model.eval(), precision, images, device, **rounds)
 

@@ -7,13 +7,15 @@
 #      inference pass of faster_rcnn_r50_sfpn_1x against faster_rcnn_r50_fpn_1x and torchvision's
 #      fasterrcnn_resnet50_fpn at 800x1344, batch 2, each in fp32 and in bf16 autocast (the
 #      `-bf16` rows of benchmarks/bench_detector.py);
-#   4. print the table for benchmarks/RESULTS.md last.
+#   4. time those R50 rows round-robin (benchmarks/side_by_side.py) for issue 22's goals, read as
+#      ratios paired within a round;
+#   5. print the table for benchmarks/RESULTS.md last.
 # Every stage runs, within one time budget (8 minutes by default); any failure (a test, a
 # benchmark's own check against its reference, the build, the budget) makes the exit status 1
 # and is repeated in a banner under the table.
 #
 #   bash benchmarks/gpu.sh [--out DIR] [--no-build] [--budget SECONDS] [--dry-run]
-#   bash benchmarks/gpu.sh --table JSON     only step 4, for a JSON an earlier run wrote
+#   bash benchmarks/gpu.sh --table JSON     only step 5, for a JSON an earlier run wrote
 #
 #   --out DIR   where the benchmark JSON, the table and the log go (default benchmarks/results)
 #   PYTHON      the interpreter (default python3); MAX_JOBS (default: all cores) and
@@ -28,7 +30,7 @@ DRY_RUN=0
 BUDGET=480
 TABLE_ONLY=
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -125,6 +127,7 @@ sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
   # JSON of what ran, and the table shows that.
   stage benchmarks "$PYTHON" -m pytest -q -p no:cacheprovider benchmarks/bench_detector.py benchmarks/ \
     --benchmark-only -k cuda --benchmark-json "$json"
+  stage "side by side" "$PYTHON" benchmarks/side_by_side.py --rounds 10 --json "$OUT_DIR/${stamp}-gpu-side-by-side.json"
 
   echo
   if [ "$DRY_RUN" -eq 1 ]; then
