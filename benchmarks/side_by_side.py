@@ -9,7 +9,7 @@ machine's speed between rows lands in their ratio. On the 2-core CPU a row moved
 between runs (RESULTS.md, 2026-12-03), as much as the goals' margins. Here round ``r`` times every
 row once, in turn, and a goal's ratio in round ``r`` compares two rows timed seconds apart; the
 table gives each row's median and each goal's median paired ratio with its range over rounds.
-One untimed warm-up round first. Every model is built up front (8 R50 detectors: ~4 GB).
+One untimed warm-up round first. A run's eight models are built before its first round.
 """
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write every measurement here")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     load_before = os.getloadavg()
     times = {run: measure(run, args.rounds, args.device) for run in args.runs}
     load_after = os.getloadavg()
