@@ -17,6 +17,7 @@ import os
 import sys
 
 from ._cli import check_not_shadowed
+from ._memory import keep_freed_memory
 
 
 def int_at_least(low: int):
@@ -135,5 +136,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # this process only: a library import leaves malloc alone (sfpn/_memory.py)
     main()
     sys.exit(0)

@@ -25,6 +25,7 @@ import os
 import sys
 
 from ._cli import check_not_shadowed
+from ._memory import describe as describe_memory, keep_freed_memory
 
 DEFAULT_PRESET = "faster_rcnn_r18_sfpn_small"
 #: The synthetic dataset trained on when no data is given.
@@ -190,7 +191,7 @@ def main(argv=None) -> dict | None:
                 f"sfpn.train: {args.preset} on {device} x{distributed.get_world_size()}, "
                 f"{len(train_set)} train / {len(val_set)} val images, {train_set.num_classes} classes, "
                 f"{config.solver.max_iters} iterations of {config.solver.batch_size} images -> {output_dir}; "
-                f"precision {trainer.precision.describe()}",
+                f"malloc: {describe_memory()}; precision {trainer.precision.describe()}",
                 flush=True,
             )
         from .engine.checkpoint import CheckpointError
@@ -211,4 +212,5 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # this process only: a library import leaves malloc alone (sfpn/_memory.py)
     sys.exit(0 if main() is not None else 1)
