@@ -23,10 +23,14 @@ MAX_LEVELS = 5
 
 def resize_sum_reference(levels: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """Pure-PyTorch :func:`resize_sum`: summed in place into the first level's resized copy, and a
-    later level already at ``size`` added as it is (bilinear resizing to its own size is the
-    identity): no partial sums and no copy of that level are allocated."""
+    level already at ``size`` taken as it is (bilinear resizing to its own size is the identity):
+    a plain copy of the first, a later one added without a copy; no partial sums are allocated."""
     size = tuple(size)
-    total = F.interpolate(levels[0], size=size, mode="bilinear", align_corners=False)
+    first = levels[0]
+    if tuple(first.shape[-2:]) == size:
+        total = first.clone()
+    else:
+        total = F.interpolate(first, size=size, mode="bilinear", align_corners=False)
     for level in levels[1:]:
         total.add_(level if tuple(level.shape[-2:]) == size else F.interpolate(level, size=size, mode="bilinear", align_corners=False))
     return total
