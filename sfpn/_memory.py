@@ -37,13 +37,13 @@ def keep_freed_memory() -> bool:
     whether it did. :func:`describe` says what this process runs with."""
     global _state
     preloaded = os.environ.get("LD_PRELOAD", "")
-    if sys.platform != "linux" or not _glibc():
+    if not has_glibc():
         _state = "the platform's default (not glibc)"
     elif any(name in os.environ for name in USER_SETTINGS):
         _state = "glibc with the user's MALLOC_* settings"
     elif "jemalloc" in preloaded or "tcmalloc" in preloaded:
         _state = f"the preloaded allocator ({preloaded})"
-    elif ctypes.CDLL(None).mallopt(M_MMAP_MAX, 0) == 1 and ctypes.CDLL(None).mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+    elif (libc := ctypes.CDLL(None)).mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
         _state = "glibc, freed memory kept for reuse (MALLOC_MMAP_MAX_=65536 for glibc's default)"
         return True
     else:
@@ -56,7 +56,10 @@ def describe() -> str:
     return _state
 
 
-def _glibc() -> bool:
+def has_glibc() -> bool:
+    """Whether this process runs on Linux with glibc (whose malloc :func:`keep_freed_memory` tunes)."""
+    if sys.platform != "linux":
+        return False
     try:
         return bool(os.confstr("CS_GNU_LIBC_VERSION"))
     except (ValueError, OSError):

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc's malloc only"
-)
+from sfpn._memory import has_glibc
+
+pytestmark = pytest.mark.skipif(not has_glibc(), reason="glibc's malloc only")
 
 # Allocates and frees a 256 MiB block, then reports whether keep_freed_memory applied, the heap's
 # size and whether an anonymous mapping of the block's size is still there.
