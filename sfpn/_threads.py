@@ -12,11 +12,12 @@ once) cured that but made every idle step ~20% slower, paying a wake-up at each 
 sfpn sets ``GOMP_SPINCOUNT=100000`` instead: a waiting thread spins ~1 ms, long enough for a
 sibling that is running to arrive, then sleeps. On the 2-core EPYC dev machine
 (``benchmarks/wait_policy.py``, benchmarks/RESULTS.md 2026-12-03) it was the fastest setting or
-within 3% of libgomp's default alone in three grids (1.14x in the fourth), and the fastest beside
-a second training in all four: with the default run's step as it trains (bf16, channels_last;
-two grids of 5 rounds, pooled) 0.97x libgomp's default alone and 0.44 s shared, against
-PASSIVE's 0.68 s and libgomp's default's 0.73 s; in fp32 1.03x alone and 2.3x its idle time shared. It never collapsed there, where
-10000, 30000 and libgomp's default did (5-12x, up to 40x) in some or every round.
+within 3% of libgomp's default alone in three grids (1.14x in the fourth), and the fastest beside a
+second training in all four: with the default run's step as it trains (bf16, channels_last; two
+grids of 5 rounds, pooled) 0.97x libgomp's default alone and 0.44 s shared, against PASSIVE's
+0.68 s and libgomp's default's 0.73 s; in fp32 1.03x alone and 2.3x its idle time shared. It never
+collapsed there, where 10000, 30000 and libgomp's default did (5-12x, up to 40x) in some or every
+round.
 
 ``sfpn/__init__.py`` calls :func:`prefer_bounded_spinning` before anything imports torch, so every
 entry point (``python -m sfpn.train``, ``sfpn.eval``, ``sfpn.demo``, a script that imports sfpn
