@@ -92,18 +92,12 @@ def _group_norm_relu_op_reference(x, num_groups, weight, bias, eps):
     return out.contiguous(memory_format=_library.output_memory_format(x)), mean, rstd
 
 
-def _group_norm_relu_backward_op_reference(grad, x, mean, rstd, weight, bias):
+def _group_norm_relu_backward_op_reference(grad, out, x, mean, rstd, weight, bias):
     batch, channels, groups = x.shape[0], x.shape[1], mean.shape[1]
     compute = mean.dtype
-
-    def per_channel(statistic):  # (N, G) -> (N, C, 1, 1)
-        return statistic.repeat_interleave(channels // groups, dim=1).view(batch, channels, 1, 1)
-
-    # The ReLU passes the gradient where the normalised output, recomputed from the saved
-    # statistics as x * scale + shift, is positive.
-    scale = per_channel(rstd) * weight.to(compute).view(1, channels, 1, 1)
-    shift = bias.to(compute).view(1, channels, 1, 1) - per_channel(mean) * scale
-    grad_y = torch.where(torch.addcmul(shift, x, scale) > 0, grad, 0).to(x.dtype)
+    # The ReLU passes the gradient where the forward's output is positive: one pass over the saved
+    # output, where recomputing the normalised input took a float32 temporary and three passes.
+    grad_y = torch.ops.aten.threshold_backward(grad, out, 0)
     grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
         _in_compute_type(grad_y), _in_compute_type(x), mean, rstd, weight.to(compute), batch, channels,
         x.shape[2] * x.shape[3], groups, [True, True, True],
@@ -122,12 +116,13 @@ def _group_norm_relu_triton(x, num_groups, weight, bias, eps):
     return out.contiguous(memory_format=_library.output_memory_format(x)), mean, rstd
 
 
-def _group_norm_relu_backward_triton(grad, x, mean, rstd, weight, bias):
+def _group_norm_relu_backward_triton(grad, out, x, mean, rstd, weight, bias):
     if not kernels.takes(x):
-        return _group_norm_relu_backward_op_reference(grad, x, mean, rstd, weight, bias)
+        return _group_norm_relu_backward_op_reference(grad, out, x, mean, rstd, weight, bias)
     kernels.check_launchable(x, "group_norm_relu_backward")
     from ..kernels import group_norm_relu as launcher
 
+    # The kernel recomputes the ReLU's mask from x, which it reads anyway: ``out`` stays unread.
     grad_x, grad_weight, grad_bias = launcher.group_norm_relu_backward(
         grad.contiguous(), x.contiguous(), mean, rstd, weight.contiguous(), bias.contiguous()
     )
@@ -139,7 +134,7 @@ _library.define(
     _group_norm_relu_op_reference,
 )
 _library.define(
-    "group_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias) "
+    "group_norm_relu_backward(Tensor grad, Tensor out, Tensor x, Tensor mean, Tensor rstd, Tensor weight, Tensor bias) "
     "-> (Tensor, Tensor, Tensor)",
     _group_norm_relu_backward_op_reference,
 )
@@ -152,20 +147,21 @@ def _(x, num_groups, weight, bias, eps):
 
 
 @torch.library.register_fake("sfpn::group_norm_relu_backward")
-def _(grad, x, mean, rstd, weight, bias):
+def _(grad, out, x, mean, rstd, weight, bias):
     return _library.empty_like_layout(x, x.shape), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):
     x, _, weight, bias, _ = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, mean, rstd, weight, bias)
+    out, mean, rstd = output
+    # Saving the output costs no memory in SFPN: it is the next convolution's input, saved there.
+    ctx.save_for_backward(out, x, mean, rstd, weight, bias)
 
 
 def _backward(ctx, grad, grad_mean, grad_rstd):
     # mean and rstd are auxiliary outputs: the public function does not return them.
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.sfpn.group_norm_relu_backward(grad, x, mean, rstd, weight, bias)
+    out, x, mean, rstd, weight, bias = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias)
     return grad_x, None, grad_weight, grad_bias, None
 
 
