@@ -30,8 +30,8 @@ class MaskHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu(conv(x))
-        return self.predictor(F.relu(self.deconv(x)))
+            x = F.relu(conv(x), inplace=True)  # in place: the conv's fresh output, unsaved
+        return self.predictor(F.relu(self.deconv(x), inplace=True))
 
 
 def select_class_masks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

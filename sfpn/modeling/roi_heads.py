@@ -52,7 +52,7 @@ class FCBoxHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)  # in place: the layer's fresh output, unsaved
         return x
 
 

@@ -31,7 +31,7 @@ class RPNHead(nn.Module):
     def forward(self, features):
         objectness, deltas = [], []
         for x in features:
-            x = F.relu(self.conv(x))
+            x = F.relu(self.conv(x), inplace=True)  # in place: the conv's fresh output, unsaved
             objectness.append(self.objectness(x))
             deltas.append(self.deltas(x))
         return objectness, deltas

@@ -132,7 +132,7 @@ class SemanticHead(nn.Module):
         logits = self.logits(x) if compute_logits else None
         embedding: Optional[torch.Tensor] = None
         if self.embed is not None:
-            embedding = F.relu(self.embed(x))
+            embedding = F.relu(self.embed(x), inplace=True)  # in place: the conv's fresh output, unsaved
         return logits, embedding
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
