@@ -2,14 +2,16 @@
 (SFPN, SFPN with a 128-wide semantic head, our FPN and torchvision's Faster R-CNN, each in fp32
 and bf16) timed round-robin in one process, each goal read as a ratio paired within a round.
 
-    python benchmarks/side_by_side.py [--rounds 5] [--runs step infer] [--json PATH]
+    python benchmarks/side_by_side.py [--rounds 5] [--runs step infer] [--rows ROW ...] [--json PATH]
 
 Why: pytest-benchmark times one row's rounds back to back, then the next row's, so a drift of the
 machine's speed between rows lands in their ratio. On the 2-core CPU a row moved by up to 20%
 between runs (RESULTS.md, 2026-12-03), as much as the goals' margins. Here round ``r`` times every
 row once, in turn, and a goal's ratio in round ``r`` compares two rows timed seconds apart; the
 table gives each row's median and each goal's median paired ratio with its range over rounds.
-One untimed warm-up round first. A run's eight models are built before its first round.
+One untimed warm-up round first. A run's models are built before its first round. ``--rows``
+times a subset (a goal is read when both its rows are there): one row per process, for instance,
+keeps the other models' memory out of its heap.
 """
 from __future__ import annotations
 
@@ -57,9 +59,13 @@ def _row(run: str, impl: str, device: str):
     return (lambda: inference(model, precision, images, device)), (lambda detections: check_detections(detections, images))
 
 
-def measure(run: str, rounds: int, device: str) -> dict[str, list[float]]:
-    """Seconds per round of every row of ``run`` ("step" or "infer"), rows interleaved."""
-    rows = {impl: _row(run, impl, device) for impl in with_bf16(INFERENCE_DETECTORS)}
+#: Every row, in the order a round times them.
+ROWS = with_bf16(INFERENCE_DETECTORS)
+
+
+def measure(run: str, rounds: int, device: str, impls: list[str] = ROWS) -> dict[str, list[float]]:
+    """Seconds per round of each row in ``impls`` for ``run`` ("step" or "infer"), rows interleaved."""
+    rows = {impl: _row(run, impl, device) for impl in impls}
     times: dict[str, list[float]] = {impl: [] for impl in rows}
     for r in range(rounds + 1):
         for impl, (call, check) in rows.items():
@@ -76,7 +82,8 @@ def measure(run: str, rounds: int, device: str) -> dict[str, list[float]]:
 
 
 def report(times: dict[str, dict[str, list[float]]]) -> str:
-    """Markdown: every row's median and per-round times, then every goal's paired ratio."""
+    """Markdown: every row's median and per-round times, then the paired ratio of every goal
+    whose two rows were timed."""
     lines = ["| run | row | median (ms) | per round (ms) |", "| --- | --- | ---: | --- |"]
     for run, rows in times.items():
         for impl, seconds in rows.items():
@@ -84,7 +91,7 @@ def report(times: dict[str, dict[str, list[float]]]) -> str:
                          + ", ".join(f"{s * 1e3:.0f}" for s in seconds) + " |")
     lines += ["", "| goal | ratio | paired ratio, median | range over rounds | met |", "| --- | --- | ---: | --- | --- |"]
     for goal, run, numerator, denominator, compare, bound in GOALS:
-        if run in times:
+        if numerator in times.get(run, {}) and denominator in times[run]:
             ratios = [n / d for n, d in zip(times[run][numerator], times[run][denominator])]
             median = statistics.median(ratios)
             lines.append(f"| {goal} | {numerator} / {denominator} | {median:.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
@@ -96,13 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", nargs="+", default=["step", "infer"], choices=["step", "infer"])
+    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS, help="the rows to time (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write every measurement here")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     load_before = os.getloadavg()
-    times = {run: measure(run, args.rounds, args.device) for run in args.runs}
+    rows = [impl for impl in ROWS if impl in args.rows]  # in the usual order, each once
+    times = {run: measure(run, args.rounds, args.device, rows) for run in args.runs}
     load_after = os.getloadavg()
     machine = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
     print(f"{machine}, {torch.get_num_threads()} threads, torch {torch.__version__}; "

@@ -39,3 +39,9 @@ def test_a_run_not_measured_has_no_goal_rows():
     rows = side_by_side.with_bf16(side_by_side.INFERENCE_DETECTORS)
     goals = _goal_rows(side_by_side.report({"infer": {impl: [1.0] for impl in rows}}))
     assert goals and not any("step" in goal for goal in goals)
+
+
+def test_a_goal_is_read_only_when_both_its_rows_were_timed():
+    times = {"step": {"sfpn-bf16": [1.0, 1.2], "torchvision-bf16": [1.5, 1.5]}, "infer": {"sfpn-bf16": [1.0]}}
+    goals = _goal_rows(side_by_side.report(times))
+    assert goals == {"sfpn-bf16 step >= 1.4x torchvision's speed": ["torchvision-bf16 / sfpn-bf16", "1.38", "1.25-1.50", "no"]}
