@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sfpn import kernels
 from sfpn.modeling import SemanticHead
-from sfpn.modeling.semantic_head import LOSS_AVERAGES
+from sfpn.modeling.semantic_head import LOSS_AVERAGES, shrink_bilinear
 from sfpn.ops import _library
 
 
@@ -47,16 +47,17 @@ def test_shapes_and_options(generator):
     assert logits is None
 
 
+@pytest.mark.parametrize("finest", [(13, 15), (12, 16)])
 @pytest.mark.parametrize("target_level", [0, 1, 2])
-def test_forward_and_gradients_follow_the_papers_order(generator, target_level):
+def test_forward_and_gradients_follow_the_papers_order(generator, target_level, finest):
     """The head shrinks a level finer than the target before its 1x1 conv; the paper's order (every
     lateral conv at its own level's size, then resized and summed) gives the same logits, embedding
-    and gradients, float64, odd sizes included."""
+    and gradients, float64, with odd sizes and with levels of exactly twice the size (the 2x2 mean)."""
     in_channels = [6, 8, 8, 10]
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     head = SemanticHead(in_channels, num_classes=5, channels=16, num_convs=2, embed_channels=12, num_groups=4,
                         target_level=target_level).double()
-    features = [f.double().requires_grad_() for f in pyramid(generator, in_channels, finest=(13, 15))]
+    features = [f.double().requires_grad_() for f in pyramid(generator, in_channels, finest=finest)]
 
     def papers_order(features):
         size = features[target_level].shape[-2:]
@@ -80,6 +81,27 @@ def test_forward_and_gradients_follow_the_papers_order(generator, target_level):
     torch.testing.assert_close(embedding, expected[1], **tol)
     for ours, theirs in zip(gradients, expected[2]):
         torch.testing.assert_close(ours, theirs, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, size", [((12, 16), (6, 8)), ((12, 16), (3, 4)), ((13, 15), (7, 8)), ((5, 4), (5, 2))])
+def test_shrink_bilinear_is_interpolate(generator, dtype, shape, size):
+    """Exact halving (the first case) takes the 2x2 mean; the other sizes interpolate. Both match
+    F.interpolate's bilinear values and gradient, channels_last kept."""
+    x = torch.randn(2, 3, *shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 3, *size, generator=generator).to(dtype)
+    outputs = []
+    for shrink in (shrink_bilinear, lambda t, s: F.interpolate(t, size=s, mode="bilinear", align_corners=False)):
+        leaf = x.clone().requires_grad_()
+        out = shrink(leaf, list(size))
+        out.backward(grad)
+        outputs.append((out, leaf.grad))
+    (out, grad_x), (expected, expected_grad) = outputs
+    tol = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6),
+           torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}[dtype]
+    torch.testing.assert_close(out, expected, **tol)
+    torch.testing.assert_close(grad_x, expected_grad, **tol)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bad_configuration():
