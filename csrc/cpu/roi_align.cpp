@@ -15,7 +15,8 @@
 // index order: no atomics, no zero-filled allocation, the same bits on every run.
 // Channels-last maps (NHWC) are pooled as they are, in parallel over RoIs: every tap reads a
 // vector of C contiguous channels (forward_kernel_channels_last). The backward writes planar
-// gradients whatever the maps' layout.
+// gradients whatever the maps' layout; the ops' autograd formulas (sfpn/ops/roi_align.py) lay a
+// channels_last map's gradient out channels_last after it.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -5,8 +5,8 @@ Each box is pooled from its FPN level, chosen inside the kernel with torchvision
 ``MultiScaleRoIAlign`` rule, so there is no per-level gather and scatter in Python. Schema and
 reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
 ``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
-under ``torch.autocast`` it runs in the levels' dtype (computing in float32), and the CPU kernel
-reads channels_last levels as they are. Both script with TorchScript, as ``roi_align`` does
+under ``torch.autocast`` it runs in the levels' dtype (computing in float32), the CPU kernel
+reads channels_last levels as they are, and each level's gradient has the level's layout. Both script with TorchScript, as ``roi_align`` does
 (the Python argument checks are left out of a scripted call).
 """
 from __future__ import annotations
@@ -335,6 +335,7 @@ def _setup_context(ctx, inputs, output):
     levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_scale, canonical_level, *rest = inputs
     ctx.save_for_backward(rois)
     ctx.level_shape = (levels[0].shape[0], levels[0].shape[1], [l.shape[2] for l in levels], [l.shape[3] for l in levels])
+    ctx.level_layouts = [_library.output_memory_format(level) for level in levels]  # the gradients' (roi_align.py)
     ctx.arguments = (scales, sampling_ratio, aligned, canonical_scale, canonical_level, bool(rest and rest[0]))
 
 
@@ -348,7 +349,8 @@ def _backward(ctx, grad):
         grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned,
         canonical_scale, canonical_level, deterministic_backward(deterministic),
     )
-    return (list(grad_levels),) + (None,) * 9
+    grad_levels = [g.contiguous(memory_format=layout) for g, layout in zip(grad_levels, ctx.level_layouts)]
+    return (grad_levels,) + (None,) * 9
 
 
 def _setup_backward_context(ctx, inputs, output):

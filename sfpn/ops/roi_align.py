@@ -9,7 +9,10 @@ the sums) and rounds the result once, so under ``torch.autocast`` the op runs in
 dtype as it is: the result is torchvision's (which casts the input to float32 and the result
 back) without a float32 copy of the feature maps. Layout: the CPU kernel reads a channels_last
 input as it is (NHWC, no copy); the result is ``(K, C, PH, PW)`` contiguous for any input, as
-the box head's fully connected layers read it, and so is the input's gradient.
+the box head's fully connected layers read it. The input's gradient has the input's layout: the
+kernels write it planar, and a channels_last input's is laid out channels_last after them (one
+copy), as autograd would otherwise add it to the other consumers' channels_last gradients in a
+mixed-layout sum that is 4x slower and hands NCHW gradients on to every convolution behind it.
 
 Backward determinism: the CPU backward is always deterministic (each thread owns whole gradient
 planes). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
@@ -364,6 +367,7 @@ def _setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, *rest = inputs
     ctx.save_for_backward(rois)
     ctx.input_shape = input.shape
+    ctx.input_layout = _library.output_memory_format(input)
     ctx.arguments = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bool(rest and rest[0]))
 
 
@@ -377,7 +381,7 @@ def _backward(ctx, grad):
         grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
         sampling_ratio, aligned, deterministic_backward(deterministic),
     )
-    return (grad_input,) + (None,) * 7
+    return (grad_input.contiguous(memory_format=ctx.input_layout),) + (None,) * 7
 
 
 def _setup_backward_context(ctx, inputs, output):

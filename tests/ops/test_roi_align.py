@@ -142,6 +142,31 @@ def test_non_contiguous_input(generator):
 
 
 @needs_kernel
+@pytest.mark.multilevel_roi_align
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradients_have_the_inputs_layout(generator, layout):
+    """A map's gradient comes in the map's layout (autograd adds it to the other consumers'
+    gradients, which the convolutions give channels_last on the CPU), with the reference's values.
+    torch.autograd.grad hands over the op's own gradients: a leaf's .grad would be re-laid out."""
+    levels = random_pyramid(generator, channels=4)
+    rois = random_boxes(generator, 40, 32, 48, 2)
+    arranged = [level.contiguous(memory_format=layout).requires_grad_() for level in levels]
+    expected_levels = [level.clone().requires_grad_() for level in levels]
+    grad = torch.randn(40, 4, 3, 3, generator=generator)
+    cases = [
+        (lambda ls: [roi_align(ls[0], rois, 3, 1.0, 2)], lambda ls: [reference.roi_align(ls[0], rois, 3, 1.0, 2)], 1),
+        (lambda ls: [multilevel_roi_align(ls, rois, 3, SCALES, 2, False, 32, 3)],
+         lambda ls: [reference.multilevel_roi_align(ls, rois, 3, SCALES, 2, False, 32, 3)], len(levels)),
+    ]
+    for ours, theirs, used in cases:
+        got = torch.autograd.grad(ours(arranged), arranged[:used], grad)
+        want = torch.autograd.grad(theirs(expected_levels), expected_levels[:used], grad)
+        for g, w in zip(got, want):
+            assert g.is_contiguous(memory_format=layout)
+            close(g, w)
+
+
+@needs_kernel
 def test_box_list_format(generator):
     x = torch.randn(3, 2, 10, 10, generator=generator)
     boxes = [random_boxes(generator, n, 10, 10, 1)[:, 1:] for n in (4, 0, 5)]
