@@ -12,12 +12,15 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of ``a (M, 4)`` and ``b (N, 4)`` xyxy -> ``(M, N)``; 0 where the union is empty."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    """Pairwise IoU of ``a (M, 4)`` and ``b (N, 4)`` xyxy -> ``(M, N)``; 0 where the union is empty
+    (then the intersection is empty too, and the clamped division gives 0)."""
+    # One (M, N) map per step, updated in place: the RPN matches ~270k anchors per image at
+    # 800x1344, where the (M, N, 2) corner maps took twice the time.
+    width = torch.minimum(a[:, None, 2], b[None, :, 2]).sub_(torch.maximum(a[:, None, 0], b[None, :, 0])).clamp_(min=0)
+    height = torch.minimum(a[:, None, 3], b[None, :, 3]).sub_(torch.maximum(a[:, None, 1], b[None, :, 1])).clamp_(min=0)
+    inter = width.mul_(height)
+    union = (box_area(a)[:, None] + box_area(b)[None, :]).sub_(inter).clamp_(min=1e-12)
+    return inter.div_(union)
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

@@ -17,6 +17,31 @@ def test_box_iou_hand_computed():
     torch.testing.assert_close(box_iou(a, b), expected)
 
 
+def test_box_iou_matches_its_definition(generator):
+    """Random boxes, some degenerate (zero or negative extent): every pair against the definition,
+    area of the overlap over area of the union, computed pair by pair; empty sets give empty maps."""
+    def boxes(count):
+        xy = torch.rand(count, 2, generator=generator, dtype=torch.float64) * 20
+        extent = torch.rand(count, 2, generator=generator, dtype=torch.float64) * 15 - 2  # some negative
+        extent[::4] = 0
+        return torch.cat((xy, xy + extent), dim=1)
+
+    def area(box):
+        return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+    a, b = boxes(7), boxes(11)
+    expected = torch.zeros(7, 11, dtype=torch.float64)
+    for i, p in enumerate(a.tolist()):
+        for j, q in enumerate(b.tolist()):
+            overlap = area([max(p[0], q[0]), max(p[1], q[1]), min(p[2], q[2]), min(p[3], q[3])])
+            union = area(p) + area(q) - overlap
+            expected[i, j] = overlap / union if union > 0 else 0.0
+    assert 0 < (expected > 0).sum() < expected.numel(), "the draw should hold overlapping and disjoint pairs"
+    torch.testing.assert_close(box_iou(a, b), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(box_iou(a.float(), b.float()), expected.float(), rtol=1e-5, atol=1e-6)
+    assert box_iou(a[:0], b).shape == (0, 11) and box_iou(a, b[:0]).shape == (7, 0)
+
+
 def test_box_coder_hand_computed():
     reference = torch.tensor([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 20.0]])
     target = torch.tensor([[5.0, 5.0, 15.0, 25.0], [0.0, 0.0, 20.0, 10.0]])
