@@ -44,11 +44,12 @@ def as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def check_bf16_and_channels_last(op, definition, inputs, grad_outputs, follows_layout=True, output_dtype=None):
+def check_bf16_and_channels_last(op, definition, inputs, grad_outputs, output_follows_layout=True, output_dtype=None):
     """``op(*inputs)`` and its input gradients in fp32 and bf16, NCHW and NHWC: each against the
     ``definition`` in fp32 of the same (rounded) inputs, of the input dtype (the outputs of
-    ``output_dtype`` if given), channels_last exactly where the input was (when the op
-    ``follows_layout``, else contiguous), and NHWC equal to NCHW."""
+    ``output_dtype`` if given), channels_last exactly where the input was (the outputs only when
+    the op's ``output_follows_layout``, else contiguous; the input gradients always), and NHWC
+    equal to NCHW."""
     for dtype in (torch.float32, torch.bfloat16):
         out_dtype = output_dtype or dtype
         reference_inputs = prepared([t.to(dtype) for t in inputs], torch.float32, NCHW)
@@ -62,9 +63,12 @@ def check_bf16_and_channels_last(op, definition, inputs, grad_outputs, follows_l
             assert all(out.dtype == out_dtype for out in outs) and all(grad.dtype == dtype for grad in grads)
             for got, want in zip([*outs, *grads], [*expected, *expected_grads]):
                 torch.testing.assert_close(got.float(), want, **TOLERANCE[dtype])
-            for t in [*outs, *grads]:
+            for t in outs:
                 if t.dim() == 4:
-                    assert is_channels_last(t) == (follows_layout and layout == CL)
+                    assert is_channels_last(t) == (output_follows_layout and layout == CL)
+            for t in grads:
+                if t.dim() == 4:
+                    assert is_channels_last(t) == (layout == CL)
             results[layout] = [*outs, *grads]
         for nchw, nhwc in zip(results[NCHW], results[CL]):
             torch.testing.assert_close(nhwc, nchw, **SAME[dtype])
@@ -182,7 +186,7 @@ def test_roi_align_reads_channels_last(generator, sampling_ratio, aligned):
     check_bf16_and_channels_last(
         lambda x: ops.roi_align(x, boxes, (5, 4), 0.25, sampling_ratio, aligned),
         lambda x: reference.roi_align(x, boxes, (5, 4), 0.25, sampling_ratio, aligned),
-        [randn(generator, 2, 8, 24, 30)], [randn(generator, 12, 8, 5, 4)], follows_layout=False,
+        [randn(generator, 2, 8, 24, 30)], [randn(generator, 12, 8, 5, 4)], output_follows_layout=False,
     )
 
 
@@ -194,7 +198,7 @@ def test_multilevel_roi_align_reads_channels_last(generator):
     check_bf16_and_channels_last(
         lambda *ls: ops.multilevel_roi_align(list(ls), boxes, 7, scales, 2, True),
         lambda *ls: reference.multilevel_roi_align(list(ls), boxes, 7, scales, 2, True),
-        levels, [randn(generator, 15, 8, 7, 7)], follows_layout=False,
+        levels, [randn(generator, 15, 8, 7, 7)], output_follows_layout=False,
     )
 
 
