@@ -5,8 +5,9 @@ programs instead of one program per group (64 groups at the head's shape would l
 GPU idle). Per-block partial statistics (exact block mean and centred sum of squares, combined with
 Chan's formula in float32, which avoids the cancellation of sum/sum-of-squares) are reduced in a
 few tiny tensor ops. The backward recomputes the normalised input and the ReLU mask from ``x`` and
-the saved mean and reciprocal std, so the forward saves nothing of the activation's size besides
-``x`` itself.
+the saved mean and reciprocal std, so it reads nothing of the activation's size besides ``x`` and
+the gradient. (The op's autograd saves the output too, for the CPU reference's mask; in SFPN that
+output is the next convolution's input, saved there anyway.)
 """
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ Each box is pooled from its FPN level, chosen inside the kernel with torchvision
 reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
 ``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
 under ``torch.autocast`` it runs in the levels' dtype (computing in float32), the CPU kernel
-reads channels_last levels as they are, and each level's gradient has the level's layout. Both script with TorchScript, as ``roi_align`` does
-(the Python argument checks are left out of a scripted call).
+reads channels_last levels as they are, and each level's gradient has the level's layout. Both
+script with TorchScript, as ``roi_align`` does (the Python argument checks are left out of a
+scripted call).
 """
 from __future__ import annotations
 
