@@ -166,6 +166,8 @@ def list_keys(train, detector) -> str:
 def main(argv=None) -> dict | None:
     check_not_shadowed()
     args = parse_args(argv)
+    import torch
+
     from .engine import distributed
     from .engine.build import build_trainer, run_configs
     from .engine.evaluation import format_metrics
@@ -191,7 +193,9 @@ def main(argv=None) -> dict | None:
                 f"sfpn.train: {args.preset} on {device} x{distributed.get_world_size()}, "
                 f"{len(train_set)} train / {len(val_set)} val images, {train_set.num_classes} classes, "
                 f"{config.solver.max_iters} iterations of {config.solver.batch_size} images -> {output_dir}; "
-                f"malloc: {describe_memory()}; precision {trainer.precision.describe()}",
+                f"malloc: {describe_memory()}; "
+                + (f"CPU threads {torch.get_num_threads()}, {config.cpu_threads}; " if device.type == "cpu" else "")
+                + f"precision {trainer.precision.describe()}",
                 flush=True,
             )
         from .engine.checkpoint import CheckpointError

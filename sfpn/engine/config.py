@@ -80,6 +80,10 @@ class TrainConfig:
     eval_batch_size: int = setting(1, AT_LEAST_ONE)
     #: DDP's find_unused_parameters, for detectors whose forward skips some parameters.
     find_unused_parameters: bool = False
+    #: On the CPU, "adaptive" fits the intra-op thread count to the cores that other processes
+    #: leave free, measured every few seconds (never more than torch's count at the start; see
+    #: sfpn._threads.SharedCoreThreads); "fixed" keeps torch's count, for bitwise-reproducible runs.
+    cpu_threads: str = setting("adaptive", ("adaptive", "fixed"))
     #: The divergence guard stops the run when the total loss is non-finite or more than
     #: ``divergence_factor`` times the median loss of its first ``divergence_window`` iterations
     #: (a window of 0 disables the ratio test; non-finite losses always stop the run).

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._threads import SharedCoreThreads
 from ..data.coco import collate
 from ..data.samplers import GroupedTrainBatchSampler, loader_generator
 from . import distributed
@@ -318,13 +319,27 @@ class Trainer:
 
     def train(self, max_iters: int | None = None) -> dict | None:
         """Trains up to ``config.solver.max_iters`` (or stops early at ``max_iters``, leaving a
-        checkpoint there as a kill would); evaluates at the end. Returns the final metrics."""
+        checkpoint there as a kill would); evaluates at the end. Returns the final metrics.
+
+        On the CPU with ``cpu_threads=adaptive`` the intra-op thread count follows the cores that
+        other processes leave free (``sfpn._threads.SharedCoreThreads``); the count the call
+        started with is restored when it returns."""
+        threads = torch.get_num_threads()
+        try:
+            return self._train(max_iters)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(self, max_iters: int | None) -> dict | None:
         config = self.config
         total = config.solver.max_iters
         stop = min(total, max_iters) if max_iters is not None else total
         start = self.iteration
         self.model.train()
         bar = tqdm(total=total, initial=self.iteration, desc="training", disable=not (self.progress and distributed.is_main_process()), dynamic_ncols=True)
+        shared_cores = None
+        if self.device.type == "cpu" and config.cpu_threads == "adaptive":
+            shared_cores = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads)
         window: dict[str, float] = {}
         window_iters, window_start, data_time = 0, time.perf_counter(), 0.0
         batches = iter(self._loader()) if self.iteration < stop else None
@@ -338,6 +353,9 @@ class Trainer:
             for key, value in losses.items():
                 window[key] = window.get(key, 0.0) + value
             bar.update(1)
+            if shared_cores is not None and shared_cores.tick() is not None and distributed.is_main_process():
+                tqdm.write(f"iteration {self.iteration}: other processes use {shared_cores.others:.1f} of this "
+                           f"process's cores; now {shared_cores.threads} of at most {shared_cores.most} CPU threads")
             if self.iteration % config.log_every == 0 or self.iteration == stop:
                 means = distributed.reduce_mean({k: float(v) / window_iters for k, v in window.items()})
                 loss = sum(means.values())
@@ -350,6 +368,7 @@ class Trainer:
                     **means,
                     "time": elapsed / window_iters,
                     "data_time": data_time / window_iters,
+                    "cpu_threads": torch.get_num_threads(),
                 }
                 self._log(record)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.4g}", s_it=f"{record['time']:.2f}")

@@ -12,6 +12,7 @@ from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.data.synthetic.shapes import CATEGORIES as SHAPES, STUFF_CATEGORIES as STUFF
 from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
+from sfpn.engine import trainer as trainer_module
 from sfpn.engine.precision import choose_precision
 from sfpn.engine.trainer import WarmupMultiStep
 
@@ -53,8 +54,8 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     metrics = train.main(data_args(tiny_data) + TINY + ["--iters", "3", "--batch-size", "2", "--eval-every", "2", "--checkpoint-every", "2", "--output-dir", str(output), "--no-progress"])
     printed = capsys.readouterr().out
     assert "AP" in printed
-    # The log's first line says what the run computes in, and why.
-    assert printed.splitlines()[0].endswith(f"; precision {choose_precision('auto', 'cpu').describe()}")
+    # The log's first line says what the run computes in, and why, and its thread policy.
+    assert printed.splitlines()[0].endswith(f"; CPU threads 1, adaptive; precision {choose_precision('auto', 'cpu').describe()}")
     with open(output / "eval.json") as f:
         written = json.load(f)
     assert written == metrics
@@ -150,6 +151,34 @@ def test_cpu_precision_trains_and_evaluates(tiny_data, tmp_path, amp):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     assert set(metrics) == {"bbox", "segm", "semantic"}
+
+
+def test_cpu_threads_follow_the_free_cores_and_come_back(tiny_data, tmp_path, monkeypatch):
+    """With another process on one of two cores (fake counters, a 1 s window per step), the run
+    moves to one thread after two windows, logs it, and leaves the process at its own count."""
+    import functools
+
+    from sfpn._threads import CoreUsage, SharedCoreThreads
+
+    now = [0.0]
+
+    def clock():  # read once per step: each step takes a second
+        now[0] += 1.0
+        return now[0]
+
+    def usage():  # both cores busy, this process on one of them
+        return CoreUsage(2, busy_s=2 * now[0], ours_s=now[0])
+
+    monkeypatch.setattr(trainer_module, "SharedCoreThreads", functools.partial(SharedCoreThreads, interval_s=1.0, usage=usage, clock=clock))
+    torch.set_num_threads(2)
+    trainer = make_trainer(tiny_data, tmp_path / "adaptive", iters=4)
+    trainer.train()
+    records = [json.loads(line) for line in open(tmp_path / "adaptive" / "metrics.jsonl") if '"train"' in line]
+    assert [r["cpu_threads"] for r in records] == [2, 1, 1, 1]
+    assert torch.get_num_threads() == 2
+    fixed = make_trainer(tiny_data, tmp_path / "fixed", iters=2, cpu_threads="fixed")
+    fixed.train()
+    assert [json.loads(line)["cpu_threads"] for line in open(tmp_path / "fixed" / "metrics.jsonl") if '"train"' in line] == [2, 2]
 
 
 def test_checkpoint_errors(tiny_data, tmp_path):
