@@ -1,12 +1,16 @@
-"""A grid of OpenMP wait policies: the default run's training step alone and beside a second
-training process, each setting in fresh processes, the settings interleaved round by round.
+"""A grid of OpenMP wait policies and thread policies: the default run's training step alone and
+beside a second training process, each setting in fresh processes, the settings interleaved round
+by round.
 
     python benchmarks/wait_policy.py [--rounds 3] [--steps 6] [--threads 2] [--json PATH]
 
 The wait policy is read once, when ``import torch`` loads libgomp, so every setting needs its
-own processes: a measuring process (``--worker``: warm-up steps, then ``--steps`` timed steps,
-printing the median) and, for the shared case, a competitor running the same step in a loop
-with the same setting, as two sfpn trainings on one machine would. The step is
+own processes: a measuring process (``--worker``: warm-up steps for at least ``--warmup-s``
+seconds, then ``--steps`` timed steps, printing the median) and, for the shared case, a
+competitor running the same step in a loop with the same setting, as two sfpn trainings on one
+machine would. The "adaptive threads" settings tick the trainer's ``SharedCoreThreads`` after
+every step in both processes, as ``cpu_threads=adaptive`` (the trainer's default) does; the
+warm-up gives it the two windows it needs to move. The step is
 ``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320, in the precision
 that ``solver.amp=auto`` gives here).
 
@@ -26,58 +30,76 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-#: name -> environment. sfpn leaves the wait policy alone when either variable is set
-#: (sfpn/_threads.py), so each row is exactly the setting it names.
+#: name -> (environment, whether the thread count adapts). sfpn leaves the wait policy alone
+#: when either variable is set (sfpn/_threads.py), so each row is exactly the setting it names.
 SETTINGS = {
-    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "spin 1k": {"GOMP_SPINCOUNT": "1000"},
-    "spin 10k": {"GOMP_SPINCOUNT": "10000"},
-    "spin 30k": {"GOMP_SPINCOUNT": "30000"},
-    "spin 100k": {"GOMP_SPINCOUNT": "100000"},
-    "libgomp default (spin 300k)": {"GOMP_SPINCOUNT": "300000"},
-    "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
+    "spin 1k": ({"GOMP_SPINCOUNT": "1000"}, False),
+    "spin 10k": ({"GOMP_SPINCOUNT": "10000"}, False),
+    "spin 30k": ({"GOMP_SPINCOUNT": "30000"}, False),
+    "spin 100k": ({"GOMP_SPINCOUNT": "100000"}, False),
+    "spin 100k, adaptive threads": ({"GOMP_SPINCOUNT": "100000"}, True),
+    "PASSIVE, adaptive threads": ({"OMP_WAIT_POLICY": "PASSIVE"}, True),
+    "libgomp default (spin 300k)": ({"GOMP_SPINCOUNT": "300000"}, False),
+    "ACTIVE": ({"OMP_WAIT_POLICY": "ACTIVE"}, False),
 }
 
 
 def _environment(setting: str, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update(SETTINGS[setting], OMP_NUM_THREADS=str(threads))
+    env.update(SETTINGS[setting][0], OMP_NUM_THREADS=str(threads))
     return env
 
 
-def _worker(steps: int, compete: bool) -> None:
+def _worker(steps: int, warmup_s: float, compete: bool, adaptive: bool) -> None:
     sys.path.insert(0, HERE)
+    import torch
     from bench_shared_cpu import training_step
+    from sfpn._threads import SharedCoreThreads
 
     step = training_step()
-    for _ in range(2):
+    threads = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads) if adaptive else None
+
+    def governed_step():
         step()
+        if threads is not None:
+            threads.tick()
+
+    began = time.perf_counter()
+    for _ in range(2):
+        governed_step()
     if compete:
         print("stepping", flush=True)
         while True:
-            step()
+            governed_step()
+    while time.perf_counter() - began < warmup_s:
+        governed_step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        step()
+        governed_step()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"median_s": statistics.median(times), "times_s": times}), flush=True)
+    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "threads": torch.get_num_threads()}), flush=True)
 
 
-def _measure(setting: str, threads: int, steps: int, shared: bool) -> float:
+def _measure(setting: str, threads: int, steps: int, warmup_s: float, shared: bool) -> tuple[float, int]:
+    """The median step of the setting (alone or shared) and the measuring process's final thread count."""
     env = _environment(setting, threads)
+    flags = ["--adaptive"] if SETTINGS[setting][1] else []
     competitor = None
     if shared:
-        competitor = subprocess.Popen([sys.executable, __file__, "--worker", "--compete"], env=env, stdout=subprocess.PIPE, text=True)
+        competitor = subprocess.Popen([sys.executable, __file__, "--worker", "--compete", *flags], env=env, stdout=subprocess.PIPE, text=True)
         if competitor.stdout.readline().strip() != "stepping":
             raise RuntimeError(f"the competing process did not start (exit status {competitor.poll()})")
     try:
-        out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps), "--warmup-s", str(warmup_s), *flags],
+                             env=env, capture_output=True, text=True, check=True)
     finally:
         if competitor is not None:
             competitor.kill()
             competitor.wait()
-    return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured["median_s"], measured["threads"]
 
 
 def _cpu_model() -> str:
@@ -95,24 +117,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup-s", type=float, default=15.0, help="warm up at least this long (both processes' adaptive threads settle in 4-12 s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compete", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--adaptive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.steps, args.compete)
+        _worker(args.steps, args.warmup_s, args.compete, args.adaptive)
         return
 
     load_before = os.getloadavg()[0]
     results = {name: {"alone": [], "shared": []} for name in args.settings}
+    final_threads = {name: {"alone": [], "shared": []} for name in args.settings}
     for round_index in range(args.rounds):
         for shared in (False, True):
+            case = "shared" if shared else "alone"
             for name in args.settings:
-                seconds = _measure(name, args.threads, args.steps, shared)
-                results[name]["shared" if shared else "alone"].append(seconds)
-                print(f"round {round_index + 1} {'shared' if shared else 'alone '} {name:30s} {seconds:.3f} s", flush=True)
+                seconds, threads = _measure(name, args.threads, args.steps, args.warmup_s, shared)
+                results[name][case].append(seconds)
+                final_threads[name][case].append(threads)
+                print(f"round {round_index + 1} {case:6s} {name:30s} {seconds:.3f} s, {threads} threads", flush=True)
     load_after = os.getloadavg()[0]
 
     baseline = "libgomp default (spin 300k)"
@@ -127,7 +154,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"cpu": _cpu_model(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
-                       "load": [load_before, load_after], "results": results}, handle, indent=1)
+                       "warmup_s": args.warmup_s, "load": [load_before, load_after], "results": results,
+                       "final_threads": final_threads}, handle, indent=1)
 
 
 if __name__ == "__main__":
