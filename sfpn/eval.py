@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int_at_least(0), default=1, help="data loading workers (default 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision, as the training config's solver.amp (default: the checkpoint's)")
+    parser.add_argument("--cpu-threads", choices=("adaptive", "fixed"), help="on the CPU, fit the thread count to the "
+                        "cores other processes leave free, or keep torch's, as the training config's cpu_threads "
+                        "(default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return parser.parse_args(argv)
 
@@ -61,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     check_not_shadowed()
     args = parse_args(argv)
+    import torch
+
+    from ._threads import SharedCoreThreads
     from .data.coco import CocoDetection
     from .data.panoptic import PanopticGroundTruth
     from .data.transforms import build_transforms
@@ -78,6 +84,7 @@ def main(argv=None) -> dict:
     if args.semantic_dir and not os.path.isdir(args.semantic_dir):
         raise SystemExit(f"error: --semantic-dir {args.semantic_dir!r} is not a folder")
     device = distributed.init_distributed(args.device)
+    threads = torch.get_num_threads()
     try:
         try:
             path = resolve_checkpoint(args.checkpoint)
@@ -96,8 +103,13 @@ def main(argv=None) -> dict:
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
         prepare_model(model, precision)
+        cpu_threads = args.cpu_threads or meta.get("train_config", {}).get("cpu_threads", "adaptive")
+        shared_cores = None
+        if device.type == "cpu" and cpu_threads == "adaptive":
+            shared_cores = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads)
         if distributed.is_main_process():
-            print(f"sfpn.eval: {path} on {device}; precision {precision.describe()}", flush=True)
+            thread_policy = f"CPU threads {torch.get_num_threads()}, {cpu_threads}; " if device.type == "cpu" else ""
+            print(f"sfpn.eval: {path} on {device}; {thread_policy}precision {precision.describe()}", flush=True)
         data_config = meta.get("train_config", {}).get("data", {})
         transforms = build_transforms(args.min_size or data_config.get("test_min_size", 800), args.max_size or data_config.get("max_size", 1333))
         # Semantic labels as in training, so that the semantic branch is scored too (its mIoU).
@@ -123,7 +135,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")
         metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file,
-                                  progress=not args.no_progress, precision=precision)
+                                  progress=not args.no_progress, precision=precision, shared_cores=shared_cores)
         if distributed.is_main_process():
             print(f"{path} on {ann_file} ({len(dataset)} images):\n{table}\n\n{format_metrics(metrics)}")
             print(f"wrote COCO results to {results_file}")
@@ -132,6 +144,7 @@ def main(argv=None) -> dict:
                     json.dump(metrics, f, indent=2)
         return metrics
     finally:
+        torch.set_num_threads(threads)  # what adaptive threads changed, for a caller in the same process
         distributed.cleanup()
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._threads import SharedCoreThreads
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from ..data.panoptic import panoptic_label_space
 from ..modeling.postprocess import detections_at_original_size, panoptic_at_original_size
@@ -159,10 +160,13 @@ def _accumulate_panoptic(quality: PanopticQuality, label_space, output: dict, ta
 
 @torch.no_grad()
 def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-            masks: bool = True, precision: Precision | None = None) -> tuple[list[dict], bool, dict, PanopticQuality | None]:
+            masks: bool = True, precision: Precision | None = None,
+            shared_cores: SharedCoreThreads | None = None) -> tuple[list[dict], bool, dict, PanopticQuality | None]:
     """Runs ``model`` over this rank's share of ``dataset``; every rank gets all COCO results.
     ``precision`` gives the autocast to run the model under (default fp32); the model's layout is
-    the caller's (see :func:`~sfpn.engine.precision.prepare_model`).
+    the caller's (see :func:`~sfpn.engine.precision.prepare_model`). ``shared_cores``, when given,
+    is ticked after every batch, so that the CPU thread count follows the free cores (the
+    trainer's ``cpu_threads=adaptive``).
 
     ``masks``: whether the results get instance masks (the detector's, or those made from its
     semantic map, one full-size mask per detection); False leaves them out, unmade.
@@ -203,6 +207,8 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
                     _accumulate_semantic(confusions, output, target)
                 if quality is not None:
                     _accumulate_panoptic(quality, label_space, output, target, tuple(image.shape[-2:]), dataset, model.config.panoptic)
+            if shared_cores is not None:
+                shared_cores.tick()
     finally:
         model.train(was_training)
     gathered = distributed.all_gather_objects((results, bool(with_masks), confusions, quality))
@@ -257,9 +263,9 @@ def coco_evaluate(coco_gt, results: list[dict], iou_types=IOU_TYPES, image_ids=N
 
 
 def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, results_file: str | None = None, progress: bool = True,
-             precision: Precision | None = None) -> tuple[dict, str]:
-    """Predicts over ``dataset`` (under ``precision``'s autocast, default fp32) and scores it.
-    Every rank returns the same metrics.
+             precision: Precision | None = None, shared_cores: SharedCoreThreads | None = None) -> tuple[dict, str]:
+    """Predicts over ``dataset`` (under ``precision``'s autocast, default fp32; ``shared_cores``
+    as :func:`predict` takes it) and scores it. Every rank returns the same metrics.
 
     Returns ({"bbox": {AP, AP50, AP75, APs, APm, APl}, "segm": {...} or None, "semantic":
     {"image": {mIoU, fgIoU, IoU: {class: IoU}}, "stride": {...}} or None, and, with panoptic
@@ -270,7 +276,7 @@ def evaluate(model, dataset, device, batch_size: int = 1, num_workers: int = 0, 
     # annotation without a 'segmentation'. On box-only datasets no masks are made at all.
     ground_truth_masks = all("segmentation" in a for a in dataset.coco.dataset["annotations"])
     results, with_masks, confusions, quality = predict(model, dataset, device, batch_size, num_workers, progress,
-                                                       masks=ground_truth_masks, precision=precision)
+                                                       masks=ground_truth_masks, precision=precision, shared_cores=shared_cores)
     if results_file and distributed.is_main_process():
         with open(results_file, "w") as f:
             json.dump(results, f)

@@ -167,6 +167,9 @@ class Trainer:
         self.guard = DivergenceGuard(config.divergence_factor, config.divergence_window)
         #: The newest checkpoint written or resumed from, named when the run diverges.
         self.last_checkpoint: str | None = None
+        #: While :meth:`train` runs on the CPU with ``cpu_threads=adaptive``: what fits the thread
+        #: count to the free cores, ticked every iteration and every evaluated batch.
+        self.shared_cores: SharedCoreThreads | None = None
         if distributed.is_distributed():
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model,
@@ -310,6 +313,7 @@ class Trainer:
             results_file=os.path.join(self.output_dir, "results.json"),
             progress=self.progress,
             precision=self.precision,
+            shared_cores=self.shared_cores,
         )
         self._log({"type": "eval", "iter": self.iteration, **metrics})
         if distributed.is_main_process():
@@ -322,12 +326,15 @@ class Trainer:
         checkpoint there as a kill would); evaluates at the end. Returns the final metrics.
 
         On the CPU with ``cpu_threads=adaptive`` the intra-op thread count follows the cores that
-        other processes leave free (``sfpn._threads.SharedCoreThreads``); the count the call
-        started with is restored when it returns."""
+        other processes leave free (``sfpn._threads.SharedCoreThreads``), through the iterations
+        and the evaluations; the count the call started with is restored when it returns."""
         threads = torch.get_num_threads()
+        if self.device.type == "cpu" and self.config.cpu_threads == "adaptive":
+            self.shared_cores = SharedCoreThreads(threads, torch.set_num_threads)
         try:
             return self._train(max_iters)
         finally:
+            self.shared_cores = None
             torch.set_num_threads(threads)
 
     def _train(self, max_iters: int | None) -> dict | None:
@@ -337,12 +344,10 @@ class Trainer:
         start = self.iteration
         self.model.train()
         bar = tqdm(total=total, initial=self.iteration, desc="training", disable=not (self.progress and distributed.is_main_process()), dynamic_ncols=True)
-        shared_cores = None
-        if self.device.type == "cpu" and config.cpu_threads == "adaptive":
-            shared_cores = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads)
         window: dict[str, float] = {}
         window_iters, window_start, data_time = 0, time.perf_counter(), 0.0
         batches = iter(self._loader()) if self.iteration < stop else None
+        shared_cores = self.shared_cores
         while self.iteration < stop:
             data_start = time.perf_counter()
             images, targets = self._to_device(*next(batches))

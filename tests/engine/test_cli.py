@@ -112,6 +112,7 @@ def train_error(*argv: str) -> str:
          "multiple of 32 (its GroupNorm groups), got 48: channels (48, 96, 192, 384)"),
         (["--set", "backbone.norm=gn", "--set", "backbone.depth=50", "--set", "backbone.width=3"],
          "got 3: channels (3, 6, 12, 24, 48, 96)"),  # the bottlenecks' 4x wider outputs
+        (["--set", "cpu_threads=sometimes"], "config key 'cpu_threads' must be one of ('adaptive', 'fixed'), got 'sometimes'"),
     ],
 )
 def test_bad_config_values_exit_with_one_line_naming_the_key(argv, expected):

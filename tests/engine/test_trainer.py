@@ -77,7 +77,7 @@ def test_train_eval_demo_end_to_end(tiny_data, tmp_path, capsys):
     assert state["iteration"] == 3 and state["meta"]["preset"] == PRESET
 
     evaluated = sfpn_eval.main([str(output), "--results", str(tmp_path / "results.json"), "--no-progress"])
-    assert capsys.readouterr().out.splitlines()[0].endswith(f"; precision {choose_precision('auto', 'cpu').describe()}")
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"; CPU threads 1, adaptive; precision {choose_precision('auto', 'cpu').describe()}")
     assert evaluated["bbox"] == metrics["bbox"]
     assert evaluated["semantic"] == metrics["semantic"]
     results = json.load(open(tmp_path / "results.json"))
@@ -154,8 +154,9 @@ def test_cpu_precision_trains_and_evaluates(tiny_data, tmp_path, amp):
 
 
 def test_cpu_threads_follow_the_free_cores_and_come_back(tiny_data, tmp_path, monkeypatch):
-    """With another process on one of two cores (fake counters, a 1 s window per step), the run
-    moves to one thread after two windows, logs it, and leaves the process at its own count."""
+    """With another process on one of two cores (fake counters, a 1 s window per tick), the run
+    moves to one thread after two windows, logs it, ticks through its evaluation too, and leaves
+    the process at its own count."""
     import functools
 
     from sfpn._threads import CoreUsage, SharedCoreThreads
@@ -169,12 +170,21 @@ def test_cpu_threads_follow_the_free_cores_and_come_back(tiny_data, tmp_path, mo
     def usage():  # both cores busy, this process on one of them
         return CoreUsage(2, busy_s=2 * now[0], ours_s=now[0])
 
-    monkeypatch.setattr(trainer_module, "SharedCoreThreads", functools.partial(SharedCoreThreads, interval_s=1.0, usage=usage, clock=clock))
+    ticks = []
+
+    class CountedTicks(SharedCoreThreads):
+        def tick(self):
+            ticks.append(self.threads)
+            return super().tick()
+
+    monkeypatch.setattr(trainer_module, "SharedCoreThreads", functools.partial(CountedTicks, interval_s=1.0, usage=usage, clock=clock))
     torch.set_num_threads(2)
     trainer = make_trainer(tiny_data, tmp_path / "adaptive", iters=4)
     trainer.train()
     records = [json.loads(line) for line in open(tmp_path / "adaptive" / "metrics.jsonl") if '"train"' in line]
     assert [r["cpu_threads"] for r in records] == [2, 1, 1, 1]
+    assert ticks == [2, 2, 1, 1, 1]  # four iterations, then the final evaluation's one batch of 3 images
+    assert trainer.shared_cores is None
     assert torch.get_num_threads() == 2
     fixed = make_trainer(tiny_data, tmp_path / "fixed", iters=2, cpu_threads="fixed")
     fixed.train()
