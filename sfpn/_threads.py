@@ -65,19 +65,21 @@ class CoreUsage(NamedTuple):
     #: Busy seconds of those cores: everything but idle and I/O wait, including the time the
     #: hypervisor gave to another guest ("steal"), which a descheduled sibling waits for alike.
     busy_s: float
-    #: Seconds this process and its children (DataLoader workers) ran.
+    #: Seconds this process and its children (DataLoader workers) ran, those that ended included.
     ours_s: float
 
 
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
-def _process_seconds(pid: str) -> float:
-    """utime + stime of a process (all its threads) from ``/proc/<pid>/stat``."""
+def _process_seconds(pid: str, ended_children: bool = False) -> float:
+    """utime + stime of a process (all its threads) from ``/proc/<pid>/stat``; with
+    ``ended_children`` also cutime + cstime, the time of its children that ended and were waited
+    for (so that a worker's time does not vanish from the sum when it exits)."""
     with open(f"/proc/{pid}/stat") as stat:
         # The command name (field 2) may hold spaces; the fields after it are plain.
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
+    return sum(int(tick) for tick in fields[11:15 if ended_children else 13]) * _TICK_S
 
 
 def core_usage() -> CoreUsage | None:
@@ -95,7 +97,7 @@ def core_usage() -> CoreUsage | None:
                 seen += 1
         if not cpus or seen != len(cpus):
             return None
-        ours = _process_seconds("self")
+        ours = _process_seconds("self", ended_children=True)
         children = set()
         for task in os.listdir("/proc/self/task"):
             try:
@@ -116,7 +118,7 @@ def core_usage() -> CoreUsage | None:
 class SharedCoreThreads:
     """Fits a process's intra-op thread count to the cores other processes leave free.
 
-    Call :meth:`tick` once per training step. Each window of ``interval_s`` it reads
+    Call :meth:`tick` once per step of the work (a training iteration, an evaluated batch). Each window of ``interval_s`` it reads
     :func:`core_usage`; the other processes' share of this process's cores is the cores' busy
     time less this process's, per second of the window. The thread count it aims at is the cores
     left, rounded, between 1 and ``threads``; it moves there when two windows in a row agree, so

@@ -86,6 +86,18 @@ def test_core_usage_tells_our_children_from_other_processes():
     assert others > 0.5 and ours < 0.3, (others, ours)
 
 
+@pytest.mark.skipif(core_usage() is None, reason="needs Linux's /proc")
+def test_a_child_that_ends_keeps_its_time_in_ours():
+    """A worker's time moves to its parent's count of ended children when it exits: the sum of
+    ours never drops, or the exit would read as another process's use of the cores."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 0.6: pass"])
+    time.sleep(0.3)
+    before = core_usage()
+    worker.wait()
+    after = core_usage()
+    assert after.ours_s - before.ours_s > 0.25, (before, after)  # the worker's last 0.3 s or more
+
+
 class Counters:
     """Fake counters for :class:`SharedCoreThreads`: a clock that moves only when told, and other
     processes using ``others`` cores of ``cores`` (while this process uses the rest)."""
