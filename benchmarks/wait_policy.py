@@ -10,7 +10,7 @@ seconds, then ``--steps`` timed steps, printing the median) and, for the shared 
 competitor running the same step in a loop with the same setting, as two sfpn trainings on one
 machine would. The "adaptive threads" settings tick the trainer's ``SharedCoreThreads`` after
 every step in both processes, as ``cpu_threads=adaptive`` (the trainer's default) does; the
-warm-up gives it the two windows it needs to move. The step is
+other settings keep the thread count fixed. The warm-up gives the adaptive ones time to settle. The step is
 ``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320, in the precision
 that ``solver.amp=auto`` gives here).
 
@@ -55,29 +55,21 @@ def _worker(steps: int, warmup_s: float, compete: bool, adaptive: bool) -> None:
     sys.path.insert(0, HERE)
     import torch
     from bench_shared_cpu import training_step
-    from sfpn._threads import SharedCoreThreads
 
-    step = training_step()
-    threads = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads) if adaptive else None
-
-    def governed_step():
-        step()
-        if threads is not None:
-            threads.tick()
-
+    step = training_step(adaptive)
     began = time.perf_counter()
     for _ in range(2):
-        governed_step()
+        step()
     if compete:
         print("stepping", flush=True)
         while True:
-            governed_step()
+            step()
     while time.perf_counter() - began < warmup_s:
-        governed_step()
+        step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        governed_step()
+        step()
         times.append(time.perf_counter() - start)
     print(json.dumps({"median_s": statistics.median(times), "times_s": times, "threads": torch.get_num_threads()}), flush=True)
 
