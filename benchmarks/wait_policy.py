@@ -2,7 +2,7 @@
 beside a second training process, each setting in fresh processes, the settings interleaved round
 by round.
 
-    python benchmarks/wait_policy.py [--rounds 3] [--steps 6] [--threads 2] [--json PATH]
+    python benchmarks/wait_policy.py [--rounds 3] [--steps 6] [--threads 2] [--alone-only] [--json PATH]
 
 The wait policy is read once, when ``import torch`` loads libgomp, so every setting needs its
 own processes: a measuring process (``--worker``: warm-up steps for at least ``--warmup-s``
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=15.0, help="warm up at least this long (both processes' adaptive threads settle in 4-12 s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--alone-only", action="store_true", help="time each setting alone only (more rounds of the idle goal)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compete", action="store_true", help=argparse.SUPPRESS)
@@ -125,7 +126,7 @@ def main() -> None:
     results = {name: {"alone": [], "shared": []} for name in args.settings}
     final_threads = {name: {"alone": [], "shared": []} for name in args.settings}
     for round_index in range(args.rounds):
-        for shared in (False, True):
+        for shared in (False,) if args.alone_only else (False, True):
             case = "shared" if shared else "alone"
             for name in args.settings:
                 seconds, threads = _measure(name, args.threads, args.steps, args.warmup_s, shared)
@@ -135,14 +136,16 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     baseline = "libgomp default (spin 300k)"
-    median = {name: {case: statistics.median(values) for case, values in cases.items()} for name, cases in results.items()}
+    median = {name: {case: statistics.median(values) for case, values in cases.items() if values}
+              for name, cases in results.items()}
     print(f"\nCPU: {_cpu_model()}, {args.threads} threads, {args.rounds} rounds of {args.steps} steps; "
           f"1-min load {load_before:.1f} before, {load_after:.1f} after")
     print("| setting | step alone (s) | vs libgomp default | step beside a second training (s) | shared / alone |")
     print("| --- | --- | --- | --- | --- |")
     for name, cases in median.items():
         versus = f"{cases['alone'] / median[baseline]['alone']:.2f}x" if baseline in median else "n/a"
-        print(f"| {name} | {cases['alone']:.3f} | {versus} | {cases['shared']:.3f} | {cases['shared'] / cases['alone']:.2f}x |")
+        shared = f"{cases['shared']:.3f} | {cases['shared'] / cases['alone']:.2f}x" if "shared" in cases else "not timed | n/a"
+        print(f"| {name} | {cases['alone']:.3f} | {versus} | {shared} |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"cpu": _cpu_model(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
