@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import sfpn
-from sfpn._threads import SharedCoreThreads
+from sfpn._threads import SharedCoreThreads, fitted_cpu_threads
 from sfpn.engine.precision import choose_precision, prepare_model
 
 IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
@@ -34,10 +34,10 @@ IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
 SETTLE_S = 15.0
 
 
-def training_step(adaptive: bool = True):
-    """The step as a closure over a fresh model, optimizer and random batch. ``adaptive``: tick a
-    :class:`~sfpn._threads.SharedCoreThreads` after every step, as the trainer does by default
-    (it changes this process's thread count; the caller restores it)."""
+def training_step(shared_cores: SharedCoreThreads | None):
+    """The step as a closure over a fresh model, optimizer and random batch; it ticks
+    ``shared_cores`` (from :func:`~sfpn._threads.fitted_cpu_threads`), when given, after every
+    step, as the trainer does by default."""
     torch.manual_seed(0)
     precision = choose_precision("auto", "cpu")
     model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision).train()
@@ -51,8 +51,6 @@ def training_step(adaptive: bool = True):
             "labels": torch.randint(1, CLASSES + 1, (BOXES,)),
             "semantic": torch.randint(0, CLASSES + 1, (HEIGHT, WIDTH)),
         })
-
-    shared_cores = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads) if adaptive else None
 
     def step():
         with precision.autocast("cpu"):
@@ -88,9 +86,8 @@ def competitor():
 @pytest.mark.benchmark(group="training step, default preset [cpu]")
 @pytest.mark.parametrize("impl", ["alone", "beside a training process"])
 def test_training_step(benchmark, request, impl):
-    threads = torch.get_num_threads()
-    step = training_step()
-    try:
+    with fitted_cpu_threads("cpu", "adaptive") as shared_cores:
+        step = training_step(shared_cores)
         if impl == "alone":
             benchmark.extra_info["reference"] = True
         else:
@@ -100,13 +97,12 @@ def test_training_step(benchmark, request, impl):
                 step()
         benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=2)
         benchmark.extra_info["threads"] = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
-    compete = training_step()
-    compete()
-    print("stepping", flush=True)
-    while True:
+    with fitted_cpu_threads("cpu", "adaptive") as cores:
+        compete = training_step(cores)
         compete()
+        print("stepping", flush=True)
+        while True:
+            compete()

@@ -55,23 +55,26 @@ def _worker(steps: int, warmup_s: float, compete: bool, adaptive: bool) -> None:
     sys.path.insert(0, HERE)
     import torch
     from bench_shared_cpu import training_step
+    from sfpn._threads import fitted_cpu_threads
 
-    step = training_step(adaptive)
-    began = time.perf_counter()
-    for _ in range(2):
-        step()
-    if compete:
-        print("stepping", flush=True)
-        while True:
+    with fitted_cpu_threads("cpu", "adaptive" if adaptive else "fixed") as shared_cores:
+        step = training_step(shared_cores)
+        began = time.perf_counter()
+        for _ in range(2):
             step()
-    while time.perf_counter() - began < warmup_s:
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "threads": torch.get_num_threads()}), flush=True)
+        if compete:
+            print("stepping", flush=True)
+            while True:
+                step()
+        while time.perf_counter() - began < warmup_s:
+            step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        threads = torch.get_num_threads()
+    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "threads": threads}), flush=True)
 
 
 def _measure(setting: str, threads: int, steps: int, warmup_s: float, shared: bool) -> tuple[float, int]:

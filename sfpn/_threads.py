@@ -33,6 +33,7 @@ process's cores other processes used and fits the intra-op thread count to what 
 up to the count the run started with. Two trainings on the 2 cores then ran one thread each, at
 0.167 s a step against 0.102 s alone (1.64x; RESULTS.md 2026-12-04).
 """
+import contextlib
 import math
 import os
 import sys
@@ -175,3 +176,18 @@ class SharedCoreThreads:
         self.threads = aim
         self.set_threads(aim)
         return aim
+
+
+@contextlib.contextmanager
+def fitted_cpu_threads(device_type: str, policy: str):
+    """For a block of work on ``device_type`` under the ``cpu_threads`` ``policy``: yields a
+    :class:`SharedCoreThreads` over torch's intra-op thread count on the CPU with ``"adaptive"``
+    (for the block to tick), else None; on exit torch's count is what it was before, whatever the
+    ticks changed."""
+    import torch  # here, not at the top: this module runs before torch is imported
+
+    threads = torch.get_num_threads()
+    try:
+        yield SharedCoreThreads(threads, torch.set_num_threads) if device_type == "cpu" and policy == "adaptive" else None
+    finally:
+        torch.set_num_threads(threads)

@@ -34,7 +34,9 @@ def int_at_least(low: int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from .engine.config import TrainConfig
     from .engine.precision import AMP_MODES
+    from .overrides import allowed
 
     parser = argparse.ArgumentParser(prog="python -m sfpn.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint file, or a training output folder (its last checkpoint)")
@@ -54,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int_at_least(0), default=1, help="data loading workers (default 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision, as the training config's solver.amp (default: the checkpoint's)")
-    parser.add_argument("--cpu-threads", choices=("adaptive", "fixed"), help="on the CPU, fit the thread count to the "
+    parser.add_argument("--cpu-threads", choices=allowed(TrainConfig, "cpu_threads"), help="on the CPU, fit the thread count to the "
                         "cores other processes leave free, or keep torch's, as the training config's cpu_threads "
                         "(default: the checkpoint's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
@@ -66,7 +68,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from ._threads import SharedCoreThreads
+    from ._threads import fitted_cpu_threads
     from .data.coco import CocoDetection
     from .data.panoptic import PanopticGroundTruth
     from .data.transforms import build_transforms
@@ -84,7 +86,6 @@ def main(argv=None) -> dict:
     if args.semantic_dir and not os.path.isdir(args.semantic_dir):
         raise SystemExit(f"error: --semantic-dir {args.semantic_dir!r} is not a folder")
     device = distributed.init_distributed(args.device)
-    threads = torch.get_num_threads()
     try:
         try:
             path = resolve_checkpoint(args.checkpoint)
@@ -104,9 +105,6 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: {error}") from None
         prepare_model(model, precision)
         cpu_threads = args.cpu_threads or meta.get("train_config", {}).get("cpu_threads", "adaptive")
-        shared_cores = None
-        if device.type == "cpu" and cpu_threads == "adaptive":
-            shared_cores = SharedCoreThreads(torch.get_num_threads(), torch.set_num_threads)
         if distributed.is_main_process():
             thread_policy = f"CPU threads {torch.get_num_threads()}, {cpu_threads}; " if device.type == "cpu" else ""
             print(f"sfpn.eval: {path} on {device}; {thread_policy}precision {precision.describe()}", flush=True)
@@ -134,8 +132,9 @@ def main(argv=None) -> dict:
         if dataset.label_to_category_id != meta["label_to_category_id"]:
             raise SystemExit(f"error: {ann_file} has other categories than the checkpoint was trained on ({meta['classes']})")
         results_file = args.results or os.path.join(os.path.dirname(path), "results_eval.json")
-        metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file,
-                                  progress=not args.no_progress, precision=precision, shared_cores=shared_cores)
+        with fitted_cpu_threads(device.type, cpu_threads) as shared_cores:
+            metrics, table = evaluate(model, dataset, device, args.batch_size, args.num_workers, results_file,
+                                      progress=not args.no_progress, precision=precision, shared_cores=shared_cores)
         if distributed.is_main_process():
             print(f"{path} on {ann_file} ({len(dataset)} images):\n{table}\n\n{format_metrics(metrics)}")
             print(f"wrote COCO results to {results_file}")
@@ -144,7 +143,6 @@ def main(argv=None) -> dict:
                     json.dump(metrics, f, indent=2)
         return metrics
     finally:
-        torch.set_num_threads(threads)  # what adaptive threads changed, for a caller in the same process
         distributed.cleanup()
 
 

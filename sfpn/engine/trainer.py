@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .._threads import SharedCoreThreads
+from .._threads import SharedCoreThreads, fitted_cpu_threads
 from ..data.coco import collate
 from ..data.samplers import GroupedTrainBatchSampler, loader_generator
 from . import distributed
@@ -328,14 +328,12 @@ class Trainer:
         On the CPU with ``cpu_threads=adaptive`` the intra-op thread count follows the cores that
         other processes leave free (``sfpn._threads.SharedCoreThreads``), through the iterations
         and the evaluations; the count the call started with is restored when it returns."""
-        threads = torch.get_num_threads()
-        if self.device.type == "cpu" and self.config.cpu_threads == "adaptive":
-            self.shared_cores = SharedCoreThreads(threads, torch.set_num_threads)
-        try:
-            return self._train(max_iters)
-        finally:
-            self.shared_cores = None
-            torch.set_num_threads(threads)
+        with fitted_cpu_threads(self.device.type, self.config.cpu_threads) as shared_cores:
+            self.shared_cores = shared_cores
+            try:
+                return self._train(max_iters)
+            finally:
+                self.shared_cores = None
 
     def _train(self, max_iters: int | None) -> dict | None:
         config = self.config

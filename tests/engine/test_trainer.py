@@ -12,7 +12,7 @@ from sfpn.data import ShapesSpec, synthetic_dataset
 from sfpn.data.synthetic.shapes import CATEGORIES as SHAPES, STUFF_CATEGORIES as STUFF
 from sfpn.engine.checkpoint import CheckpointError, check_model_config, config_to_dict, load_checkpoint
 from sfpn.engine.build import build_trainer, run_configs
-from sfpn.engine import trainer as trainer_module
+from sfpn import _threads
 from sfpn.engine.precision import choose_precision
 from sfpn.engine.trainer import WarmupMultiStep
 
@@ -177,7 +177,8 @@ def test_cpu_threads_follow_the_free_cores_and_come_back(tiny_data, tmp_path, mo
             ticks.append(self.threads)
             return super().tick()
 
-    monkeypatch.setattr(trainer_module, "SharedCoreThreads", functools.partial(CountedTicks, interval_s=1.0, usage=usage, clock=clock))
+    # fitted_cpu_threads builds the trainer's governor from its own module's name
+    monkeypatch.setattr(_threads, "SharedCoreThreads", functools.partial(CountedTicks, interval_s=1.0, usage=usage, clock=clock))
     torch.set_num_threads(2)
     trainer = make_trainer(tiny_data, tmp_path / "adaptive", iters=4)
     trainer.train()
