@@ -3,9 +3,9 @@ same CPU cores (goal: at most 2.5x the time alone when two processes share two c
 
     pytest benchmarks/bench_shared_cpu.py --benchmark-only
 
-The step: ``python -m sfpn.train``'s default detector (faster_rcnn_r18_sfpn_small, 4 classes),
-a batch of 4 images at 256x320, forward, backward and an SGD step, in the precision and layout
-that ``solver.amp=auto`` gives on this CPU, as the default run trains. The competitor is this file
+The step: ``default_run.training_step``, ``python -m sfpn.train``'s default detector on a batch
+of 4 images at 256x320, forward, backward and an SGD step, in the precision and layout that
+``solver.amp=auto`` gives on this CPU, as the default run trains. The competitor is this file
 run as a script (``python benchmarks/bench_shared_cpu.py``): the same step in a loop, in a fresh
 process with this one's environment and as many threads. Two processes that each use every core
 is the case OpenMP's default spin-waiting made 10-35x slower (sfpn/_threads.py); run with
@@ -24,44 +24,11 @@ import time
 import pytest
 import torch
 
-import sfpn
-from sfpn._threads import SharedCoreThreads, fitted_cpu_threads
-from sfpn.engine.precision import choose_precision, prepare_model
-
-IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
+from default_run import training_step
+from sfpn._threads import fitted_cpu_threads
 
 #: Seconds of warm-up beside the competitor: both processes' thread counts settle in 4-12 s.
 SETTLE_S = 15.0
-
-
-def training_step(shared_cores: SharedCoreThreads | None):
-    """The step as a closure over a fresh model, optimizer and random batch; it ticks
-    ``shared_cores`` (from :func:`~sfpn._threads.fitted_cpu_threads`), when given, after every
-    step, as the trainer does by default."""
-    torch.manual_seed(0)
-    precision = choose_precision("auto", "cpu")
-    model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    images, targets = [], []
-    for _ in range(IMAGES):
-        corner = torch.rand(BOXES, 2) * torch.tensor([WIDTH - 64.0, HEIGHT - 64.0])
-        images.append(torch.rand(3, HEIGHT, WIDTH))
-        targets.append({
-            "boxes": torch.cat([corner, corner + 16 + 48 * torch.rand(BOXES, 2)], 1),
-            "labels": torch.randint(1, CLASSES + 1, (BOXES,)),
-            "semantic": torch.randint(0, CLASSES + 1, (HEIGHT, WIDTH)),
-        })
-
-    def step():
-        with precision.autocast("cpu"):
-            losses = model(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
-        if shared_cores is not None:
-            shared_cores.tick()
-
-    return step
 
 
 @pytest.fixture

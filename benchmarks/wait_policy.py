@@ -11,7 +11,7 @@ competitor running the same step in a loop with the same setting, as two sfpn tr
 machine would. The "adaptive threads" settings tick the trainer's ``SharedCoreThreads`` after
 every step in both processes, as ``cpu_threads=adaptive`` (the trainer's default) does; the
 other settings keep the thread count fixed. The warm-up gives the adaptive ones time to settle. The step is
-``bench_shared_cpu.training_step`` (the default preset, a batch of 4 at 256x320, in the precision
+``default_run.training_step`` (the default preset, a batch of 4 at 256x320, in the precision
 that ``solver.amp=auto`` gives here).
 
 Rounds interleave the settings (round 1: every setting alone, then every setting shared; round
@@ -54,7 +54,7 @@ def _environment(setting: str, threads: int) -> dict:
 def _worker(steps: int, warmup_s: float, compete: bool, adaptive: bool) -> None:
     sys.path.insert(0, HERE)
     import torch
-    from bench_shared_cpu import training_step
+    from default_run import training_step
     from sfpn._threads import fitted_cpu_threads
 
     with fitted_cpu_threads("cpu", "adaptive" if adaptive else "fixed") as shared_cores:

@@ -1,0 +1,97 @@
+"""What bf16 gains on this CPU: the default run's training step and inference with
+``solver.amp=bf16`` against ``solver.amp=off`` (fp32), and against fp32 laid out NCHW, timed in
+turns in one process, at each thread count asked for.
+
+    python benchmarks/amp_speedup.py [--rounds 15] [--warmup 3] [--threads 1 2] [--json PATH]
+
+Issue 22's goal: on a CPU with AMX, bf16 at least 2.5x faster than fp32, for the step and for
+inference. The work is ``default_run``'s (the default preset, 4 images at 256x320); the models
+have the same weights and see the same batch. ``fp32`` is the package's own fp32, channels_last
+as ``solver.amp`` lays out every CPU run; ``fp32 NCHW`` is fp32 as it ran before that (and as the
+issue measured its baseline).
+
+Each round times every row once, the order rotating between rounds, and a round's ratio pairs
+timings seconds apart, so a drift of the machine's speed cancels. The table gives each row's
+median and each ratio's median and range over rounds.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from default_run import inference, training_step  # noqa: E402
+from sfpn.engine.precision import cpu_model, cpu_native_bf16  # noqa: E402
+
+#: row -> (solver.amp, channels_last: None for the layout solver.amp gives).
+ROWS = {"fp32 NCHW": ("off", False), "fp32": ("off", None), "bf16": ("bf16", None)}
+#: The speed-ups reported, (slower row, faster row).
+RATIOS = (("fp32", "bf16"), ("fp32 NCHW", "bf16"))
+RUNS = {"step": training_step, "infer": inference}
+
+
+def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per round of ``run`` ("step" or "infer") for each of :data:`ROWS`."""
+    calls = {row: RUNS[run](amp=amp, channels_last=layout) for row, (amp, layout) in ROWS.items()}
+    names = list(ROWS)
+    times: dict[str, list[float]] = {row: [] for row in names}
+    for r in range(warmup + rounds):
+        for row in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            calls[row]()
+            if r >= warmup:
+                times[row].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict[int, dict[str, dict[str, list[float]]]]) -> str:
+    """Markdown, one line per thread count and run: each row's median (ms), then each ratio's
+    paired median and range."""
+    lines = ["| threads | run | " + " | ".join(f"{row} (ms)" for row in ROWS) + " | "
+             + " | ".join(f"{slow} / {fast}, paired (range)" for slow, fast in RATIOS) + " |",
+             "| ---: | --- | " + "---: | " * (len(ROWS) + len(RATIOS))]
+    for threads, runs in times.items():
+        for run, rows in runs.items():
+            cells = [f"{statistics.median(rows[row]) * 1e3:.1f}" for row in ROWS]
+            for slow, fast in RATIOS:
+                ratios = [s / f for s, f in zip(rows[slow], rows[fast])]
+                cells.append(f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f})")
+            lines.append(f"| {threads} | {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}))
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--json", help="write every measurement here")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error(f"--rounds must be at least 1 and --warmup at least 0, got {args.rounds} and {args.warmup}")
+    if any(t < 1 for t in args.threads):
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    load_before = os.getloadavg()
+    times = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        times[threads] = {run: measure(run, args.rounds, args.warmup) for run in args.runs}
+    load_after = os.getloadavg()
+    machine = cpu_model()
+    native = cpu_native_bf16()[1]
+    print(f"{machine}; {native}; torch {torch.__version__}; load {load_before[0]:.1f} before, "
+          f"{load_after[0]:.1f} after\n")
+    print(report(times))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "rounds": args.rounds,
+                       "warmup": args.warmup, "load": [load_before, load_after], "seconds": times}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

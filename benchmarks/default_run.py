@@ -1,0 +1,71 @@
+"""The default run's work as closures for the CPU benchmarks: ``python -m sfpn.train``'s default
+detector (faster_rcnn_r18_sfpn_small, 4 classes) on a batch of 4 random images at 256x320 (the
+synthetic default's size) with 5 boxes each, laid out and computed as ``solver.amp`` gives.
+
+Both closures seed torch before building, so the model and the batch are the same for every
+``amp``: two closures with different precisions time the same work. ``channels_last=False`` keeps
+the model and images NCHW (the layout fp32 had before sfpn chose channels_last on every CPU).
+"""
+import dataclasses
+
+import torch
+
+import sfpn
+from sfpn._threads import SharedCoreThreads
+from sfpn.engine.precision import choose_precision, prepare_model
+
+IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
+
+
+def _model_and_batch(amp: str, channels_last: bool | None = None):
+    """``(model, precision, images, targets)``: the default preset prepared for ``amp`` on the CPU,
+    in the layout ``channels_last`` asks for (None: the one ``amp`` gives)."""
+    torch.manual_seed(0)
+    precision = choose_precision(amp, "cpu")
+    if channels_last is not None:
+        precision = dataclasses.replace(precision, channels_last=channels_last)
+    model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision)
+    images, targets = [], []
+    for _ in range(IMAGES):
+        corner = torch.rand(BOXES, 2) * torch.tensor([WIDTH - 64.0, HEIGHT - 64.0])
+        images.append(torch.rand(3, HEIGHT, WIDTH))
+        targets.append({
+            "boxes": torch.cat([corner, corner + 16 + 48 * torch.rand(BOXES, 2)], 1),
+            "labels": torch.randint(1, CLASSES + 1, (BOXES,)),
+            "semantic": torch.randint(0, CLASSES + 1, (HEIGHT, WIDTH)),
+        })
+    return model, precision, images, targets
+
+
+def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "auto", channels_last: bool | None = None):
+    """A training step (forward, backward, SGD) as a closure over a fresh model, optimizer and
+    batch; it ticks ``shared_cores`` (from :func:`~sfpn._threads.fitted_cpu_threads`), when given,
+    after every step, as the trainer does by default. The closure returns the loss."""
+    model, precision, images, targets = _model_and_batch(amp, channels_last)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+    def step() -> float:
+        with precision.autocast("cpu"):
+            losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(losses.values())
+        loss.backward()
+        optimizer.step()
+        if shared_cores is not None:
+            shared_cores.tick()
+        return loss.item()
+
+    return step
+
+
+def inference(amp: str = "auto", channels_last: bool | None = None):
+    """Inference on the batch (eval mode, no gradients) as a closure; it returns the detections."""
+    model, precision, images, _ = _model_and_batch(amp, channels_last)
+    model.eval()
+
+    def infer() -> list[dict]:
+        with torch.no_grad(), precision.autocast("cpu"):
+            return model(images)
+
+    return infer
