@@ -1,6 +1,7 @@
 """The default run's work as closures for the CPU benchmarks: ``python -m sfpn.train``'s default
-detector (faster_rcnn_r18_sfpn_small, 4 classes) on a batch of 4 random images at 256x320 (the
-synthetic default's size) with 5 boxes each, laid out and computed as ``solver.amp`` gives.
+detector (faster_rcnn_r18_sfpn_small, here with 4 classes, where the default run's set has 6 thing
+and 4 stuff classes) on a batch of 4 random images at 256x320 (the synthetic default's size) with
+5 boxes each, laid out and computed as ``solver.amp`` gives.
 
 Both closures seed torch before building, so the model and the batch are the same for every
 ``amp``: two closures with different precisions time the same work. ``channels_last=False`` keeps
