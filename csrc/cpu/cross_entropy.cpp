@@ -163,11 +163,12 @@ struct RowScratch {
   std::vector<acc_t> logits;   // (K, W): the label row's logits; then their gradient
   std::vector<acc_t> exps;     // (K, W): exp(logit - the pixel's largest)
   std::vector<acc_t> top, sum, total, pixel_weight;  // (W,) each
-  std::vector<int32_t> label;  // (W,): the pixel's class, 0 where ignored (its weight is 0 there)
+  std::vector<int32_t> label;    // (W,): the pixel's class, 0 where ignored
+  std::vector<uint8_t> counted;  // (W,): 1 where the label is a class, 0 where it is ignore_index
 
   RowScratch(int64_t classes, int64_t in_w, int64_t width)
       : source(classes * in_w), logits(classes * width), exps(classes * width), top(width), sum(width),
-        total(width), pixel_weight(width), label(width) {}
+        total(width), pixel_weight(width), label(width), counted(width) {}
 };
 
 // Label rows [row_begin, row_end) of the (N * H) rows: their loss and weight into `out`, and,
@@ -186,6 +187,7 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
   acc_t *source = s.source.data(), *logits = s.logits.data(), *exps = s.exps.data();
   acc_t *top = s.top.data(), *sum = s.sum.data(), *total = s.total.data(), *pixel_weight = s.pixel_weight.data();
   int32_t* label = s.label.data();
+  uint8_t* counted = s.counted.data();
   double run_loss = 0, run_weight = 0;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const label_t* label_row = labels + r * W;
@@ -195,6 +197,7 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
       if (l == p.ignore_index) {
         label[x] = 0;
         pixel_weight[x] = 0;
+        counted[x] = 0;
         continue;
       }
       if (l < 0 || l >= K) {
@@ -203,6 +206,7 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
       }
       label[x] = static_cast<int32_t>(l);
       pixel_weight[x] = p.weight ? p.weight[l] : acc_t(1);
+      counted[x] = 1;
       ++labelled;
     }
     if (labelled == 0) continue;
@@ -255,8 +259,9 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
       const acc_t log_sum_exp = top[x] + log_sum_of_exps(sum[x]);
       const acc_t smoothing_loss = smoothed ? p.smoothing * (log_sum_exp - total[x] / static_cast<acc_t>(K)) : acc_t(0);
       const acc_t pixel_loss = hit * (log_sum_exp - logits[label[x] * W + x]) + smoothing_loss;
-      // A select, not a product: an ignored pixel's loss may be NaN or infinite.
-      row_loss += pixel_weight[x] != acc_t(0) ? pixel_weight[x] * pixel_loss : acc_t(0);
+      // A select, not a product: an ignored pixel's loss may be NaN or infinite. A class of weight
+      // 0 still counts, as in F.cross_entropy (0 * NaN is NaN).
+      row_loss += counted[x] ? pixel_weight[x] * pixel_loss : acc_t(0);
       row_weight += pixel_weight[x];
     }
     run_loss += static_cast<double>(row_loss);
@@ -269,7 +274,7 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
 #pragma omp simd
       for (int64_t x = 0; x < W; ++x) {
         const acc_t g = pixel_weight[x] * (exps[k * W + x] / sum[x] - spread - (label[x] == class_k ? hit : acc_t(0)));
-        logits[k * W + x] = pixel_weight[x] != acc_t(0) ? g : acc_t(0);
+        logits[k * W + x] = counted[x] ? g : acc_t(0);
       }
     }
 
