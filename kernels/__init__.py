@@ -79,7 +79,7 @@ def interpret_on_cpu():
         with warnings.catch_warnings():  # "overriding a previously registered kernel": a C++ one, for the block
             warnings.simplefilter("ignore")
             for name, implementation in _implementations.items():
-                library.impl(name, implementation, "CPU")
+                library.impl(name, implementation, "CPU", allow_override=True)
         _cpu_registration["library"] = library
     _cpu_registration["depth"] += 1
     try:

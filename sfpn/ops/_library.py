@@ -104,14 +104,15 @@ def _quantized_argument_error(name: str) -> Callable:
 def references():
     """Inside this block the references serve every op on CPU and CUDA, over any compiled or
     Triton kernel: the comparison point of tests that run whole modules (the registrations are
-    temporary and removed on exit, which restores the kernels)."""
+    temporary and removed on exit, which restores the kernels). ``allow_override``: torch before
+    2.13 refuses by default to override a kernel registered from Python (the Triton ones on CUDA)."""
     library = torch.library.Library("sfpn", "IMPL")
     try:
         with warnings.catch_warnings():  # "overriding a previously registered kernel": the point
             warnings.simplefilter("ignore")
             for name, reference in REFERENCES.items():
                 for key in ("CPU", "CUDA"):
-                    library.impl(name, reference, key)
+                    library.impl(name, reference, key, allow_override=True)
         yield
     finally:
         library._destroy()

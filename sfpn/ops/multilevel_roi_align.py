@@ -341,8 +341,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
+    input_count = len(ctx.needs_input_grad)  # as in roi_align.py's _backward
     if not ctx.needs_input_grad[0]:
-        return (None,) * 10
+        return (None,) * input_count
     (rois,) = ctx.saved_tensors
     batch_size, channels, heights, widths = ctx.level_shape
     scales, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic = ctx.arguments
@@ -351,7 +352,7 @@ def _backward(ctx, grad):
         canonical_scale, canonical_level, deterministic_backward(deterministic),
     )
     grad_levels = [g.contiguous(memory_format=layout) for g, layout in zip(grad_levels, ctx.level_layouts)]
-    return (grad_levels,) + (None,) * 9
+    return (grad_levels,) + (None,) * (input_count - 1)
 
 
 def _setup_backward_context(ctx, inputs, output):

@@ -372,8 +372,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
+    # One gradient per input the op received: the dispatcher leaves out a trailing
+    # deterministic=False (setup_context sees it filled in), and torch before 2.13 rejects a
+    # backward that returns more entries than that.
+    input_count = len(ctx.needs_input_grad)
     if not ctx.needs_input_grad[0]:
-        return (None,) * 8
+        return (None,) * input_count
     (rois,) = ctx.saved_tensors
     spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, deterministic = ctx.arguments
     batch_size, channels, height, width = ctx.input_shape
@@ -381,7 +385,7 @@ def _backward(ctx, grad):
         grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
         sampling_ratio, aligned, deterministic_backward(deterministic),
     )
-    return (grad_input.contiguous(memory_format=ctx.input_layout),) + (None,) * 7
+    return (grad_input.contiguous(memory_format=ctx.input_layout),) + (None,) * (input_count - 1)
 
 
 def _setup_backward_context(ctx, inputs, output):
