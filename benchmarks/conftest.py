@@ -109,5 +109,8 @@ def pytest_terminal_summary(terminalreporter, config):
     if not config.stash.get(_JSON_WRITTEN, False):  # nothing ran (--collect-only, no benchmark selected)
         return
     path = config.getoption("benchmark_json")
+    if not isinstance(path, (str, os.PathLike)):  # --benchmark-json given: pytest-benchmark's open file
+        path.flush()
+        path = path.name
     terminalreporter.write_sep("=", f"ours against each peer ({os.path.relpath(path)})")
     terminalreporter.write_line(table.table(table.load(path), "sfpn"))

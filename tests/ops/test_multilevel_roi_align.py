@@ -224,4 +224,8 @@ def test_cuda_matches_cpu(generator):
     out_c = multilevel_roi_align(levels, rois, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, False, 64, 3)
     out_g = multilevel_roi_align([lv.cuda() for lv in levels], rois.cuda(), 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2,
                                  False, 64, 3)
-    close(out_g.cpu(), out_c)
+    # Sample coordinates reach 96 on P2 (a float32 step of 7.6e-6 there), and nvcc contracts the
+    # coordinate arithmetic into FMAs where the CPU build rounds each step: a bilinear weight may
+    # move by that step, times a neighbour difference of the random features (up to ~4). Seen on
+    # an H200: 1 element of 117600 off by 1.1e-5.
+    close(out_g.cpu(), out_c, atol=5e-5)
