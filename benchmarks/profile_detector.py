@@ -1,8 +1,9 @@
-"""Where SFPN's extra time goes, against its FPN twin: torch.profiler on the CPU, for inference and
-for a training step (forward + backward of the losses, no optimizer step).
+"""Where SFPN's extra time goes, against its FPN twin: torch.profiler on the CPU or a GPU, for
+inference and for a training step (forward + backward of the losses, no optimizer step).
 
     python benchmarks/profile_detector.py [--model small|r50] [--arch faster_rcnn] [--size 320 320]
         [--modes inference training] [--rounds 5] [--threads 1] [--amp off|bf16]
+        [--device cpu|cuda] [--references OP ...]
 
 Prints, per mode, two tables of milliseconds per call (the median over ``--rounds`` profiled
 calls after two warm-up calls, FPN and SFPN in turns): the process CPU time of each stage (the
@@ -14,6 +15,12 @@ classes and 4 boxes per image (its ``step-small``), with ``--model r50`` the ``_
 with 80 classes and 20 boxes. ``--amp bf16`` runs both as ``solver.amp=bf16`` trains and
 evaluates (bf16 autocast, channels_last weights and images: ``sfpn.engine.precision``). On a
 shared machine use ``--threads 1`` and read the FPN/SFPN ratios, not the absolute times.
+
+With ``--device cuda`` the stages' CPU times are the host's share (launches, Python), the op table
+ranks the ops' own GPU time (the kernels each launches), and a first row gives each detector's
+wall time per call, synchronised, from an unprofiled call in each round. ``--references OP ...``
+serves those sfpn ops (``sfpn.ops._library.OPS``) by their pure-PyTorch references in both
+detectors: the price of a kernel inside the detector, against the eager composition it replaces.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sfpn  # noqa: E402
 from sfpn.engine.precision import choose_precision, prepare_model  # noqa: E402
+from sfpn.ops import _library  # noqa: E402
 from bench_detector import _batch  # noqa: E402
 
 #: The detector's modules timed as stages (inclusive of what they call), by attribute path.
@@ -101,17 +109,35 @@ def staged(model, stages: Stages):
             setattr(owner, name, function)
 
 
-def profiled(model, step) -> tuple[dict, dict]:
-    """(stage -> CPU ms, op -> profiler self ms) of one call of ``step``."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall_ms(step, device: torch.device) -> float:
+    """The wall time of one unprofiled call of ``step``, its GPU work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    step(Stages())
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def profiled(model, step, device: torch.device) -> tuple[dict, dict]:
+    """(stage -> CPU ms, op -> profiler self ms) of one call of ``step``: on a GPU, an op's self
+    time is that of the kernels it launched."""
     stages = Stages()
-    with staged(model, stages), profile(activities=[ProfilerActivity.CPU]) as profiler:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with staged(model, stages), profile(activities=activities) as profiler:
         with stages("call"):
             step(stages)
+        synchronize(device)
     ops = collections.Counter()
     names = {"call", "backward", *STAGES, *(name for _, name in FUNCTIONS)}
     for event in profiler.key_averages():
         if event.key not in names:
-            ops[event.key] += event.self_cpu_time_total / 1e3
+            self_us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+            ops[event.key] += self_us / 1e3
     return dict(stages.cpu_ms), ops
 
 
@@ -124,24 +150,25 @@ def medians(calls: list[dict]) -> dict:
 MODELS = {"small": ("{arch}_r18_{neck}_small", 4, 4), "r50": ("{arch}_r50_{neck}_1x", 80, 20)}
 
 
-def steps(model_name: str, arch: str, neck: str, height: int, width: int, amp: str):
-    """(model, inference step, training step) of ``--model`` with ``neck`` in ``amp``'s precision;
-    a step takes the :class:`Stages` that time it."""
+def steps(model_name: str, arch: str, neck: str, height: int, width: int, amp: str, device: torch.device):
+    """(model, inference step, training step) of ``--model`` with ``neck`` in ``amp``'s precision
+    on ``device``; a step takes the :class:`Stages` that time it."""
     preset, num_classes, boxes = MODELS[model_name]
     torch.manual_seed(0)
-    precision = choose_precision(amp, torch.device("cpu"))
-    model = prepare_model(sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes), precision)
-    images, targets = _batch(height, width, num_classes, boxes, "cpu")
+    precision = choose_precision(amp, device)
+    model = sfpn.build_detector(preset.format(arch=arch, neck=neck), num_classes).to(device)
+    model = prepare_model(model, precision)
+    images, targets = _batch(height, width, num_classes, boxes, device.type)
 
     @torch.no_grad()
     def infer(stages: Stages):  # noqa: ARG001 (the model's own stages are timed by hooks)
         model.eval()
-        with precision.autocast("cpu"):
+        with precision.autocast(device.type):
             model(images)
 
     def train(stages: Stages):
         model.train()
-        with precision.autocast("cpu"):
+        with precision.autocast(device.type):
             losses = model(images, targets)
         with stages("backward"):
             sum(losses.values()).backward()
@@ -161,34 +188,55 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--top", type=int, default=12, help="ops listed per mode")
     parser.add_argument("--amp", default="off", choices=["off", "bf16"], help="precision, as solver.amp (default fp32)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--references", nargs="+", default=[], metavar="OP",
+                        help="sfpn ops served by their pure-PyTorch references in both detectors")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     height, width = args.size
-    print(f"{MODELS[args.model][0].format(arch=args.arch, neck='*')}, batch 2 at {height}x{width}, "
-          f"{args.threads} thread(s), {'bf16 autocast + channels_last' if args.amp == 'bf16' else 'fp32'}, load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
-    for mode in args.modes:
-        detectors = {neck: steps(args.model, args.arch, neck, height, width, args.amp) for neck in ("fpn", "sfpn")}
-        calls = {neck: [] for neck in detectors}
-        for index in range(2 + args.rounds):  # FPN and SFPN in turns, so that both see the same load
-            for neck, (model, infer, train) in detectors.items():
-                step = infer if mode == "inference" else train
-                if index < 2:
-                    step(Stages())  # warm-up
-                else:
-                    calls[neck].append(profiled(model, step))
-        (fpn_stages, fpn_ops), (sfpn_stages, sfpn_ops) = (
-            (medians([c[0] for c in calls[neck]]), medians([c[1] for c in calls[neck]])) for neck in ("fpn", "sfpn"))
-        print(f"\n## {mode}\n\n| stage | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
-        for name in ["call", *STAGES, "backward", *(name for _, name in FUNCTIONS)]:
-            if name in fpn_stages or name in sfpn_stages:
-                fpn, ours = fpn_stages.get(name, 0.0), sfpn_stages.get(name, 0.0)
-                print(f"| {'total' if name == 'call' else name} | {fpn:.1f} | {ours:.1f} | {ours - fpn:+.1f} |")
-        print(f"(load average {os.getloadavg()[0]:.1f})")
-        extra = {op: sfpn_ops[op] - fpn_ops.get(op, 0.0) for op in sfpn_ops}
-        print(f"\n| op (self time) | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
-        for op in sorted(extra, key=extra.get, reverse=True)[: args.top]:
-            print(f"| {op} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU thread(s)"
+    print(f"{MODELS[args.model][0].format(arch=args.arch, neck='*')}, batch 2 at {height}x{width}, {where}, "
+          f"{'bf16 autocast + channels_last' if args.amp == 'bf16' else 'fp32'}, "
+          f"{'references for ' + ', '.join(args.references) if args.references else 'sfpn kernels'}, "
+          f"load average {os.getloadavg()[0]:.1f}, ms per call (median of {args.rounds})")
+    served = _library.references(args.references) if args.references else contextlib.nullcontext()
+    with served:
+        for mode in args.modes:
+            report(mode, args, device, height, width)
 
+
+def report(mode: str, args, device: torch.device, height: int, width: int) -> None:
+    """Profiles ``mode`` for FPN and SFPN in turns and prints its two tables."""
+    detectors = {neck: steps(args.model, args.arch, neck, height, width, args.amp, device) for neck in ("fpn", "sfpn")}
+    calls = {neck: [] for neck in detectors}
+    walls = {neck: [] for neck in detectors}
+    for index in range(2 + args.rounds):  # FPN and SFPN in turns, so that both see the same load
+        for neck, (model, infer, train) in detectors.items():
+            step = infer if mode == "inference" else train
+            if index < 2:
+                step(Stages())  # warm-up
+                continue
+            if device.type == "cuda":
+                walls[neck].append(wall_ms(step, device))
+            calls[neck].append(profiled(model, step, device))
+    (fpn_stages, fpn_ops), (sfpn_stages, sfpn_ops) = (
+        (medians([c[0] for c in calls[neck]]), medians([c[1] for c in calls[neck]])) for neck in ("fpn", "sfpn"))
+    host = " (host CPU time)" if device.type == "cuda" else ""
+    print(f"\n## {mode}\n\n| stage{host} | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
+    if device.type == "cuda":
+        fpn, ours = statistics.median(walls["fpn"]), statistics.median(walls["sfpn"])
+        print(f"| wall, synchronised (unprofiled) | {fpn:.1f} | {ours:.1f} | {ours - fpn:+.1f} |")
+    for name in ["call", *STAGES, "backward", *(name for _, name in FUNCTIONS)]:
+        if name in fpn_stages or name in sfpn_stages:
+            fpn, ours = fpn_stages.get(name, 0.0), sfpn_stages.get(name, 0.0)
+            print(f"| {'total' if name == 'call' else name} | {fpn:.1f} | {ours:.1f} | {ours - fpn:+.1f} |")
+    print(f"(load average {os.getloadavg()[0]:.1f})")
+    extra = {op: sfpn_ops[op] - fpn_ops.get(op, 0.0) for op in sfpn_ops}
+    kind = "GPU self time" if device.type == "cuda" else "self time"
+    print(f"\n| op ({kind}) | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
+    for op in sorted(extra, key=extra.get, reverse=True)[: args.top]:
+        print(f"| {op} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -101,18 +101,28 @@ def _quantized_argument_error(name: str) -> Callable:
 
 
 @contextlib.contextmanager
-def references():
-    """Inside this block the references serve every op on CPU and CUDA, over any compiled or
-    Triton kernel: the comparison point of tests that run whole modules (the registrations are
-    temporary and removed on exit, which restores the kernels). ``allow_override``: torch before
-    2.13 refuses by default to override a kernel registered from Python (the Triton ones on CUDA)."""
+def references(ops: Iterable[str] | None = None):
+    """Inside this block the references serve ``ops`` (public op names, each with its backward
+    ops; every op by default) on CPU and CUDA, over any compiled or Triton kernel: the comparison
+    point of tests that run whole modules, and of profiles that price a kernel inside the detector
+    (the registrations are temporary and removed on exit, which restores the kernels).
+    ``allow_override``: torch before 2.13 refuses by default to override a kernel registered from
+    Python (the Triton ones on CUDA)."""
+    if ops is None:
+        names = list(REFERENCES)
+    else:
+        ops = list(ops)
+        unknown = [op for op in ops if op not in OPS]
+        if unknown:
+            raise ValueError(f"ops must name sfpn ops ({', '.join(OPS)}), got {', '.join(unknown)}")
+        names = [name for op in ops for name in (op, *OPS[op].backward)]
     library = torch.library.Library("sfpn", "IMPL")
     try:
         with warnings.catch_warnings():  # "overriding a previously registered kernel": the point
             warnings.simplefilter("ignore")
-            for name, reference in REFERENCES.items():
+            for name in names:
                 for key in ("CPU", "CUDA"):
-                    library.impl(name, reference, key, allow_override=True)
+                    library.impl(name, REFERENCES[name], key, allow_override=True)
         yield
     finally:
         library._destroy()

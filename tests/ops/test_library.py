@@ -84,6 +84,27 @@ def test_kernels_loaded_after_the_definitions_serve_too():
     assert result.stdout.strip() == "ok"
 
 
+@requires_kernels
+def test_references_serve_the_named_ops_and_their_backwards_for_the_block(generator, monkeypatch):
+    """references(ops) swaps those ops (forward and backward) to their references and leaves the
+    others on their kernels; a name that is no op is refused."""
+    calls = []
+    for name in ("upsample_add", "upsample_add_backward", "semantic_fuse"):
+        function = _library.REFERENCES[name]
+        monkeypatch.setitem(_library.REFERENCES, name, lambda *a, _f=function, _n=name: calls.append(_n) or _f(*a))
+    top, lateral = leaf(randn(generator, 1, 2, 3, 4)), leaf(randn(generator, 1, 2, 6, 8))
+    semantic = randn(generator, 1, 2, 3, 4)
+    with _library.references(["upsample_add"]):
+        upsample_add(top, lateral).sum().backward()
+        semantic_fuse([lateral.detach()], semantic)
+    assert calls == ["upsample_add", "upsample_add_backward"]
+    upsample_add(top, lateral).sum().backward()
+    assert calls == ["upsample_add", "upsample_add_backward"]
+    with pytest.raises(ValueError, match="ops must name sfpn ops .* got upsample"):
+        with _library.references(["upsample"]):
+            pass
+
+
 @needs_interpreter
 def test_interpret_on_cpu_registers_triton_for_the_block_only(generator, monkeypatch):
     from sfpn.kernels import resize_sum as launcher
