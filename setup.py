@@ -8,6 +8,7 @@ Environment knobs:
 import glob
 import os
 import re
+import sys
 import time
 
 from setuptools import find_packages, setup
@@ -47,6 +48,22 @@ def _cuda_library_includes() -> list:
     return list(dict.fromkeys(p for p in found if os.path.isdir(p)))
 
 
+def _link_args() -> list:
+    """OpenMP, and on Linux libstdc++ as the shared library that torch and the interpreter use.
+
+    An extension that links libstdc++ statically (a toolchain whose specs or LDFLAGS say
+    -static-libstdc++, or one that finds libstdc++.a before libstdc++.so) carries a second copy
+    of the C++ runtime, whose locale facets are not the process's: formatting a number into a
+    stream (every TORCH_CHECK message with a size or a label in it) then crashed the process on
+    the H200 image (benchmarks/RESULTS.md, 2026-12-04). Naming the shared object first resolves
+    every C++ runtime symbol against it, so the static archive, if the driver adds it, stays unused.
+    """
+    args = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        args.append("-l:libstdc++.so.6")
+    return args
+
+
 def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
@@ -63,7 +80,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")] + _cuda_library_includes(),
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=_link_args(),
             py_limited_api=False,
         )
     return cpp_extension.CppExtension(
@@ -72,7 +89,7 @@ def _extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=_link_args(),
     )
 
 

@@ -114,6 +114,9 @@ missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_ke
 print("CUDA kernels missing for:", missing) if missing else print("CUDA kernels registered for", len(ops), "ops")
 sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
 
+  # A static copy of libstdc++ in sfpn._C crashes on the first C++ error message with a number.
+  stage "sfpn._C links the shared C++ runtime" "$PYTHON" -m pytest -q -p no:cacheprovider tests/native/test_linkage.py
+
   # The cuda-marked tests, and the Triton kernels' and semantic head's tests (on CUDA when there).
   stage "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda \
     tests/ops
