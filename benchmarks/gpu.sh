@@ -5,6 +5,7 @@
 #   2. check that the CUDA kernels are registered, then run the CUDA tests;
 #   3. time the R50 rows of step 4 round-robin (benchmarks/side_by_side.py) for issue 22's goals,
 #      read as ratios paired within a round: first, so that a spent budget still leaves them;
+#      then benchmarks/ce_rows.py, a candidate kernel against the one it would replace;
 #   4. run every benchmark on CUDA: the ops, the semantic head, and a training step and an
 #      inference pass of faster_rcnn_r50_sfpn_1x against faster_rcnn_r50_fpn_1x and torchvision's
 #      fasterrcnn_resnet50_fpn at 800x1344, batch 2, each in fp32 and in bf16 autocast (the
@@ -127,6 +128,8 @@ sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
   # Issue 22's detector goals before the long tail of op benchmarks (each torch.compile peer
   # compiles for seconds), so that a budget spent early still leaves them measured.
   stage "side by side" "$PYTHON" benchmarks/side_by_side.py --rounds 10 --json "$OUT_DIR/${stamp}-gpu-side-by-side.json"
+  # Candidate kernels, each checked against float64 and timed beside the kernel it would replace.
+  stage "candidate: the upsampling cross entropy a label row at a time" "$PYTHON" benchmarks/ce_rows.py
   # The training step and inference first (fp32 and bf16 rows): the figures the others explain.
   # Then every other file in benchmarks/
   # (pytest skips the repeat). If the budget runs out, pytest is interrupted, still writes the
