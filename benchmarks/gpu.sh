@@ -5,13 +5,14 @@
 #   2. check that the CUDA kernels are registered, then run the CUDA tests;
 #   3. time the R50 rows of step 4 round-robin (benchmarks/side_by_side.py) for issue 22's goals,
 #      read as ratios paired within a round: first, so that a spent budget still leaves them;
-#      then benchmarks/ce_rows.py, a candidate kernel against the one it would replace;
+#      then benchmarks/ce_rows.py, a candidate kernel against the one it would replace, and
+#      benchmarks/profile_detector.py --device cuda, SFPN against FPN op by op;
 #   4. run every benchmark on CUDA: the ops, the semantic head, and a training step and an
 #      inference pass of faster_rcnn_r50_sfpn_1x against faster_rcnn_r50_fpn_1x and torchvision's
 #      fasterrcnn_resnet50_fpn at 800x1344, batch 2, each in fp32 and in bf16 autocast (the
 #      `-bf16` rows of benchmarks/bench_detector.py);
 #   5. print the table for benchmarks/RESULTS.md last.
-# Every stage runs, within one time budget (8 minutes by default); any failure (a test, a
+# Every stage runs, within one time budget (9 minutes by default); any failure (a test, a
 # benchmark's own check against its reference, the build, the budget) makes the exit status 1
 # and is repeated in a banner under the table.
 #
@@ -28,7 +29,7 @@ PYTHON=${PYTHON:-python3}
 OUT_DIR=benchmarks/results
 BUILD=1
 DRY_RUN=0
-BUDGET=480
+BUDGET=540
 TABLE_ONLY=
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -130,6 +131,9 @@ sys.exit(1 if missing else 0)' || "$PYTHON" -m sfpn.info
   stage "side by side" "$PYTHON" benchmarks/side_by_side.py --rounds 10 --json "$OUT_DIR/${stamp}-gpu-side-by-side.json"
   # Candidate kernels, each checked against float64 and timed beside the kernel it would replace.
   stage "candidate: the upsampling cross entropy a label row at a time" "$PYTHON" benchmarks/ce_rows.py
+  # Where SFPN's extra time goes on this GPU, op by op (the table RESULTS.md's GPU entry explains).
+  stage "profile: SFPN against FPN" "$PYTHON" benchmarks/profile_detector.py --device cuda --model r50 \
+    --size 800 1344 --rounds 3 --top 15
   # The training step and inference first (fp32 and bf16 rows): the figures the others explain.
   # Then every other file in benchmarks/
   # (pytest skips the repeat). If the budget runs out, pytest is interrupted, still writes the
