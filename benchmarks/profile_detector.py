@@ -238,5 +238,6 @@ def report(mode: str, args, device: torch.device, height: int, width: int) -> No
     for op in sorted(extra, key=extra.get, reverse=True)[: args.top]:
         print(f"| {op} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
 
+
 if __name__ == "__main__":
     main()

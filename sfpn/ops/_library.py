@@ -111,6 +111,8 @@ def references(ops: Iterable[str] | None = None):
     if ops is None:
         names = list(REFERENCES)
     else:
+        if isinstance(ops, str):
+            raise TypeError(f"ops must be a list of op names, got the string {ops!r}")
         ops = list(ops)
         unknown = [op for op in ops if op not in OPS]
         if unknown:

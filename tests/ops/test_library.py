@@ -103,6 +103,9 @@ def test_references_serve_the_named_ops_and_their_backwards_for_the_block(genera
     with pytest.raises(ValueError, match="ops must name sfpn ops .* got upsample"):
         with _library.references(["upsample"]):
             pass
+    with pytest.raises(TypeError, match="ops must be a list of op names, got the string 'upsample_add'"):
+        with _library.references("upsample_add"):
+            pass
 
 
 @needs_interpreter
