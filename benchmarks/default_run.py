@@ -44,7 +44,7 @@ def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "aut
     after every step, as the trainer does by default. The closure returns the loss."""
     model, precision, images, targets = _model_and_batch(amp, channels_last)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, fused=True)  # as the trainer's
 
     def step() -> float:
         with precision.autocast("cpu"):

@@ -274,3 +274,32 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert [r["iter"] for r in records] == [1, 2, 2]
     assert len(load_checkpoint(str(tmp_path))["rng"]) == 2
     assert json.load(open(tmp_path / "eval.json"))["bbox"] is not None
+
+
+def test_optimizer_is_fused_sgd_without_decay_on_vectors():
+    """The trainer's SGD runs fused, and takes the same step as PyTorch's for-loop SGD with the
+    same groups: weight decay on the weights, none on biases and normalisation parameters."""
+    from sfpn.engine.config import TrainConfig
+    from sfpn.engine.trainer import build_optimizer
+
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    twin.load_state_dict(model.state_dict())
+    config = TrainConfig()
+    optimizer = build_optimizer(model, config)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [config.solver.weight_decay, 0.0]
+    assert [p.dim() > 1 for p in optimizer.param_groups[0]["params"]] == [True, True]
+    decay = [p for p in twin.parameters() if p.dim() > 1]
+    reference = torch.optim.SGD([{"params": decay, "weight_decay": config.solver.weight_decay},
+                                 {"params": [p for p in twin.parameters() if p.dim() <= 1], "weight_decay": 0.0}],
+                                lr=config.solver.lr, momentum=config.solver.momentum, foreach=False)
+    for _ in range(3):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
