@@ -236,7 +236,13 @@ def report(mode: str, args, device: torch.device, height: int, width: int) -> No
     kind = "GPU self time" if device.type == "cuda" else "self time"
     print(f"\n| op ({kind}) | FPN | SFPN | SFPN - FPN |\n| --- | ---: | ---: | ---: |")
     for op in sorted(extra, key=extra.get, reverse=True)[: args.top]:
-        print(f"| {op} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
+        print(f"| {short_name(op)} | {fpn_ops.get(op, 0.0):.1f} | {sfpn_ops[op]:.1f} | {extra[op]:+.1f} |")
+
+
+def short_name(op: str, width: int = 100) -> str:
+    """``op`` cut to ``width`` characters: a CUDA kernel's name spells out its template arguments,
+    hundreds of characters that would hide the table."""
+    return op if len(op) <= width else op[: width - 3] + "..."
 
 
 if __name__ == "__main__":
