@@ -111,6 +111,8 @@ def upsample_cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, igno
     """Mean cross entropy of bilinearly upsampled ``logits`` ``(N, K, h, w)`` against ``labels``
     ``(N, H, W)``, and its gradient w.r.t. ``logits`` (float32): ``(loss, grad)``."""
     batch, num_classes, in_height, in_width = logits.shape
+    if num_classes > 256:
+        raise ValueError(f"the candidate keeps all classes in one tile: at most 256, got {num_classes}")
     out_height, out_width = labels.shape[-2:]
     block_k = max(16, triton.next_power_of_2(num_classes))
     x_step = chunk_geometry(in_width, out_width, block_x, block_j)
@@ -145,14 +147,18 @@ def random_inputs(batch, classes, in_size, out_size, device, dtype=torch.float32
 
 
 def check(device: str) -> None:
-    """The candidate against float64 eager on shapes with exact and inexact scales and K past a tile."""
-    for batch, classes, in_size, out_size in [(2, 5, (6, 7), (24, 28)), (1, 81, (5, 9), (19, 37)), (2, 20, (8, 8), (8, 8))]:
-        logits, labels = random_inputs(batch, classes, in_size, out_size, device)
+    """The candidate against float64 eager: exact and inexact scales, no upsampling, K from 5 to
+    256 (one tile), float32 and bfloat16 logits (the float64 reference reads the same bf16 values)."""
+    cases = [(2, 5, (6, 7), (24, 28), torch.float32), (1, 81, (5, 9), (19, 37), torch.float32),
+             (2, 20, (8, 8), (8, 8), torch.float32), (1, 256, (4, 6), (15, 23), torch.float32),
+             (2, 11, (7, 9), (28, 36), torch.bfloat16)]
+    for batch, classes, in_size, out_size, dtype in cases:
+        logits, labels = random_inputs(batch, classes, in_size, out_size, device, dtype)
         loss, grad = upsample_cross_entropy_rows(logits, labels)
         expected_loss, expected_grad = eager(logits.double(), labels)
         torch.testing.assert_close(loss.double(), expected_loss, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-7)
-        print(f"ok: N={batch} K={classes} {in_size} -> {out_size}")
+        print(f"ok: N={batch} K={classes} {in_size} -> {out_size} {dtype}")
 
 
 def main(argv=None) -> None:
