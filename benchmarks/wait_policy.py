@@ -98,14 +98,23 @@ def _measure(setting: str, threads: int, steps: int, warmup_s: float, shared: bo
 
 
 def _cpu_model() -> str:
+    """As ``sfpn.engine.precision.cpu_model`` words it (name, family, model), read here because
+    importing sfpn would set the OpenMP wait policy (sfpn/_threads.py) that this script's child
+    processes must each choose for themselves."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def main() -> None:
