@@ -2,7 +2,8 @@
 # The GPU run in one command, on a bare machine whose python has a CUDA build of torch, Triton,
 # torchvision, pytest and pytest-benchmark (pycocotools is not needed):
 #   1. build sfpn against that torch (CUDA kernels for the local GPU's architecture only);
-#   2. check that the CUDA kernels are registered, then run the CUDA tests;
+#   2. measure the GPU's copy bandwidth and matrix rates (benchmarks/gpu_ceilings.py), check that
+#      the CUDA kernels are registered, then run the CUDA tests;
 #   3. time the R50 rows of step 4 round-robin (benchmarks/side_by_side.py) for issue 22's goals,
 #      read as ratios paired within a round: first, so that a spent budget still leaves them;
 #      then benchmarks/ce_rows.py, a candidate kernel against the one it would replace, and
@@ -106,6 +107,9 @@ main() {
       "$PYTHON" -m pip install --no-deps --no-build-isolation --no-input -q -e . \
       || { failures+=("the build failed: nothing else can run"); return; }
   fi
+
+  # The copy bandwidth and matrix rates the op figures are read against.
+  stage "ceilings" "$PYTHON" benchmarks/gpu_ceilings.py
 
   # The op tests need sfpn's CUDA kernels: a build that silently fell back to the reference
   # paths would pass them while testing nothing.
