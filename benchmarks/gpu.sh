@@ -101,6 +101,12 @@ main() {
   fi
 
   if [ "$BUILD" -eq 1 ]; then
+    # The build runs without isolation, on this Python's setuptools: pyproject's SPDX license
+    # needs 77 or newer, and an older one fails deep in pip's output.
+    if [ "$DRY_RUN" -eq 0 ] && ! "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)'; then
+      failures+=("setuptools $("$PYTHON" -c 'import setuptools; print(setuptools.__version__)') is older than 77, which the build needs: install a newer one (or carry its wheel), then run again")
+      return
+    fi
     local arch=${TORCH_CUDA_ARCH_LIST:-}
     if [ -z "$arch" ] && [ "$DRY_RUN" -eq 0 ]; then arch=$(arch_list); fi
     stage build env SFPN_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="${arch:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
