@@ -33,7 +33,7 @@ DRY_RUN=0
 BUDGET=540
 TABLE_ONLY=
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }  # the header comment
 die() { echo "gpu.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
