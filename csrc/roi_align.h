@@ -146,13 +146,15 @@ using ForwardEngine = at::Tensor(at::TensorList levels, const at::Tensor& rois, 
                                  const LevelMapper& mapper);
 
 // Backward. grad: (K, C, pooled_h, pooled_w). Returns the gradient of every level,
-// (N, C, H_l, W_l). `deterministic` asks for the same bits on every run (a backend that always
-// gives them may ignore it).
+// (N, C, H_l, W_l), laid out channels_last when `channels_last` says so (autograd asks for the
+// layout of the maps, so that the gradient adds to their other consumers' without a reorder).
+// `deterministic` asks for the same bits on every run (a backend that always gives them may
+// ignore it).
 using BackwardEngine = std::vector<at::Tensor>(const at::Tensor& grad, const at::Tensor& rois,
                                                at::ArrayRef<double> scales, int64_t batch_size, int64_t channels,
                                                at::IntArrayRef heights, at::IntArrayRef widths,
                                                int64_t sampling_ratio, bool aligned, const LevelMapper& mapper,
-                                               bool deterministic);
+                                               bool deterministic, bool channels_last);
 
 // RoI coordinates in the precision the kernels compute in: fp32 for fp16/bf16/fp32 maps.
 inline at::Tensor rois_in_compute_type(const at::Tensor& rois, at::ScalarType input_type) {
@@ -208,10 +210,10 @@ template <BackwardEngine* backward>
 at::Tensor roi_align_backward_op(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
-                                 bool deterministic) {
+                                 bool deterministic, bool channels_last) {
   check_roi_align_backward(grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width);
   return backward(grad, rois, {spatial_scale}, batch_size, channels, {height}, {width}, sampling_ratio, aligned,
-                  LevelMapper{}, deterministic)[0];
+                  LevelMapper{}, deterministic, channels_last)[0];
 }
 
 template <ForwardEngine* forward>
@@ -229,11 +231,11 @@ std::vector<at::Tensor> multilevel_roi_align_backward_op(const at::Tensor& grad,
                                                          int64_t channels, at::IntArrayRef heights,
                                                          at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
                                                          double canonical_scale, int64_t canonical_level,
-                                                         bool deterministic) {
+                                                         bool deterministic, bool channels_last) {
   check_multilevel_roi_align_backward(grad, rois, scales, batch_size, channels, heights, widths, canonical_scale);
   const LevelMapper mapper = make_level_mapper(scales.front(), scales.back(), canonical_scale, canonical_level);
   return backward(grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, mapper,
-                  deterministic);
+                  deterministic, channels_last);
 }
 
 // Registers the four operators for the backend whose TORCH_LIBRARY_IMPL block calls this (`m`

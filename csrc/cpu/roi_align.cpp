@@ -14,9 +14,9 @@
 // cross memory once. In the backward each thread owns whole gradient planes and visits RoIs in
 // index order: no atomics, no zero-filled allocation, the same bits on every run.
 // Channels-last maps (NHWC) are pooled as they are, in parallel over RoIs: every tap reads a
-// vector of C contiguous channels (forward_kernel_channels_last). The backward writes planar
-// gradients whatever the maps' layout; the ops' autograd formulas (sfpn/ops/roi_align.py) lay a
-// channels_last map's gradient out channels_last after it.
+// vector of C contiguous channels (forward_kernel_channels_last). Their gradients are written NHWC
+// too (backward_kernel_channels_last), in parallel over blocks of channels: every tap adds a
+// vector of a block's channels, and each thread still owns what it writes.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "roi_align.h"
+#include "vector_clones.h"
 
 namespace sfpn::roi_align::cpu {
 namespace {
@@ -379,8 +380,34 @@ void forward_kernel(const std::vector<at::Tensor>& levels, const at::Tensor& roi
   });
 }
 
-// The forward over NHWC maps: each RoI's bins are sums of channel vectors, in the order of
-// pool_roi_sparse (per row tap, the weighted sum of its column taps).
+// The forward over NHWC maps: every bin of RoI k is a sum of its taps' channel vectors, each
+// weighted by its row weight times its column weight, gathered bin-major into `bin_sums`
+// (PH * PW * C) and then transposed into the RoI's (C, PH, PW) output.
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void pool_roi_channels_last(const TapView<acc_t>& row_taps, const TapView<acc_t>& col_taps,
+                                               const scalar_t* image, int64_t width, int64_t channels,
+                                               int64_t pooled_h, int64_t pooled_w, acc_t* bin_sums,
+                                               scalar_t* out_roi) {
+  const int64_t bins = pooled_h * pooled_w;
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < pooled_w; ++pw) {
+      acc_t* __restrict__ sum = bin_sums + (ph * pooled_w + pw) * channels;
+      std::fill_n(sum, channels, acc_t(0));
+      for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+        const scalar_t* row = image + row_taps.index[i] * width * channels;
+        for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
+          const acc_t w = row_taps.weight[i] * col_taps.weight[j];
+          const scalar_t* __restrict__ pixel = row + col_taps.index[j] * channels;
+          for (int64_t c = 0; c < channels; ++c) sum[c] += w * static_cast<acc_t>(pixel[c]);
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    for (int64_t bin = 0; bin < bins; ++bin) out_roi[c * bins + bin] = static_cast<scalar_t>(bin_sums[bin * channels + c]);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel_channels_last(const std::vector<at::Tensor>& levels, const at::Tensor& rois,
                                   at::ArrayRef<double> scales, at::IntArrayRef heights, at::IntArrayRef widths,
@@ -395,62 +422,59 @@ void forward_kernel_channels_last(const std::vector<at::Tensor>& levels, const a
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bins * channels));
   at::parallel_for(0, rois.size(0), grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> bin_sum(channels), row_sum(channels);
+    std::vector<acc_t> bin_sums(bins * channels);
     for (int64_t k = begin; k < end; ++k) {
       const int64_t level = t.level[k], width = widths[level];
       const scalar_t* image = level_data[level] + t.batch[k] * heights[level] * width * channels;
-      const TapView<acc_t> row_taps = t.rows.of(k), col_taps = t.cols.of(k);
-      scalar_t* out_roi = out + k * channels * bins;
-      for (int64_t ph = 0; ph < pooled_h; ++ph) {
-        for (int64_t pw = 0; pw < pooled_w; ++pw) {
-          std::fill(bin_sum.begin(), bin_sum.end(), acc_t(0));
-          for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
-            const scalar_t* row = image + row_taps.index[i] * width * channels;
-            std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
-            for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
-              const scalar_t* __restrict__ pixel = row + col_taps.index[j] * channels;
-              const acc_t w = col_taps.weight[j];
-              acc_t* __restrict__ sum = row_sum.data();
-              for (int64_t c = 0; c < channels; ++c) sum[c] += w * static_cast<acc_t>(pixel[c]);
-            }
-            const acc_t w = row_taps.weight[i];
-            for (int64_t c = 0; c < channels; ++c) bin_sum[c] += w * row_sum[c];
-          }
-          scalar_t* out_bin = out_roi + ph * pooled_w + pw;
-          for (int64_t c = 0; c < channels; ++c) out_bin[c * bins] = static_cast<scalar_t>(bin_sum[c]);
-        }
-      }
+      pool_roi_channels_last(t.rows.of(k), t.cols.of(k), image, width, channels, pooled_h, pooled_w,
+                             bin_sums.data(), out + k * channels * bins);
     }
   });
 }
 
+// What the backward kernels read and write: the RoIs' taps, their gradient (K, C, PH, PW) and
+// every level's map (N, C, H_l, W_l) in the layout the kernel writes.
 template <typename scalar_t>
-void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
-                     at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
-                     const LevelMapper& mapper, std::vector<at::Tensor>& grad_levels) {
+struct BackwardPlan {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = grad.size(1), pooled_h = grad.size(2), pooled_w = grad.size(3);
-  const int64_t num_levels = static_cast<int64_t>(grad_levels.size()), batch_size = grad_levels[0].size(0);
-  const int64_t bins = pooled_h * pooled_w;
-  const RoiTaps<acc_t> t = tabulate_taps<acc_t>(rois, batch_size, scales, heights, widths, pooled_h, pooled_w,
-                                                sampling_ratio, aligned, mapper);
-  int64_t largest_plane = 0;
-  for (int64_t l = 0; l < num_levels; ++l) largest_plane = std::max(largest_plane, heights[l] * widths[l]);
-  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
-  std::vector<scalar_t*> out_data;
-  for (at::Tensor& level : grad_levels) out_data.push_back(level.mutable_data_ptr<scalar_t>());
+  int64_t channels, pooled_h, pooled_w, bins, batch_size, largest_plane = 0;
+  at::IntArrayRef heights, widths;
+  RoiTaps<acc_t> t;
+  const scalar_t* grad;
+  std::vector<scalar_t*> out;  // per level
+
+  BackwardPlan(const at::Tensor& grad_, const at::Tensor& rois, at::ArrayRef<double> scales, at::IntArrayRef heights_,
+               at::IntArrayRef widths_, int64_t sampling_ratio, bool aligned, const LevelMapper& mapper,
+               std::vector<at::Tensor>& grad_levels)
+      : channels(grad_.size(1)), pooled_h(grad_.size(2)), pooled_w(grad_.size(3)), bins(pooled_h * pooled_w),
+        batch_size(grad_levels[0].size(0)), heights(heights_), widths(widths_),
+        t(tabulate_taps<acc_t>(rois, batch_size, scales, heights, widths, pooled_h, pooled_w, sampling_ratio, aligned,
+                               mapper)),
+        grad(grad_.const_data_ptr<scalar_t>()) {
+    for (size_t l = 0; l < grad_levels.size(); ++l) {
+      largest_plane = std::max(largest_plane, heights[l] * widths[l]);
+      out.push_back(grad_levels[l].mutable_data_ptr<scalar_t>());
+    }
+  }
+  int64_t num_levels() const { return static_cast<int64_t>(out.size()); }
+};
+
+template <typename scalar_t>
+void backward_kernel(const BackwardPlan<scalar_t>& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const RoiTaps<acc_t>& t = p.t;
 
   const int64_t widest = widest_span(t);
-  at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
+  at::parallel_for(0, p.channels, 1, [&](int64_t c_begin, int64_t c_end) {
     // fp16/bf16 gradients accumulate in a float plane, fp32/fp64 ones in the output itself.
     constexpr bool accumulate_in_output = std::is_same_v<scalar_t, acc_t>;
-    std::vector<acc_t> buffer(accumulate_in_output ? 0 : largest_plane);
+    std::vector<acc_t> buffer(accumulate_in_output ? 0 : p.largest_plane);
     std::vector<acc_t> span_row(widest);
     for (int64_t c = c_begin; c < c_end; ++c) {
-      for (int64_t l = 0; l < num_levels; ++l) {
-        const int64_t width = widths[l], plane_size = heights[l] * width;
-        for (int64_t n = 0; n < batch_size; ++n) {
-          scalar_t* out_plane = out_data[l] + (n * channels + c) * plane_size;
+      for (int64_t l = 0; l < p.num_levels(); ++l) {
+        const int64_t width = p.widths[l], plane_size = p.heights[l] * width;
+        for (int64_t n = 0; n < p.batch_size; ++n) {
+          scalar_t* out_plane = p.out[l] + (n * p.channels + c) * plane_size;
           acc_t* plane;
           if constexpr (accumulate_in_output) {
             plane = out_plane;
@@ -458,22 +482,94 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRe
             plane = buffer.data();
           }
           std::fill(plane, plane + plane_size, acc_t(0));
-          const int64_t group = l * batch_size + n;
+          const int64_t group = l * p.batch_size + n;
           for (int64_t i = t.group_begin[group]; i < t.group_begin[group + 1]; ++i) {
             const int64_t k = t.order[i];
-            const scalar_t* grad_bins = grad_data + (k * channels + c) * bins;
+            const scalar_t* grad_bins = p.grad + (k * p.channels + c) * p.bins;
             with_cols(t.cols.count[k], [&](auto cols) {
               constexpr int kCols = decltype(cols)::value;
-              if (dense_pays(t, k, pooled_w, /*backward=*/true)) {
-                spread_roi_dense<kCols>(t, k, grad_bins, pooled_h, pooled_w, plane, width, span_row.data());
+              if (dense_pays(t, k, p.pooled_w, /*backward=*/true)) {
+                spread_roi_dense<kCols>(t, k, grad_bins, p.pooled_h, p.pooled_w, plane, width, span_row.data());
               } else {
-                spread_roi_sparse<kCols>(t, k, grad_bins, pooled_h, pooled_w, plane, width);
+                spread_roi_sparse<kCols>(t, k, grad_bins, p.pooled_h, p.pooled_w, plane, width);
               }
             });
           }
           if constexpr (!accumulate_in_output) {
             for (int64_t i = 0; i < plane_size; ++i) out_plane[i] = static_cast<scalar_t>(plane[i]);
           }
+        }
+      }
+    }
+  });
+}
+
+// The backward into NHWC maps: the transpose of pool_roi_channels_last, for one block of
+// `block` channels. RoI k's gradient for the block, (block, PH, PW) at `roi_grad` with a channel
+// stride of PH * PW, is first transposed bin-major into `bin_grads`; then every tap adds its bin's
+// vector, weighted, to the pixel's block in `plane`, (H, W, block).
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void spread_roi_channels_last(const TapView<acc_t>& row_taps, const TapView<acc_t>& col_taps,
+                                                 const scalar_t* roi_grad, int64_t block, int64_t pooled_h,
+                                                 int64_t pooled_w, acc_t* bin_grads, acc_t* plane, int64_t width) {
+  const int64_t bins = pooled_h * pooled_w;
+  for (int64_t c = 0; c < block; ++c) {
+    for (int64_t bin = 0; bin < bins; ++bin) bin_grads[bin * block + c] = static_cast<acc_t>(roi_grad[c * bins + bin]);
+  }
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < pooled_w; ++pw) {
+      const acc_t* __restrict__ g = bin_grads + (ph * pooled_w + pw) * block;
+      for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+        acc_t* row = plane + row_taps.index[i] * width * block;
+        for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
+          const acc_t w = row_taps.weight[i] * col_taps.weight[j];
+          acc_t* __restrict__ pixel = row + col_taps.index[j] * block;
+          for (int64_t c = 0; c < block; ++c) pixel[c] += w * g[c];
+        }
+      }
+    }
+  }
+}
+
+// `pixels` blocks of `block` values at stride `from_stride` -> at stride `to_stride`, converted.
+template <typename from_t, typename to_t>
+SFPN_VECTOR_CLONES void copy_blocks(const from_t* from, int64_t from_stride, to_t* to, int64_t to_stride,
+                                    int64_t pixels, int64_t block) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const from_t* __restrict__ source = from + p * from_stride;
+    to_t* __restrict__ target = to + p * to_stride;
+    for (int64_t c = 0; c < block; ++c) target[c] = static_cast<to_t>(source[c]);
+  }
+}
+
+// Each thread owns blocks of kBlock channels; per block and (level, image) it adds the RoIs'
+// bins, in index order, into a compact (H, W, block) plane of acc_t, then lands it in the map.
+// Compact for every dtype: in place in an fp32 map, a block's pixels lie C channels apart, and at
+// C = 256 that made the fp32 backward 1.3x slower (benchmarks/RESULTS.md, 2026-12-04, night).
+template <typename scalar_t>
+void backward_kernel_channels_last(const BackwardPlan<scalar_t>& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // 32 floats: two AVX-512 vectors per tap, and a bf16 block of the map is one 64-byte line.
+  constexpr int64_t kBlock = 32;
+  const RoiTaps<acc_t>& t = p.t;
+
+  const int64_t blocks = (p.channels + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    std::vector<acc_t> plane(p.largest_plane * kBlock);
+    std::vector<acc_t> bin_grads(p.bins * kBlock);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t c0 = b * kBlock, block = std::min(kBlock, p.channels - c0);
+      for (int64_t l = 0; l < p.num_levels(); ++l) {
+        const int64_t width = p.widths[l], plane_size = p.heights[l] * width;
+        for (int64_t n = 0; n < p.batch_size; ++n) {
+          std::fill_n(plane.data(), plane_size * block, acc_t(0));
+          const int64_t group = l * p.batch_size + n;
+          for (int64_t i = t.group_begin[group]; i < t.group_begin[group + 1]; ++i) {
+            const int64_t k = t.order[i];
+            spread_roi_channels_last(t.rows.of(k), t.cols.of(k), p.grad + (k * p.channels + c0) * p.bins, block,
+                                     p.pooled_h, p.pooled_w, bin_grads.data(), plane.data(), width);
+          }
+          copy_blocks(plane.data(), block, p.out[l] + n * plane_size * p.channels + c0, p.channels, plane_size, block);
         }
       }
     }
@@ -493,21 +589,23 @@ at::Tensor forward(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<d
   return args.output;
 }
 
-// Deterministic whatever `deterministic` says: each thread owns whole channel planes and visits
-// the RoIs in a fixed order.
+// Deterministic whatever `deterministic` says: each thread owns whole channel planes (or blocks
+// of NHWC channels) and visits the RoIs in a fixed order.
 std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
                                  int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
                                  int64_t sampling_ratio, bool aligned, const LevelMapper& mapper,
-                                 bool /*deterministic*/) {
+                                 bool /*deterministic*/, bool channels_last) {
   const BackwardArgs args = backward_args(grad, rois);
+  const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> grad_levels;
   for (size_t l = 0; l < scales.size(); ++l) {
-    grad_levels.push_back(at::empty({batch_size, channels, heights[l], widths[l]}, grad.options()));
+    grad_levels.push_back(at::empty({batch_size, channels, heights[l], widths[l]}, grad.options(), layout));
   }
   if (channels == 0 || batch_size == 0) return grad_levels;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sfpn::roi_align_backward", [&] {
-    backward_kernel<scalar_t>(args.grad, args.rois, scales, heights, widths, sampling_ratio, aligned, mapper,
-                              grad_levels);
+    const BackwardPlan<scalar_t> plan(args.grad, args.rois, scales, heights, widths, sampling_ratio, aligned, mapper,
+                                      grad_levels);
+    (channels_last ? backward_kernel_channels_last<scalar_t> : backward_kernel<scalar_t>)(plan);
   });
   return grad_levels;
 }

@@ -266,7 +266,8 @@ at::Tensor forward(at::TensorList levels, const at::Tensor& rois, at::ArrayRef<d
 
 std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales,
                                  int64_t batch_size, int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-                                 int64_t sampling_ratio, bool aligned, const LevelMapper& mapper, bool deterministic) {
+                                 int64_t sampling_ratio, bool aligned, const LevelMapper& mapper, bool deterministic,
+                                 bool channels_last) {
   const BackwardArgs args = backward_args(grad, rois);
   TORCH_CHECK(scales.size() <= static_cast<size_t>(kMaxLevels), "roi_align_backward: at most ", kMaxLevels,
               " levels");
@@ -281,11 +282,15 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois,
   for (int64_t l = 0; l < num_levels; ++l) {
     grad_levels.push_back(at::zeros({batch_size, channels, heights[l], widths[l]}, grad.options().dtype(accumulate_type)));
   }
-  const int64_t total = args.grad.numel();
-  if (total == 0) {
-    for (at::Tensor& g : grad_levels) g = g.to(grad.scalar_type());
+  // The kernels write planar maps: the gradients leave in grad's dtype (the atomic path sums
+  // fp16/bf16 in fp32) and the layout asked for, in one copy where either differs.
+  const auto leave = [&] {
+    const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    for (at::Tensor& g : grad_levels) g = g.to(grad.scalar_type(), false, false, layout);
     return grad_levels;
-  }
+  };
+  const int64_t total = args.grad.numel();
+  if (total == 0) return leave();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sfpn::roi_align_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -329,10 +334,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& rois,
         tap_weight.const_data_ptr<acc_t>(), args.grad.const_data_ptr<scalar_t>(),
         level_maps<scalar_t>(data, batch_size, heights, widths, scales));
   });
-  if (low_precision && !deterministic) {
-    for (at::Tensor& g : grad_levels) g = g.to(grad.scalar_type());
-  }
-  return grad_levels;
+  return leave();
 }
 
 }  // namespace

@@ -6,7 +6,8 @@ Each box is pooled from its FPN level, chosen inside the kernel with torchvision
 reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_align.cpp``,
 ``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
 under ``torch.autocast`` it runs in the levels' dtype (computing in float32), the CPU kernel
-reads channels_last levels as they are, and each level's gradient has the level's layout. Both
+reads channels_last levels as they are (every level in the layout of ``levels[0]``), and the
+gradients have that layout. Both
 script with TorchScript, as ``roi_align`` does (the Python argument checks are left out of a
 scripted call).
 """
@@ -32,6 +33,7 @@ from .roi_align import (
     check_scale,
     deterministic_backward,
     deterministic_requested,
+    gradient_layout,
     in_order,
     output_size_pair,
     roi_align_backward_reference_rois,
@@ -295,7 +297,7 @@ def _multilevel_op_reference(levels, rois, scales, pooled_h, pooled_w, sampling_
 
 
 def _multilevel_backward_op_reference(grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio,
-                                      aligned, canonical_scale, canonical_level, deterministic):
+                                      aligned, canonical_scale, canonical_level, deterministic, channels_last=False):
     level_index = _level_index(rois, scales, canonical_scale, canonical_level, grad.dtype)
     output_size = tuple(grad.shape[-2:])
     grads = []
@@ -303,7 +305,7 @@ def _multilevel_backward_op_reference(grad, rois, scales, batch_size, channels, 
         index = torch.nonzero(level_index == i).flatten()
         grads.append(roi_align_backward_reference_rois(
             grad[index], rois[index], scale, output_size, (batch_size, channels, height, width), sampling_ratio, aligned
-        ))
+        ).contiguous(memory_format=gradient_layout(channels_last)))
     return grads
 
 
@@ -317,7 +319,7 @@ _library.define(
 _library.define(
     "multilevel_roi_align_backward(Tensor grad, Tensor rois, float[] scales, SymInt batch_size, SymInt channels, "
     "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, float canonical_scale, "
-    "int canonical_level, bool deterministic) -> Tensor[]",
+    "int canonical_level, bool deterministic, bool channels_last=False) -> Tensor[]",
     _multilevel_backward_op_reference,
 )
 
@@ -328,15 +330,18 @@ def _(levels, rois, scales, pooled_height, pooled_width, *_):
 
 
 @torch.library.register_fake("sfpn::multilevel_roi_align_backward")
-def _(grad, rois, scales, batch_size, channels, heights, widths, *_):
-    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+def _(grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, canonical_scale,
+      canonical_level, deterministic, channels_last=False):
+    return [torch.empty((batch_size, channels, h, w), dtype=grad.dtype, device=grad.device,
+                        memory_format=gradient_layout(channels_last)) for h, w in zip(heights, widths)]
 
 
 def _setup_context(ctx, inputs, output):
     levels, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_scale, canonical_level, *rest = inputs
     ctx.save_for_backward(rois)
     ctx.level_shape = (levels[0].shape[0], levels[0].shape[1], [l.shape[2] for l in levels], [l.shape[3] for l in levels])
-    ctx.level_layouts = [_library.output_memory_format(level) for level in levels]  # the gradients' (roi_align.py)
+    # The gradients' layout (roi_align.py): the levels share one, as the forward reads them.
+    ctx.channels_last = _library.output_memory_format(levels[0]) == torch.channels_last
     ctx.arguments = (scales, sampling_ratio, aligned, canonical_scale, canonical_level, bool(rest and rest[0]))
 
 
@@ -349,14 +354,13 @@ def _backward(ctx, grad):
     scales, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic = ctx.arguments
     grad_levels = torch.ops.sfpn.multilevel_roi_align_backward(
         grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned,
-        canonical_scale, canonical_level, deterministic_backward(deterministic),
+        canonical_scale, canonical_level, deterministic_backward(deterministic), ctx.channels_last,
     )
-    grad_levels = [g.contiguous(memory_format=layout) for g, layout in zip(grad_levels, ctx.level_layouts)]
     return (grad_levels,) + (None,) * (input_count - 1)
 
 
 def _setup_backward_context(ctx, inputs, output):
-    grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic = inputs
+    grad, rois, scales, batch_size, channels, heights, widths, sampling_ratio, aligned, canonical_scale, canonical_level, deterministic, *_ = inputs
     ctx.save_for_backward(rois)
     ctx.level_shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths)]
     ctx.arguments = (scales, grad.shape[-2], grad.shape[-1], sampling_ratio, aligned, canonical_scale, canonical_level,
@@ -369,7 +373,7 @@ def _backward_backward(ctx, grad_grad_levels):
     # A level whose gradient took no part in the loss contributes zeros.
     levels = [g if g is not None else defined.new_zeros(shape) for g, shape in zip(grad_grad_levels, ctx.level_shapes)]
     grad_grad = torch.ops.sfpn.multilevel_roi_align(levels, rois, *ctx.arguments)
-    return (grad_grad,) + (None,) * 11
+    return (grad_grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 torch.library.register_autograd("sfpn::multilevel_roi_align", _backward, setup_context=_setup_context)

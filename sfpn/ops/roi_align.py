@@ -9,13 +9,14 @@ the sums) and rounds the result once, so under ``torch.autocast`` the op runs in
 dtype as it is: the result is torchvision's (which casts the input to float32 and the result
 back) without a float32 copy of the feature maps. Layout: the CPU kernel reads a channels_last
 input as it is (NHWC, no copy); the result is ``(K, C, PH, PW)`` contiguous for any input, as
-the box head's fully connected layers read it. The input's gradient has the input's layout: the
-kernels write it planar, and a channels_last input's is laid out channels_last after them (one
-copy), as autograd would otherwise add it to the other consumers' channels_last gradients in a
-mixed-layout sum that is 4x slower and hands NCHW gradients on to every convolution behind it.
+the box head's fully connected layers read it. The input's gradient has the input's layout
+(the backward op's ``channels_last``; the CPU kernel writes NHWC as it is, the CUDA kernels
+planar and one copy after), as autograd would otherwise add it to the other consumers'
+channels_last gradients in a mixed-layout sum that is 4x slower and hands NCHW gradients on to
+every convolution behind it.
 
 Backward determinism: the CPU backward is always deterministic (each thread owns whole gradient
-planes). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
+planes, or blocks of 32 channels of an NHWC map, whatever the thread count). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
 ``torch.use_deterministic_algorithms(True)`` selects a sort-by-pixel backward without atomics.
 
 TorchScript: ``roi_align`` and ``RoIAlign`` script with torchvision's signatures (so a scripted
@@ -332,10 +333,15 @@ def _roi_align_op_reference(input, rois, spatial_scale, pooled_h, pooled_w, samp
 
 
 def _roi_align_backward_op_reference(grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
-                                     sampling_ratio, aligned, deterministic):
+                                     sampling_ratio, aligned, deterministic, channels_last=False):
     return roi_align_backward_reference_rois(
         grad, rois, spatial_scale, (pooled_h, pooled_w), (batch_size, channels, height, width), sampling_ratio, aligned
-    )
+    ).contiguous(memory_format=gradient_layout(channels_last))
+
+
+def gradient_layout(channels_last: bool) -> torch.memory_format:
+    """The memory format that the backward ops' ``channels_last`` argument asks for."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 # rois are (K, 5) [batch_index, x1, y1, x2, y2]. The forward ignores `deterministic`; it is there
@@ -348,7 +354,7 @@ _library.define(
 _library.define(
     "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
     "SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned, "
-    "bool deterministic) -> Tensor",
+    "bool deterministic, bool channels_last=False) -> Tensor",
     _roi_align_backward_op_reference,
 )
 
@@ -359,15 +365,17 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 
 
 @torch.library.register_fake("sfpn::roi_align_backward")
-def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, *_):
-    return grad.new_empty((batch_size, channels, height, width))
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
+      aligned, deterministic, channels_last=False):
+    return torch.empty((batch_size, channels, height, width), dtype=grad.dtype, device=grad.device,
+                       memory_format=gradient_layout(channels_last))
 
 
 def _setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, *rest = inputs
     ctx.save_for_backward(rois)
     ctx.input_shape = input.shape
-    ctx.input_layout = _library.output_memory_format(input)
+    ctx.channels_last = _library.output_memory_format(input) == torch.channels_last
     ctx.arguments = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bool(rest and rest[0]))
 
 
@@ -383,13 +391,13 @@ def _backward(ctx, grad):
     batch_size, channels, height, width = ctx.input_shape
     grad_input = torch.ops.sfpn.roi_align_backward(
         grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
-        sampling_ratio, aligned, deterministic_backward(deterministic),
+        sampling_ratio, aligned, deterministic_backward(deterministic), ctx.channels_last,
     )
-    return (grad_input.contiguous(memory_format=ctx.input_layout),) + (None,) * (input_count - 1)
+    return (grad_input,) + (None,) * (input_count - 1)
 
 
 def _setup_backward_context(ctx, inputs, output):
-    _, rois, spatial_scale, pooled_h, pooled_w, _, _, _, _, sampling_ratio, aligned, deterministic = inputs
+    _, rois, spatial_scale, pooled_h, pooled_w, _, _, _, _, sampling_ratio, aligned, deterministic, *_ = inputs
     ctx.save_for_backward(rois)
     ctx.arguments = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, deterministic)
 
@@ -397,7 +405,7 @@ def _setup_backward_context(ctx, inputs, output):
 def _backward_backward(ctx, grad_grad_input):
     (rois,) = ctx.saved_tensors
     grad_grad = torch.ops.sfpn.roi_align(grad_grad_input, rois, *ctx.arguments)
-    return (grad_grad,) + (None,) * 11
+    return (grad_grad,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 torch.library.register_autograd("sfpn::roi_align", _backward, setup_context=_setup_context)

@@ -198,9 +198,10 @@ def test_emulated_forward(emulated, generator, sampling_ratio, aligned):
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("sampling_ratio,aligned", ROI_CASES[:2])
-def test_emulated_backward(emulated, generator, sampling_ratio, aligned, deterministic):
+def test_emulated_backward(emulated, generator, sampling_ratio, aligned, deterministic, channels_last):
     levels, rois = multilevel_inputs(generator, torch.float64)
     for level in levels:
         level.requires_grad_(True)
@@ -208,8 +209,9 @@ def test_emulated_backward(emulated, generator, sampling_ratio, aligned, determi
     reference.multilevel_roi_align(levels, rois, (7, 7), ML_SCALES, sampling_ratio, aligned).backward(grad)
     heights, widths = [h for h, _ in ML_SIZES], [w for _, w in ML_SIZES]
     grads = run(emulated, "multilevel_roi_align_backward", grad, rois, ML_SCALES, 2, 2, heights, widths,
-                sampling_ratio, aligned, 224.0, 4, deterministic)
+                sampling_ratio, aligned, 224.0, 4, deterministic, channels_last)
     for out, level in zip(grads, levels):
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         assert_close(out, level.grad, torch.float64)
 
 

@@ -144,15 +144,17 @@ def test_non_contiguous_input(generator):
 @needs_kernel
 @pytest.mark.multilevel_roi_align
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_gradients_have_the_inputs_layout(generator, layout):
+@pytest.mark.parametrize("channels", [4, 70])
+def test_gradients_have_the_inputs_layout(generator, layout, channels):
     """A map's gradient comes in the map's layout (autograd adds it to the other consumers'
     gradients, which the convolutions give channels_last on the CPU), with the reference's values.
-    torch.autograd.grad hands over the op's own gradients: a leaf's .grad would be re-laid out."""
-    levels = random_pyramid(generator, channels=4)
+    torch.autograd.grad hands over the op's own gradients: a leaf's .grad would be re-laid out.
+    70 channels: two of the CPU's 32-channel NHWC blocks and a part one."""
+    levels = random_pyramid(generator, channels=channels)
     rois = random_boxes(generator, 40, 32, 48, 2)
     arranged = [level.contiguous(memory_format=layout).requires_grad_() for level in levels]
     expected_levels = [level.clone().requires_grad_() for level in levels]
-    grad = torch.randn(40, 4, 3, 3, generator=generator)
+    grad = torch.randn(40, channels, 3, 3, generator=generator)
     cases = [
         (lambda ls: [roi_align(ls[0], rois, 3, 1.0, 2)], lambda ls: [reference.roi_align(ls[0], rois, 3, 1.0, 2)], 1),
         (lambda ls: [multilevel_roi_align(ls, rois, 3, SCALES, 2, False, 32, 3)],
@@ -279,11 +281,14 @@ def test_boxes_outside_and_degenerate(generator):
 @pytest.mark.multilevel_roi_align
 @needs_kernel
 @pytest.mark.parametrize("aligned", [False, True])
-def test_gradcheck(generator, aligned):
-    x = torch.randn(2, 2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradcheck(generator, aligned, layout):
+    x = torch.randn(2, 2, 5, 6, generator=generator, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_()
     rois = random_boxes(generator, 5, 5, 6, 2, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, (2, 3), 1.0, -1, aligned), (x,))
-    levels = [lv.requires_grad_() for lv in random_pyramid(generator, 1, 2, (8, 8), 2, torch.float64)]
+    levels = [lv.contiguous(memory_format=layout).requires_grad_()
+              for lv in random_pyramid(generator, 1, 2, (8, 8), 2, torch.float64)]
     big = random_boxes(generator, 6, 32, 32, 1, dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda a, b: multilevel_roi_align([a, b], big, 2, [1 / 4, 1 / 8], 2, aligned, 8, 3), tuple(levels)
@@ -297,18 +302,45 @@ def test_opcheck(generator):
     rois = random_boxes(generator, 12, 9, 10, 2)
     torch.library.opcheck(torch.ops.sfpn.roi_align.default, (x, rois, 1.0, 3, 2, -1, True, False))
     grad = torch.randn(12, 3, 3, 2, generator=generator)
-    torch.library.opcheck(
-        torch.ops.sfpn.roi_align_backward.default, (grad, rois, 1.0, 3, 2, 2, 3, 9, 10, -1, True, False)
-    )
+    for channels_last in (False, True):
+        torch.library.opcheck(
+            torch.ops.sfpn.roi_align_backward.default, (grad, rois, 1.0, 3, 2, 2, 3, 9, 10, -1, True, False, channels_last)
+        )
     levels = [lv.requires_grad_() for lv in random_pyramid(generator, 2, 3, (16, 20), 3)]
     rois = random_boxes(generator, 12, 64, 80, 2)
     args = (levels, rois, SCALES, 2, 2, 2, False, 16.0, 3, False)
     torch.library.opcheck(torch.ops.sfpn.multilevel_roi_align.default, args)
     grad = torch.randn(12, 3, 2, 2, generator=generator)
-    torch.library.opcheck(
-        torch.ops.sfpn.multilevel_roi_align_backward.default,
-        (grad, rois, SCALES, 2, 3, [16, 8, 4], [20, 10, 5], 2, False, 16.0, 3, False),
-    )
+    for channels_last in (False, True):
+        torch.library.opcheck(
+            torch.ops.sfpn.multilevel_roi_align_backward.default,
+            (grad, rois, SCALES, 2, 3, [16, 8, 4], [20, 10, 5], 2, False, 16.0, 3, False, channels_last),
+        )
+
+
+@needs_kernel
+@pytest.mark.multilevel_roi_align
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cpu_backward_bits_do_not_depend_on_threads(generator, layout):
+    """Each CPU thread owns whole planes (NCHW) or blocks of 32 channels (NHWC) and visits the
+    RoIs in index order: one, two or three threads give the same bits. 70 channels: three NHWC
+    blocks, the last a part one."""
+    levels = [lv.contiguous(memory_format=layout).requires_grad_() for lv in random_pyramid(generator, channels=70)]
+    rois = random_boxes(generator, 200, 32, 48, 2)
+    grad = torch.randn(200, 70, 3, 3, generator=generator)
+
+    def gradients(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return torch.autograd.grad(multilevel_roi_align(levels, rois, 3, SCALES, 2, False, 32, 3), levels, grad)
+        finally:
+            torch.set_num_threads(previous)
+
+    first = gradients(1)
+    for threads in (2, 3):
+        for got, want in zip(gradients(threads), first):
+            assert torch.equal(got, want)
 
 
 @needs_kernel
@@ -430,15 +462,17 @@ def test_emulated_forward(emulated, generator, sampling_ratio, aligned):
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["planar", "channels_last"])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("sampling_ratio,aligned", ROI_CASES)
-def test_emulated_backward(emulated, generator, sampling_ratio, aligned, deterministic):
+def test_emulated_backward(emulated, generator, sampling_ratio, aligned, deterministic, channels_last):
     input = torch.randn(2, 3, 13, 17, generator=generator, dtype=torch.float64, requires_grad=True)
     rois = random_rois(generator, 24, 2, 26, 34).double()
     grad = torch.randn(24, 3, 5, 4, generator=generator, dtype=torch.float64)
     reference.roi_align(input, rois, (5, 4), 0.5, sampling_ratio, aligned).backward(grad)
     grad_input = run(emulated, "roi_align_backward", grad, rois, 0.5, 5, 4, 2, 3, 13, 17, sampling_ratio, aligned,
-                     deterministic)
+                     deterministic, channels_last)
+    assert grad_input.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert_close(grad_input, input.grad, torch.float64)
 
 
@@ -448,7 +482,7 @@ def test_emulated_deterministic_backward_is_bit_identical(emulated, generator):
     rois = random_rois(generator, 40, 2, 26, 34, max_size=12.0)  # small RoIs: many shared pixels
     grad = torch.randn(40, 3, 5, 4, generator=generator)
     results = [
-        run(emulated, "roi_align_backward", grad, rois, 0.5, 5, 4, 2, 3, 13, 17, -1, True, True, seed=seed)
+        run(emulated, "roi_align_backward", grad, rois, 0.5, 5, 4, 2, 3, 13, 17, -1, True, True, False, seed=seed)
         for seed in SEEDS + SEEDS[:1]
     ]
     for result in results[1:]:
@@ -473,7 +507,7 @@ def test_emulated_kernels_assert_valid_rois(emulated, generator, op, bad, messag
     else:
         grad = torch.randn(8, 3, 5, 4, generator=generator)
         kernel = "count_taps_kernel" if op == "deterministic" else "backward_atomic_kernel"
-        call = ("roi_align_backward", grad, rois, 0.5, 5, 4, 2, 3, 13, 17, 2, True, op == "deterministic")
+        call = ("roi_align_backward", grad, rois, 0.5, 5, 4, 2, 3, 13, 17, 2, True, op == "deterministic", False)
     with pytest.raises(RuntimeError, match=f"{kernel}.*{message}"):
         run(emulated, *call)
 
