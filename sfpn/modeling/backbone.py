@@ -46,13 +46,32 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}"
 
 
+def fixed_scale_and_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)``, each ``(C,)``, when ``norm`` is a fixed per-channel affine map,
+    ``x * scale + shift``: a frozen BatchNorm, or a BatchNorm in eval mode that has running
+    statistics (its affine parameters stay in the graph, so their gradients still flow). None
+    when ``norm`` normalises by the batch (a BatchNorm training) or is no BatchNorm."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()
+    if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training and norm.running_var is not None:
+        scale = (norm.running_var + norm.eps).rsqrt()
+        scale = scale * norm.weight if norm.weight is not None else scale
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        return scale, shift
+    return None
+
+
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(x))`` for a bias-free ``conv``. A frozen BatchNorm is folded into the convolution
-    (weights scaled per output channel, the shift as its bias): one pass over the activations
-    instead of three, in the forward and in the backward alike, as the weights stay trainable."""
-    if not isinstance(norm, FrozenBatchNorm2d):
+    """``norm(conv(x))`` for a bias-free ``conv``. A fixed BatchNorm (:func:`fixed_scale_and_shift`:
+    frozen, or a trained one in eval mode) is folded into the convolution (weights scaled per
+    output channel, the shift as its bias): one pass over the activations instead of three, in the
+    forward and in the backward alike, as the weights stay trainable."""
+    affine = fixed_scale_and_shift(norm)
+    if affine is None:
         return norm(conv(x))
-    scale, shift = norm.scale_and_shift()
+    scale, shift = affine
     weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
     return F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 

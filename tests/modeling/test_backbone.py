@@ -2,10 +2,12 @@
 torchvision checkpoints loaded and mismatched ones refused."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sfpn.config import RESNET_STAGES, resnet_channels
 from sfpn.modeling import FrozenBatchNorm2d, ResNet
+from sfpn.modeling.backbone import conv_norm, fixed_scale_and_shift
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,6 +52,39 @@ def test_frozen_batchnorm_matches_batchnorm_in_eval(generator):
     x = torch.randn(2, 8, 5, 5, generator=generator)
     torch.testing.assert_close(frozen(x), bn(x))
     assert not list(frozen.parameters())
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_in_eval_is_folded_into_its_conv(generator, affine):
+    """A trained BatchNorm in eval mode is a fixed affine map, so conv_norm folds it into the
+    convolution: in float64 the output and the gradients of the input, the conv weight and the
+    BatchNorm's affine parameters match conv then BatchNorm. In training mode it is not folded:
+    it normalises by the batch and updates its running statistics."""
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False).double()
+    bn = nn.BatchNorm2d(6, affine=affine).double().eval()
+    bn.running_mean.copy_(torch.randn(6, generator=generator, dtype=torch.float64))
+    bn.running_var.copy_(torch.rand(6, generator=generator, dtype=torch.float64) + 0.5)
+    if affine:
+        bn.weight.data.copy_(torch.randn(6, generator=generator, dtype=torch.float64))
+        bn.bias.data.copy_(torch.randn(6, generator=generator, dtype=torch.float64))
+    x = torch.randn(2, 4, 7, 9, generator=generator, dtype=torch.float64)
+    grad = torch.randn(2, 6, 7, 9, generator=generator, dtype=torch.float64)
+    leaves = [conv.weight] + ([bn.weight, bn.bias] if affine else [])
+
+    def output_and_grads(forward):
+        x_leaf = x.clone().requires_grad_()
+        out = forward(x_leaf)
+        return (out, *torch.autograd.grad(out, [x_leaf, *leaves], grad))
+
+    assert fixed_scale_and_shift(bn) is not None
+    torch.testing.assert_close(output_and_grads(lambda t: conv_norm(conv, bn, t)),
+                               output_and_grads(lambda t: bn(conv(t))), rtol=1e-12, atol=1e-12)
+    bn.train()
+    assert fixed_scale_and_shift(bn) is None
+    before = bn.running_mean.clone()
+    torch.testing.assert_close(conv_norm(conv, bn, x), F.batch_norm(
+        conv(x), None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+    assert not torch.equal(bn.running_mean, before)
 
 
 def _torchvision_resnet_checkpoint(torchvision, depth: int, path):
