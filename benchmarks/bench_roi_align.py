@@ -116,8 +116,10 @@ def test_multilevel_cpu_channels_last(benchmark, impl, dtype):
     """train-7x7 as the detector runs it on a CPU: channels_last maps, and under
     ``solver.amp=bf16`` bf16 ones in autocast (which pools torchvision's in fp32)."""
     features, boxes, size, _ = case_inputs(benchmark, f"multilevel channels_last {dtype}", "cpu", "train-7x7")
-    features = {name: f.detach().to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last).requires_grad_()
-                for name, f in features.items()}
+    features = {
+        name: f.detach().to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last).requires_grad_()
+        for name, f in features.items()
+    }
     names = list(LEVELS)
     pooler = (MultiLevelRoIAlign if impl == "sfpn" else tv_ops.MultiScaleRoIAlign)(names, size, SAMPLING_RATIO)
 

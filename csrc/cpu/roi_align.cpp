@@ -404,7 +404,9 @@ SFPN_VECTOR_CLONES void pool_roi_channels_last(const TapView<acc_t>& row_taps, c
     }
   }
   for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t bin = 0; bin < bins; ++bin) out_roi[c * bins + bin] = static_cast<scalar_t>(bin_sums[bin * channels + c]);
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      out_roi[c * bins + bin] = static_cast<scalar_t>(bin_sums[bin * channels + c]);
+    }
   }
 }
 

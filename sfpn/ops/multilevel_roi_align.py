@@ -7,9 +7,8 @@ reference fallback below (:mod:`sfpn.ops._library`); kernels: ``csrc/cpu/roi_ali
 ``csrc/cuda/roi_align.cu`` (shared with ``roi_align``). Precision and layout as ``roi_align``:
 under ``torch.autocast`` it runs in the levels' dtype (computing in float32), the CPU kernel
 reads channels_last levels as they are (every level in the layout of ``levels[0]``), and the
-gradients have that layout. Both
-script with TorchScript, as ``roi_align`` does (the Python argument checks are left out of a
-scripted call).
+gradients have that layout. Both script with TorchScript, as ``roi_align`` does (the Python
+argument checks are left out of a scripted call).
 """
 from __future__ import annotations
 

@@ -9,14 +9,16 @@ the sums) and rounds the result once, so under ``torch.autocast`` the op runs in
 dtype as it is: the result is torchvision's (which casts the input to float32 and the result
 back) without a float32 copy of the feature maps. Layout: the CPU kernel reads a channels_last
 input as it is (NHWC, no copy); the result is ``(K, C, PH, PW)`` contiguous for any input, as
-the box head's fully connected layers read it. The input's gradient has the input's layout
-(the backward op's ``channels_last``; the CPU kernel writes NHWC as it is, the CUDA kernels
-planar and one copy after), as autograd would otherwise add it to the other consumers'
-channels_last gradients in a mixed-layout sum that is 4x slower and hands NCHW gradients on to
-every convolution behind it.
+the box head's fully connected layers read it. On the CPU the input's gradient has the input's
+layout: the kernel writes a channels_last input's NHWC itself (the backward op's
+``channels_last``), as autograd would otherwise add it to the other consumers' channels_last
+gradients in a mixed-layout sum that is 4x slower and hands NCHW gradients on to every
+convolution behind it. On CUDA, whose kernels take NCHW (``_library.output_memory_format``), it
+is planar.
 
 Backward determinism: the CPU backward is always deterministic (each thread owns whole gradient
-planes, or blocks of 32 channels of an NHWC map, whatever the thread count). On CUDA the default backward adds with float atomics; ``deterministic=True`` or
+planes, or blocks of 32 channels of an NHWC map, whatever the thread count). On CUDA the default
+backward adds with float atomics; ``deterministic=True`` or
 ``torch.use_deterministic_algorithms(True)`` selects a sort-by-pixel backward without atomics.
 
 TorchScript: ``roi_align`` and ``RoIAlign`` script with torchvision's signatures (so a scripted

@@ -304,7 +304,8 @@ def test_opcheck(generator):
     grad = torch.randn(12, 3, 3, 2, generator=generator)
     for channels_last in (False, True):
         torch.library.opcheck(
-            torch.ops.sfpn.roi_align_backward.default, (grad, rois, 1.0, 3, 2, 2, 3, 9, 10, -1, True, False, channels_last)
+            torch.ops.sfpn.roi_align_backward.default,
+            (grad, rois, 1.0, 3, 2, 2, 3, 9, 10, -1, True, False, channels_last),
         )
     levels = [lv.requires_grad_() for lv in random_pyramid(generator, 2, 3, (16, 20), 3)]
     rois = random_boxes(generator, 12, 64, 80, 2)
