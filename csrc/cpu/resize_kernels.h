@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/recycled_memory.h"
+#include "cpu/vector_clones.h"
 #include "resize_index.h"
 
 namespace sfpn::resize::cpu {
@@ -98,6 +99,56 @@ inline int64_t row_grain(int64_t width) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
 }
 
+// to[0:n] = from[0:n], converted (a row of fp32 sums into a bf16 map, say).
+template <typename acc_t, typename scalar_t>
+SFPN_VECTOR_CLONES void store_row(const acc_t* __restrict__ from, scalar_t* __restrict__ to, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<scalar_t>(from[i]);
+}
+
+// dst (W) = one source row `src` (W_t) resized along W by `cols`.
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void resize_row(const scalar_t* src, acc_t* dst, const AxisTable<acc_t>& cols) {
+  const int64_t in_w = cols.axis.in_size, width = cols.axis.out_size;
+  const int64_t* i0 = cols.index0.data();
+  const int64_t* i1 = cols.index1.data();
+  const acc_t* w0 = cols.weight0.data();
+  const acc_t* w1 = cols.weight1.data();
+  auto blend = [&](int64_t x) {
+    return w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
+  };
+  if (cols.blended_doubling) {
+    const acc_t odd0 = w0[1], odd1 = w1[1], even0 = w0[2], even1 = w1[2];
+    dst[0] = blend(0);
+    for (int64_t j = 0; j < in_w - 1; ++j) {
+      const acc_t left = static_cast<acc_t>(src[j]), right = static_cast<acc_t>(src[j + 1]);
+      dst[2 * j + 1] = odd0 * left + odd1 * right;
+      dst[2 * j + 2] = even0 * left + even1 * right;
+    }
+    dst[width - 1] = blend(width - 1);
+  } else if (cols.taps == 2) {
+    for (int64_t x = 0; x < width; ++x) dst[x] = blend(x);
+  } else if (cols.doubling) {
+    for (int64_t x = 0; x < in_w; ++x) dst[2 * x] = dst[2 * x + 1] = static_cast<acc_t>(src[x]);
+  } else {
+    for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<acc_t>(src[i0[x]]);
+  }
+}
+
+// dst (W) = lat + a, or lat + (wa * a + wb * b) when `b` is given: an output row of resize_add
+// from the source rows it blends, already resized along W.
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void add_resized_rows(const scalar_t* __restrict__ lat, const acc_t* __restrict__ a,
+                                         const acc_t* __restrict__ b, acc_t wa, acc_t wb, scalar_t* __restrict__ dst,
+                                         int64_t width) {
+  if (b == nullptr) {
+    for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + a[x]);
+    return;
+  }
+  for (int64_t x = 0; x < width; ++x) {
+    dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + (wa * a[x] + wb * b[x]));
+  }
+}
+
 // out = lateral + resize(top), planes (P, Ht, Wt) -> (P, H, W). Each task walks its rows in
 // order and keeps the last two source rows already resized along W, so every source row is
 // resized horizontally about once and each output row is a vectorised blend of two of them.
@@ -121,47 +172,16 @@ void resize_add(
       recent = 1 - recent;
       cached[recent] = source_row;
       acc_t* dst = cache.data() + recent * width;
-      const scalar_t* src = top + source_row * in_w;
-      const int64_t* i0 = resize.cols.index0.data();
-      const int64_t* i1 = resize.cols.index1.data();
-      const acc_t* w0 = resize.cols.weight0.data();
-      const acc_t* w1 = resize.cols.weight1.data();
-      auto blend = [&](int64_t x) {
-        return w0[x] * static_cast<acc_t>(src[i0[x]]) + w1[x] * static_cast<acc_t>(src[i1[x]]);
-      };
-      if (resize.cols.blended_doubling) {
-        const acc_t odd0 = w0[1], odd1 = w1[1], even0 = w0[2], even1 = w1[2];
-        dst[0] = blend(0);
-        for (int64_t j = 0; j < in_w - 1; ++j) {
-          const acc_t left = static_cast<acc_t>(src[j]), right = static_cast<acc_t>(src[j + 1]);
-          dst[2 * j + 1] = odd0 * left + odd1 * right;
-          dst[2 * j + 2] = even0 * left + even1 * right;
-        }
-        dst[width - 1] = blend(width - 1);
-      } else if (resize.cols.taps == 2) {
-        for (int64_t x = 0; x < width; ++x) dst[x] = blend(x);
-      } else if (resize.cols.doubling) {
-        for (int64_t x = 0; x < in_w; ++x) dst[2 * x] = dst[2 * x + 1] = static_cast<acc_t>(src[x]);
-      } else {
-        for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<acc_t>(src[i0[x]]);
-      }
+      resize_row(top + source_row * in_w, dst, resize.cols);
       return dst;
     };
 
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / height, y = row % height;
-      const scalar_t* __restrict__ lat = lateral + row * width;
-      scalar_t* __restrict__ dst = out + row * width;
-      const acc_t* __restrict__ a = resized_row(plane * in_h + resize.rows.index0[y]);
-      if (resize.rows.taps == 1) {
-        for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + a[x]);
-        continue;
-      }
-      const acc_t* __restrict__ b = resized_row(plane * in_h + resize.rows.index1[y]);
-      const acc_t wa = resize.rows.weight0[y], wb = resize.rows.weight1[y];
-      for (int64_t x = 0; x < width; ++x) {
-        dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + (wa * a[x] + wb * b[x]));
-      }
+      const acc_t* a = resized_row(plane * in_h + resize.rows.index0[y]);
+      const acc_t* b = resize.rows.taps == 1 ? nullptr : resized_row(plane * in_h + resize.rows.index1[y]);
+      add_resized_rows(lateral + row * width, a, b, resize.rows.weight0[y], resize.rows.weight1[y],
+                       out + row * width, width);
     }
   });
 }
@@ -170,7 +190,7 @@ void resize_add(
 // `source_y`: first the output rows reading that source row are summed with their weights into
 // `column_sums` (W, scratch), then each source column gathers its output columns from it.
 template <typename scalar_t, typename acc_t>
-void accumulate_adjoint_row(
+SFPN_VECTOR_CLONES void accumulate_adjoint_row(
     const scalar_t* grad, const Resize2d<acc_t>& resize, int64_t source_y, acc_t* column_sums, acc_t* acc) {
   const AxisTable<acc_t>& rows = resize.rows;
   const AxisTable<acc_t>& cols = resize.cols;
@@ -240,16 +260,54 @@ void resize_adjoint(
         const int64_t plane_size = resizes[k].rows.axis.out_size * resizes[k].cols.axis.out_size;
         accumulate_adjoint_row(grads[k] + plane * plane_size, resizes[k], y, column_sums.data(), acc.data());
       }
-      scalar_t* dst = grad_source + row * source_w;
-      for (int64_t x = 0; x < source_w; ++x) dst[x] = static_cast<scalar_t>(acc[x]);
+      store_row(acc.data(), grad_source + row * source_w, source_w);
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Channels-last twins: (N, H, W, C) tensors. A pixel's C channels are contiguous, so every tap
-// of the tables above moves a whole channel vector (the loops over c vectorise), and the
-// arithmetic per element is the planar kernels' own.
+// of the tables above moves a whole channel vector (the loops over c vectorise, in AVX-512 or
+// AVX2 clones: vector_clones.h), and the arithmetic per element is the planar kernels' own.
+
+// One output row y of resize_add_channels_last: `source0` and `source1` are the rows of `top`
+// it blends (W_t, C), `lateral` and `out` the row itself (W, C).
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void resize_add_row_channels_last(
+    const scalar_t* source0, const scalar_t* source1, const scalar_t* lateral, scalar_t* out, int64_t y,
+    int64_t channels, const Resize2d<acc_t>& resize) {
+  const AxisTable<acc_t>& rows = resize.rows;
+  const AxisTable<acc_t>& cols = resize.cols;
+  const bool blend_rows = rows.taps == 2, blend_cols = cols.taps == 2;
+  const acc_t wa = rows.weight0[y], wb = rows.weight1[y];
+  for (int64_t x = 0; x < cols.axis.out_size; ++x) {
+    const scalar_t* __restrict__ lat = lateral + x * channels;
+    scalar_t* __restrict__ dst = out + x * channels;
+    const int64_t left = cols.index0[x] * channels, right = cols.index1[x] * channels;
+    const acc_t wl = cols.weight0[x], wr = cols.weight1[x];
+    const scalar_t* __restrict__ a0 = source0 + left;
+    const scalar_t* __restrict__ a1 = source0 + right;
+    const scalar_t* __restrict__ b0 = source1 + left;
+    const scalar_t* __restrict__ b1 = source1 + right;
+    auto load = [](const scalar_t* p, int64_t c) { return static_cast<acc_t>(p[c]); };
+    if (!blend_rows && !blend_cols) {
+      for (int64_t c = 0; c < channels; ++c) dst[c] = static_cast<scalar_t>(load(lat, c) + load(a0, c));
+    } else if (!blend_rows) {
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[c] = static_cast<scalar_t>(load(lat, c) + (wl * load(a0, c) + wr * load(a1, c)));
+      }
+    } else if (!blend_cols) {
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * load(a0, c) + wb * load(b0, c)));
+      }
+    } else {
+      for (int64_t c = 0; c < channels; ++c) {
+        const acc_t a = wl * load(a0, c) + wr * load(a1, c), b = wl * load(b0, c) + wr * load(b1, c);
+        dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * a + wb * b));
+      }
+    }
+  }
+}
 
 // out = lateral + resize(top), (N, Ht, Wt, C) -> (N, H, W, C), one output row per step.
 template <typename scalar_t, typename acc_t>
@@ -257,43 +315,14 @@ void resize_add_channels_last(
     const scalar_t* top, const scalar_t* lateral, scalar_t* out, int64_t batch, int64_t channels,
     const Resize2d<acc_t>& resize) {
   const AxisTable<acc_t>& rows = resize.rows;
-  const AxisTable<acc_t>& cols = resize.cols;
-  const int64_t in_h = rows.axis.in_size, in_w = cols.axis.in_size;
-  const int64_t height = rows.axis.out_size, width = cols.axis.out_size;
-  const bool blend_rows = rows.taps == 2, blend_cols = cols.taps == 2;
-  at::parallel_for(0, batch * height, row_grain(width * channels), [&](int64_t begin, int64_t end) {
+  const int64_t in_h = rows.axis.in_size, in_w = resize.cols.axis.in_size;
+  const int64_t height = rows.axis.out_size, row_size = resize.cols.axis.out_size * channels;
+  at::parallel_for(0, batch * height, row_grain(row_size), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / height, y = row % height;
-      const scalar_t* source0 = top + (n * in_h + rows.index0[y]) * in_w * channels;
-      const scalar_t* source1 = top + (n * in_h + rows.index1[y]) * in_w * channels;
-      const acc_t wa = rows.weight0[y], wb = rows.weight1[y];
-      for (int64_t x = 0; x < width; ++x) {
-        const scalar_t* __restrict__ lat = lateral + (row * width + x) * channels;
-        scalar_t* __restrict__ dst = out + (row * width + x) * channels;
-        const int64_t left = cols.index0[x] * channels, right = cols.index1[x] * channels;
-        const acc_t wl = cols.weight0[x], wr = cols.weight1[x];
-        const scalar_t* __restrict__ a0 = source0 + left;
-        const scalar_t* __restrict__ a1 = source0 + right;
-        const scalar_t* __restrict__ b0 = source1 + left;
-        const scalar_t* __restrict__ b1 = source1 + right;
-        auto load = [](const scalar_t* p, int64_t c) { return static_cast<acc_t>(p[c]); };
-        if (!blend_rows && !blend_cols) {
-          for (int64_t c = 0; c < channels; ++c) dst[c] = static_cast<scalar_t>(load(lat, c) + load(a0, c));
-        } else if (!blend_rows) {
-          for (int64_t c = 0; c < channels; ++c) {
-            dst[c] = static_cast<scalar_t>(load(lat, c) + (wl * load(a0, c) + wr * load(a1, c)));
-          }
-        } else if (!blend_cols) {
-          for (int64_t c = 0; c < channels; ++c) {
-            dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * load(a0, c) + wb * load(b0, c)));
-          }
-        } else {
-          for (int64_t c = 0; c < channels; ++c) {
-            const acc_t a = wl * load(a0, c) + wr * load(a1, c), b = wl * load(b0, c) + wr * load(b1, c);
-            dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * a + wb * b));
-          }
-        }
-      }
+      resize_add_row_channels_last(top + (n * in_h + rows.index0[y]) * in_w * channels,
+                                   top + (n * in_h + rows.index1[y]) * in_w * channels, lateral + row * row_size,
+                                   out + row * row_size, y, channels, resize);
     }
   });
 }
@@ -302,7 +331,7 @@ void resize_add_channels_last(
 // `source_y`: the output rows reading it are summed with their weights into `row_sums` (W, C),
 // then each source pixel gathers the output pixels that read it.
 template <typename scalar_t, typename acc_t>
-void accumulate_adjoint_row_channels_last(
+SFPN_VECTOR_CLONES void accumulate_adjoint_row_channels_last(
     const scalar_t* grad, const Resize2d<acc_t>& resize, int64_t channels, int64_t source_y, acc_t* row_sums,
     acc_t* acc, acc_t* pixel) {
   const AxisTable<acc_t>& rows = resize.rows;
@@ -365,8 +394,7 @@ void resize_adjoint_channels_last(
         accumulate_adjoint_row_channels_last(
             grads[k] + n * image_size, resizes[k], channels, y, row_sums.data(), acc.data(), pixel.data());
       }
-      scalar_t* dst = grad_source + row * source_row;
-      for (int64_t i = 0; i < source_row; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
+      store_row(acc.data(), grad_source + row * source_row, source_row);
     }
   });
 }

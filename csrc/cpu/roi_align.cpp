@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "roi_align.h"
-#include "vector_clones.h"
+#include "cpu/vector_clones.h"
 
 namespace sfpn::roi_align::cpu {
 namespace {
