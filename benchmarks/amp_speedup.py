@@ -2,7 +2,7 @@
 ``solver.amp=bf16`` against ``solver.amp=off`` (fp32), and against fp32 laid out NCHW, timed in
 turns in one process, at each thread count asked for.
 
-    python benchmarks/amp_speedup.py [--rounds 15] [--warmup 3] [--threads 1 2] [--json PATH]
+    python benchmarks/amp_speedup.py [--rounds 15] [--warmup 3] [--threads 1 2] [--json PATH] [--split]
 
 Issue 22's goal: on a CPU with AMX, bf16 at least 2.5x faster than fp32, for the step and for
 inference. The work is ``default_run``'s (the default preset, 4 images at 256x320); the models
@@ -13,6 +13,11 @@ issue measured its baseline).
 Each round times every row once, the order rotating between rounds, and a round's ratio pairs
 timings seconds apart, so a drift of the machine's speed cancels. The table gives each row's
 median and each ratio's median and range over rounds.
+
+``--split`` adds, per run and thread count, one profiled call of each row (torch.profiler self
+times): the matrix work that AMX speeds up (convolutions and matrix products) against everything
+else, and everything else's largest ops. The ratio is bounded by that split: with the matrix work
+x times faster in bf16 and the rest r times, fp32 / bf16 is at most (M + R) / (M / x + R / r).
 """
 import argparse
 import json
@@ -32,6 +37,10 @@ ROWS = {"fp32 NCHW": ("off", False), "fp32": ("off", None), "bf16": ("bf16", Non
 #: The speed-ups reported, (slower row, faster row).
 RATIOS = (("fp32", "bf16"), ("fp32 NCHW", "bf16"))
 RUNS = {"step": training_step, "infer": inference}
+#: The ops whose self time is the matrix work (oneDNN's convolutions, ATen's 1x1 convolutions in
+#: fp32, the fully connected layers); ``--split`` sets it against the rest.
+MATRIX_OPS = frozenset({"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+                        "aten::_slow_conv2d_backward", "aten::mm", "aten::addmm", "aten::bmm"})
 
 
 def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -46,6 +55,37 @@ def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
             if r >= warmup:
                 times[row].append(time.perf_counter() - start)
     return times
+
+
+def split(run: str, warmup: int, top: int = 8) -> str:
+    """Markdown: per row of :data:`ROWS` but fp32 NCHW, the self time (ms) of one profiled call of
+    ``run`` after ``warmup`` calls, split into :data:`MATRIX_OPS` and the rest, then the rest's
+    ``top`` largest ops by their bf16 time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = [row for row in ROWS if row != "fp32 NCHW"]
+    self_ms: dict[str, dict[str, float]] = {}
+    for row in rows:
+        call = RUNS[run](amp=ROWS[row][0], channels_last=ROWS[row][1])
+        for _ in range(max(1, warmup)):
+            call()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        self_ms[row] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+    def total(row, keep):
+        return sum(ms for op, ms in self_ms[row].items() if keep(op))
+
+    lines = [f"| {run}: self time (ms) | " + " | ".join(rows) + " | ratio |", "| --- | " + "---: | " * (len(rows) + 1)]
+    groups = [("all", lambda op: True), ("matrix work", lambda op: op in MATRIX_OPS),
+              ("everything else", lambda op: op not in MATRIX_OPS)]
+    largest = sorted((op for op in self_ms[rows[-1]] if op not in MATRIX_OPS), key=lambda op: -self_ms[rows[-1]][op])
+    groups += [(f"- `{op}`", lambda o, op=op: o == op) for op in largest[:top]]
+    for name, keep in groups:
+        cells = [total(row, keep) for row in rows]
+        ratio = f"{cells[0] / cells[-1]:.2f}x" if cells[-1] > 0 else ""
+        lines.append(f"| {name} | " + " | ".join(f"{ms:.1f}" for ms in cells) + f" | {ratio} |")
+    return "\n".join(lines)
 
 
 def report(times: dict[int, dict[str, dict[str, list[float]]]]) -> str:
@@ -71,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}))
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--split", action="store_true",
+                        help="also profile one call of each row: matrix work against the rest (fp32 and bf16)")
     args = parser.parse_args()
     if args.rounds < 1 or args.warmup < 0:
         parser.error(f"--rounds must be at least 1 and --warmup at least 0, got {args.rounds} and {args.warmup}")
@@ -87,6 +129,10 @@ def main() -> None:
     print(f"{machine}; {native}; torch {torch.__version__}; load {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after\n")
     print(report(times))
+    for threads in args.threads if args.split else ():
+        torch.set_num_threads(threads)
+        for run in args.runs:
+            print(f"\n{threads} thread(s)\n\n{split(run, args.warmup)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "rounds": args.rounds,
