@@ -99,12 +99,6 @@ inline int64_t row_grain(int64_t width) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
 }
 
-// to[0:n] = from[0:n], converted (a row of fp32 sums into a bf16 map, say).
-template <typename acc_t, typename scalar_t>
-SFPN_VECTOR_CLONES void store_row(const acc_t* __restrict__ from, scalar_t* __restrict__ to, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) to[i] = static_cast<scalar_t>(from[i]);
-}
-
 // dst (W) = one source row `src` (W_t) resized along W by `cols`.
 template <typename scalar_t, typename acc_t>
 SFPN_VECTOR_CLONES void resize_row(const scalar_t* src, acc_t* dst, const AxisTable<acc_t>& cols) {
@@ -260,7 +254,7 @@ void resize_adjoint(
         const int64_t plane_size = resizes[k].rows.axis.out_size * resizes[k].cols.axis.out_size;
         accumulate_adjoint_row(grads[k] + plane * plane_size, resizes[k], y, column_sums.data(), acc.data());
       }
-      store_row(acc.data(), grad_source + row * source_w, source_w);
+      sfpn::cpu::convert_rows(acc.data(), source_w, grad_source + row * source_w, source_w, 1, source_w);
     }
   });
 }
@@ -394,7 +388,7 @@ void resize_adjoint_channels_last(
         accumulate_adjoint_row_channels_last(
             grads[k] + n * image_size, resizes[k], channels, y, row_sums.data(), acc.data(), pixel.data());
       }
-      store_row(acc.data(), grad_source + row * source_row, source_row);
+      sfpn::cpu::convert_rows(acc.data(), source_row, grad_source + row * source_row, source_row, 1, source_row);
     }
   });
 }

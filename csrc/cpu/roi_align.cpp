@@ -498,7 +498,7 @@ void backward_kernel(const BackwardPlan<scalar_t>& p) {
             });
           }
           if constexpr (!accumulate_in_output) {
-            for (int64_t i = 0; i < plane_size; ++i) out_plane[i] = static_cast<scalar_t>(plane[i]);
+            sfpn::cpu::convert_rows(plane, plane_size, out_plane, plane_size, 1, plane_size);
           }
         }
       }
@@ -533,17 +533,6 @@ SFPN_VECTOR_CLONES void spread_roi_channels_last(const TapView<acc_t>& row_taps,
   }
 }
 
-// `pixels` blocks of `block` values at stride `from_stride` -> at stride `to_stride`, converted.
-template <typename from_t, typename to_t>
-SFPN_VECTOR_CLONES void copy_blocks(const from_t* from, int64_t from_stride, to_t* to, int64_t to_stride,
-                                    int64_t pixels, int64_t block) {
-  for (int64_t p = 0; p < pixels; ++p) {
-    const from_t* __restrict__ source = from + p * from_stride;
-    to_t* __restrict__ target = to + p * to_stride;
-    for (int64_t c = 0; c < block; ++c) target[c] = static_cast<to_t>(source[c]);
-  }
-}
-
 // Each thread owns blocks of kBlock channels; per block and (level, image) it adds the RoIs'
 // bins, in index order, into a compact (H, W, block) plane of acc_t, then lands it in the map.
 // Compact for every dtype: in place in an fp32 map, a block's pixels lie C channels apart, and at
@@ -571,7 +560,8 @@ void backward_kernel_channels_last(const BackwardPlan<scalar_t>& p) {
             spread_roi_channels_last(t.rows.of(k), t.cols.of(k), p.grad + (k * p.channels + c0) * p.bins, block,
                                      p.pooled_h, p.pooled_w, bin_grads.data(), plane.data(), width);
           }
-          copy_blocks(plane.data(), block, p.out[l] + n * plane_size * p.channels + c0, p.channels, plane_size, block);
+          sfpn::cpu::convert_rows(plane.data(), block, p.out[l] + n * plane_size * p.channels + c0, p.channels,
+                                  plane_size, block);
         }
       }
     }
