@@ -17,7 +17,7 @@ median and each ratio's median and range over rounds.
 ``--split`` adds, per run and thread count, one profiled call of each row (torch.profiler self
 times): the matrix work that AMX speeds up (convolutions and matrix products) against everything
 else, and everything else's largest ops. The ratio is bounded by that split: with the matrix work
-x times faster in bf16 and the rest r times, fp32 / bf16 is at most (M + R) / (M / x + R / r).
+x times faster in bf16 and the rest r times, fp32 / bf16 is (M + R) / (M / x + R / r).
 """
 import argparse
 import json
