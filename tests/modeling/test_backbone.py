@@ -87,6 +87,110 @@ def test_batchnorm_in_eval_is_folded_into_its_conv(generator, affine):
     assert not torch.equal(bn.running_mean, before)
 
 
+def _ops_called(forward) -> tuple[torch.Tensor, set[str]]:
+    """``forward()``'s result and the names of the ops it called (torch.profiler's event names)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        out = forward()
+    return out, {event.key for event in profiler.key_averages()}
+
+
+def _conv_bn(generator, in_channels: int, out_channels: int, stride: int, dtype=torch.float32):
+    """A 3x3 conv and an eval-mode BatchNorm with random statistics and affine parameters, both
+    channels_last."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False).to(dtype)
+    bn = nn.BatchNorm2d(out_channels).to(dtype).eval()
+    for tensor in (bn.running_mean, bn.weight.data, bn.bias.data):
+        tensor.copy_(torch.randn(out_channels, generator=generator))
+    bn.running_var.copy_(torch.rand(out_channels, generator=generator) + 0.5)
+    return conv.to(memory_format=torch.channels_last), bn
+
+
+FUSED = "mkldnn::_convolution_pointwise"
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a torch built with oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("residual, relu", [(False, True), (True, True), (True, False), (False, False)])
+def test_conv_norm_post_ops_in_one_onednn_call(generator, stride, residual, relu):
+    """Where nothing needs a gradient, conv_norm on a channels_last CPU map runs the folded conv,
+    the residual's sum and the ReLU as one oneDNN call: float32 against float64 conv, BN, sum and
+    ReLU; bf16 under autocast against the float64 reference and against ATen's separate passes (the
+    fused call rounds once, ATen twice)."""
+    conv, bn = _conv_bn(generator, 24, 40, stride)
+    x = torch.randn(2, 24, 11, 14, generator=generator).contiguous(memory_format=torch.channels_last)
+    out_size = (2, 40, (11 - 1) // stride + 1, (14 - 1) // stride + 1)
+    other = torch.randn(out_size, generator=generator).contiguous(memory_format=torch.channels_last) if residual else None
+    expected = bn.double()(conv.double()(x.double())) + (other.double() if residual else 0)
+    expected = expected.relu() if relu else expected
+    conv.float(), bn.float()
+    with torch.no_grad():
+        out, ops = _ops_called(lambda: conv_norm(conv, bn, x, other, relu))
+        assert FUSED in ops and not ops & {"aten::add_", "aten::relu", "aten::relu_", "aten::clamp_min_"}
+        assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+        residual_bf16 = other.bfloat16() if residual else None
+        with torch.autocast("cpu", torch.bfloat16):
+            fused = conv_norm(conv, bn, x, residual_bf16, relu)
+            separate = F.conv2d(x, conv.weight * fixed_scale_and_shift(bn)[0][:, None, None, None],
+                                fixed_scale_and_shift(bn)[1], stride, 1)
+        separate = separate + residual_bf16 if residual else separate
+        separate = separate.relu() if relu else separate
+        assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused.double(), expected, rtol=1e-2, atol=5e-2)
+        torch.testing.assert_close(fused, separate, rtol=1e-2, atol=5e-2)
+
+
+@needs_onednn
+def test_conv_norm_keeps_aten_where_the_fused_call_does_not_apply(generator):
+    """The fused call has no backward, serves channels_last float32/bf16 only and needs a residual
+    of the output's shape and dtype: otherwise conv_norm runs ATen's ops, whose gradients flow and
+    whose errors name the mismatch."""
+    conv, bn = _conv_bn(generator, 8, 8, 1)
+    x = torch.randn(2, 8, 6, 7, generator=generator).contiguous(memory_format=torch.channels_last)
+    expected = bn(conv(x)).relu()
+    cases = {
+        "autograd": lambda: conv_norm(conv, bn, x, relu=True),
+        "NCHW": lambda: conv_norm(conv, bn, x.contiguous(), relu=True),
+    }
+    for name, forward in cases.items():
+        out, ops = _ops_called(forward)
+        assert FUSED not in ops, name
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()  # the autograd case's graph is intact
+    assert conv.weight.grad is not None and bn.weight.grad is not None
+    with torch.no_grad():
+        out, ops = _ops_called(lambda: conv_norm(conv, bn, x, x.double(), relu=True))
+        assert FUSED not in ops  # a float64 residual: ATen's sum, in the output's dtype
+        torch.testing.assert_close(out, (bn(conv(x)) + x).relu(), rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="size of tensor a"):
+            conv_norm(conv, bn, x, x[:, :, :3], relu=True)
+
+
+@needs_onednn
+def test_resnet_inference_fused_matches_aten(generator, monkeypatch):
+    """The eval-mode ResNet with its convolutions fused (BasicBlock and Bottleneck, the stem, the
+    strided shortcuts) gives ATen's separate ops' features, float32 at 1e-5."""
+    import sfpn.modeling.backbone as backbone
+    x = torch.rand(2, 3, 64, 96, generator=generator).contiguous(memory_format=torch.channels_last)
+    for depth in (18, 50):
+        model = ResNet(depth, width=8, norm="bn").to(memory_format=torch.channels_last)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1, generator=generator)
+                m.running_var.uniform_(0.5, 1.5, generator=generator)
+        model.eval()
+        with torch.no_grad():
+            fused, ops = _ops_called(lambda: model(x))
+            assert FUSED in ops and not ops & {"aten::add_", "aten::relu", "aten::relu_", "aten::clamp_min_"}
+            monkeypatch.setattr(backbone, "_onednn_post_ops_built", lambda: False)
+            separate = model(x)
+            monkeypatch.undo()
+        for a, b in zip(fused, separate):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
 def _torchvision_resnet_checkpoint(torchvision, depth: int, path):
     """A random torchvision ResNet-``depth`` in eval mode, its BatchNorms given non-trivial
     statistics and affine parameters (so that the frozen BN is really exercised), saved at ``path``."""
