@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from ..config import BLOCK_EXPANSION, RESNET_STAGES, BackboneConfig, check_group_norm_width, group_norm_groups
 from ..overrides import allowed, check_value
+from .layers import onednn_conv
 
 NORMS = allowed(BackboneConfig, "norm")
 
@@ -72,7 +72,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
     output channel, the shift as its bias): one pass over the activations instead of three, in the
     forward and in the backward alike, as the weights stay trainable. Where nothing needs a gradient
     the folded convolution may also take the sum and the ReLU as oneDNN post-ops
-    (:func:`_onednn_conv_add_relu`)."""
+    (:func:`~sfpn.modeling.layers.onednn_conv`)."""
     affine = fixed_scale_and_shift(norm)
     if affine is None:
         out = norm(conv(x))
@@ -80,60 +80,13 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
         scale, shift = affine
         weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
         bias = shift.to(conv.weight.dtype)
-        fused = _onednn_conv_add_relu(conv, x, weight, bias, residual, relu)
+        fused = onednn_conv(conv, x, weight, bias, residual, relu)
         if fused is not None:
             return fused
         out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         out = out.add_(residual)  # in place: the sum is the one new map
     return F.relu(out, inplace=True) if relu else out
-
-
-@functools.cache
-def _onednn_post_ops_built() -> bool:
-    """Whether this torch has oneDNN's convolution with post-ops (x86 builds; not Arm's ACL)."""
-    return torch.backends.mkldnn.is_available() and not torch.ops.mkldnn._is_mkldnn_acl_supported()
-
-
-def _onednn_conv_add_relu(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          residual: torch.Tensor | None, relu: bool) -> torch.Tensor | None:
-    """``relu(conv2d(x, weight, bias) + residual)`` (as :func:`conv_norm` reads ``residual`` and
-    ``relu``) as one oneDNN call, or None where that call does not apply: it needs a CPU
-    ``(N, C, H, W)`` channels_last float32 or bfloat16 ``x`` (after autocast's cast), a residual of
-    the output's dtype and layout, no tensor needing a gradient (the call has no backward), and
-    eager mode (traced and exported graphs keep the portable ``conv2d``).
-
-    The call is ``torch.ops.mkldnn._convolution_pointwise``, the fused convolution that
-    ``torch.compile``'s CPU backend emits. In bfloat16, ATen's separate sum and ReLU passes cost
-    1.3-1.5x the fused call at the small presets' shapes (``benchmarks/RESULTS.md``); oneDNN adds
-    the residual before it rounds, so the bf16 result is at least as exact."""
-    if not (not torch.compiler.is_compiling() and type(x) is torch.Tensor and x.device.type == "cpu"
-            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and torch.backends.mkldnn.enabled and _onednn_post_ops_built()):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad
-                                    or (residual is not None and residual.requires_grad)):
-        return None
-    floats = (torch.float32, torch.bfloat16)
-    if torch.is_autocast_enabled("cpu"):  # cast as autocast casts conv2d's arguments
-        dtype = torch.get_autocast_dtype("cpu")
-        if dtype not in floats or x.dtype not in floats or weight.dtype not in floats:
-            return None
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-    elif x.dtype not in floats or weight.dtype != x.dtype:
-        return None
-    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    unary = "relu" if relu else "none"
-    if residual is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
-    size = [x.shape[0], weight.shape[0]] + [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
-        x.shape[2:], conv.padding, conv.dilation, weight.shape[2:], conv.stride)]
-    if (type(residual) is not torch.Tensor or list(residual.shape) != size or residual.dtype != x.dtype
-            or not residual.is_contiguous(memory_format=torch.channels_last)):
-        return None  # conv2d and add_ then say what is wrong, if anything
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", 1.0,
-                                                          unary if relu else None, [None], "")
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import MaskHeadConfig
 from ..ops import roi_align
+from .layers import conv_relu
 from .roi_heads import Proposals, RoIHeads, RoIPooler
 
 
@@ -30,7 +31,7 @@ class MaskHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu(conv(x), inplace=True)  # in place: the conv's fresh output, unsaved
+            x = conv_relu(conv, x)
         return self.predictor(F.relu(self.deconv(x), inplace=True))
 
 

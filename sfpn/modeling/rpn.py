@@ -9,6 +9,7 @@ from ..config import RPNConfig
 from ..ops import batched_nms
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
+from .layers import conv_relu
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
 
@@ -31,7 +32,7 @@ class RPNHead(nn.Module):
     def forward(self, features):
         objectness, deltas = [], []
         for x in features:
-            x = F.relu(self.conv(x), inplace=True)  # in place: the conv's fresh output, unsaved
+            x = conv_relu(self.conv, x)
             objectness.append(self.objectness(x))
             deltas.append(self.deltas(x))
         return objectness, deltas

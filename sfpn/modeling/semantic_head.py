@@ -20,6 +20,7 @@ from .. import ops
 from ..config import NeckConfig
 from ..ops.resize_sum import MAX_LEVELS
 from ..overrides import allowed, check_divisible, check_value
+from .layers import conv_relu
 
 #: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy (the neck config's
 #: ``semantic_loss_average``).
@@ -132,7 +133,10 @@ class SemanticHead(nn.Module):
         logits = self.logits(x) if compute_logits else None
         embedding: Optional[torch.Tensor] = None
         if self.embed is not None:
-            embedding = F.relu(self.embed(x), inplace=True)  # in place: the conv's fresh output, unsaved
+            if torch.jit.is_scripting():  # TorchScript takes no module argument: ATen's conv and ReLU
+                embedding = F.relu(self.embed(x), inplace=True)
+            else:
+                embedding = conv_relu(self.embed, x)
         return logits, embedding
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

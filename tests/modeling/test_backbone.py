@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fused_calls import FUSED, SEPARATE, needs_onednn, ops_called
 from sfpn.config import RESNET_STAGES, resnet_channels
 from sfpn.modeling import FrozenBatchNorm2d, ResNet
 from sfpn.modeling.backbone import conv_norm, fixed_scale_and_shift
@@ -87,13 +88,6 @@ def test_batchnorm_in_eval_is_folded_into_its_conv(generator, affine):
     assert not torch.equal(bn.running_mean, before)
 
 
-def _ops_called(forward) -> tuple[torch.Tensor, set[str]]:
-    """``forward()``'s result and the names of the ops it called (torch.profiler's event names)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        out = forward()
-    return out, {event.key for event in profiler.key_averages()}
-
-
 def _conv_bn(generator, in_channels: int, out_channels: int, stride: int, dtype=torch.float32):
     """A 3x3 conv and an eval-mode BatchNorm with random statistics and affine parameters, both
     channels_last."""
@@ -105,8 +99,6 @@ def _conv_bn(generator, in_channels: int, out_channels: int, stride: int, dtype=
     return conv.to(memory_format=torch.channels_last), bn
 
 
-FUSED = "mkldnn::_convolution_pointwise"
-needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a torch built with oneDNN")
 
 
 @needs_onednn
@@ -125,8 +117,8 @@ def test_conv_norm_post_ops_in_one_onednn_call(generator, stride, residual, relu
     expected = expected.relu() if relu else expected
     conv.float(), bn.float()
     with torch.no_grad():
-        out, ops = _ops_called(lambda: conv_norm(conv, bn, x, other, relu))
-        assert FUSED in ops and not ops & {"aten::add_", "aten::relu", "aten::relu_", "aten::clamp_min_"}
+        out, ops = ops_called(lambda: conv_norm(conv, bn, x, other, relu))
+        assert FUSED in ops and not ops & SEPARATE
         assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -155,13 +147,13 @@ def test_conv_norm_keeps_aten_where_the_fused_call_does_not_apply(generator):
         "NCHW": lambda: conv_norm(conv, bn, x.contiguous(), relu=True),
     }
     for name, forward in cases.items():
-        out, ops = _ops_called(forward)
+        out, ops = ops_called(forward)
         assert FUSED not in ops, name
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()  # the autograd case's graph is intact
     assert conv.weight.grad is not None and bn.weight.grad is not None
     with torch.no_grad():
-        out, ops = _ops_called(lambda: conv_norm(conv, bn, x, x.double(), relu=True))
+        out, ops = ops_called(lambda: conv_norm(conv, bn, x, x.double(), relu=True))
         assert FUSED not in ops  # a float64 residual: ATen's sum, in the output's dtype
         torch.testing.assert_close(out, (bn(conv(x)) + x).relu(), rtol=1e-5, atol=1e-5)
         with pytest.raises(RuntimeError, match="size of tensor a"):
@@ -172,7 +164,7 @@ def test_conv_norm_keeps_aten_where_the_fused_call_does_not_apply(generator):
 def test_resnet_inference_fused_matches_aten(generator, monkeypatch):
     """The eval-mode ResNet with its convolutions fused (BasicBlock and Bottleneck, the stem, the
     strided shortcuts) gives ATen's separate ops' features, float32 at 1e-5."""
-    import sfpn.modeling.backbone as backbone
+    import sfpn.modeling.layers as layers
     x = torch.rand(2, 3, 64, 96, generator=generator).contiguous(memory_format=torch.channels_last)
     for depth in (18, 50):
         model = ResNet(depth, width=8, norm="bn").to(memory_format=torch.channels_last)
@@ -182,9 +174,9 @@ def test_resnet_inference_fused_matches_aten(generator, monkeypatch):
                 m.running_var.uniform_(0.5, 1.5, generator=generator)
         model.eval()
         with torch.no_grad():
-            fused, ops = _ops_called(lambda: model(x))
-            assert FUSED in ops and not ops & {"aten::add_", "aten::relu", "aten::relu_", "aten::clamp_min_"}
-            monkeypatch.setattr(backbone, "_onednn_post_ops_built", lambda: False)
+            fused, ops = ops_called(lambda: model(x))
+            assert FUSED in ops and not ops & SEPARATE
+            monkeypatch.setattr(layers, "_onednn_post_ops_built", lambda: False)
             separate = model(x)
             monkeypatch.undo()
         for a, b in zip(fused, separate):

@@ -1,0 +1,80 @@
+"""sfpn/modeling/layers.py: a convolution with its ReLU in one oneDNN call where nothing needs a
+gradient, ATen's ops elsewhere (conv_norm's sum and BatchNorm folding: test_backbone.py)."""
+import pytest
+import torch
+from torch import nn
+
+import sfpn.modeling.layers as layers
+from fused_calls import FUSED, SEPARATE, needs_onednn, ops_called
+from sfpn.modeling.layers import conv_relu
+
+pytestmark = [pytest.mark.usefixtures("single_thread"), needs_onednn]
+
+
+@pytest.mark.parametrize("kernel, stride, bias", [(3, 1, True), (1, 1, True), (3, 2, False)])
+def test_conv_relu_fused_matches_float64(generator, kernel, stride, bias):
+    """No gradient, channels_last: one fused call, float32 at 1e-5 of float64 conv + ReLU, bf16
+    under autocast at 1e-2; the output keeps the layout."""
+    conv = nn.Conv2d(12, 20, kernel, stride, kernel // 2, bias=bias).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 12, 9, 13, generator=generator).contiguous(memory_format=torch.channels_last)
+    expected = torch.relu(conv.double()(x.double()))
+    conv.float()
+    with torch.no_grad():
+        out, ops = ops_called(lambda: conv_relu(conv, x))
+        with torch.autocast("cpu", torch.bfloat16):
+            out_bf16 = conv_relu(conv, x)
+    assert FUSED in ops and not ops & SEPARATE
+    assert out.is_contiguous(memory_format=torch.channels_last) and out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_bf16.double(), expected, rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # from mkldnn.flags
+def test_conv_relu_keeps_aten_with_gradients_nchw_float64_or_onednn_disabled(generator):
+    """Where the fused call does not apply, conv_relu is ATen's conv and ReLU: gradients flow, and
+    NCHW, float64 and oneDNN switched off give the same values."""
+    conv = nn.Conv2d(6, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 7, 5, generator=generator).contiguous(memory_format=torch.channels_last)
+    expected = torch.relu(conv(x)).detach()
+    out, ops = ops_called(lambda: conv_relu(conv, x))
+    assert FUSED not in ops and out.requires_grad
+    out.sum().backward()
+    assert conv.weight.grad is not None
+    with torch.no_grad():
+        for name, forward in {
+            "NCHW": lambda: conv_relu(conv, x.contiguous()),
+            "float64": lambda: conv_relu(conv.double(), x.double()).float(),
+        }.items():
+            out, ops = ops_called(forward)
+            assert FUSED not in ops, name
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            conv.float()
+        with torch.backends.mkldnn.flags(enabled=False):
+            out, ops = ops_called(lambda: conv_relu(conv, x))
+        assert FUSED not in ops
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_detector_maps_fused_match_aten(generator, monkeypatch):
+    """The default preset's eval forward as a `solver.amp=bf16` run computes it on the CPU
+    (channels_last, bf16 autocast): with the fused convolutions (backbone, semantic embedding,
+    RPN head) its pyramid, semantic logits and RPN maps are ATen's separate ops' up to bf16
+    rounding, and the whole detector runs."""
+    import sfpn
+    torch.manual_seed(0)
+    model = sfpn.build_detector("faster_rcnn_r18_sfpn_small", 3).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 96, 128, generator=generator).contiguous(memory_format=torch.channels_last)
+
+    def maps():
+        pyramid, logits, _ = model.neck(model.backbone(x))
+        objectness, deltas = model.rpn.head(list(pyramid.values()))
+        return [*pyramid.values(), logits, *objectness, *deltas]
+
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        fused, ops = ops_called(maps)
+        model([x[0]])
+        monkeypatch.setattr(layers, "_onednn_post_ops_built", lambda: False)
+        separate, separate_ops = ops_called(maps)
+    assert FUSED in ops and FUSED not in separate_ops
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.abs().max().item())
