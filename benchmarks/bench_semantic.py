@@ -10,10 +10,11 @@ the call. CUDA rounds also record the peak memory above the inputs (``extra_info
 
 On CUDA each group holds the kernel (``sfpn``), the eager composition (``eager``) and
 ``torch.compile`` of it (``compiled``). On the CPU the Triton kernels do not run (the interpreter
-is a test device, not a benchmark): ``sfpn`` is then the op as the CPU dispatches it, its CPU
-implementation in ``sfpn/ops`` (the cross entropy's gradient written by the forward, on one
-buffer), against ``eager``; batch 1 keeps the run to a few minutes on a small CPU, and
-``compiled`` skips there.
+is a test device, not a benchmark): ``sfpn`` is then the op as the CPU dispatches it (the C++
+kernels of ``upsample_cross_entropy`` and of ``group_norm_relu``'s forward, channels_last as the
+detector lays out CPU maps; the other ops' CPU implementations in ``sfpn/ops``), against
+``eager``; batch 1 keeps the run to a few minutes on a small CPU, ``compiled`` and
+``resize_sum`` (its reference: nothing of sfpn's) skip there.
 """
 import pytest
 import torch
@@ -103,7 +104,10 @@ def test_group_norm_relu(benchmark, device, impl, dtype):
     _skip_unless_runnable(device, impl)
     g = torch.Generator().manual_seed(0)
     n = batch_for(device)
-    x = torch.randn(n, CHANNELS, *GRID, generator=g).to(device, dtype).requires_grad_()
+    x = torch.randn(n, CHANNELS, *GRID, generator=g).to(device, dtype)
+    if device == "cpu":  # the detector's CPU layout
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     weight = torch.randn(CHANNELS, generator=g).to(device).requires_grad_()
     bias = torch.randn(CHANNELS, generator=g).to(device).requires_grad_()
     grad = torch.randn(n, CHANNELS, *GRID, generator=g).to(device, dtype)

@@ -49,7 +49,7 @@ class Op:
     #: name (the op and its backward ops).
     triton: dict[str, Callable] = dataclasses.field(default_factory=dict)
     #: A ``TRITON`` op whose CPU tensors a C++ kernel in ``sfpn._C`` serves (the Triton kernels
-    #: serve CUDA only, and on the CPU the reference would make image-size temporaries).
+    #: serve CUDA only): its forward op at least; a backward op without one runs its reference.
     compiled_on_cpu: bool = False
 
     @property

@@ -1,14 +1,15 @@
 """group_norm_relu: the Triton kernel against the pure-PyTorch reference (also under AMP's
 float32 affine parameters), drawn inputs, the reference's explicit backward, opcheck,
 argument checks. The kernel runs as in tests/ops/test_resize_sum.py: on a GPU or under the
-Triton interpreter, on tiny shapes."""
+Triton interpreter, on tiny shapes. Then the C++ CPU kernel (csrc/cpu/group_norm_relu.cpp)
+against the float64 reference, in both layouts and every dtype."""
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sfpn import ops
-from sfpn.ops import reference
+from sfpn.ops import _library, reference
 
 from op_helpers import FP32, assert_grads_match, float64_leaf, needs_triton, randn
 from op_strategies import TRITON_DTYPES, arrange, assert_close, assert_matches, examples, layouts, seeds, uniform
@@ -156,3 +157,131 @@ def test_bad_inputs(generator):
         ops.group_norm_relu(x.long(), 2, weight, weight)
     with pytest.raises(ValueError, match="eps"):
         ops.group_norm_relu(x, 2, weight, weight, eps=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The C++ CPU kernel
+
+
+needs_cpu_kernel = pytest.mark.skipif(_library.serving("group_norm_relu", "cpu") != "C++", reason="sfpn._C not built")
+CPU_CASES = [
+    # (shape, groups): a single pixel, one group, 70 channels (a part vector), a plane of 257
+    # values and an NHWC map of 300 pixels (more than one run of the statistics' partial sums)
+    ((2, 8, 5, 7), 4),
+    ((1, 6, 1, 1), 3),
+    ((3, 4, 3, 2), 1),
+    ((2, 70, 9, 11), 10),
+    ((1, 4, 1, 257), 2),
+    ((2, 32, 15, 20), 8),
+]
+CPU_TOLERANCES = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: FP32,
+                  torch.bfloat16: dict(rtol=1e-2, atol=2e-2), torch.float16: dict(rtol=1e-3, atol=2e-3)}
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("dtype", list(CPU_TOLERANCES))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, groups", CPU_CASES)
+def test_cpu_kernel_matches_float64_reference(generator, shape, groups, channels_last, dtype):
+    """Output, mean and rstd against the reference on the float64 copy of the same x; the output
+    keeps x's layout and dtype, the statistics are float32 (float64 for float64 x). The gradients
+    (the reference's backward, fed the kernel's statistics) match the float64 reference's."""
+    x = (randn(generator, *shape) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = randn(generator, shape[1]), randn(generator, shape[1])
+    out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, groups, weight, bias, 1e-5)
+    with _library.references(["group_norm_relu"]):
+        expected, expected_mean, expected_rstd = torch.ops.sfpn.group_norm_relu(x.double(), groups, weight, bias, 1e-5)
+    assert out.dtype == dtype and out.stride() == x.stride()
+    assert mean.dtype == rstd.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = CPU_TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), expected, **tol)
+    stats_tol = CPU_TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32]
+    torch.testing.assert_close(mean.double(), expected_mean, **stats_tol)
+    torch.testing.assert_close(rstd.double(), expected_rstd, **stats_tol)
+    if dtype in (torch.float32, torch.float64):
+        group_std = x.double().reshape(shape[0], groups, -1).std(-1, unbiased=False).min().item()
+        grad_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, 1.0 / group_std))
+        assert_grads_match(lambda x, w, b: ops.group_norm_relu(x, groups, w, b),
+                           lambda x, w, b: reference.group_norm_relu(x.double(), groups, w.double(), b.double()),
+                           [x, weight, bias], randn(generator, *shape, dtype=dtype), grad_tol)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernel_gradcheck(generator, channels_last):
+    """float64 through the kernel (channels_last: this file's NHWC statistics, NCHW: ATen's) and
+    the reference's backward on its statistics."""
+    x, weight, bias = float64_leaf(generator, 2, 6, 4, 5), float64_leaf(generator, 6), float64_leaf(generator, 6)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: ops.group_norm_relu(a[0], 3, a[1], a[2]), (x, weight, bias))
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_bits_do_not_depend_on_the_thread_count(generator, dtype):
+    """The NHWC statistics add fixed runs of pixels in run order: 1, 2 and 3 threads give the
+    same bits."""
+    x = randn(generator, 2, 64, 40, 50).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = randn(generator, 64), randn(generator, 64)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5))
+    finally:
+        torch.set_num_threads(previous)
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernel_nan_and_empty_batch(generator, channels_last):
+    """A NaN poisons its group only, as the reference's; an empty batch gives empty outputs."""
+    x = randn(generator, 1, 4, 3, 3).to(torch.bfloat16)
+    x[0, 0, 1, 1] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = randn(generator, 4), randn(generator, 4)
+    out = ops.group_norm_relu(x, 2, weight, bias)
+    assert out[:, :2].isnan().all() and not out[:, 2:].isnan().any()
+    torch.testing.assert_close(out[:, 2:], reference.group_norm_relu(x, 2, weight, bias)[:, 2:], rtol=1e-2, atol=2e-2)
+    empty = x[:0]
+    out, mean, rstd = torch.ops.sfpn.group_norm_relu(empty, 2, weight, bias, 1e-5)
+    assert out.shape == (0, 4, 3, 3) and mean.shape == rstd.shape == (0, 2)
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernel_opcheck(generator, channels_last):
+    x = randn(generator, 2, 4, 3, 5).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = randn(generator, 4).requires_grad_(), randn(generator, 4).requires_grad_()
+    torch.library.opcheck(torch.ops.sfpn.group_norm_relu, (x.requires_grad_(), 2, weight, bias, 1e-5))
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_refuses_what_the_python_checks_refuse(generator):
+    """A direct call (past the Python checks) gets the kernel's own errors, never a crash."""
+    x, weight = randn(generator, 1, 4, 3, 3).to(torch.bfloat16), randn(generator, 4)
+    op = torch.ops.sfpn.group_norm_relu
+    for args, message in [
+        ((x, 3, weight, weight, 1e-5), r"x's channels \(4\) must be a positive multiple of num_groups \(3\)"),
+        ((x, 0, weight, weight, 1e-5), "num_groups must be positive"),
+        ((x, 2, weight[:3], weight, 1e-5), r"weight must have shape \(4,\)"),
+        ((x, 2, weight, weight[None], 1e-5), r"bias must be \(C,\)"),
+        ((x[0], 2, weight, weight, 1e-5), r"x must be \(N, C, H, W\)"),
+        ((x[:, :, :0], 2, weight, weight, 1e-5), "x must have at least one pixel"),
+        ((x, 2, weight, weight, -1.0), "eps must be non-negative"),
+        ((x.int(), 2, weight, weight, 1e-5), "x must be float16, bfloat16, float32 or float64"),
+    ]:
+        with pytest.raises(RuntimeError, match="sfpn::group_norm_relu: " + message):
+            op(*args)
