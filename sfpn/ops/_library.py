@@ -48,8 +48,8 @@ class Op:
     #: The Triton implementation registered for CUDA (and for CPU by ``interpret_on_cpu``), by op
     #: name (the op and its backward ops).
     triton: dict[str, Callable] = dataclasses.field(default_factory=dict)
-    #: A ``TRITON`` op whose CPU tensors a C++ kernel in ``sfpn._C`` serves (the Triton kernels
-    #: serve CUDA only): its forward op at least; a backward op without one runs its reference.
+    #: A ``TRITON`` op whose CPU tensors C++ kernels in ``sfpn._C`` serve (the op and its backward
+    #: ops; the Triton kernels serve CUDA only).
     compiled_on_cpu: bool = False
 
     @property

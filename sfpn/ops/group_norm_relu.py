@@ -3,10 +3,10 @@
 Schema, reference fallback and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernel: ``kernels/group_norm_relu.py``. The kernel computes in
 float32: float64 and empty inputs run the reference. Under ``torch.autocast`` it runs in x's dtype
-(computing in float32 at least, as autocast runs GroupNorm). On the CPU the forward is the C++
-kernel ``csrc/cpu/group_norm_relu.cpp`` (the reference without the extension) and the backward the
-reference, on ATen's GroupNorm kernels; a channels_last ``x`` gives a channels_last result and
-gradient, and bf16/fp16 ``x`` is read as it is: no layout or dtype copy of ``x``.
+(computing in float32 at least, as autocast runs GroupNorm). On the CPU the C++ kernels of
+``csrc/cpu/group_norm_relu.cpp`` serve both ops (the references, on ATen's GroupNorm kernels,
+without the extension); a channels_last ``x`` gives a channels_last result and gradient, and
+bf16/fp16 ``x`` is read as it is: no layout or dtype copy of ``x``.
 """
 from __future__ import annotations
 

@@ -185,12 +185,13 @@ CPU_TOLERANCES = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: FP
 @pytest.mark.parametrize("shape, groups", CPU_CASES)
 def test_cpu_kernel_matches_float64_reference(generator, shape, groups, channels_last, dtype):
     """Output, mean and rstd against the reference on the float64 copy of the same x; the output
-    keeps x's layout and dtype, the statistics are float32 (float64 for float64 x). The gradients
-    (the reference's backward, fed the kernel's statistics) match the float64 reference's."""
+    keeps x's layout and dtype, the statistics are float32 (float64 for float64 x). The backward
+    kernel's gradients (fed the forward kernel's statistics) match the float64 reference's."""
     x = (randn(generator, *shape) * 3 + 1).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    weight, bias = randn(generator, shape[1]), randn(generator, shape[1])
+    parameter_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # float32 under AMP
+    weight, bias = randn(generator, shape[1], dtype=parameter_dtype), randn(generator, shape[1], dtype=parameter_dtype)
     out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, groups, weight, bias, 1e-5)
     with _library.references(["group_norm_relu"]):
         expected, expected_mean, expected_rstd = torch.ops.sfpn.group_norm_relu(x.double(), groups, weight, bias, 1e-5)
@@ -201,19 +202,26 @@ def test_cpu_kernel_matches_float64_reference(generator, shape, groups, channels
     stats_tol = CPU_TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32]
     torch.testing.assert_close(mean.double(), expected_mean, **stats_tol)
     torch.testing.assert_close(rstd.double(), expected_rstd, **stats_tol)
-    if dtype in (torch.float32, torch.float64):
-        group_std = x.double().reshape(shape[0], groups, -1).std(-1, unbiased=False).min().item()
-        grad_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, 1.0 / group_std))
-        assert_grads_match(lambda x, w, b: ops.group_norm_relu(x, groups, w, b),
-                           lambda x, w, b: reference.group_norm_relu(x.double(), groups, w.double(), b.double()),
-                           [x, weight, bias], randn(generator, *shape, dtype=dtype), grad_tol)
+    # The backward kernel, through autograd, against float64 autograd of the reference: dx scales
+    # with 1 / std of the group, and the weight and bias gradients are sums over N * H * W terms.
+    group_std = x.double().reshape(shape[0], groups, -1).std(-1, unbiased=False).min().item()
+    grad = randn(generator, *shape).to(dtype)
+    if channels_last:
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    got = torch.autograd.grad(ops.group_norm_relu(leaves[0], groups, *leaves[1:]), leaves, grad)
+    exact = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    want = torch.autograd.grad(reference.group_norm_relu(exact[0], groups, *exact[1:]), exact, grad.double())
+    assert got[0].dtype == dtype and got[0].stride() == x.stride()
+    for g, w in zip(got, want):
+        scale = max(1.0, 1.0 / group_std, float(w.abs().max()))
+        torch.testing.assert_close(g.double(), w, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 @needs_cpu_kernel
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_kernel_gradcheck(generator, channels_last):
-    """float64 through the kernel (channels_last: this file's NHWC statistics, NCHW: ATen's) and
-    the reference's backward on its statistics."""
+    """float64 through both kernels (the forward's NCHW float64 is ATen's GroupNorm)."""
     x, weight, bias = float64_leaf(generator, 2, 6, 4, 5), float64_leaf(generator, 6), float64_leaf(generator, 6)
     if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -223,16 +231,19 @@ def test_cpu_kernel_gradcheck(generator, channels_last):
 @needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_kernel_bits_do_not_depend_on_the_thread_count(generator, dtype):
-    """The NHWC statistics add fixed runs of pixels in run order: 1, 2 and 3 threads give the
-    same bits."""
+    """The NHWC sums of the forward and the backward add fixed runs of pixels in run order: 1, 2
+    and 3 threads give the same bits."""
     x = randn(generator, 2, 64, 40, 50).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = randn(generator, 2, 64, 40, 50).to(dtype).contiguous(memory_format=torch.channels_last)
     weight, bias = randn(generator, 64), randn(generator, 64)
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append(torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5))
+            out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5)
+            backward = torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias)
+            results.append((out, mean, rstd, *backward))
     finally:
         torch.set_num_threads(previous)
     for result in results[1:]:
@@ -255,6 +266,27 @@ def test_cpu_kernel_nan_and_empty_batch(generator, channels_last):
     empty = x[:0]
     out, mean, rstd = torch.ops.sfpn.group_norm_relu(empty, 2, weight, bias, 1e-5)
     assert out.shape == (0, 4, 3, 3) and mean.shape == rstd.shape == (0, 2)
+    grads = torch.ops.sfpn.group_norm_relu_backward(out, out, empty, mean, rstd, weight, bias)
+    assert grads[0].shape == (0, 4, 3, 3) and not grads[1].any() and not grads[2].any()
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_backward_drops_what_the_relu_dropped(generator, channels_last):
+    """Where the output is 0 the incoming gradient is dropped, a NaN one too, as the reference's
+    threshold_backward drops it: the gradients are finite and match the reference's."""
+    x, weight, bias = randn(generator, 2, 4, 5, 6), randn(generator, 4), randn(generator, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 2, weight, bias, 1e-5)
+    grad = torch.where(out > 0, randn(generator, *x.shape), torch.full_like(out, float("nan")))
+    got = torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias)
+    with _library.references(["group_norm_relu"]):
+        want = torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias)
+    assert all(g.isfinite().all() for g in got)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 @needs_cpu_kernel
@@ -266,6 +298,9 @@ def test_cpu_kernel_opcheck(generator, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     weight, bias = randn(generator, 4).requires_grad_(), randn(generator, 4).requires_grad_()
     torch.library.opcheck(torch.ops.sfpn.group_norm_relu, (x.requires_grad_(), 2, weight, bias, 1e-5))
+    out, mean, rstd = torch.ops.sfpn.group_norm_relu(x.detach(), 2, weight.detach(), bias.detach(), 1e-5)
+    torch.library.opcheck(torch.ops.sfpn.group_norm_relu_backward,
+                          (torch.randn_like(out), out, x.detach(), mean, rstd, weight.detach(), bias.detach()))
 
 
 @needs_cpu_kernel
@@ -273,6 +308,18 @@ def test_cpu_kernel_refuses_what_the_python_checks_refuse(generator):
     """A direct call (past the Python checks) gets the kernel's own errors, never a crash."""
     x, weight = randn(generator, 1, 4, 3, 3).to(torch.bfloat16), randn(generator, 4)
     op = torch.ops.sfpn.group_norm_relu
+    out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 2, weight, weight, 1e-5)
+    backward = torch.ops.sfpn.group_norm_relu_backward
+    for args, message in [
+        ((out[:, :2], out, x, mean, rstd, weight, weight), r"_backward: grad must have the batch size and channels"),
+        ((out, out[..., :2], x, mean, rstd, weight, weight), r"_backward: out must have x's shape"),
+        ((out, out, x, mean.double(), rstd, weight, weight), r"_backward: mean must be Float for BFloat16 x"),
+        ((out, out, x, mean, rstd[:, :1], weight, weight), r"_backward: rstd must have mean's shape"),
+        ((out, out, x, mean[:, :1].expand(1, 3), rstd, weight, weight), r"_backward: mean must be \(N, G\) with G dividing"),
+        ((out, out, x, mean, rstd, weight, weight[:2]), r"_backward: bias must have shape \(4,\)"),
+    ]:
+        with pytest.raises(RuntimeError, match="sfpn::group_norm_relu" + message):
+            backward(*args)
     for args, message in [
         ((x, 3, weight, weight, 1e-5), r"x's channels \(4\) must be a positive multiple of num_groups \(3\)"),
         ((x, 0, weight, weight, 1e-5), "num_groups must be positive"),
