@@ -11,10 +11,10 @@ the call. CUDA rounds also record the peak memory above the inputs (``extra_info
 On CUDA each group holds the kernel (``sfpn``), the eager composition (``eager``) and
 ``torch.compile`` of it (``compiled``). On the CPU the Triton kernels do not run (the interpreter
 is a test device, not a benchmark): ``sfpn`` is then the op as the CPU dispatches it (the C++
-kernels of ``upsample_cross_entropy`` and of ``group_norm_relu``'s forward, channels_last as the
-detector lays out CPU maps; the other ops' CPU implementations in ``sfpn/ops``), against
-``eager``; batch 1 keeps the run to a few minutes on a small CPU, ``compiled`` and
-``resize_sum`` (its reference: nothing of sfpn's) skip there.
+kernels of ``resize_sum``, ``group_norm_relu`` and ``upsample_cross_entropy``, on maps laid out
+channels_last as the detector lays out CPU maps; ``semantic_cross_entropy``'s CPU implementation
+in ``sfpn/ops``), against ``eager``; batch 1 keeps the run to a few minutes on a small CPU, and
+``compiled`` skips there.
 """
 import pytest
 import torch
@@ -87,8 +87,10 @@ def test_resize_sum(benchmark, device, impl, dtype):
     _skip_unless_runnable(device, impl)
     g = torch.Generator().manual_seed(0)
     n = batch_for(device)
-    levels = [torch.randn(n, CHANNELS, *s, generator=g).to(device, dtype).requires_grad_() for s in LEVEL_SIZES]
-    grad = torch.randn(n, CHANNELS, *GRID, generator=g).to(device, dtype)
+    layout = torch.channels_last if device == "cpu" else torch.contiguous_format  # the detector's CPU layout
+    levels = [torch.randn(n, CHANNELS, *s, generator=g).to(device, dtype).contiguous(memory_format=layout).requires_grad_()
+              for s in LEVEL_SIZES]
+    grad = torch.randn(n, CHANNELS, *GRID, generator=g).to(device, dtype).contiguous(memory_format=layout)
     fn = _implementation("resize_sum", impl, ops.resize_sum, reference.resize_sum)
 
     def step():

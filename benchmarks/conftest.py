@@ -62,8 +62,6 @@ def long_on_cpu(item) -> str | None:
     if name in ("test_roi_align_p2", "test_multilevel") and params.get("case") != "train-7x7":
         return "torchvision takes seconds per call; train-7x7 is the CPU case"
     if item.module.__name__ == "bench_semantic":
-        if name == "test_resize_sum":
-            return "resize_sum runs its eager reference on a CPU: nothing of sfpn's to time"
         if "num_classes" in params and params["num_classes"] != 81:
             return "K=81 is the CPU case of the cross entropy's C++ kernel"
     return None

@@ -1,6 +1,6 @@
-// CPU building blocks of the fused resize ops (upsample_add, semantic_fuse): per-axis index and
-// weight tables, the forward `out = lateral + resize(top)` over rows of planes, and the adjoint
-// of the resize as a gather (each source row sums the output rows that read it).
+// CPU building blocks of the fused resize ops (upsample_add, semantic_fuse, resize_sum): per-axis
+// index and weight tables, the forward `out = lateral + resize(top)` over rows of planes, and the
+// adjoint of the resize as a gather (each source row sums the output rows that read it).
 //
 // Layout: the planar kernels take contiguous stacks of planes (N * C, H, W); their channels_last
 // twins (at the end) take (N, H, W, C) tensors, each tap a vector of C contiguous channels, with
@@ -264,11 +264,13 @@ void resize_adjoint(
 // of the tables above moves a whole channel vector (the loops over c vectorise, in AVX-512 or
 // AVX2 clones: vector_clones.h), and the arithmetic per element is the planar kernels' own.
 
-// One output row y of resize_add_channels_last: `source0` and `source1` are the rows of `top`
-// it blends (W_t, C), `lateral` and `out` the row itself (W, C).
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void resize_add_row_channels_last(
-    const scalar_t* source0, const scalar_t* source1, const scalar_t* lateral, scalar_t* out, int64_t y,
+// Output row y of `resize` of one image, (W, C), from the source rows `source0` and `source1`
+// (W_t, C) it blends, written as `kSum` says: false (resize_add_channels_last) out = lateral + the
+// row, `out` a row of scalar_t; true (resize_sum) out += the row, `out` a row of acc_t and
+// `lateral` unused.
+template <bool kSum, typename scalar_t, typename acc_t, typename out_t>
+SFPN_VECTOR_CLONES void resized_row_channels_last(
+    const scalar_t* source0, const scalar_t* source1, const scalar_t* lateral, out_t* out, int64_t y,
     int64_t channels, const Resize2d<acc_t>& resize) {
   const AxisTable<acc_t>& rows = resize.rows;
   const AxisTable<acc_t>& cols = resize.cols;
@@ -276,7 +278,7 @@ SFPN_VECTOR_CLONES void resize_add_row_channels_last(
   const acc_t wa = rows.weight0[y], wb = rows.weight1[y];
   for (int64_t x = 0; x < cols.axis.out_size; ++x) {
     const scalar_t* __restrict__ lat = lateral + x * channels;
-    scalar_t* __restrict__ dst = out + x * channels;
+    out_t* __restrict__ dst = out + x * channels;
     const int64_t left = cols.index0[x] * channels, right = cols.index1[x] * channels;
     const acc_t wl = cols.weight0[x], wr = cols.weight1[x];
     const scalar_t* __restrict__ a0 = source0 + left;
@@ -284,20 +286,23 @@ SFPN_VECTOR_CLONES void resize_add_row_channels_last(
     const scalar_t* __restrict__ b0 = source1 + left;
     const scalar_t* __restrict__ b1 = source1 + right;
     auto load = [](const scalar_t* p, int64_t c) { return static_cast<acc_t>(p[c]); };
+    auto write = [&](int64_t c, acc_t value) {
+      if constexpr (kSum) {
+        dst[c] += value;
+      } else {
+        dst[c] = static_cast<scalar_t>(load(lat, c) + value);
+      }
+    };
     if (!blend_rows && !blend_cols) {
-      for (int64_t c = 0; c < channels; ++c) dst[c] = static_cast<scalar_t>(load(lat, c) + load(a0, c));
+      for (int64_t c = 0; c < channels; ++c) write(c, load(a0, c));
     } else if (!blend_rows) {
-      for (int64_t c = 0; c < channels; ++c) {
-        dst[c] = static_cast<scalar_t>(load(lat, c) + (wl * load(a0, c) + wr * load(a1, c)));
-      }
+      for (int64_t c = 0; c < channels; ++c) write(c, wl * load(a0, c) + wr * load(a1, c));
     } else if (!blend_cols) {
-      for (int64_t c = 0; c < channels; ++c) {
-        dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * load(a0, c) + wb * load(b0, c)));
-      }
+      for (int64_t c = 0; c < channels; ++c) write(c, wa * load(a0, c) + wb * load(b0, c));
     } else {
       for (int64_t c = 0; c < channels; ++c) {
         const acc_t a = wl * load(a0, c) + wr * load(a1, c), b = wl * load(b0, c) + wr * load(b1, c);
-        dst[c] = static_cast<scalar_t>(load(lat, c) + (wa * a + wb * b));
+        write(c, wa * a + wb * b);
       }
     }
   }
@@ -314,9 +319,9 @@ void resize_add_channels_last(
   at::parallel_for(0, batch * height, row_grain(row_size), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / height, y = row % height;
-      resize_add_row_channels_last(top + (n * in_h + rows.index0[y]) * in_w * channels,
-                                   top + (n * in_h + rows.index1[y]) * in_w * channels, lateral + row * row_size,
-                                   out + row * row_size, y, channels, resize);
+      resized_row_channels_last</*kSum=*/false>(top + (n * in_h + rows.index0[y]) * in_w * channels,
+                                                top + (n * in_h + rows.index1[y]) * in_w * channels,
+                                                lateral + row * row_size, out + row * row_size, y, channels, resize);
     }
   });
 }

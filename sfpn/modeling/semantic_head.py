@@ -4,8 +4,9 @@ stride-8 grid and summed (a finer level shrunk before its conv, which is the sam
 + ReLU to the embedding that is fused back into the pyramid.
 
 The fused ops (``sfpn.ops.resize_sum``, ``group_norm_relu``, ``semantic_cross_entropy``,
-``upsample_cross_entropy``) run their Triton kernels on CUDA and their pure-PyTorch references
-elsewhere (the dispatcher's choice, see ``sfpn.ops``).
+``upsample_cross_entropy``) run their Triton kernels on CUDA and, but for
+``semantic_cross_entropy``'s pure-PyTorch reference, C++ kernels on the CPU (the dispatcher's
+choice, see ``sfpn.ops``).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ in one kernel.
 Schema, reference fallback and the Triton kernel's registration for CUDA below
 (:mod:`sfpn.ops._library`); kernel: ``kernels/resize_sum.py``. The kernel computes in float32:
 float64 and empty inputs run the reference. Under ``torch.autocast`` it runs in its inputs' dtype.
-On the CPU (the reference, on ATen's bilinear kernels) channels_last levels give a channels_last
-sum, and a channels_last gradient channels_last level gradients.
+On the CPU the C++ kernels of ``csrc/cpu/resize_sum.cpp`` serve both ops (each output row summed
+over the levels in float32, float64 for float64, and written once); channels_last levels give a
+channels_last sum, and a channels_last gradient channels_last level gradients.
 """
 from __future__ import annotations
 
@@ -146,4 +147,5 @@ torch.library.register_autograd("sfpn::resize_sum", _backward, setup_context=_se
 _library.register(_library.Op(
     "resize_sum", _library.TRITON, backward=("resize_sum_backward",),
     triton={"resize_sum": _resize_sum_triton, "resize_sum_backward": _resize_sum_backward_triton},
+    compiled_on_cpu=True,
 ))

@@ -23,6 +23,10 @@ def float64_leaf(generator, *shape):
 
 FP32 = dict(rtol=1e-5, atol=1e-5)
 LOW = dict(rtol=2e-2, atol=2e-2)
+#: A C++ CPU kernel's result against the float64 reference, by the dtype it computed in: float32
+#: accumulation for the half types, so within a rounding or two of their outputs.
+CPU_KERNEL_TOLERANCES = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: FP32,
+                         torch.bfloat16: dict(rtol=1e-2, atol=3e-2), torch.float16: dict(rtol=1e-3, atol=3e-3)}
 
 
 def labels_for(generator, shape, num_classes, device, ignored_fraction=0.2, dtype=torch.int64):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import FP32, assert_grads_match, float64_leaf, needs_triton, randn
+from op_helpers import CPU_KERNEL_TOLERANCES, FP32, assert_grads_match, float64_leaf, needs_triton, randn
 from op_strategies import TRITON_DTYPES, arrange, assert_close, assert_matches, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.group_norm_relu
@@ -174,13 +174,11 @@ CPU_CASES = [
     ((1, 4, 1, 257), 2),
     ((2, 32, 15, 20), 8),
 ]
-CPU_TOLERANCES = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: FP32,
-                  torch.bfloat16: dict(rtol=1e-2, atol=2e-2), torch.float16: dict(rtol=1e-3, atol=2e-3)}
 
 
 @needs_cpu_kernel
 @pytest.mark.usefixtures("single_thread")
-@pytest.mark.parametrize("dtype", list(CPU_TOLERANCES))
+@pytest.mark.parametrize("dtype", list(CPU_KERNEL_TOLERANCES))
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, groups", CPU_CASES)
 def test_cpu_kernel_matches_float64_reference(generator, shape, groups, channels_last, dtype):
@@ -197,9 +195,9 @@ def test_cpu_kernel_matches_float64_reference(generator, shape, groups, channels
         expected, expected_mean, expected_rstd = torch.ops.sfpn.group_norm_relu(x.double(), groups, weight, bias, 1e-5)
     assert out.dtype == dtype and out.stride() == x.stride()
     assert mean.dtype == rstd.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    tol = CPU_TOLERANCES[dtype]
+    tol = CPU_KERNEL_TOLERANCES[dtype]
     torch.testing.assert_close(out.double(), expected, **tol)
-    stats_tol = CPU_TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32]
+    stats_tol = CPU_KERNEL_TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32]
     torch.testing.assert_close(mean.double(), expected_mean, **stats_tol)
     torch.testing.assert_close(rstd.double(), expected_rstd, **stats_tol)
     # The backward kernel, through autograd, against float64 autograd of the reference: dx scales

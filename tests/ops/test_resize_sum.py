@@ -1,5 +1,5 @@
 """resize_sum: the Triton kernel against the pure-PyTorch reference, drawn inputs, opcheck,
-argument checks.
+argument checks; then the C++ CPU kernels (csrc/cpu/resize_sum.cpp) against the float64 reference.
 
 Without a GPU the kernel runs on the CPU under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports Triton, and the ``device`` fixture opts CPU tensors
@@ -12,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfpn import ops
-from sfpn.ops import reference
+from sfpn.ops import _library, reference
 
-from op_helpers import FP32, LOW, assert_grads_match, needs_triton, randn
+from op_helpers import CPU_KERNEL_TOLERANCES, FP32, LOW, assert_grads_match, needs_triton, randn
 from op_strategies import TRITON_DTYPES, arrange, assert_matches, examples, layouts, seeds, uniform
 
-pytestmark = [pytest.mark.resize_sum, needs_triton]
+pytestmark = pytest.mark.resize_sum
 
 
 # ------------------------------------------------------------------------------------------------
@@ -34,6 +34,7 @@ RESIZE_CASES = [
 ]
 
 
+@needs_triton
 @pytest.mark.parametrize("sizes, target", RESIZE_CASES)
 def test_matches_reference(device, generator, launches, sizes, target):
     levels = [randn(generator, 2, 3, *s, device=device) for s in sizes]
@@ -45,6 +46,7 @@ def test_matches_reference(device, generator, launches, sizes, target):
     assert launches == {"resize_sum": 1, "resize_sum_backward": 1}
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(device, generator, dtype):
     levels = [randn(generator, 1, 4, *s, dtype=dtype, device=device) for s in [(8, 10), (4, 5), (2, 3)]]
@@ -56,6 +58,7 @@ def test_low_precision(device, generator, dtype):
     )
 
 
+@needs_triton
 def test_non_contiguous(device, generator):
     levels = [randn(generator, 1, 6, 3, s, device=device).transpose(-1, -2) for s in (4, 2)]  # (1, 6, s, 3)
     torch.testing.assert_close(ops.resize_sum(levels, (4, 3)), reference.resize_sum(levels, (4, 3)), **FP32)
@@ -65,6 +68,7 @@ def test_non_contiguous(device, generator):
 # Properties on drawn inputs
 
 
+@needs_triton
 @pytest.mark.usefixtures("single_thread")
 @examples(0.1)
 @given(
@@ -75,6 +79,7 @@ def test_non_contiguous(device, generator):
     dtype=st.sampled_from(TRITON_DTYPES),
     layout=layouts,
 )
+@needs_triton
 def test_drawn_inputs_match_reference(device, seed, channels, level_sizes, size, dtype, layout):
     g = torch.Generator().manual_seed(seed)
     levels = [uniform(g, (2, channels, *s), dtype) for s in level_sizes]
@@ -92,6 +97,7 @@ def test_drawn_inputs_match_reference(device, seed, channels, level_sizes, size,
 # Opcheck
 
 
+@needs_triton
 def test_opcheck(device, generator):
     levels = [randn(generator, 1, 2, *s, device=device).requires_grad_() for s in [(6, 5), (3, 3), (2, 1)]]
     torch.library.opcheck(torch.ops.sfpn.resize_sum, (levels, 3, 4))
@@ -101,6 +107,7 @@ def test_opcheck(device, generator):
 # Argument checks
 
 
+@needs_triton
 def test_bad_inputs(generator):
     level = randn(generator, 1, 2, 4, 4)
     with pytest.raises(ValueError, match="levels"):
@@ -117,3 +124,98 @@ def test_bad_inputs(generator):
         ops.resize_sum([level], (4, 0))
     with pytest.raises(ValueError, match="size"):
         ops.resize_sum([level], 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# The C++ CPU kernels
+
+
+needs_cpu_kernel = pytest.mark.skipif(_library.serving("resize_sum", "cpu") != "C++", reason="sfpn._C not built")
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("dtype", list(CPU_KERNEL_TOLERANCES))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sizes, target", RESIZE_CASES)
+def test_cpu_kernels_match_float64_reference(generator, sizes, target, channels_last, dtype):
+    """The sum and every level's gradient (through autograd) against the reference in float64;
+    the sum and the gradients have the reference's dtype and layout (channels_last for
+    channels_last maps, where a 1x1 map is both)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    levels = [randn(generator, 2, 5, *s).to(dtype).contiguous(memory_format=layout).requires_grad_() for s in sizes]
+    grad = randn(generator, 2, 5, *target).to(dtype).contiguous(memory_format=layout)
+    out = ops.resize_sum(levels, target)
+    grads = torch.autograd.grad(out, levels, grad)
+    exact = [level.detach().double().requires_grad_() for level in levels]
+    expected = reference.resize_sum(exact, target)
+    expected_grads = torch.autograd.grad(expected, exact, grad.double())
+    with _library.references(["resize_sum"]):
+        reference_out = ops.resize_sum(levels, target)
+        reference_grads = torch.autograd.grad(reference_out, levels, grad)
+    assert out.dtype == dtype and out.stride() == reference_out.stride()
+    torch.testing.assert_close(out.double(), expected, **CPU_KERNEL_TOLERANCES[dtype])
+    for got, want, layout_of in zip(grads, expected_grads, reference_grads):
+        assert got.dtype == dtype and got.stride() == layout_of.stride()
+        torch.testing.assert_close(got.double(), want, **CPU_KERNEL_TOLERANCES[dtype])
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernels_gradcheck(generator, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    levels = [randn(generator, 1, 3, *s, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+              for s in [(6, 7), (3, 4), (2, 2)]]
+    assert torch.autograd.gradcheck(lambda *maps: ops.resize_sum(list(maps), (3, 4)), levels)
+
+
+@needs_cpu_kernel
+def test_cpu_kernels_bits_do_not_depend_on_the_thread_count(generator):
+    """Each output row (forward) and each level's source row (backward) is one thread's: 1, 2 and
+    3 threads give the same bits."""
+    levels = [randn(generator, 2, 48, *s).bfloat16().contiguous(memory_format=torch.channels_last)
+              for s in [(64, 80), (32, 40), (16, 20), (8, 10)]]
+    grad = randn(generator, 2, 48, 32, 40).bfloat16().contiguous(memory_format=torch.channels_last)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = torch.ops.sfpn.resize_sum(levels, 32, 40)
+            backward = torch.ops.sfpn.resize_sum_backward(grad, [64, 32, 16, 8], [80, 40, 20, 10])
+            results.append([out, *backward])
+    finally:
+        torch.set_num_threads(previous)
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_kernels_opcheck(generator, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    levels = [randn(generator, 2, 3, *s).contiguous(memory_format=layout).requires_grad_() for s in [(6, 8), (3, 4)]]
+    torch.library.opcheck(torch.ops.sfpn.resize_sum, (levels, 3, 4))
+    grad = randn(generator, 2, 3, 3, 4).contiguous(memory_format=layout)
+    torch.library.opcheck(torch.ops.sfpn.resize_sum_backward, (grad, [6, 3], [8, 4]))
+
+
+@needs_cpu_kernel
+def test_cpu_kernels_refuse_what_the_python_checks_refuse(generator):
+    """A direct call (past the Python checks) gets the kernels' own errors, never a crash."""
+    level = randn(generator, 1, 3, 4, 4)
+    for args, message in [
+        (([level] * 6, 2, 2), "levels must hold 1 to 5 maps, got 6"),
+        (([level], 0, 2), "height and width must be positive"),
+        (([level, level[:, :2]], 2, 2), r"levels\[1\] must have the batch size and channels"),
+        (([level, level.double()], 2, 2), r"levels\[1\] must have the dtype of levels\[0\]"),
+        (([level[:, :, :0]], 2, 2), r"levels\[0\] must not be empty"),
+        (([level[0]], 2, 2), r"levels\[0\] must be \(N, C, H, W\)"),
+    ]:
+        with pytest.raises(RuntimeError, match="sfpn::resize_sum: " + message):
+            torch.ops.sfpn.resize_sum(*args)
+    grad = randn(generator, 1, 3, 2, 2)
+    with pytest.raises(RuntimeError, match="sfpn::resize_sum_backward: heights and widths must name the same number"):
+        torch.ops.sfpn.resize_sum_backward(grad, [4, 2], [4])
+    with pytest.raises(RuntimeError, match="sfpn::resize_sum_backward: every level's height and width must be positive"):
+        torch.ops.sfpn.resize_sum_backward(grad, [0], [4])
