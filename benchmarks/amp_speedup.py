@@ -37,10 +37,12 @@ ROWS = {"fp32 NCHW": ("off", False), "fp32": ("off", None), "bf16": ("bf16", Non
 #: The speed-ups reported, (slower row, faster row).
 RATIOS = (("fp32", "bf16"), ("fp32 NCHW", "bf16"))
 RUNS = {"step": training_step, "infer": inference}
-#: The ops whose self time is the matrix work (oneDNN's convolutions, ATen's 1x1 convolutions in
-#: fp32, the fully connected layers); ``--split`` sets it against the rest.
-MATRIX_OPS = frozenset({"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
-                        "aten::_slow_conv2d_backward", "aten::mm", "aten::addmm", "aten::bmm"})
+#: The ops whose self time is the matrix work (oneDNN's convolutions, with their fused sum and ReLU
+#: at inference, ATen's 1x1 convolutions in fp32, the fully connected layers); ``--split`` sets it
+#: against the rest.
+MATRIX_OPS = frozenset({"aten::mkldnn_convolution", "mkldnn::_convolution_pointwise", "aten::convolution_backward",
+                        "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::mm", "aten::addmm",
+                        "aten::bmm"})
 
 
 def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
