@@ -8,13 +8,13 @@
 // float32 and float64 keep ATen's GroupNorm forward (see group_norm_relu below). The schema, the
 // Python checks and the reference are in sfpn/ops/group_norm_relu.py; Triton kernels serve CUDA.
 //
-// Sums. The forward's statistics take every channel's sum and sum of squares, the backward's the
-// sums of g' and g' x (g' the gradient the ReLU passed), all in double: NCHW a plane at a time, NHWC a
-// fixed run of pixels at a time (a vector of channels per pixel) into per-run partial sums that
-// are then added in run order, so that the bits never depend on the thread count. A group's mean
-// is E[x] and its variance E[x^2] - E[x]^2, both over its channels and pixels, in double: the
-// cancellation costs ~1e-16 * mean^2 / variance, exact in float32 unless |mean| > ~1e4 std.
-// The outputs mean and rstd (N, G) are float32 (float64 for float64 x), as ATen's, and feed the
+// Sums. The forward's statistics take every channel's sum and sum of squares, the backward the
+// sums of g' and g' x (g' the gradient the ReLU passed), all in double: NCHW a plane at a time,
+// NHWC a fixed run of pixels at a time (a vector of channels per pixel) into per-run partial sums
+// that are then added in run order, so that the bits never depend on the thread count. A group's
+// mean is E[x] and its variance E[x^2] - E[x]^2, both over its channels and pixels, in double: the
+// cancellation costs ~1e-16 * mean^2 / variance, exact in float32 unless |mean| > ~1e4 std. The
+// outputs mean and rstd (N, G) are float32 (float64 for float64 x), as ATen's, and feed the
 // backward.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -46,6 +46,11 @@ constexpr const char* kOp = "group_norm_relu";
 constexpr int64_t kRunPixels = 256;
 // Values per parallel task at least: small maps run on one thread.
 constexpr int64_t kMinTaskValues = int64_t(1) << 16;
+
+// Items per parallel task, for items of `values` values each (planes, pixels, runs).
+inline int64_t grain_of(int64_t values) {
+  return std::max<int64_t>(1, kMinTaskValues / values);
+}
 
 // Whether the ReLU passed the gradient at an output value: out > 0 (a NaN passes none, as ATen's
 // threshold_backward, the reference's, passes none).
@@ -106,7 +111,9 @@ SFPN_VECTOR_CLONES void normalise_pixels(const scalar_t* x, scalar_t* out, int64
   for (int64_t p = 0; p < pixels; ++p) {
     const scalar_t* __restrict__ in = x + p * channels;
     scalar_t* __restrict__ to = out + p * channels;
-    for (int64_t c = 0; c < channels; ++c) to[c] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[c]), scale[c], shift[c]));
+    for (int64_t c = 0; c < channels; ++c) {
+      to[c] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[c]), scale[c], shift[c]));
+    }
   }
 }
 
@@ -115,7 +122,9 @@ template <typename scalar_t, typename acc_t>
 SFPN_VECTOR_CLONES void normalise_plane(const scalar_t* x, scalar_t* out, int64_t count, acc_t scale, acc_t shift) {
   const scalar_t* __restrict__ in = x;
   scalar_t* __restrict__ to = out;
-  for (int64_t i = 0; i < count; ++i) to[i] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[i]), scale, shift));
+  for (int64_t i = 0; i < count; ++i) {
+    to[i] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[i]), scale, shift));
+  }
 }
 
 // The input's gradient, dx = a g' + b x + d (see group_norm_relu_backward_kernel). NHWC: `pixels`
@@ -186,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> per_channel_sums(int64_t batch, int64_t chann
   double* second_data = second.mutable_data_ptr<double>();
   if (!channels_last) {
     constexpr int64_t kPlaneWidth = 64;
-    at::parallel_for(0, batch * channels, std::max<int64_t>(1, kMinTaskValues / pixels), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         double s[kPlaneWidth] = {}, q[kPlaneWidth] = {};
         const int64_t rows = pixels / kPlaneWidth, first = plane * pixels;
@@ -203,12 +212,12 @@ std::tuple<at::Tensor, at::Tensor> per_channel_sums(int64_t batch, int64_t chann
   const int64_t runs = (pixels + kRunPixels - 1) / kRunPixels;
   at::Tensor partial = at::zeros({batch * runs, 2, channels}, double_options);
   double* partial_data = partial.mutable_data_ptr<double>();
-  const int64_t grain = std::max<int64_t>(1, kMinTaskValues / (kRunPixels * channels));
-  at::parallel_for(0, batch * runs, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * runs, grain_of(kRunPixels * channels), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / runs, first = (task % runs) * kRunPixels;
       double* run_sums = partial_data + task * 2 * channels;
-      add((n * pixels + first) * channels, std::min(kRunPixels, pixels - first), channels, run_sums, run_sums + channels);
+      add((n * pixels + first) * channels, std::min(kRunPixels, pixels - first), channels, run_sums,
+          run_sums + channels);
     }
   });
   for (int64_t n = 0; n < batch; ++n) {
@@ -233,7 +242,9 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
   at::Tensor sum, squares;
   std::tie(sum, squares) = per_channel_sums(
       batch, channels, pixels, channels_last, x.options(),
-      [in](int64_t first, int64_t rows, int64_t width, double* s, double* q) { add_moments(in + first, rows, width, s, q); });
+      [in](int64_t first, int64_t rows, int64_t width, double* s, double* q) {
+        add_moments(in + first, rows, width, s, q);
+      });
   const double* sum_data = sum.const_data_ptr<double>();
   const double* squares_data = squares.const_data_ptr<double>();
   const at::Tensor weight_acc = weight.to(mean.scalar_type()).contiguous();
@@ -267,8 +278,7 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
   }
   scalar_t* to = out.mutable_data_ptr<scalar_t>();
   if (channels_last) {
-    const int64_t grain = std::max<int64_t>(1, kMinTaskValues / channels);
-    at::parallel_for(0, batch * pixels, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end;) {  // a task's pixels, an image at a time
         const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels);
         normalise_pixels(in + p * channels, to + p * channels, stop - p, channels, scale + n * channels,
@@ -277,7 +287,7 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
       }
     });
   } else {
-    at::parallel_for(0, batch * channels, std::max<int64_t>(1, kMinTaskValues / pixels), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         normalise_plane(in + plane * pixels, to + plane * pixels, pixels, scale[plane], shift[plane]);
       }
@@ -376,7 +386,7 @@ void group_norm_relu_backward_kernel(const at::Tensor& grad, const at::Tensor& o
   grad_bias.copy_(parameter_grads[1]);
   scalar_t* to = grad_x.mutable_data_ptr<scalar_t>();
   if (channels_last) {
-    at::parallel_for(0, batch * pixels, std::max<int64_t>(1, kMinTaskValues / channels), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end;) {  // a task's pixels, an image at a time
         const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels), o = p * channels, k = n * channels;
         input_gradient_pixels(g + o, y + o, v + o, to + o, stop - p, channels, a + k, b + k, d + k);
@@ -384,7 +394,7 @@ void group_norm_relu_backward_kernel(const at::Tensor& grad, const at::Tensor& o
       }
     });
   } else {
-    at::parallel_for(0, batch * channels, std::max<int64_t>(1, kMinTaskValues / pixels), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t o = plane * pixels;
         input_gradient_plane(g + o, y + o, v + o, to + o, pixels, a[plane], b[plane], d[plane]);
@@ -422,10 +432,9 @@ void check_group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& ou
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& out,
-                                                                        const at::Tensor& x, const at::Tensor& mean,
-                                                                        const at::Tensor& rstd, const at::Tensor& weight,
-                                                                        const at::Tensor& bias) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu_backward(
+    const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    const at::Tensor& weight, const at::Tensor& bias) {
   check_group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias);
   const bool channels_last = checks::is_channels_last(x);
   const at::MemoryFormat layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -434,8 +443,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu_backward(const at
   at::Tensor grad_bias = at::zeros({x.size(1)}, bias.options());
   if (x.numel() == 0) return {grad_x, grad_weight, grad_bias};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sfpn::group_norm_relu_backward", [&] {
-    group_norm_relu_backward_kernel<scalar_t>(grad.contiguous(layout), out.contiguous(layout), x.contiguous(layout), mean,
-                                              rstd, weight, channels_last, grad_x, grad_weight, grad_bias);
+    group_norm_relu_backward_kernel<scalar_t>(grad.contiguous(layout), out.contiguous(layout), x.contiguous(layout),
+                                              mean, rstd, weight, channels_last, grad_x, grad_weight, grad_bias);
   });
   return {grad_x, grad_weight, grad_bias};
 }

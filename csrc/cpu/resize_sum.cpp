@@ -92,9 +92,10 @@ void resize_sum_kernel(const std::vector<at::Tensor>& levels, at::Tensor& out, b
 }
 
 at::Tensor resize_sum(at::TensorList levels, int64_t height, int64_t width) {
-  TORCH_CHECK(!levels.empty() && static_cast<int64_t>(levels.size()) <= kMaxLevels, "sfpn::resize_sum: levels must hold 1 to ",
-              kMaxLevels, " maps, got ", levels.size());
-  TORCH_CHECK(height > 0 && width > 0, "sfpn::resize_sum: height and width must be positive, got ", height, " and ", width);
+  TORCH_CHECK(!levels.empty() && static_cast<int64_t>(levels.size()) <= kMaxLevels,
+              "sfpn::resize_sum: levels must hold 1 to ", kMaxLevels, " maps, got ", levels.size());
+  TORCH_CHECK(height > 0 && width > 0, "sfpn::resize_sum: height and width must be positive, got ", height, " and ",
+              width);
   for (size_t i = 0; i < levels.size(); ++i) {
     const std::string name = checks::element("levels", i);
     checks::check_tensor(kOp, name, levels[i], 4, "(N, C, H, W)");
@@ -136,7 +137,8 @@ std::vector<at::Tensor> resize_sum_backward(const at::Tensor& grad, at::IntArray
         const std::vector<const scalar_t*> sources{g.const_data_ptr<scalar_t>()};
         scalar_t* target = level_grad.mutable_data_ptr<scalar_t>();
         if (nhwc) {
-          resize_adjoint_channels_last<scalar_t, acc_t>(sources, resizes, target, batch, channels, heights[i], widths[i]);
+          resize_adjoint_channels_last<scalar_t, acc_t>(sources, resizes, target, batch, channels, heights[i],
+                                                        widths[i]);
         } else {
           resize_adjoint<scalar_t, acc_t>(sources, resizes, target, batch * channels, heights[i], widths[i]);
         }
