@@ -78,3 +78,20 @@ def test_detector_maps_fused_match_aten(generator, monkeypatch):
     assert FUSED in ops and FUSED not in separate_ops
     for a, b in zip(fused, separate):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+def test_traced_graphs_keep_the_portable_convolution(generator):
+    """torch.export traces ATen's conv2d, never the CPU-only fused call: an exported program must
+    run on any device and torch build."""
+    from sfpn.modeling import ResNet
+    model = ResNet(18, width=8, norm="bn").eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        expected = model(x)  # eager: the fused call
+        traced = program.module()(x)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("mkldnn" in target for target in targets)
+    assert any("conv" in target for target in targets)
+    for a, b in zip(traced, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
