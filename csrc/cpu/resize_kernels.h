@@ -128,54 +128,76 @@ SFPN_VECTOR_CLONES void resize_row(const scalar_t* src, acc_t* dst, const AxisTa
   }
 }
 
-// dst (W) = lat + a, or lat + (wa * a + wb * b) when `b` is given: an output row of resize_add
-// from the source rows it blends, already resized along W.
-template <typename scalar_t, typename acc_t>
+// An output row from the source rows it blends, already resized along W: `a`, or wa * a + wb * b
+// when `b` is given, written as `kSum` says: false (resize_add) dst = lat + the row, `dst` a row of
+// scalar_t; true (resize_sum) dst += the row, `dst` a row of acc_t and `lat` unused.
+template <bool kSum, typename scalar_t, typename acc_t, typename out_t>
 SFPN_VECTOR_CLONES void add_resized_rows(const scalar_t* __restrict__ lat, const acc_t* __restrict__ a,
-                                         const acc_t* __restrict__ b, acc_t wa, acc_t wb, scalar_t* __restrict__ dst,
+                                         const acc_t* __restrict__ b, acc_t wa, acc_t wb, out_t* __restrict__ dst,
                                          int64_t width) {
+  auto write = [&](int64_t x, acc_t value) {
+    if constexpr (kSum) {
+      dst[x] += value;
+    } else {
+      dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + value);
+    }
+  };
   if (b == nullptr) {
-    for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + a[x]);
+    for (int64_t x = 0; x < width; ++x) write(x, a[x]);
     return;
   }
-  for (int64_t x = 0; x < width; ++x) {
-    dst[x] = static_cast<scalar_t>(static_cast<acc_t>(lat[x]) + (wa * a[x] + wb * b[x]));
-  }
+  for (int64_t x = 0; x < width; ++x) write(x, wa * a[x] + wb * b[x]);
 }
 
+// The source rows of a stack of planes `source` (P, Ht, Wt) resized along W by `cols`, the last
+// two kept: a task walking its output rows in order resizes each source row about once.
+template <typename scalar_t, typename acc_t>
+class ResizedRows {
+ public:
+  ResizedRows(const scalar_t* source, const AxisTable<acc_t>& cols)
+      : source_(source), cols_(cols), cache_(2 * cols.axis.out_size) {}
+
+  // Source row `source_row` (plane * Ht + row) resized along W, (W,).
+  const acc_t* get(int64_t source_row) {
+    const int64_t width = cols_.axis.out_size;
+    for (int slot = 0; slot < 2; ++slot) {
+      if (cached_[slot] == source_row) {
+        recent_ = slot;
+        return cache_.data() + slot * width;
+      }
+    }
+    recent_ = 1 - recent_;
+    cached_[recent_] = source_row;
+    acc_t* dst = cache_.data() + recent_ * width;
+    resize_row(source_ + source_row * cols_.axis.in_size, dst, cols_);
+    return dst;
+  }
+
+ private:
+  const scalar_t* source_;
+  const AxisTable<acc_t>& cols_;
+  std::vector<acc_t> cache_;
+  int64_t cached_[2] = {-1, -1};  // which source row each slot holds
+  int recent_ = 1;                // the slot used last: never evicted by the next request
+};
+
 // out = lateral + resize(top), planes (P, Ht, Wt) -> (P, H, W). Each task walks its rows in
-// order and keeps the last two source rows already resized along W, so every source row is
-// resized horizontally about once and each output row is a vectorised blend of two of them.
+// order (ResizedRows: every source row resized horizontally about once), and each output row is
+// a vectorised blend of two of them.
 template <typename scalar_t, typename acc_t>
 void resize_add(
     const scalar_t* top, const scalar_t* lateral, scalar_t* out, int64_t planes,
     const Resize2d<acc_t>& resize) {
-  const int64_t in_h = resize.rows.axis.in_size, in_w = resize.cols.axis.in_size;
+  const int64_t in_h = resize.rows.axis.in_size;
   const int64_t height = resize.rows.axis.out_size, width = resize.cols.axis.out_size;
   at::parallel_for(0, planes * height, row_grain(width), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> cache(2 * width);
-    int64_t cached[2] = {-1, -1};  // which source row (plane * in_h + row) each slot holds
-    int recent = 1;                // the slot used last: never evicted by the next request
-    auto resized_row = [&](int64_t source_row) -> const acc_t* {
-      for (int slot = 0; slot < 2; ++slot) {
-        if (cached[slot] == source_row) {
-          recent = slot;
-          return cache.data() + slot * width;
-        }
-      }
-      recent = 1 - recent;
-      cached[recent] = source_row;
-      acc_t* dst = cache.data() + recent * width;
-      resize_row(top + source_row * in_w, dst, resize.cols);
-      return dst;
-    };
-
+    ResizedRows<scalar_t, acc_t> source_rows(top, resize.cols);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / height, y = row % height;
-      const acc_t* a = resized_row(plane * in_h + resize.rows.index0[y]);
-      const acc_t* b = resize.rows.taps == 1 ? nullptr : resized_row(plane * in_h + resize.rows.index1[y]);
-      add_resized_rows(lateral + row * width, a, b, resize.rows.weight0[y], resize.rows.weight1[y],
-                       out + row * width, width);
+      const acc_t* a = source_rows.get(plane * in_h + resize.rows.index0[y]);
+      const acc_t* b = resize.rows.taps == 1 ? nullptr : source_rows.get(plane * in_h + resize.rows.index1[y]);
+      add_resized_rows</*kSum=*/false>(lateral + row * width, a, b, resize.rows.weight0[y], resize.rows.weight1[y],
+                                       out + row * width, width);
     }
   });
 }

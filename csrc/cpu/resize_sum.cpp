@@ -28,17 +28,6 @@ namespace {
 constexpr const char* kOp = "resize_sum";
 constexpr int64_t kMaxLevels = 5;  // sfpn/ops/resize_sum.py's MAX_LEVELS
 
-// acc (W) += wa * first + wb * second: a planar output row from its source rows, already resized
-// along W.
-template <typename acc_t>
-SFPN_VECTOR_CLONES void add_blend(acc_t* acc, const acc_t* first, const acc_t* second, acc_t wa, acc_t wb,
-                                  int64_t width) {
-  acc_t* __restrict__ dst = acc;
-  const acc_t* __restrict__ a = first;
-  const acc_t* __restrict__ b = second;
-  for (int64_t x = 0; x < width; ++x) dst[x] += wa * a[x] + wb * b[x];
-}
-
 template <typename scalar_t>
 void resize_sum_kernel(const std::vector<at::Tensor>& levels, at::Tensor& out, bool nhwc) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -70,21 +59,18 @@ void resize_sum_kernel(const std::vector<at::Tensor>& levels, at::Tensor& out, b
     return;
   }
   at::parallel_for(0, batch * channels * height, row_grain(width), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(width), first(width), second(width);
+    std::vector<acc_t> acc(width);
+    std::vector<ResizedRows<scalar_t, acc_t>> source_rows;
+    for (size_t k = 0; k < levels.size(); ++k) source_rows.emplace_back(data[k], resizes[k].cols);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t plane = row / height, y = row % height;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (size_t k = 0; k < levels.size(); ++k) {
         const AxisTable<acc_t>& rows = resizes[k].rows;
-        const int64_t in_h = rows.axis.in_size, in_w = resizes[k].cols.axis.in_size;
-        const scalar_t* source = data[k] + plane * in_h * in_w;
-        resize_row(source + rows.index0[y] * in_w, first.data(), resizes[k].cols);
-        if (rows.taps == 2) {
-          resize_row(source + rows.index1[y] * in_w, second.data(), resizes[k].cols);
-          add_blend(acc.data(), first.data(), second.data(), rows.weight0[y], rows.weight1[y], width);
-        } else {
-          add_blend(acc.data(), first.data(), first.data(), acc_t(1), acc_t(0), width);
-        }
+        const int64_t first = plane * rows.axis.in_size;
+        const acc_t* a = source_rows[k].get(first + rows.index0[y]);
+        const acc_t* b = rows.taps == 1 ? nullptr : source_rows[k].get(first + rows.index1[y]);
+        add_resized_rows</*kSum=*/true, scalar_t>(nullptr, a, b, rows.weight0[y], rows.weight1[y], acc.data(), width);
       }
       sfpn::cpu::convert_rows(acc.data(), width, out_data + row * width, width, 1, width);
     }
