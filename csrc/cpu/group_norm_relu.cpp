@@ -162,6 +162,19 @@ SFPN_VECTOR_CLONES void input_gradient_plane(const scalar_t* grad, const scalar_
   }
 }
 
+// The dtype of the statistics mean and rstd (N, G): float32, float64 for float64 x, as ATen's.
+inline at::ScalarType statistics_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A per-channel parameter of `op` (weight, bias): (C,) for x's C channels, on x's device.
+void check_per_channel(const char* op, const char* name, const at::Tensor& param, const at::Tensor& x) {
+  checks::check_tensor(op, name, param, 1, "(C,)");
+  TORCH_CHECK(param.size(0) == x.size(1), "sfpn::", op, ": ", name, " must have shape (", x.size(1),
+              ",) to match x's channels, got ", param.sizes());
+  checks::check_same_device(op, name, param, "x", x);
+}
+
 void check_group_norm_relu(const at::Tensor& x, int64_t num_groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps) {
   checks::check_tensor(kOp, "x", x, 4, "(N, C, H, W)");
@@ -170,15 +183,30 @@ void check_group_norm_relu(const at::Tensor& x, int64_t num_groups, const at::Te
               ") must be a positive multiple of num_groups (", num_groups, ")");
   TORCH_CHECK(x.size(0) == 0 || x.size(2) * x.size(3) > 0,
               "sfpn::group_norm_relu: x must have at least one pixel (H, W >= 1), got shape ", x.sizes());
-  const auto check_affine = [&](const char* name, const at::Tensor& param) {
-    checks::check_tensor(kOp, name, param, 1, "(C,)");
-    TORCH_CHECK(param.size(0) == x.size(1), "sfpn::group_norm_relu: ", name, " must have shape (", x.size(1),
-                ",) to match x's channels, got ", param.sizes());
-    checks::check_same_device(kOp, name, param, "x", x);
-  };
-  check_affine("weight", weight);
-  check_affine("bias", bias);
+  check_per_channel(kOp, "weight", weight, x);
+  check_per_channel(kOp, "bias", bias, x);
   TORCH_CHECK(eps >= 0, "sfpn::group_norm_relu: eps must be non-negative, got ", eps);
+}
+
+// Calls span(first, count, k) over the whole map, in parallel, for the passes that write it:
+// NHWC a task's pixels an image at a time (`count` pixels from value `first`, k = n * C the
+// image's first per-channel coefficient), NCHW a plane at a time (`count` values from value
+// `first`, k the plane's coefficient).
+template <typename Span>
+void for_each_span(int64_t batch, int64_t channels, int64_t pixels, bool channels_last, const Span& span) {
+  if (channels_last) {
+    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end;) {
+        const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels);
+        span(p * channels, stop - p, n * channels);
+        p = stop;
+      }
+    });
+  } else {
+    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) span(plane * pixels, pixels, plane);
+    });
+  }
 }
 
 // Two sums per (n, c) over the pixels, (N, C) each, in double, of the terms `add` adds:
@@ -277,22 +305,13 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
     }
   }
   scalar_t* to = out.mutable_data_ptr<scalar_t>();
-  if (channels_last) {
-    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end;) {  // a task's pixels, an image at a time
-        const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels);
-        normalise_pixels(in + p * channels, to + p * channels, stop - p, channels, scale + n * channels,
-                         shift + n * channels);
-        p = stop;
-      }
-    });
-  } else {
-    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        normalise_plane(in + plane * pixels, to + plane * pixels, pixels, scale[plane], shift[plane]);
-      }
-    });
-  }
+  for_each_span(batch, channels, pixels, channels_last, [&](int64_t first, int64_t count, int64_t k) {
+    if (channels_last) {
+      normalise_pixels(in + first, to + first, count, channels, scale + k, shift + k);
+    } else {
+      normalise_plane(in + first, to + first, count, scale[k], shift[k]);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu(const at::Tensor& x, int64_t num_groups,
@@ -301,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu(const at::Tensor&
   check_group_norm_relu(x, num_groups, weight, bias, eps);
   const bool channels_last = checks::is_channels_last(x);
   const at::Tensor input = channels_last ? x : x.contiguous();
-  const at::ScalarType stats_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType stats_type = statistics_type(x);
   if (!channels_last && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
     // ATen's planar GroupNorm in float32 is a vectorised float kernel that this one's double sums
     // did not beat (0.6-0.8x at the default run's shapes); its ReLU pass costs little in float32.
@@ -385,22 +404,13 @@ void group_norm_relu_backward_kernel(const at::Tensor& grad, const at::Tensor& o
   grad_weight.copy_(parameter_grads[0]);
   grad_bias.copy_(parameter_grads[1]);
   scalar_t* to = grad_x.mutable_data_ptr<scalar_t>();
-  if (channels_last) {
-    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end;) {  // a task's pixels, an image at a time
-        const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels), o = p * channels, k = n * channels;
-        input_gradient_pixels(g + o, y + o, v + o, to + o, stop - p, channels, a + k, b + k, d + k);
-        p = stop;
-      }
-    });
-  } else {
-    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t o = plane * pixels;
-        input_gradient_plane(g + o, y + o, v + o, to + o, pixels, a[plane], b[plane], d[plane]);
-      }
-    });
-  }
+  for_each_span(batch, channels, pixels, channels_last, [&](int64_t first, int64_t count, int64_t k) {
+    if (channels_last) {
+      input_gradient_pixels(g + first, y + first, v + first, to + first, count, channels, a + k, b + k, d + k);
+    } else {
+      input_gradient_plane(g + first, y + first, v + first, to + first, count, a[k], b[k], d[k]);
+    }
+  });
 }
 
 void check_group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,
@@ -413,7 +423,7 @@ void check_group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& ou
     TORCH_CHECK(t->sizes() == x.sizes(), "sfpn::group_norm_relu_backward: ", name, " must have x's shape ", x.sizes(),
                 ", got ", t->sizes());
   }
-  const at::ScalarType stats_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType stats_type = statistics_type(x);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"mean", &mean}, {"rstd", &rstd}}) {
     TORCH_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) > 0 && x.size(1) % t->size(1) == 0,
                 "sfpn::group_norm_relu_backward: ", name, " must be (N, G) with G dividing x's channels ", x.size(1),
@@ -424,12 +434,8 @@ void check_group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& ou
   }
   TORCH_CHECK(rstd.sizes() == mean.sizes(), "sfpn::group_norm_relu_backward: rstd must have mean's shape ",
               mean.sizes(), ", got ", rstd.sizes());
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"weight", &weight}, {"bias", &bias}}) {
-    checks::check_tensor(op, name, *t, 1, "(C,)");
-    TORCH_CHECK(t->size(0) == x.size(1), "sfpn::group_norm_relu_backward: ", name, " must have shape (", x.size(1),
-                ",), got ", t->sizes());
-    checks::check_same_device(op, name, *t, "x", x);
-  }
+  check_per_channel(op, "weight", weight, x);
+  check_per_channel(op, "bias", bias, x);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu_backward(
