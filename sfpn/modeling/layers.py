@@ -5,8 +5,9 @@ backend emits: the bias, a residual's sum and a ReLU applied as the convolution 
 In eager mode ATen runs each as its own pass over the output, and in bfloat16 those passes are
 slow on the CPU: at the small presets' shapes a 3x3 conv with its ReLU (and sum) takes 1.3-1.5x
 the fused call, and at the COCO shape the R50 detectors' bf16 inference runs 1.2-1.3x faster
-fused (float32: 1.02x; ``benchmarks/RESULTS.md``, 2026-12-04 (late night)). The call has no backward, so training and
-any graph that needs gradients keep ATen's ops, as do other devices, layouts and traced graphs.
+fused (float32: 1.02x; ``benchmarks/RESULTS.md``, 2026-12-04 (late night)). The call has no
+backward, so training and any graph that needs gradients keep ATen's ops, as do other devices,
+layouts and traced graphs.
 """
 from __future__ import annotations
 

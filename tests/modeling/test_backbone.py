@@ -99,8 +99,6 @@ def _conv_bn(generator, in_channels: int, out_channels: int, stride: int, dtype=
     return conv.to(memory_format=torch.channels_last), bn
 
 
-
-
 @needs_onednn
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("residual, relu", [(False, True), (True, True), (True, False), (False, False)])
@@ -125,8 +123,8 @@ def test_conv_norm_post_ops_in_one_onednn_call(generator, stride, residual, relu
         residual_bf16 = other.bfloat16() if residual else None
         with torch.autocast("cpu", torch.bfloat16):
             fused = conv_norm(conv, bn, x, residual_bf16, relu)
-            separate = F.conv2d(x, conv.weight * fixed_scale_and_shift(bn)[0][:, None, None, None],
-                                fixed_scale_and_shift(bn)[1], stride, 1)
+            scale, shift = fixed_scale_and_shift(bn)
+            separate = F.conv2d(x, conv.weight * scale[:, None, None, None], shift, stride, 1)
         separate = separate + residual_bf16 if residual else separate
         separate = separate.relu() if relu else separate
         assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
