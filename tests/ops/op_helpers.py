@@ -6,6 +6,17 @@ from sfpn import kernels, ops
 from sfpn.ops import _library
 
 
+def at_thread_count(threads: int, call):
+    """``call()`` run with ``threads`` intra-op threads, the previous count restored after: how the
+    tests check that a CPU kernel's bits do not depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return call()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def randn(generator, *shape, dtype=torch.float32, device="cpu"):
     return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import FP32, exact, float64_leaf, labels_for, leaf, needs_triton, randn
+from op_helpers import FP32, at_thread_count, exact, float64_leaf, labels_for, leaf, needs_triton, randn
 from op_strategies import FLOAT_DTYPES, TRITON_DTYPES, arrange, assert_close, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.cross_entropy
@@ -394,16 +394,11 @@ def test_cpu_kernel_depends_on_the_thread_count_only(generator):
     logits = randn(generator, 1, 32, 16, 16).requires_grad_()
     labels = labels_for(generator, (1, 128, 128), 32, "cpu")  # 2^19 class-pixels: two runs on two threads
 
-    def loss_and_grad(threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            loss = ops.upsample_cross_entropy(logits, labels, reduction="sum")
-            return loss, torch.autograd.grad(loss, logits)[0]
-        finally:
-            torch.set_num_threads(previous)
+    def loss_and_grad():
+        loss = ops.upsample_cross_entropy(logits, labels, reduction="sum")
+        return loss, torch.autograd.grad(loss, logits)[0]
 
-    first, again, one_thread = loss_and_grad(2), loss_and_grad(2), loss_and_grad(1)
+    first, again, one_thread = (at_thread_count(threads, loss_and_grad) for threads in (2, 2, 1))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     torch.testing.assert_close(first[0], one_thread[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(first[1], one_thread[1], **FP32)

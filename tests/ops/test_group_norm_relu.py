@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import CPU_KERNEL_TOLERANCES, FP32, assert_grads_match, float64_leaf, needs_triton, randn
+from op_helpers import CPU_KERNEL_TOLERANCES, FP32, at_thread_count, assert_grads_match, float64_leaf, needs_triton, randn
 from op_strategies import TRITON_DTYPES, arrange, assert_close, assert_matches, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.group_norm_relu
@@ -234,16 +234,12 @@ def test_cpu_kernel_bits_do_not_depend_on_the_thread_count(generator, dtype):
     x = randn(generator, 2, 64, 40, 50).to(dtype).contiguous(memory_format=torch.channels_last)
     grad = randn(generator, 2, 64, 40, 50).to(dtype).contiguous(memory_format=torch.channels_last)
     weight, bias = randn(generator, 64), randn(generator, 64)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5)
-            backward = torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias)
-            results.append((out, mean, rstd, *backward))
-    finally:
-        torch.set_num_threads(previous)
+
+    def forward_and_backward():
+        out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5)
+        return (out, mean, rstd, *torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias))
+
+    results = [at_thread_count(threads, forward_and_backward) for threads in (1, 2, 3)]
     for result in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import CPU_KERNEL_TOLERANCES, FP32, LOW, assert_grads_match, needs_triton, randn
+from op_helpers import CPU_KERNEL_TOLERANCES, FP32, at_thread_count, LOW, assert_grads_match, needs_triton, randn
 from op_strategies import TRITON_DTYPES, arrange, assert_matches, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.resize_sum
@@ -176,16 +176,12 @@ def test_cpu_kernels_bits_do_not_depend_on_the_thread_count(generator):
     levels = [randn(generator, 2, 48, *s).bfloat16().contiguous(memory_format=torch.channels_last)
               for s in [(64, 80), (32, 40), (16, 20), (8, 10)]]
     grad = randn(generator, 2, 48, 32, 40).bfloat16().contiguous(memory_format=torch.channels_last)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out = torch.ops.sfpn.resize_sum(levels, 32, 40)
-            backward = torch.ops.sfpn.resize_sum_backward(grad, [64, 32, 16, 8], [80, 40, 20, 10])
-            results.append([out, *backward])
-    finally:
-        torch.set_num_threads(previous)
+
+    def forward_and_backward():
+        return [torch.ops.sfpn.resize_sum(levels, 32, 40),
+                *torch.ops.sfpn.resize_sum_backward(grad, [64, 32, 16, 8], [80, 40, 20, 10])]
+
+    results = [at_thread_count(threads, forward_and_backward) for threads in (1, 2, 3)]
     for result in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
 

@@ -15,6 +15,7 @@ from sfpn import ops
 from sfpn.ops import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, reference, roi_align
 
 from cuda_emulation import SEEDS, assert_close, run
+from op_helpers import at_thread_count
 from op_strategies import arrange, assert_matches, boxes_on, examples, float_dtypes, layouts, rois_of, seeds, uniform
 from roi_helpers import (
     HAS_KERNEL,
@@ -330,17 +331,12 @@ def test_cpu_backward_bits_do_not_depend_on_threads(generator, layout):
     rois = random_boxes(generator, 200, 32, 48, 2)
     grad = torch.randn(200, 70, 3, 3, generator=generator)
 
-    def gradients(threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return torch.autograd.grad(multilevel_roi_align(levels, rois, 3, SCALES, 2, False, 32, 3), levels, grad)
-        finally:
-            torch.set_num_threads(previous)
+    def gradients():
+        return torch.autograd.grad(multilevel_roi_align(levels, rois, 3, SCALES, 2, False, 32, 3), levels, grad)
 
-    first = gradients(1)
+    first = at_thread_count(1, gradients)
     for threads in (2, 3):
-        for got, want in zip(gradients(threads), first):
+        for got, want in zip(at_thread_count(threads, gradients), first):
             assert torch.equal(got, want)
 
 

@@ -12,6 +12,7 @@ from sfpn import _extension
 from sfpn.ops import _library, reference, upsample_argmax
 
 from cuda_emulation import SEEDS, run
+from op_helpers import at_thread_count
 
 pytestmark = [pytest.mark.upsample_argmax, pytest.mark.usefixtures("single_thread")]
 
@@ -129,12 +130,7 @@ def test_nan_is_the_maximum_as_in_argmax(generator):
 def test_kernel_is_deterministic_and_thread_count_independent(generator):
     logits = random_logits(generator, 21, (16, 20))
     once = upsample_argmax(logits, (128, 160), (121, 150))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert torch.equal(upsample_argmax(logits, (128, 160), (121, 150)), once)
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.equal(at_thread_count(2, lambda: upsample_argmax(logits, (128, 160), (121, 150))), once)
 
 
 @pytest.mark.parametrize("serving", SERVINGS)
