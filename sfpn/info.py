@@ -50,6 +50,8 @@ def _backend(op: _library.Op, device: str) -> str:
         return f"reference ({kernels.UNAVAILABLE_REASON})"
     if not _extension.STATUS.loaded:
         return "reference (extension not loaded)"
+    if device == "cuda" and op.backend == _library.COMPILED_CPU:
+        return "reference (no CUDA kernel: ATen's)"
     if device == "cuda" and _extension.STATUS.cuda_version == 0:
         return "reference (extension built without CUDA)"
     return "reference (no kernel registered)"

@@ -9,16 +9,14 @@
 // Python checks and the reference are in sfpn/ops/group_norm_relu.py; Triton kernels serve CUDA.
 //
 // Sums. The forward's statistics take every channel's sum and sum of squares, the backward the
-// sums of g' and g' x (g' the gradient the ReLU passed), all in double: NCHW a plane at a time,
-// NHWC a fixed run of pixels at a time (a vector of channels per pixel) into per-run partial sums
-// that are then added in run order, so that the bits never depend on the thread count. A group's
+// sums of g' and g' x (g' the gradient the ReLU passed), all in double, in an order that does not
+// depend on the thread count (cpu/norm_relu_kernels.h, shared with batch_norm_relu). A group's
 // mean is E[x] and its variance E[x^2] - E[x]^2, both over its channels and pixels, in double: the
 // cancellation costs ~1e-16 * mean^2 / variance, exact in float32 unless |mean| > ~1e4 std. The
 // outputs mean and rstd (N, G) are float32 (float64 for float64 x), as ATen's, and feed the
 // backward.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -29,151 +27,19 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
 
 #include "checks.h"
-#include "cpu/vector_clones.h"
+#include "cpu/norm_relu_kernels.h"
 
 namespace sfpn::group_norm_relu::cpu {
 namespace {
 
+using namespace sfpn::norm_relu::cpu;
+
 constexpr const char* kOp = "group_norm_relu";
-// NHWC pixels per partial sum: a fixed run, so the order of the additions is the same at any
-// thread count.
-constexpr int64_t kRunPixels = 256;
-// Values per parallel task at least: small maps run on one thread.
-constexpr int64_t kMinTaskValues = int64_t(1) << 16;
-
-// Items per parallel task, for items of `values` values each (planes, pixels, runs).
-inline int64_t grain_of(int64_t values) {
-  return std::max<int64_t>(1, kMinTaskValues / values);
-}
-
-// Whether the ReLU passed the gradient at an output value: out > 0 (a NaN passes none, as ATen's
-// threshold_backward, the reference's, passes none).
-template <typename scalar_t>
-inline bool relu_passes(scalar_t out) {
-  return static_cast<at::opmath_type<scalar_t>>(out) > 0;
-}
-
-// The two per-channel sums of the statistics, added over `rows` rows of `width` contiguous values
-// (NHWC: pixels of C channels; NCHW: a plane read as rows of kPlaneWidth) into sum[i], squares[i]:
-// the forward's x and x^2.
-template <typename scalar_t>
-SFPN_VECTOR_CLONES void add_moments(const scalar_t* x, int64_t rows, int64_t width, double* sum, double* squares) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* __restrict__ row = x + r * width;
-    double* __restrict__ s = sum;
-    double* __restrict__ q = squares;
-    for (int64_t i = 0; i < width; ++i) {
-      const double v = static_cast<double>(row[i]);
-      s[i] += v;
-      q[i] += v * v;
-    }
-  }
-}
-
-// The backward's: g' and g' x, where g' is the incoming gradient passed by the ReLU (out > 0).
-template <typename scalar_t>
-SFPN_VECTOR_CLONES void add_gradient_moments(const scalar_t* grad, const scalar_t* out, const scalar_t* x, int64_t rows,
-                                             int64_t width, double* sum, double* products) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t* __restrict__ g = grad + r * width;
-    const scalar_t* __restrict__ y = out + r * width;
-    const scalar_t* __restrict__ v = x + r * width;
-    double* __restrict__ s = sum;
-    double* __restrict__ q = products;
-    for (int64_t i = 0; i < width; ++i) {
-      // A select by bit mask: GCC turns `y > 0 ? g : 0` added into s[i] into a conditional add,
-      // which it does not vectorise; g * (y > 0) would make NaN of a NaN gradient the ReLU drops.
-      const uint64_t keep = -static_cast<uint64_t>(relu_passes(y[i]));
-      const double passed = std::bit_cast<double>(std::bit_cast<uint64_t>(static_cast<double>(g[i])) & keep);
-      s[i] += passed;
-      q[i] += passed * static_cast<double>(v[i]);
-    }
-  }
-}
-
-// max(v * scale + shift, 0), NaN staying NaN as ATen's ReLU leaves it.
-template <typename acc_t>
-inline acc_t affine_relu(acc_t v, acc_t scale, acc_t shift) {
-  const acc_t y = v * scale + shift;
-  return y < acc_t(0) ? acc_t(0) : y;
-}
-
-// NHWC: `pixels` pixels of `channels` values, each channel with its own scale and shift.
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void normalise_pixels(const scalar_t* x, scalar_t* out, int64_t pixels, int64_t channels,
-                                         const acc_t* scale, const acc_t* shift) {
-  for (int64_t p = 0; p < pixels; ++p) {
-    const scalar_t* __restrict__ in = x + p * channels;
-    scalar_t* __restrict__ to = out + p * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      to[c] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[c]), scale[c], shift[c]));
-    }
-  }
-}
-
-// NCHW: one plane of `count` values, one scale and shift.
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void normalise_plane(const scalar_t* x, scalar_t* out, int64_t count, acc_t scale, acc_t shift) {
-  const scalar_t* __restrict__ in = x;
-  scalar_t* __restrict__ to = out;
-  for (int64_t i = 0; i < count; ++i) {
-    to[i] = static_cast<scalar_t>(affine_relu(static_cast<acc_t>(in[i]), scale, shift));
-  }
-}
-
-// The input's gradient, dx = a g' + b x + d (see group_norm_relu_backward_kernel). NHWC: `pixels`
-// pixels of `channels` values, a, b and d per channel.
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void input_gradient_pixels(const scalar_t* grad, const scalar_t* out, const scalar_t* x,
-                                              scalar_t* grad_x, int64_t pixels, int64_t channels, const acc_t* a,
-                                              const acc_t* b, const acc_t* d) {
-  for (int64_t p = 0; p < pixels; ++p) {
-    const int64_t o = p * channels;
-    const scalar_t* __restrict__ g = grad + o;
-    const scalar_t* __restrict__ y = out + o;
-    const scalar_t* __restrict__ v = x + o;
-    scalar_t* __restrict__ to = grad_x + o;
-    for (int64_t c = 0; c < channels; ++c) {
-      const acc_t incoming = static_cast<acc_t>(g[c]);
-      const acc_t passed = relu_passes(y[c]) ? incoming : acc_t(0);
-      to[c] = static_cast<scalar_t>(a[c] * passed + b[c] * static_cast<acc_t>(v[c]) + d[c]);
-    }
-  }
-}
-
-// NCHW: one plane of `count` values, one a, b and d.
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void input_gradient_plane(const scalar_t* grad, const scalar_t* out, const scalar_t* x,
-                                             scalar_t* grad_x, int64_t count, acc_t a, acc_t b, acc_t d) {
-  const scalar_t* __restrict__ g = grad;
-  const scalar_t* __restrict__ y = out;
-  const scalar_t* __restrict__ v = x;
-  scalar_t* __restrict__ to = grad_x;
-  for (int64_t i = 0; i < count; ++i) {
-    const acc_t incoming = static_cast<acc_t>(g[i]);
-    const acc_t passed = relu_passes(y[i]) ? incoming : acc_t(0);
-    to[i] = static_cast<scalar_t>(a * passed + b * static_cast<acc_t>(v[i]) + d);
-  }
-}
-
-// The dtype of the statistics mean and rstd (N, G): float32, float64 for float64 x, as ATen's.
-inline at::ScalarType statistics_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// A per-channel parameter of `op` (weight, bias): (C,) for x's C channels, on x's device.
-void check_per_channel(const char* op, const char* name, const at::Tensor& param, const at::Tensor& x) {
-  checks::check_tensor(op, name, param, 1, "(C,)");
-  TORCH_CHECK(param.size(0) == x.size(1), "sfpn::", op, ": ", name, " must have shape (", x.size(1),
-              ",) to match x's channels, got ", param.sizes());
-  checks::check_same_device(op, name, param, "x", x);
-}
 
 void check_group_norm_relu(const at::Tensor& x, int64_t num_groups, const at::Tensor& weight, const at::Tensor& bias,
                            double eps) {
@@ -188,78 +54,6 @@ void check_group_norm_relu(const at::Tensor& x, int64_t num_groups, const at::Te
   TORCH_CHECK(eps >= 0, "sfpn::group_norm_relu: eps must be non-negative, got ", eps);
 }
 
-// Calls span(first, count, k) over the whole map, in parallel, for the passes that write it:
-// NHWC a task's pixels an image at a time (`count` pixels from value `first`, k = n * C the
-// image's first per-channel coefficient), NCHW a plane at a time (`count` values from value
-// `first`, k the plane's coefficient).
-template <typename Span>
-void for_each_span(int64_t batch, int64_t channels, int64_t pixels, bool channels_last, const Span& span) {
-  if (channels_last) {
-    at::parallel_for(0, batch * pixels, grain_of(channels), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end;) {
-        const int64_t n = p / pixels, stop = std::min(end, (n + 1) * pixels);
-        span(p * channels, stop - p, n * channels);
-        p = stop;
-      }
-    });
-  } else {
-    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) span(plane * pixels, pixels, plane);
-    });
-  }
-}
-
-// Two sums per (n, c) over the pixels, (N, C) each, in double, of the terms `add` adds:
-// add(first, rows, width, s, q) adds those of `rows` rows of `width` values from value `first` of
-// the map into s[0, width) and q[0, width) (add_moments or add_gradient_moments). NHWC: fixed runs
-// of kRunPixels pixels into partial sums added in run order; NCHW: a plane at a time, as rows of
-// kPlaneWidth columns summed at the end. Either way the order of the additions is fixed.
-template <typename AddTerms>
-std::tuple<at::Tensor, at::Tensor> per_channel_sums(int64_t batch, int64_t channels, int64_t pixels, bool channels_last,
-                                                    const at::TensorOptions& options, const AddTerms& add) {
-  const auto double_options = options.dtype(at::kDouble);
-  at::Tensor sum = at::zeros({batch, channels}, double_options), second = at::zeros({batch, channels}, double_options);
-  double* sum_data = sum.mutable_data_ptr<double>();
-  double* second_data = second.mutable_data_ptr<double>();
-  if (!channels_last) {
-    constexpr int64_t kPlaneWidth = 64;
-    at::parallel_for(0, batch * channels, grain_of(pixels), [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        double s[kPlaneWidth] = {}, q[kPlaneWidth] = {};
-        const int64_t rows = pixels / kPlaneWidth, first = plane * pixels;
-        add(first, rows, kPlaneWidth, s, q);
-        add(first + rows * kPlaneWidth, 1, pixels - rows * kPlaneWidth, s, q);
-        for (int64_t i = 0; i < kPlaneWidth; ++i) {
-          sum_data[plane] += s[i];
-          second_data[plane] += q[i];
-        }
-      }
-    });
-    return {sum, second};
-  }
-  const int64_t runs = (pixels + kRunPixels - 1) / kRunPixels;
-  at::Tensor partial = at::zeros({batch * runs, 2, channels}, double_options);
-  double* partial_data = partial.mutable_data_ptr<double>();
-  at::parallel_for(0, batch * runs, grain_of(kRunPixels * channels), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / runs, first = (task % runs) * kRunPixels;
-      double* run_sums = partial_data + task * 2 * channels;
-      add((n * pixels + first) * channels, std::min(kRunPixels, pixels - first), channels, run_sums,
-          run_sums + channels);
-    }
-  });
-  for (int64_t n = 0; n < batch; ++n) {
-    for (int64_t run = 0; run < runs; ++run) {
-      const double* run_sums = partial_data + (n * runs + run) * 2 * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        sum_data[n * channels + c] += run_sums[c];
-        second_data[n * channels + c] += run_sums[channels + c];
-      }
-    }
-  }
-  return {sum, second};
-}
-
 template <typename scalar_t>
 void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::Tensor& weight, const at::Tensor& bias,
                             double eps, bool channels_last, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd) {
@@ -268,11 +62,7 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
   const int64_t group_channels = channels / num_groups;
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   at::Tensor sum, squares;
-  std::tie(sum, squares) = per_channel_sums(
-      batch, channels, pixels, channels_last, x.options(),
-      [in](int64_t first, int64_t rows, int64_t width, double* s, double* q) {
-        add_moments(in + first, rows, width, s, q);
-      });
+  std::tie(sum, squares) = moments(in, batch, channels, pixels, channels_last, x.options());
   const double* sum_data = sum.const_data_ptr<double>();
   const double* squares_data = squares.const_data_ptr<double>();
   const at::Tensor weight_acc = weight.to(mean.scalar_type()).contiguous();
@@ -304,14 +94,8 @@ void group_norm_relu_kernel(const at::Tensor& x, int64_t num_groups, const at::T
       }
     }
   }
-  scalar_t* to = out.mutable_data_ptr<scalar_t>();
-  for_each_span(batch, channels, pixels, channels_last, [&](int64_t first, int64_t count, int64_t k) {
-    if (channels_last) {
-      normalise_pixels(in + first, to + first, count, channels, scale + k, shift + k);
-    } else {
-      normalise_plane(in + first, to + first, count, scale[k], shift[k]);
-    }
-  });
+  normalise_relu<scalar_t, acc_t>(in, nullptr, out.mutable_data_ptr<scalar_t>(), batch, channels, pixels,
+                                  channels_last, scale, shift);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_relu(const at::Tensor& x, int64_t num_groups,
@@ -359,11 +143,7 @@ void group_norm_relu_backward_kernel(const at::Tensor& grad, const at::Tensor& o
   const scalar_t* y = out.const_data_ptr<scalar_t>();
   const scalar_t* v = x.const_data_ptr<scalar_t>();
   at::Tensor sum, products;
-  std::tie(sum, products) = per_channel_sums(
-      batch, channels, pixels, channels_last, x.options(),
-      [g, y, v](int64_t first, int64_t rows, int64_t width, double* s, double* q) {
-        add_gradient_moments(g + first, y + first, v + first, rows, width, s, q);
-      });
+  std::tie(sum, products) = gradient_moments(g, y, v, batch, channels, pixels, channels_last, x.options());
   const double* sum_data = sum.const_data_ptr<double>();
   const double* products_data = products.const_data_ptr<double>();
   const at::Tensor mean_d = mean.to(at::kDouble).contiguous(), rstd_d = rstd.to(at::kDouble).contiguous();
@@ -403,14 +183,8 @@ void group_norm_relu_backward_kernel(const at::Tensor& grad, const at::Tensor& o
   }
   grad_weight.copy_(parameter_grads[0]);
   grad_bias.copy_(parameter_grads[1]);
-  scalar_t* to = grad_x.mutable_data_ptr<scalar_t>();
-  for_each_span(batch, channels, pixels, channels_last, [&](int64_t first, int64_t count, int64_t k) {
-    if (channels_last) {
-      input_gradient_pixels(g + first, y + first, v + first, to + first, count, channels, a + k, b + k, d + k);
-    } else {
-      input_gradient_plane(g + first, y + first, v + first, to + first, count, a[k], b[k], d[k]);
-    }
-  });
+  input_gradient<scalar_t, acc_t>(g, y, v, grad_x.mutable_data_ptr<scalar_t>(), nullptr, batch, channels, pixels,
+                                  channels_last, a, b, d);
 }
 
 void check_group_norm_relu_backward(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x,

@@ -17,6 +17,7 @@ from .multilevel_roi_align import MultiLevelRoIAlign, multilevel_roi_align
 from .nms import batched_nms, batched_nms_padded, nms
 from .resize_sum import resize_sum
 from .group_norm_relu import group_norm_relu
+from .batch_norm_relu import batch_norm_relu
 from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 from ._validate import OpArgumentError, OpTypeError, OpValueError, RoIBoxesError
 
@@ -33,6 +34,7 @@ __all__ = [
     "batched_nms_padded",
     "resize_sum",
     "group_norm_relu",
+    "batch_norm_relu",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
     "OpArgumentError",

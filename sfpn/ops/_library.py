@@ -33,7 +33,7 @@ from ._validate import OpTypeError
 LIBRARY = torch.library.Library("sfpn", "DEF")
 
 #: The backends an op can have besides its reference.
-COMPILED, TRITON = "compiled", "triton"
+COMPILED, COMPILED_CPU, TRITON = "compiled", "compiled_cpu", "triton"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,8 @@ class Op:
     """One public op of the registry."""
 
     name: str
-    #: ``COMPILED`` (C++ kernel for CPU, CUDA kernel for CUDA in ``sfpn._C``) or ``TRITON``.
+    #: ``COMPILED`` (C++ kernel for CPU, CUDA kernel for CUDA in ``sfpn._C``), ``COMPILED_CPU``
+    #: (a C++ kernel for CPU only; the reference serves CUDA) or ``TRITON``.
     backend: str
     #: The names of the ops its autograd formula calls (``<name>_backward``), if any.
     backward: tuple[str, ...] = ()
@@ -55,7 +56,7 @@ class Op:
     @property
     def cpu_kernel(self) -> bool:
         """Whether ``sfpn._C`` has a C++ kernel for the op's CPU tensors."""
-        return self.backend == COMPILED or self.compiled_on_cpu
+        return self.backend in (COMPILED, COMPILED_CPU) or self.compiled_on_cpu
 
 
 #: Public op name -> :class:`Op`, in the order ``sfpn.info`` prints them.
@@ -177,6 +178,19 @@ def empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
     """An uninitialised ``shape`` tensor of ``x``'s dtype and device in :func:`output_memory_format`
     of ``x``: the fakes' output of the ops whose output follows ``x``'s layout."""
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+
+def statistics_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a normalisation op (``group_norm_relu``, ``batch_norm_relu``) computes and returns
+    its statistics in for input ``x``: float32, float64 for float64 ``x``, as ATen's."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def in_statistics_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the references hand it to ATen's normalisation kernels with parameters in
+    :func:`statistics_dtype`: the CPU kernels read fp16/bf16 ``x`` as it is (and in any layout),
+    computing in float32; elsewhere ``x`` is cast first."""
+    return x if x.device.type == "cpu" else x.to(statistics_dtype(x))
 
 
 def serving(name: str, device_type: str) -> str:

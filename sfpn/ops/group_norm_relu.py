@@ -72,22 +72,12 @@ def _check_group_norm_relu(x, num_groups, weight, bias, eps) -> None:
 # backward only.
 
 
-def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _in_compute_type(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as ATen's GroupNorm kernels take it with parameters in the statistics' dtype: the CPU
-    kernel reads fp16/bf16 ``x`` as it is (and in any layout), computing in float32; elsewhere
-    ``x`` is cast first."""
-    return x if x.device.type == "cpu" else x.to(_statistics_dtype(x))
-
-
 def _group_norm_relu_op_reference(x, num_groups, weight, bias, eps):
-    compute = _statistics_dtype(x)
+    compute = _library.statistics_dtype(x)
     batch, channels = x.shape[:2]
     out, mean, rstd = torch.native_group_norm(
-        _in_compute_type(x), weight.to(compute), bias.to(compute), batch, channels, x.shape[2] * x.shape[3], num_groups, eps
+        _library.in_statistics_dtype(x), weight.to(compute), bias.to(compute), batch, channels, x.shape[2] * x.shape[3],
+        num_groups, eps,
     )
     out = F.relu_(out).to(x.dtype)
     return out.contiguous(memory_format=_library.output_memory_format(x)), mean, rstd
@@ -100,8 +90,8 @@ def _group_norm_relu_backward_op_reference(grad, out, x, mean, rstd, weight, bia
     # output, where recomputing the normalised input took a float32 temporary and three passes.
     grad_y = torch.ops.aten.threshold_backward(grad, out, 0)
     grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
-        _in_compute_type(grad_y), _in_compute_type(x), mean, rstd, weight.to(compute), batch, channels,
-        x.shape[2] * x.shape[3], groups, [True, True, True],
+        _library.in_statistics_dtype(grad_y), _library.in_statistics_dtype(x), mean, rstd, weight.to(compute), batch,
+        channels, x.shape[2] * x.shape[3], groups, [True, True, True],
     )
     grad_x = grad_x.to(x.dtype).contiguous(memory_format=_library.output_memory_format(x))
     return grad_x, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype)
@@ -143,7 +133,7 @@ _library.define(
 
 @torch.library.register_fake("sfpn::group_norm_relu")
 def _(x, num_groups, weight, bias, eps):
-    stats = x.new_empty((x.shape[0], num_groups), dtype=_statistics_dtype(x))
+    stats = x.new_empty((x.shape[0], num_groups), dtype=_library.statistics_dtype(x))
     return _library.empty_like_layout(x, x.shape), stats, torch.empty_like(stats)
 
 

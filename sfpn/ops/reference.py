@@ -1,5 +1,6 @@
 """Pure-PyTorch references of every op: the definitions the kernels are tested against, with the
 public functions' signatures. (The dispatcher's fallback of each op wraps the same code.)"""
+from .batch_norm_relu import batch_norm_relu_reference as batch_norm_relu
 from .cross_entropy import semantic_cross_entropy_reference as semantic_cross_entropy
 from .cross_entropy import upsample_cross_entropy_reference as upsample_cross_entropy
 from .group_norm_relu import group_norm_relu_reference as group_norm_relu
@@ -24,6 +25,7 @@ __all__ = [
     "batched_nms_padded",
     "resize_sum",
     "group_norm_relu",
+    "batch_norm_relu",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
 ]

@@ -17,6 +17,13 @@ def at_thread_count(threads: int, call):
         torch.set_num_threads(previous)
 
 
+def assert_same_bits_at_thread_counts(call, counts=(1, 2, 3)) -> None:
+    """``call()``, a tuple of tensors, gives the same bits at each of ``counts`` intra-op threads."""
+    results = [at_thread_count(threads, call) for threads in counts]
+    for result in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+
+
 def randn(generator, *shape, dtype=torch.float32, device="cpu"):
     return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
 

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import CPU_KERNEL_TOLERANCES, FP32, at_thread_count, assert_grads_match, float64_leaf, needs_triton, randn
+from op_helpers import (
+    CPU_KERNEL_TOLERANCES, FP32, assert_grads_match, assert_same_bits_at_thread_counts, float64_leaf, needs_triton,
+    randn,
+)
 from op_strategies import TRITON_DTYPES, arrange, assert_close, assert_matches, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.group_norm_relu
@@ -239,9 +242,7 @@ def test_cpu_kernel_bits_do_not_depend_on_the_thread_count(generator, dtype):
         out, mean, rstd = torch.ops.sfpn.group_norm_relu(x, 16, weight, bias, 1e-5)
         return (out, mean, rstd, *torch.ops.sfpn.group_norm_relu_backward(grad, out, x, mean, rstd, weight, bias))
 
-    results = [at_thread_count(threads, forward_and_backward) for threads in (1, 2, 3)]
-    for result in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+    assert_same_bits_at_thread_counts(forward_and_backward)
 
 
 @needs_cpu_kernel

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from sfpn import ops
 from sfpn.ops import _library, reference
 
-from op_helpers import CPU_KERNEL_TOLERANCES, FP32, at_thread_count, LOW, assert_grads_match, needs_triton, randn
+from op_helpers import (
+    CPU_KERNEL_TOLERANCES, FP32, LOW, assert_grads_match, assert_same_bits_at_thread_counts, needs_triton, randn,
+)
 from op_strategies import TRITON_DTYPES, arrange, assert_matches, examples, layouts, seeds, uniform
 
 pytestmark = pytest.mark.resize_sum
@@ -181,9 +183,7 @@ def test_cpu_kernels_bits_do_not_depend_on_the_thread_count(generator):
         return [torch.ops.sfpn.resize_sum(levels, 32, 40),
                 *torch.ops.sfpn.resize_sum_backward(grad, [64, 32, 16, 8], [80, 40, 20, 10])]
 
-    results = [at_thread_count(threads, forward_and_backward) for threads in (1, 2, 3)]
-    for result in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(result, results[0]))
+    assert_same_bits_at_thread_counts(forward_and_backward)
 
 
 @needs_cpu_kernel
