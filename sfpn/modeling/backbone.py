@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import BLOCK_EXPANSION, RESNET_STAGES, BackboneConfig, check_group_norm_width, group_norm_groups
 from ..overrides import allowed, check_value
+from ..ops import batch_norm_relu
 from .layers import onednn_conv
 
 NORMS = allowed(BackboneConfig, "norm")
@@ -72,9 +73,14 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
     output channel, the shift as its bias): one pass over the activations instead of three, in the
     forward and in the backward alike, as the weights stay trainable. Where nothing needs a gradient
     the folded convolution may also take the sum and the ReLU as oneDNN post-ops
-    (:func:`~sfpn.modeling.layers.onednn_conv`)."""
+    (:func:`~sfpn.modeling.layers.onednn_conv`). A BatchNorm training on the CPU, followed by the
+    ReLU, runs with the sum and the ReLU as one op (:func:`~sfpn.ops.batch_norm_relu`): two passes
+    over the activations forward and two backward, where ATen's BatchNorm, sum and ReLU make four
+    and three."""
     affine = fixed_scale_and_shift(norm)
     if affine is None:
+        if relu and x.device.type == "cpu" and isinstance(norm, nn.BatchNorm2d) and norm.training and norm.affine:
+            return _batch_norm_relu(norm, conv(x), residual)
         out = norm(conv(x))
     else:
         scale, shift = affine
@@ -87,6 +93,19 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
     if residual is not None:
         out = out.add_(residual)  # in place: the sum is the one new map
     return F.relu(out, inplace=True) if relu else out
+
+
+def _batch_norm_relu(norm: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """``relu(norm(x) + residual)`` for a training ``norm``, through the fused op, with the running
+    statistics and their count updated as ``nn.BatchNorm2d.forward`` updates them."""
+    momentum = norm.momentum
+    if norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    if residual is not None and residual.dtype != x.dtype:
+        residual = residual.to(x.dtype)
+    return batch_norm_relu(x, norm.weight, norm.bias, norm.running_mean, norm.running_var, residual, momentum, norm.eps)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

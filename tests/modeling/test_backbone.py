@@ -1,5 +1,7 @@
 """The ResNet backbone (sfpn/modeling/backbone.py): shapes, frozen stages and BatchNorm,
 torchvision checkpoints loaded and mismatched ones refused."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,36 @@ def test_conv_norm_keeps_aten_where_the_fused_call_does_not_apply(generator):
         torch.testing.assert_close(out, (bn(conv(x)) + x).relu(), rtol=1e-5, atol=1e-5)
         with pytest.raises(RuntimeError, match="size of tensor a"):
             conv_norm(conv, bn, x, x[:, :, :3], relu=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_norm_trains_batchnorm_with_its_sum_and_relu_in_one_op(generator, residual, channels_last, momentum):
+    """A BatchNorm training on the CPU, followed by the ReLU, runs as sfpn::batch_norm_relu with the
+    sum: the output, every gradient, the running statistics and their count (momentum None: the
+    cumulative average) match nn.BatchNorm2d's forward, the sum and the ReLU, over two steps."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6, momentum=momentum)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    twin_conv, twin_bn = copy.deepcopy(conv), copy.deepcopy(bn)
+    for _ in range(2):
+        x = torch.randn(2, 4, 5, 7, generator=generator).contiguous(memory_format=layout).requires_grad_()
+        other = torch.randn(2, 6, 5, 7, generator=generator).contiguous(memory_format=layout).requires_grad_()
+        out, ops = ops_called(lambda: conv_norm(conv, bn, x, other if residual else None, relu=True))
+        assert "sfpn::batch_norm_relu" in ops and "aten::native_batch_norm" not in ops
+        expected = twin_bn(twin_conv(x))
+        expected = (expected + other if residual else expected).relu()
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        grad = torch.randn(out.shape, generator=generator)
+        inputs = [x, other] if residual else [x]
+        got = torch.autograd.grad(out, inputs + [conv.weight, bn.weight, bn.bias], grad)
+        want = torch.autograd.grad(expected, inputs + [twin_conv.weight, twin_bn.weight, twin_bn.bias], grad)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * max(1.0, w.abs().max().item()))
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(bn, name), getattr(twin_bn, name), rtol=1e-6, atol=1e-7)
 
 
 @needs_onednn
