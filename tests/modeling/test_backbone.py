@@ -190,6 +190,27 @@ def test_conv_norm_trains_batchnorm_with_its_sum_and_relu_in_one_op(generator, r
             torch.testing.assert_close(getattr(bn, name), getattr(twin_bn, name), rtol=1e-6, atol=1e-7)
 
 
+def test_training_block_with_the_fused_batchnorm_compiles_fullgraph(generator):
+    """A training BasicBlock (its BatchNorms through sfpn::batch_norm_relu) compiles in one graph
+    and matches eager: the output, the gradients and the running statistics."""
+    from sfpn.modeling.backbone import BasicBlock
+
+    block = BasicBlock(8, 8, 2, "bn").to(memory_format=torch.channels_last).train()
+    twin = copy.deepcopy(block)
+    x = torch.randn(2, 8, 9, 10, generator=generator).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got, want = compiled(x), twin(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(got.shape, generator=generator)
+    got.backward(grad)
+    want.backward(grad)
+    for (name, a), b in zip(block.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * max(1.0, b.grad.abs().max().item()), msg=name)
+    for (name, a), b in zip(block.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
 @needs_onednn
 def test_resnet_inference_fused_matches_aten(generator, monkeypatch):
     """The eval-mode ResNet with its convolutions fused (BasicBlock and Bottleneck, the stem, the
