@@ -15,13 +15,15 @@ pytestmark = pytest.mark.batch_norm_relu
 
 needs_cpu_kernel = pytest.mark.skipif(_library.serving("batch_norm_relu", "cpu") != "C++", reason="sfpn._C not built")
 CASES = [
-    # one pixel per image, 70 channels (a part vector), a plane of 257 values, an NHWC map of 600
-    # pixels (several runs of the statistics' partial sums), three images
+    # one pixel per image, 70 channels (a part vector and two blocks of a bf16 run's sums), a plane
+    # of 257 values, an NHWC map of 600 pixels (several runs of the statistics' partial sums), three
+    # images, a plane of 16900 values (more than one bf16 run of 256 rows of 64)
     (4, 8, 1, 1),
     (2, 70, 9, 11),
     (2, 4, 1, 257),
     (2, 32, 15, 20),
     (3, 6, 5, 7),
+    (1, 2, 130, 130),
 ]
 
 

@@ -168,14 +168,16 @@ def test_bad_inputs(generator):
 
 needs_cpu_kernel = pytest.mark.skipif(_library.serving("group_norm_relu", "cpu") != "C++", reason="sfpn._C not built")
 CPU_CASES = [
-    # (shape, groups): a single pixel, one group, 70 channels (a part vector), a plane of 257
-    # values and an NHWC map of 300 pixels (more than one run of the statistics' partial sums)
+    # (shape, groups): a single pixel, one group, 70 channels (a part vector and two blocks of a
+    # bf16 run's sums), a plane of 257 values, an NHWC map of 300 pixels (more than one run of the
+    # statistics' partial sums) and a plane of 16900 values (more than one bf16 run of 256 rows)
     ((2, 8, 5, 7), 4),
     ((1, 6, 1, 1), 3),
     ((3, 4, 3, 2), 1),
     ((2, 70, 9, 11), 10),
     ((1, 4, 1, 257), 2),
     ((2, 32, 15, 20), 8),
+    ((1, 2, 130, 130), 1),
 ]
 
 
