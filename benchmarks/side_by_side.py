@@ -31,6 +31,7 @@ from bench_detector import (  # noqa: E402
     coco_step_batch, inference, training_step, with_bf16,
 )
 from sfpn.engine.precision import cpu_model  # noqa: E402
+from sfpn.modeling import InferenceWeightCache  # noqa: E402
 
 #: (goal, run, numerator row, denominator row, comparison, bound): met when the paired ratio
 #: time[numerator] / time[denominator] compares so with the bound.
@@ -56,7 +57,8 @@ def _row(run: str, impl: str, device: str):
         return (lambda: training_step(model, precision, images, targets, device)), check_loss
     images = coco_inference_batch(device)
     model.eval()
-    return (lambda: inference(model, precision, images, device)), (lambda detections: check_detections(detections, images))
+    cache = InferenceWeightCache()
+    return (lambda: inference(model, precision, images, device, cache)), (lambda detections: check_detections(detections, images))
 
 
 #: Every row, in the order a round times them.

@@ -178,6 +178,26 @@ def test_a_perfect_prediction_scores_pq_100_on_the_things(panoptic_data, monkeyp
     assert "panoptic: PQ" in format_metrics(metrics)
 
 
+def test_evaluation_shares_one_inference_weight_cache_across_its_batches(panoptic_data, monkeypatch):
+    """predict() runs every batch inside one InferenceWeightCache (the weights do not change during
+    the loop), so that each convolution folds and casts its weights once per evaluation."""
+    import sfpn.modeling.layers as layers
+
+    dataset = _dataset(panoptic_data)
+    model = _model()
+    queue, caches = _outputs_from(panoptic_data[3], dataset), []
+
+    def forward(images, targets=None):
+        caches.append(layers._ACTIVE_CACHE.get())
+        return [queue.pop(0) for _ in images]
+
+    monkeypatch.setattr(model, "forward", forward)
+    evaluate(model, dataset, "cpu", progress=False)
+    assert len(caches) == len(dataset) > 1
+    assert caches[0] is not None and all(cache is caches[0] for cache in caches)
+    assert layers._ACTIVE_CACHE.get() is None  # and none is left active after it
+
+
 def test_evaluation_writes_the_scores_of_panoptic_quality(panoptic_data, monkeypatch):
     dataset = _dataset(panoptic_data)
     model = _model(**{"panoptic.stuff_min_area": 0})

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .._threads import SharedCoreThreads
 from ..data.samplers import ListBatchSampler, loader_generator, shard_indices
 from ..data.panoptic import panoptic_label_space
+from ..modeling.layers import InferenceWeightCache
 from ..modeling.postprocess import detections_at_original_size, panoptic_at_original_size
 from . import distributed
 from .panoptic_quality import PanopticQuality
@@ -196,8 +197,10 @@ def predict(model, dataset, device, batch_size: int = 1, num_workers: int = 0, p
         quality = PanopticQuality(panoptic.categories)
         label_space = panoptic_label_space(dataset.label_to_category_id, dataset.semantic_to_category_id, panoptic.categories)
     try:
+        # The weights do not change during the loop: each convolution folds and casts them once.
+        cache = InferenceWeightCache()
         for images, targets in tqdm(loader, desc="evaluating", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
-            with autocast:
+            with autocast, cache:
                 outputs = model([image.to(device) for image in images])
             for image, output, target in zip(images, outputs, targets):
                 if with_masks is None:

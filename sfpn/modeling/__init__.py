@@ -7,6 +7,7 @@ from .boxes import BoxCoder, box_iou
 from .build import build, build_detector
 from .cascade import CascadeRoIHeads
 from .detector import CascadeRCNN, FasterRCNN, MaskRCNN
+from .layers import InferenceWeightCache
 from .mask_head import MaskHead, MaskRoIHeads, paste_masks
 from .matcher import Matcher, sample_balanced
 from .neck import FPN, SFPN
@@ -15,5 +16,5 @@ from .rpn import RPN
 from .semantic_head import SemanticHead
 
 __all__ = ["AnchorGenerator", "BoxCoder", "CascadeRCNN", "CascadeRoIHeads", "FPN", "FasterRCNN", "FrozenBatchNorm2d",
-           "MaskHead", "MaskRCNN", "MaskRoIHeads", "Matcher", "ResNet", "RoIHeads", "RPN", "SFPN", "SemanticHead", "box_iou", "build",
+           "InferenceWeightCache", "MaskHead", "MaskRCNN", "MaskRoIHeads", "Matcher", "ResNet", "RoIHeads", "RPN", "SFPN", "SemanticHead", "box_iou", "build",
            "build_detector", "paste_masks", "sample_balanced"]

@@ -31,13 +31,8 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, shift)``, each ``(C,)``: the normalisation is ``x * scale + shift`` per channel."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return scale, self.bias - self.running_mean * scale
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale_and_shift()
+        scale, shift = fixed_scale_and_shift(self)
         return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -48,21 +43,31 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}"
 
 
-def fixed_scale_and_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(scale, shift)``, each ``(C,)``, when ``norm`` is a fixed per-channel affine map,
-    ``x * scale + shift``: a frozen BatchNorm, or a BatchNorm in eval mode that has running
-    statistics (its affine parameters stay in the graph, so their gradients still flow). None
-    when ``norm`` normalises by the batch (a BatchNorm training) or is no BatchNorm."""
-    if isinstance(norm, FrozenBatchNorm2d):
-        return norm.scale_and_shift()
-    if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training and norm.running_var is not None:
-        scale = (norm.running_var + norm.eps).rsqrt()
-        scale = scale * norm.weight if norm.weight is not None else scale
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return scale, shift
+def fixed_affine_tensors(norm: nn.Module) -> tuple[torch.Tensor | None, ...] | None:
+    """The tensors ``(weight, bias, running_mean, running_var)`` of ``norm`` when it is a fixed
+    per-channel affine map, ``x * scale + shift``: a frozen BatchNorm, or a BatchNorm in eval mode
+    that has running statistics (its affine parameters stay in the graph, so their gradients still
+    flow; either may be None). None when ``norm`` normalises by the batch (a BatchNorm training) or
+    is no BatchNorm."""
+    if isinstance(norm, FrozenBatchNorm2d) or (
+            isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training and norm.running_var is not None):
+        return norm.weight, norm.bias, norm.running_mean, norm.running_var
     return None
+
+
+def fixed_scale_and_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)``, each ``(C,)``, when ``norm`` is a fixed per-channel affine map
+    (:func:`fixed_affine_tensors`); None otherwise."""
+    tensors = fixed_affine_tensors(norm)
+    if tensors is None:
+        return None
+    weight, bias, running_mean, running_var = tensors
+    scale = (running_var + norm.eps).rsqrt()
+    scale = scale * weight if weight is not None else scale
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None,
@@ -73,22 +78,25 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
     output channel, the shift as its bias): one pass over the activations instead of three, in the
     forward and in the backward alike, as the weights stay trainable. Where nothing needs a gradient
     the folded convolution may also take the sum and the ReLU as oneDNN post-ops
-    (:func:`~sfpn.modeling.layers.onednn_conv`). A BatchNorm training on the CPU, followed by the
-    ReLU, runs with the sum and the ReLU as one op (:func:`~sfpn.ops.batch_norm_relu`): two passes
-    over the activations forward and two backward, where ATen's BatchNorm, sum and ReLU make four
-    and three."""
-    affine = fixed_scale_and_shift(norm)
-    if affine is None:
+    (:func:`~sfpn.modeling.layers.onednn_conv`; in an
+    :class:`~sfpn.modeling.layers.InferenceWeightCache`, folded once). A BatchNorm training on the
+    CPU, followed by the ReLU, runs with the sum and the ReLU as one op
+    (:func:`~sfpn.ops.batch_norm_relu`): two passes over the activations forward and two backward,
+    where ATen's BatchNorm, sum and ReLU make four and three."""
+    norm_tensors = fixed_affine_tensors(norm)
+    if norm_tensors is None:
         if relu and x.device.type == "cpu" and isinstance(norm, nn.BatchNorm2d) and norm.training and norm.affine:
             return _batch_norm_relu(norm, conv(x), residual)
         out = norm(conv(x))
     else:
-        scale, shift = affine
-        weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]
-        bias = shift.to(conv.weight.dtype)
-        fused = onednn_conv(conv, x, weight, bias, residual, relu)
+        def folded() -> tuple[torch.Tensor, torch.Tensor]:
+            scale, shift = fixed_scale_and_shift(norm)
+            return conv.weight * scale.to(conv.weight.dtype)[:, None, None, None], shift.to(conv.weight.dtype)
+
+        fused = onednn_conv(conv, x, folded, (conv.weight, *norm_tensors), residual, relu)
         if fused is not None:
             return fused
+        weight, bias = folded()
         out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         out = out.add_(residual)  # in place: the sum is the one new map

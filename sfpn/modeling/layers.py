@@ -7,11 +7,14 @@ slow on the CPU: at the small presets' shapes a 3x3 conv with its ReLU (and sum)
 the fused call, and at the COCO shape the R50 detectors' bf16 inference runs 1.2-1.3x faster
 fused (float32: 1.02x; ``benchmarks/RESULTS.md``, 2026-12-04 (late night)). The call has no
 backward, so training and any graph that needs gradients keep ATen's ops, as do other devices,
-layouts and traced graphs.
+layouts and traced graphs. In a loop of inference calls, :class:`InferenceWeightCache` keeps
+each convolution's folded, cast weights between calls.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +23,53 @@ from torch import nn
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
+class InferenceWeightCache:
+    """Inside ``with cache:``, the fused inference convolutions (:func:`onednn_conv`) compute each
+    convolution's weights once, with any BatchNorm folded in and cast to autocast's dtype, and
+    reuse them in later calls inside any ``with`` block of the same cache (so do the box heads'
+    fully connected layers, :func:`linear`): for loops of inference
+    calls over one model (sfpn's evaluation enters one around its loop). Outside a block, every
+    call folds and casts again, as autocast casts every call's weights.
+
+    A cached entry is reused while each tensor it was computed from keeps its storage and its
+    version counter: parameters loaded or updated in place (``load_state_dict``, an optimizer
+    step) are seen. Edits through ``.data``, which bypass the version counter, are not: make them
+    outside the block. The cache holds one copy of the weights it has served (a bf16 copy is half
+    the float32 weights' size) until it is dropped."""
+
+    def __init__(self):
+        self._weights: dict = {}
+        self._tokens: list = []
+
+    def __enter__(self) -> "InferenceWeightCache":
+        self._tokens.append(_ACTIVE_CACHE.set(self._weights))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE_CACHE.reset(self._tokens.pop())
+
+
+_ACTIVE_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sfpn_inference_weights", default=None)
+
+
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))``: ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``, one oneDNN call where
     :func:`onednn_conv` applies."""
-    fused = onednn_conv(conv, x, conv.weight, conv.bias, relu=True)
+    fused = onednn_conv(conv, x, lambda: (conv.weight, conv.bias), (conv.weight, conv.bias), relu=True)
     return F.relu(conv(x), inplace=True) if fused is None else fused  # in place: the conv's fresh output
+
+
+def linear(fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``fc(x)``: ``(R, in)`` -> ``(R, out)``. Inside an :class:`InferenceWeightCache`, under
+    autocast and where nothing needs a gradient, with ``fc``'s weights cast once per cache instead
+    of at every call (a box head's first layer holds the largest weights of a small detector)."""
+    device = x.device.type
+    if (_ACTIVE_CACHE.get() is None or not torch.is_autocast_enabled(device) or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, fc.weight, fc.bias)))):
+        return fc(x)
+    dtype = torch.get_autocast_dtype(device)
+    weight, bias = _weights_in(fc, dtype, lambda: (fc.weight, fc.bias), (fc.weight, fc.bias))
+    return F.linear(x.to(dtype), weight, bias)
 
 
 @functools.cache
@@ -33,38 +78,59 @@ def _onednn_post_ops_built() -> bool:
     return torch.backends.mkldnn.is_available() and not torch.ops.mkldnn._is_mkldnn_acl_supported()
 
 
-def onednn_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor | None:
-    """``conv2d(x, weight, bias)`` with ``conv``'s stride, padding, dilation and groups, plus
-    ``residual`` (the output's shape) when given, through a ReLU when ``relu``, as one oneDNN call;
-    None where that call does not apply, and the caller runs ATen's ops. It applies to a CPU
-    ``(N, C, H, W)`` channels_last ``x`` of float32 or bfloat16 (after autocast's cast, which it
-    does as autocast would), a residual of the output's dtype and layout, in eager mode (traced and
-    exported graphs keep the portable ``conv2d``), when no argument needs a gradient. oneDNN adds
-    the residual before it rounds, so a bf16 result is at least as exact as ATen's."""
+def onednn_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
+                sources: Sequence[torch.Tensor | None], residual: torch.Tensor | None = None,
+                relu: bool = False) -> torch.Tensor | None:
+    """``conv2d(x, weight, bias)`` with ``conv``'s stride, padding, dilation and groups, where
+    ``weights()`` gives ``(weight, bias)`` in ``conv.weight``'s dtype, computed from the tensors
+    ``sources`` (``conv.weight`` first), plus ``residual`` (the output's shape) when given,
+    through a ReLU when ``relu``, as one oneDNN call; None where that call does not apply, and the
+    caller runs ATen's ops. It applies to a CPU ``(N, C, H, W)`` channels_last ``x`` of float32
+    or bfloat16 (after autocast's cast, which it does as autocast would), a residual of the
+    output's dtype and layout, in eager mode (traced and exported graphs keep the portable
+    ``conv2d``), when no argument needs a gradient. ``weights()`` runs only where the call applies,
+    and once per :class:`InferenceWeightCache` while its sources are unchanged. oneDNN adds the
+    residual before it rounds, so a bf16 result is at least as exact as ATen's."""
     if not (not torch.compiler.is_compiling() and type(x) is torch.Tensor and x.device.type == "cpu"
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and torch.backends.mkldnn.enabled and _onednn_post_ops_built()):
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *sources)):
         return None
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
-        if dtype not in _FUSED_DTYPES or x.dtype not in _FUSED_DTYPES or weight.dtype not in _FUSED_DTYPES:
+        if dtype not in _FUSED_DTYPES or x.dtype not in _FUSED_DTYPES or conv.weight.dtype not in _FUSED_DTYPES:
             return None
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    elif x.dtype not in _FUSED_DTYPES or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        x = x.to(dtype)
+    elif x.dtype not in _FUSED_DTYPES or any(t is not None and t.dtype != x.dtype for t in (conv.weight, conv.bias)):
         return None
     args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
     unary = "relu" if relu else "none"
+    if residual is not None:
+        size = [x.shape[0], conv.out_channels] + [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+            x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+        if (type(residual) is not torch.Tensor or list(residual.shape) != size or residual.dtype != x.dtype
+                or not residual.is_contiguous(memory_format=torch.channels_last)):
+            return None  # ATen's conv2d and add_ then say what is wrong, if anything
+    weight, bias = _weights_in(conv, x.dtype, weights, sources)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [None], "")
-    size = [x.shape[0], weight.shape[0]] + [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
-        x.shape[2:], conv.padding, conv.dilation, weight.shape[2:], conv.stride)]
-    if (type(residual) is not torch.Tensor or list(residual.shape) != size or residual.dtype != x.dtype
-            or not residual.is_contiguous(memory_format=torch.channels_last)):
-        return None  # ATen's conv2d and add_ then say what is wrong, if anything
     return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", 1.0,
                                                           unary if relu else None, [None], "")
+
+
+def _weights_in(conv: nn.Module, dtype: torch.dtype, weights, sources) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``weights()`` cast to ``dtype``, from the active :class:`InferenceWeightCache` when it holds
+    them for ``conv`` and ``dtype`` and ``sources`` are unchanged (same storage, same version)."""
+    cache = _ACTIVE_CACHE.get()
+    if cache is not None:
+        key = tuple(None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version) for t in sources)
+        entry = cache.get((conv, dtype))
+        if entry is not None and entry[0] == key:
+            return entry[1]
+    weight, bias = weights()
+    cast = (weight.to(dtype), None if bias is None else bias.to(dtype))
+    if cache is not None:
+        cache[(conv, dtype)] = (key, cast)
+    return cast

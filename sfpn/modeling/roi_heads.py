@@ -10,6 +10,7 @@ from torch import nn
 from ..config import RoIHeadsConfig
 from ..ops import batched_nms, multilevel_roi_align
 from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
+from .layers import linear
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
 #: The levels RoIs are pooled from (P6 serves the RPN only).
@@ -52,7 +53,7 @@ class FCBoxHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x), inplace=True)  # in place: the layer's fresh output, unsaved
+            x = F.relu(linear(fc, x), inplace=True)  # in place: the layer's fresh output, unsaved
         return x
 
 

@@ -1,5 +1,7 @@
 """sfpn/modeling/layers.py: a convolution with its ReLU in one oneDNN call where nothing needs a
 gradient, ATen's ops elsewhere (conv_norm's sum and BatchNorm folding: test_backbone.py)."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -95,3 +97,77 @@ def test_traced_graphs_keep_the_portable_convolution(generator):
     assert any("conv" in target for target in targets)
     for a, b in zip(traced, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _counting(monkeypatch, module, name):
+    """Wraps ``module.name`` to count its calls; returns the counter (a one-element list)."""
+    calls, original = [0], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_weight_cache_folds_once_and_sees_in_place_updates(generator, monkeypatch, dtype):
+    """Inside an InferenceWeightCache a block's folded, cast weights are computed once and reused
+    (the same bits as without the cache); an in-place update of a convolution's weight or of a
+    BatchNorm's statistics is seen at the next call; outside a block nothing is kept."""
+    import sfpn.modeling.backbone as backbone
+    from sfpn.modeling import InferenceWeightCache
+
+    block = backbone.BasicBlock(8, 8, 1, "bn").to(memory_format=torch.channels_last).eval()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5, generator=generator)
+    # The block's input in the dtype a previous layer gives it (the residual must match the output).
+    x = torch.randn(2, 8, 6, 7, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    folds = _counting(monkeypatch, backbone, "fixed_scale_and_shift")
+    cache = InferenceWeightCache()
+
+    def forward(context):
+        with torch.no_grad(), torch.autocast("cpu", dtype, enabled=dtype != torch.float32), context:
+            return block(x)
+
+    uncached = forward(contextlib.nullcontext())
+    assert folds[0] == 2  # one per convolution, every call
+    first, second = forward(cache), forward(cache)
+    assert folds[0] == 4  # the second call folded nothing
+    assert torch.equal(first, uncached) and torch.equal(second, uncached)
+    with torch.no_grad():
+        block.conv2.weight.mul_(0.5)
+        block.bn1.running_var.add_(1.0)
+    updated = forward(cache)
+    assert folds[0] == 6
+    assert torch.equal(updated, forward(contextlib.nullcontext())) and not torch.equal(updated, uncached)
+    forward(contextlib.nullcontext())
+    assert folds[0] == 10  # outside a block every call folds again
+
+
+def test_linear_casts_its_weights_once_per_cache(generator):
+    """Under autocast in an InferenceWeightCache, layers.linear gives fc(x)'s bits with the weights
+    cast once; with a gradient to compute, or outside a block, it is fc(x) itself."""
+    from sfpn.modeling import InferenceWeightCache
+
+    fc = nn.Linear(24, 10)
+    x = torch.randn(5, 24, generator=generator)
+    cache = InferenceWeightCache()
+
+    def casts(call):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            out = call()
+        return out, sum(e.count for e in profiler.key_averages() if e.key == "aten::_to_copy")
+
+    with torch.autocast("cpu", torch.bfloat16):
+        expected = fc(x)
+        with torch.no_grad(), cache:
+            first, first_casts = casts(lambda: layers.linear(fc, x))
+            second, second_casts = casts(lambda: layers.linear(fc, x))
+        assert torch.equal(first, expected) and torch.equal(second, expected)
+        assert (first_casts, second_casts) == (3, 1)  # x, the weight and the bias; then x alone
+        with cache:
+            out = layers.linear(fc, x)  # gradients flow: autocast's own cast
+        assert out.requires_grad and torch.equal(out, expected)
