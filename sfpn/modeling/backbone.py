@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import BLOCK_EXPANSION, RESNET_STAGES, BackboneConfig, check_group_norm_width, group_norm_groups
 from ..overrides import allowed, check_value
-from ..ops import batch_norm_relu
+from ..ops import batch_norm_relu, max_pool2d
 from .layers import onednn_conv
 
 NORMS = allowed(BackboneConfig, "norm")
@@ -49,8 +49,8 @@ def fixed_affine_tensors(norm: nn.Module) -> tuple[torch.Tensor | None, ...] | N
     that has running statistics (its affine parameters stay in the graph, so their gradients still
     flow; either may be None). None when ``norm`` normalises by the batch (a BatchNorm training) or
     is no BatchNorm."""
-    if isinstance(norm, FrozenBatchNorm2d) or (
-            isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training and norm.running_var is not None):
+    evaluating = isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not norm.training
+    if isinstance(norm, FrozenBatchNorm2d) or (evaluating and norm.running_var is not None):
         return norm.weight, norm.bias, norm.running_mean, norm.running_var
     return None
 
@@ -114,6 +114,14 @@ def _batch_norm_relu(norm: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tens
     if residual is not None and residual.dtype != x.dtype:
         residual = residual.to(x.dtype)
     return batch_norm_relu(x, norm.weight, norm.bias, norm.running_mean, norm.running_var, residual, momentum, norm.eps)
+
+
+def _stem_pool(x: torch.Tensor) -> torch.Tensor:
+    """The stem's 3x3 max pooling, stride 2: sfpn's kernel, which writes no indices, where nothing
+    needs a gradient; ATen's, which saves its indices for the backward, where one does."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return max_pool2d(x, 3, 2, 1)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -266,7 +274,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = conv_norm(self.conv1, self.bn1, x, relu=True)
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        x = _stem_pool(x)
         features = []
         for i in range(1, 5):
             x = getattr(self, f"layer{i}")(x)

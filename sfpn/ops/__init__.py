@@ -18,6 +18,7 @@ from .nms import batched_nms, batched_nms_padded, nms
 from .resize_sum import resize_sum
 from .group_norm_relu import group_norm_relu
 from .batch_norm_relu import batch_norm_relu
+from .max_pool2d import max_pool2d
 from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 from ._validate import OpArgumentError, OpTypeError, OpValueError, RoIBoxesError
 
@@ -35,6 +36,7 @@ __all__ = [
     "resize_sum",
     "group_norm_relu",
     "batch_norm_relu",
+    "max_pool2d",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
     "OpArgumentError",

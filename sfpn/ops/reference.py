@@ -4,6 +4,7 @@ from .batch_norm_relu import batch_norm_relu_reference as batch_norm_relu
 from .cross_entropy import semantic_cross_entropy_reference as semantic_cross_entropy
 from .cross_entropy import upsample_cross_entropy_reference as upsample_cross_entropy
 from .group_norm_relu import group_norm_relu_reference as group_norm_relu
+from .max_pool2d import max_pool2d_reference as max_pool2d
 from .multilevel_roi_align import multilevel_roi_align_reference as multilevel_roi_align
 from .nms import batched_nms_padded_reference as batched_nms_padded
 from .nms import batched_nms_reference as batched_nms
@@ -26,6 +27,7 @@ __all__ = [
     "resize_sum",
     "group_norm_relu",
     "batch_norm_relu",
+    "max_pool2d",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
 ]

@@ -190,6 +190,24 @@ def test_conv_norm_trains_batchnorm_with_its_sum_and_relu_in_one_op(generator, r
             torch.testing.assert_close(getattr(bn, name), getattr(twin_bn, name), rtol=1e-6, atol=1e-7)
 
 
+def test_stem_pools_without_indices_where_no_gradient_is_needed(generator):
+    """The stem's max pooling runs sfpn::max_pool2d, which writes no indices, where nothing needs a
+    gradient (no_grad, or a frozen stem), and ATen's (which saves its indices) where a trained stem
+    does; the features are the same."""
+    model = ResNet(18, width=8, norm="frozen_bn", freeze_at=0).to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 80, generator=generator).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        pooled, ops = ops_called(lambda: model(x))
+    assert "sfpn::max_pool2d" in ops and "aten::max_pool2d_with_indices" not in ops
+    trained, ops = ops_called(lambda: model(x))
+    assert "sfpn::max_pool2d" not in ops and "aten::max_pool2d_with_indices" in ops
+    for a, b in zip(pooled, trained):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    model.freeze(1)
+    _, ops = ops_called(lambda: model(x))
+    assert "sfpn::max_pool2d" in ops
+
+
 def test_training_block_with_the_fused_batchnorm_compiles_fullgraph(generator):
     """A training BasicBlock (its BatchNorms through sfpn::batch_norm_relu) compiles in one graph
     and matches eager: the output, the gradients and the running statistics."""
