@@ -122,7 +122,8 @@ def onednn_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[to
 
 def _weights_in(conv: nn.Module, dtype: torch.dtype, weights, sources) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``weights()`` cast to ``dtype``, from the active :class:`InferenceWeightCache` when it holds
-    them for ``conv`` and ``dtype`` and ``sources`` are unchanged (same storage, same version)."""
+    them for ``conv`` and ``dtype`` and ``sources`` are unchanged (same storage, same version). An
+    entry keeps its sources' storages alive, so that no other tensor can take their addresses."""
     cache = _ACTIVE_CACHE.get()
     if cache is not None:
         key = tuple(None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version) for t in sources)
@@ -132,5 +133,5 @@ def _weights_in(conv: nn.Module, dtype: torch.dtype, weights, sources) -> tuple[
     weight, bias = weights()
     cast = (weight.to(dtype), None if bias is None else bias.to(dtype))
     if cache is not None:
-        cache[(conv, dtype)] = (key, cast)
+        cache[(conv, dtype)] = (key, cast, [t.detach() for t in sources if t is not None])
     return cast

@@ -115,7 +115,8 @@ def _counting(monkeypatch, module, name):
 def test_inference_weight_cache_folds_once_and_sees_in_place_updates(generator, monkeypatch, dtype):
     """Inside an InferenceWeightCache a block's folded, cast weights are computed once and reused
     (the same bits as without the cache); an in-place update of a convolution's weight or of a
-    BatchNorm's statistics is seen at the next call; outside a block nothing is kept."""
+    BatchNorm's statistics, or a weight given new storage, is seen at the next call; outside a
+    block nothing is kept."""
     import sfpn.modeling.backbone as backbone
     from sfpn.modeling import InferenceWeightCache
 
@@ -143,8 +144,10 @@ def test_inference_weight_cache_folds_once_and_sees_in_place_updates(generator, 
     updated = forward(cache)
     assert folds[0] == 6
     assert torch.equal(updated, forward(contextlib.nullcontext())) and not torch.equal(updated, uncached)
-    forward(contextlib.nullcontext())
-    assert folds[0] == 10  # outside a block every call folds again
+    assert folds[0] == 8  # outside a block every call folds again
+    block.conv1.weight.data = block.conv1.weight.data * 2  # new storage, a fresh version counter
+    replaced = forward(cache)
+    assert folds[0] == 9 and torch.equal(replaced, forward(contextlib.nullcontext()))
 
 
 def test_linear_casts_its_weights_once_per_cache(generator):
