@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench_semantic import IMPLS, _implementation
 from sfpn import ops
 
-IMPLS = ["sfpn", "eager", "compiled"]
 #: name -> (shape, whether a residual is summed before the ReLU)
 SHAPES = {"stem": ((4, 32, 128, 160), False), "block": ((4, 64, 32, 40), True)}
 
@@ -35,18 +35,6 @@ def _eager(x, weight, bias, running_mean, running_var, residual):
 def _ours(x, weight, bias, running_mean, running_var, residual):
     return ops.batch_norm_relu(x, weight, bias, running_mean, running_var, residual)
 
-
-_COMPILED = []
-
-
-def _implementation(impl: str):
-    if impl == "sfpn":
-        return _ours
-    if impl == "eager":
-        return _eager
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_eager))
-    return _COMPILED[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -67,7 +55,7 @@ def test_batch_norm_relu(benchmark, impl, shape, dtype):
     running_mean, running_var = torch.zeros(size[1]), torch.ones(size[1])
     grad = channels_last_map()
     inputs = [t for t in (source, weight, bias, residual) if t is not None]
-    fn = _implementation(impl)
+    fn = _implementation("batch_norm_relu", impl, _ours, _eager)
 
     def step():
         x = source * 1  # a fresh non-leaf, as the eager composition overwrites its BatchNorm's output
