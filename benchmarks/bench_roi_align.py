@@ -6,9 +6,9 @@ Shapes: batch 2 at 800x1344, P2-P5 = 200x336 ... 25x42, 256 channels, sampling r
 torchvision's Faster/Mask R-CNN). Training: 512 boxes per image, 7x7 (box head) and 14x14 (mask
 head), forward+backward. Inference: 1000 boxes per image, 7x7, forward only. Single-level cases
 pool every box from P2 (scale 1/4); multi-level cases compare MultiLevelRoIAlign with
-torchvision's MultiScaleRoIAlign; on the CPU, the multi-level training case runs again in the
-detector's CPU layout (channels_last, fp32 and bf16). CPU rounds are few because torchvision takes
-seconds.
+torchvision's MultiScaleRoIAlign; on the CPU, the multi-level training and inference cases run
+again in the detector's CPU layout (channels_last, fp32 and bf16). CPU rounds are few because
+torchvision takes seconds.
 """
 import pytest
 import torch
@@ -110,14 +110,16 @@ def test_multilevel(benchmark, device, case, impl):
     run_case(benchmark, device, forward, with_backward, list(features.values()))
 
 
+@pytest.mark.parametrize("case", ["train-7x7", "infer-7x7"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("impl", ["sfpn", "torchvision"])
-def test_multilevel_cpu_channels_last(benchmark, impl, dtype):
-    """train-7x7 as the detector runs it on a CPU: channels_last maps, and under
+def test_multilevel_cpu_channels_last(benchmark, impl, dtype, case):
+    """The box head's cases as the detector runs them on a CPU: channels_last maps, and under
     ``solver.amp=bf16`` bf16 ones in autocast (which pools torchvision's in fp32)."""
-    features, boxes, size, _ = case_inputs(benchmark, f"multilevel channels_last {dtype}", "cpu", "train-7x7")
+    features, boxes, size, with_backward = case_inputs(benchmark, f"multilevel channels_last {dtype}", "cpu", case)
     features = {
-        name: f.detach().to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last).requires_grad_()
+        name: f.detach().to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+        .requires_grad_(with_backward)
         for name, f in features.items()
     }
     names = list(LEVELS)
@@ -127,7 +129,7 @@ def test_multilevel_cpu_channels_last(benchmark, impl, dtype):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             return pooler(features, boxes, [IMAGE, IMAGE])
 
-    run_case(benchmark, "cpu", forward, True, list(features.values()))
+    run_case(benchmark, "cpu", forward, with_backward, list(features.values()))
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

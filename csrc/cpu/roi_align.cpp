@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -382,23 +383,55 @@ void forward_kernel(const std::vector<at::Tensor>& levels, const at::Tensor& roi
 
 // The forward over NHWC maps: every bin of RoI k is a sum of its taps' channel vectors, each
 // weighted by its row weight times its column weight, gathered bin-major into `bin_sums`
-// (PH * PW * C) and then transposed into the RoI's (C, PH, PW) output.
+// (PH * PW * C) and then transposed into the RoI's (C, PH, PW) output. A bin sums kPairs
+// LanePairs of channels at a time over all its taps in registers (pool_bin_lanes: a sum kept in
+// memory makes every tap wait on the last one's store), then single pairs, then the channels left
+// over one by one.
+template <int64_t kPairs, typename scalar_t, typename acc_t>
+[[gnu::always_inline]] inline void pool_bin_lanes(const TapView<acc_t>& row_taps, const TapView<acc_t>& col_taps,
+                                                  int64_t ph, int64_t pw, const scalar_t* image, int64_t row_stride,
+                                                  int64_t channels, acc_t* bin_sum) {
+  using Pair = sfpn::cpu::LanePair<scalar_t, acc_t>;
+  sfpn::cpu::lanes_t<acc_t> sum[2 * kPairs] = {}, first, second;
+  for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
+    const scalar_t* row = image + row_taps.index[i] * row_stride;
+    for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
+      const acc_t w = row_taps.weight[i] * col_taps.weight[j];
+      for (int64_t p = 0; p < kPairs; ++p) {
+        Pair::load(row + col_taps.index[j] * channels + p * Pair::channels, first, second);
+        sum[2 * p] += w * first;
+        sum[2 * p + 1] += w * second;
+      }
+    }
+  }
+  for (int64_t p = 0; p < kPairs; ++p) Pair::store(sum[2 * p], sum[2 * p + 1], bin_sum + p * Pair::channels);
+}
+
 template <typename scalar_t, typename acc_t>
 SFPN_VECTOR_CLONES void pool_roi_channels_last(const TapView<acc_t>& row_taps, const TapView<acc_t>& col_taps,
                                                const scalar_t* image, int64_t width, int64_t channels,
                                                int64_t pooled_h, int64_t pooled_w, acc_t* bin_sums,
                                                scalar_t* out_roi) {
-  const int64_t bins = pooled_h * pooled_w;
+  constexpr int64_t pair = sfpn::cpu::LanePair<scalar_t, acc_t>::channels, kPairs = 2;
+  const int64_t bins = pooled_h * pooled_w, row_stride = width * channels;
   for (int64_t ph = 0; ph < pooled_h; ++ph) {
     for (int64_t pw = 0; pw < pooled_w; ++pw) {
-      acc_t* __restrict__ sum = bin_sums + (ph * pooled_w + pw) * channels;
-      std::fill_n(sum, channels, acc_t(0));
+      acc_t* __restrict__ bin_sum = bin_sums + (ph * pooled_w + pw) * channels;
+      int64_t c = 0;
+      for (; c + kPairs * pair <= channels; c += kPairs * pair) {
+        pool_bin_lanes<kPairs>(row_taps, col_taps, ph, pw, image + c, row_stride, channels, bin_sum + c);
+      }
+      for (; c + pair <= channels; c += pair) {
+        pool_bin_lanes<1>(row_taps, col_taps, ph, pw, image + c, row_stride, channels, bin_sum + c);
+      }
+      if (c == channels) continue;
+      std::fill(bin_sum + c, bin_sum + channels, acc_t(0));
       for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
-        const scalar_t* row = image + row_taps.index[i] * width * channels;
+        const scalar_t* row = image + row_taps.index[i] * row_stride;
         for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
           const acc_t w = row_taps.weight[i] * col_taps.weight[j];
           const scalar_t* __restrict__ pixel = row + col_taps.index[j] * channels;
-          for (int64_t c = 0; c < channels; ++c) sum[c] += w * static_cast<acc_t>(pixel[c]);
+          for (int64_t r = c; r < channels; ++r) bin_sum[r] += w * static_cast<acc_t>(pixel[r]);
         }
       }
     }

@@ -15,6 +15,7 @@ from sfpn import ops
 from sfpn.ops import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, reference, roi_align
 
 from cuda_emulation import SEEDS, assert_close, run
+import op_strategies
 from op_helpers import at_thread_count
 from op_strategies import arrange, assert_matches, boxes_on, examples, float_dtypes, layouts, rois_of, seeds, uniform
 from roi_helpers import (
@@ -140,6 +141,25 @@ def test_non_contiguous_input(generator):
     roi_align(xg, rois, 3, 1.0, 2).backward(grad)
     reference.roi_align(xr, rois, 3, 1.0, 2).backward(grad)
     close(xg.grad, xr.grad)
+
+
+@needs_kernel
+@pytest.mark.multilevel_roi_align
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels", [5, 53, 101])
+def test_channels_last_forward_in_every_channel_block(generator, dtype, channels):
+    """The NHWC forward sums blocks of channels in registers: two register pairs at a time, then one
+    pair, then the channels left over one by one (a pair is 32 channels for float sums, 16 for
+    double; bf16 pairs hold the even and the odd channels). 5, 53 and 101 channels reach every
+    path in every dtype; both ops agree with the reference computed in float64."""
+    levels = random_pyramid(generator, channels=channels)
+    rois = random_boxes(generator, 30, 32, 48, 2)
+    arranged = [level.to(dtype).contiguous(memory_format=torch.channels_last) for level in levels]
+    exact = [level.to(dtype).double() for level in levels]
+    op_strategies.assert_close(roi_align(arranged[0], rois, 3, 1.0, 2, True),
+                               reference.roi_align(exact[0], rois.double(), 3, 1.0, 2, True), dtype)
+    op_strategies.assert_close(multilevel_roi_align(arranged, rois, 3, SCALES, 2, False, 32, 3),
+                               reference.multilevel_roi_align(exact, rois.double(), 3, SCALES, 2, False, 32, 3), dtype)
 
 
 @needs_kernel
