@@ -13,21 +13,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def pad_to(tensors: list[torch.Tensor], divisor: int, value: float,
-           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Stack ``(..., H_i, W_i)`` tensors into ``(N, ..., H, W)`` laid out in ``memory_format``, H
-    and W the largest sizes rounded up to a multiple of ``divisor``, padding at the bottom and
-    right with ``value``."""
-    height = max(t.shape[-2] for t in tensors)
-    width = max(t.shape[-1] for t in tensors)
-    height, width = -(-height // divisor) * divisor, -(-width // divisor) * divisor
-    shape = (len(tensors), *tensors[0].shape[:-2], height, width)
-    batch = torch.empty(shape, dtype=tensors[0].dtype, device=tensors[0].device, memory_format=memory_format).fill_(value)
-    for slot, t in zip(batch, tensors):
-        slot[..., : t.shape[-2], : t.shape[-1]].copy_(t)
-    return batch
-
-
 class FasterRCNN(nn.Module):
     """Faster R-CNN with an FPN or SFPN neck (the semantic loss joins when the branch is on).
 
@@ -57,15 +42,30 @@ class FasterRCNN(nn.Module):
         self.config = None  # set by sfpn.build_detector
 
     def preprocess(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Normalise and pad: list of ``(3, H_i, W_i)`` -> ``(N, 3, H, W)`` and the sizes ``(H_i, W_i)``."""
+        """Normalise and pad: list of ``(3, H_i, W_i)`` -> ``(N, 3, H, W)`` and the sizes ``(H_i, W_i)``;
+        H and W are the largest sizes rounded up to a multiple of ``size_divisibility``, the padding
+        at the bottom and right is zero. Each image is normalised in float32 and written once into
+        the batch, in the layout the backbone reads (:meth:`input_memory_format`) and, under CPU or
+        CUDA autocast, in its dtype: the cast the first convolution would make, made in the same
+        pass (the same bits), and only the padding is cleared."""
         if not isinstance(images, (list, tuple)) or not images:
             raise TypeError("images must be a non-empty list of (3, H, W) tensors")
         for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"images[{i}] must be (3, H, W), got shape {tuple(image.shape)}")
         sizes = [tuple(image.shape[-2:]) for image in images]
-        normalised = [(image.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std for image in images]
-        return pad_to(normalised, self.size_divisibility, 0.0, self.input_memory_format()), sizes
+        divisor = self.size_divisibility
+        height = -(-max(h for h, _ in sizes) // divisor) * divisor
+        width = -(-max(w for _, w in sizes) // divisor) * divisor
+        device = self.pixel_mean.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.pixel_mean.dtype
+        batch = torch.empty((len(images), 3, height, width), dtype=dtype, device=device,
+                            memory_format=self.input_memory_format())
+        for slot, image, (h, w) in zip(batch, images, sizes):
+            slot[:, :h, :w] = (image.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std
+            slot[:, h:].zero_()
+            slot[:, :h, w:].zero_()
+        return batch, sizes
 
     def input_memory_format(self) -> torch.memory_format:
         """The layout of the image batch: channels_last when the backbone's weights are (after

@@ -112,6 +112,37 @@ def test_bad_inputs_are_named():
         model([images[0][:1]], targets[:1])
 
 
+def _reference_batch(model, images):
+    """The batch as preprocess is specified: each image normalised in float32, zero-padded at the
+    bottom and right to a multiple of size_divisibility."""
+    divisor = model.size_divisibility
+    height = -(-max(i.shape[1] for i in images) // divisor) * divisor
+    width = -(-max(i.shape[2] for i in images) // divisor) * divisor
+    return torch.stack([
+        torch.nn.functional.pad((i - model.pixel_mean) / model.pixel_std, (0, width - i.shape[2], 0, height - i.shape[1]))
+        for i in images
+    ])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16, torch.float16])
+def test_preprocess_normalises_pads_and_casts_as_autocast_would(monkeypatch, layout, autocast):
+    """Images of different sizes (padding on both axes), in the backbone's layout and, under
+    autocast, in its dtype with the bits of the float32 batch cast. torch.empty hands out NaNs
+    here, so any pixel that preprocess does not write shows."""
+    model = sfpn.build_detector("faster_rcnn_r18_fpn_small", NUM_CLASSES).to(memory_format=layout)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 61, 90, generator=generator), torch.rand(3, 70, 33, generator=generator)]
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: empty(*args, **kwargs).fill_(float("nan")))
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        batch, sizes = model.preprocess(images)
+    assert sizes == [(61, 90), (70, 33)]
+    assert batch.shape == (2, 3, 96, 96) and batch.is_contiguous(memory_format=layout)
+    expected = _reference_batch(model, images).to(autocast or torch.float32)
+    assert batch.dtype == expected.dtype and torch.equal(batch, expected)
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_eval_outputs(name):
     model = sfpn.build_detector(name, NUM_CLASSES, **{"roi_heads.score_threshold": 0.0}).eval()
