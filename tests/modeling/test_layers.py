@@ -150,6 +150,28 @@ def test_inference_weight_cache_folds_once_and_sees_in_place_updates(generator, 
     assert folds[0] == 9 and torch.equal(replaced, forward(contextlib.nullcontext()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_weight_cache_packs_weights_for_onednn_at_any_input_shape(generator, dtype):
+    """Inside a cache the fused convolutions keep their weights in oneDNN's blocked layout, packed
+    for the first input's shape; a block (a ReLU and a residual sum) gives the uncached bits at
+    that shape and at another one (batch and map size), for which oneDNN reorders as it needs."""
+    import sfpn.modeling.backbone as backbone
+    from sfpn.modeling import InferenceWeightCache
+
+    block = backbone.BasicBlock(16, 16, 1, "bn").to(memory_format=torch.channels_last).eval()
+    cache = InferenceWeightCache()
+
+    def forward(x, context):
+        with torch.no_grad(), torch.autocast("cpu", dtype, enabled=dtype != torch.float32), context:
+            return block(x)
+
+    for shape in [(2, 16, 12, 10), (3, 16, 5, 17), (2, 16, 12, 10)]:
+        x = torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(forward(x, cache), forward(x, contextlib.nullcontext()))
+    weights = [entry[1][0] for entry in cache._weights.values()]
+    assert len(weights) == 2 and all(w.is_mkldnn and w.dtype == dtype for w in weights)
+
+
 def test_linear_casts_its_weights_once_per_cache(generator):
     """Under autocast in an InferenceWeightCache, layers.linear gives fc(x)'s bits with the weights
     cast once; with a gradient to compute, or outside a block, it is fc(x) itself."""
