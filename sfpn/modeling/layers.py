@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,24 @@ class InferenceWeightCache:
 
 
 _ACTIVE_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sfpn_inference_weights", default=None)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (the same parameters and state dict) whose eager inference on the CPU is one
+    oneDNN call (:func:`onednn_conv`): inside an :class:`InferenceWeightCache` with its weights
+    cast and packed once, where ``nn.Conv2d`` casts them under autocast and oneDNN reorders them at
+    every call. Training, scripted and traced graphs run ``nn.Conv2d``'s own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            fused = self._onednn_forward(x)
+            if fused is not None:
+                return fused
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return onednn_conv(self, x, lambda: (self.weight, self.bias), (self.weight, self.bias))
 
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

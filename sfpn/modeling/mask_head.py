@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import MaskHeadConfig
 from ..ops import roi_align
-from .layers import conv_relu
+from .layers import Conv2d, conv_relu
 from .roi_heads import Proposals, RoIHeads, RoIPooler
 
 
@@ -22,7 +22,7 @@ class MaskHead(nn.Module):
         dims = [in_channels] + [conv_dim] * num_convs
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
         self.deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
-        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        self.predictor = Conv2d(conv_dim, num_classes, 1)
         for layer in [*self.convs, self.deconv]:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)

@@ -29,6 +29,7 @@ from ..config import NeckConfig
 from ..ops import semantic_fuse, upsample_add
 from ..overrides import allowed, check_value
 from ..semantic_labels import IGNORE_LABEL
+from .layers import Conv2d
 from .semantic_head import SemanticHead
 
 FUSION_POINTS = allowed(NeckConfig, "fusion_point")
@@ -110,8 +111,8 @@ class SFPN(nn.Module):
         self.downsample = check_value("downsample", downsample, DOWNSAMPLE_MODES)
         self.upsample_mode = check_value("upsample_mode", upsample_mode, allowed(NeckConfig, "upsample_mode"))
         self.alpha = check_value("alpha (the semantic loss weight)", alpha, allowed(NeckConfig, "alpha"))
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
-        self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        self.lateral_convs = nn.ModuleList(Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output_convs = nn.ModuleList(Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.semantic_head = None
         self.fusion_convs = None
         if semantic and num_semantic_classes > 0:
@@ -127,9 +128,9 @@ class SFPN(nn.Module):
             )
             fused = fusion_point != "none"
             if fused and fusion_op == "concat":
-                self.fusion_convs = nn.ModuleList(nn.Conv2d(2 * out_channels, out_channels, 1) for _ in in_channels)
+                self.fusion_convs = nn.ModuleList(Conv2d(2 * out_channels, out_channels, 1) for _ in in_channels)
             elif fused and fusion_op == "gate":
-                self.fusion_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 1) for _ in in_channels)
+                self.fusion_convs = nn.ModuleList(Conv2d(out_channels, out_channels, 1) for _ in in_channels)
         for conv in [*self.lateral_convs, *self.output_convs]:
             nn.init.kaiming_uniform_(conv.weight, a=1)  # as FPN's reference implementations
             nn.init.zeros_(conv.bias)

@@ -9,7 +9,7 @@ from ..config import RPNConfig
 from ..ops import batched_nms
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
-from .layers import conv_relu
+from .layers import Conv2d, conv_relu
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
 
@@ -23,8 +23,8 @@ class RPNHead(nn.Module):
     def __init__(self, channels: int, num_anchors: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.objectness = nn.Conv2d(channels, num_anchors, 1)
-        self.deltas = nn.Conv2d(channels, 4 * num_anchors, 1)
+        self.objectness = Conv2d(channels, num_anchors, 1)
+        self.deltas = Conv2d(channels, 4 * num_anchors, 1)
         for conv in (self.conv, self.objectness, self.deltas):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)

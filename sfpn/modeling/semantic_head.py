@@ -21,7 +21,7 @@ from .. import ops
 from ..config import NeckConfig
 from ..ops.resize_sum import MAX_LEVELS
 from ..overrides import allowed, check_divisible, check_value
-from .layers import conv_relu
+from .layers import Conv2d, conv_relu
 
 #: How :meth:`SemanticHead.loss` averages the pixels' cross-entropy (the neck config's
 #: ``semantic_loss_average``).
@@ -85,11 +85,11 @@ class SemanticHead(nn.Module):
         self.num_thing_classes = num_classes - 1 if num_thing_classes is None else num_thing_classes
         self.target_level = target_level
         self.loss_average = loss_average
-        self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.laterals = nn.ModuleList(Conv2d(c, channels, 1) for c in in_channels)
         # Each block's GroupNorm holds the affine parameters; the fused op applies them.
-        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
+        self.convs = nn.ModuleList(Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
         self.norms = nn.ModuleList(nn.GroupNorm(num_groups, channels) for _ in range(num_convs))
-        self.logits = nn.Conv2d(channels, num_classes, 1)
+        self.logits = Conv2d(channels, num_classes, 1)
         self.embed = nn.Conv2d(channels, embed_channels, 1) if embed_channels > 0 else None
         self.reset_parameters()
 

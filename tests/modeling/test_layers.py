@@ -31,6 +31,31 @@ def test_conv_relu_fused_matches_float64(generator, kernel, stride, bias):
     torch.testing.assert_close(out_bf16.double(), expected, rtol=1e-2, atol=2e-2)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv2d_is_nn_conv2d_in_one_call_at_inference(generator, dtype):
+    """layers.Conv2d: nn.Conv2d's state dict and bits; one fused call where nothing needs a
+    gradient (inside a cache too), ATen's convolution with gradients and when scripted."""
+    conv = layers.Conv2d(12, 20, 3, padding=1).to(memory_format=torch.channels_last)
+    reference = nn.Conv2d(12, 20, 3, padding=1).to(memory_format=torch.channels_last)
+    reference.load_state_dict(conv.state_dict())
+    assert conv.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(2, 12, 9, 13, generator=generator).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+        with torch.no_grad():
+            expected = reference(x)
+            out, ops = ops_called(lambda: conv(x))
+            with layers.InferenceWeightCache():
+                cached = [conv(x) for _ in range(2)]
+        assert FUSED in ops and all(torch.equal(o, expected) for o in (out, *cached))
+        trained, ops = ops_called(lambda: conv(x.requires_grad_()))
+        assert FUSED not in ops and torch.equal(trained.detach(), expected)
+        trained.float().sum().backward()
+        assert conv.weight.grad is not None and x.grad is not None
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(conv)(x.detach().float()), reference(x.detach().float()))
+
+
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # from mkldnn.flags
 def test_conv_relu_keeps_aten_with_gradients_nchw_float64_or_onednn_disabled(generator):
     """Where the fused call does not apply, conv_relu is ATen's conv and ReLU: gradients flow, and
