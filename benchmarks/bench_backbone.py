@@ -36,7 +36,6 @@ def _ours(x, weight, bias, running_mean, running_var, residual):
     return ops.batch_norm_relu(x, weight, bias, running_mean, running_var, residual)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("impl", IMPLS)

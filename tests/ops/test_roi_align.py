@@ -15,9 +15,9 @@ from sfpn import ops
 from sfpn.ops import MultiLevelRoIAlign, RoIAlign, multilevel_roi_align, reference, roi_align
 
 from cuda_emulation import SEEDS, assert_close, run
-import op_strategies
 from op_helpers import at_thread_count
 from op_strategies import arrange, assert_matches, boxes_on, examples, float_dtypes, layouts, rois_of, seeds, uniform
+from op_strategies import assert_close as assert_close_in_dtype
 from roi_helpers import (
     HAS_KERNEL,
     ROI_CASES,
@@ -156,10 +156,10 @@ def test_channels_last_forward_in_every_channel_block(generator, dtype, channels
     rois = random_boxes(generator, 30, 32, 48, 2)
     arranged = [level.to(dtype).contiguous(memory_format=torch.channels_last) for level in levels]
     exact = [level.to(dtype).double() for level in levels]
-    op_strategies.assert_close(roi_align(arranged[0], rois, 3, 1.0, 2, True),
-                               reference.roi_align(exact[0], rois.double(), 3, 1.0, 2, True), dtype)
-    op_strategies.assert_close(multilevel_roi_align(arranged, rois, 3, SCALES, 2, False, 32, 3),
-                               reference.multilevel_roi_align(exact, rois.double(), 3, SCALES, 2, False, 32, 3), dtype)
+    assert_close_in_dtype(roi_align(arranged[0], rois, 3, 1.0, 2, True),
+                          reference.roi_align(exact[0], rois.double(), 3, 1.0, 2, True), dtype)
+    assert_close_in_dtype(multilevel_roi_align(arranged, rois, 3, SCALES, 2, False, 32, 3),
+                          reference.multilevel_roi_align(exact, rois.double(), 3, SCALES, 2, False, 32, 3), dtype)
 
 
 @needs_kernel
