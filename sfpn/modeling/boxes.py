@@ -1,9 +1,12 @@
-"""Box utilities: pairwise IoU, clipping, the pixels inside boxes, and the (dx, dy, dw, dh) box coder of R-CNN."""
+"""Box utilities: pairwise IoU, clipping, the pixels inside boxes, NMS per image of a batch, and the
+(dx, dy, dw, dh) box coder of R-CNN."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+from ..ops import batched_nms
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -23,12 +26,12 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter.div_(union)
 
 
-def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Clip ``(..., 4)`` xyxy boxes to an image of ``(height, width)``."""
+def clip_boxes_(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Clip ``(..., 4)`` xyxy boxes to an image of ``(height, width)``, in place; returns ``boxes``."""
     height, width = image_size
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+    boxes[..., 0::2].clamp_(min=0, max=width)
+    boxes[..., 1::2].clamp_(min=0, max=height)
+    return boxes
 
 
 def box_pixel_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -46,6 +49,25 @@ def box_pixel_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def nonempty_boxes(boxes: torch.Tensor, min_size: float = 0.0) -> torch.Tensor:
     """``(K,)`` bool: boxes wider and taller than ``min_size``."""
     return ((boxes[:, 2] - boxes[:, 0]) > min_size) & ((boxes[:, 3] - boxes[:, 1]) > min_size)
+
+
+def nms_per_image(
+    boxes: torch.Tensor, scores: torch.Tensor, categories: torch.Tensor, images: torch.Tensor, num_images: int,
+    iou_threshold: float, max_per_image: int,
+) -> list[torch.Tensor]:
+    """Non-maximum suppression of a batch's boxes in one ``batched_nms`` call, then each image's
+    ``max_per_image`` best survivors.
+
+    ``boxes (K, 4)``, ``scores (K,)``; ``categories (K,)`` int64: boxes of different categories
+    never suppress each other, so a category must not span images (``image * C + class``);
+    ``images (K,)`` int64 in ``[0, num_images)``. Returns per image the int64 indices into the
+    ``K`` boxes of its kept boxes by decreasing score (ties by increasing index): what NMS of
+    each image's boxes alone, within categories, gives. One call instead of one per image spreads
+    the categories of every image over the threads.
+    """
+    keep = batched_nms(boxes, scores, categories, iou_threshold)
+    kept_images = images[keep]
+    return [keep[kept_images == image][:max_per_image] for image in range(num_images)]
 
 
 class BoxCoder:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import CascadeConfig
 from ..overrides import check_not_empty, check_same_lengths
-from .boxes import clip_boxes
+from .boxes import clip_boxes_
 from .roi_heads import RoIHeads
 
 
@@ -62,7 +62,7 @@ class CascadeRoIHeads(nn.Module):
     @torch.no_grad()
     def _refine(self, stage: RoIHeads, deltas, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         refined = stage.box_coder.decode(deltas.detach(), torch.cat(boxes))
-        return [clip_boxes(b, size) for b, size in zip(refined.split([b.shape[0] for b in boxes]), image_sizes)]
+        return [clip_boxes_(b, size) for b, size in zip(refined.split([b.shape[0] for b in boxes]), image_sizes)]
 
     def forward(self, features, proposals: list[torch.Tensor], image_sizes, targets=None):
         if self.training:

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RoIHeadsConfig
-from ..ops import batched_nms, multilevel_roi_align
-from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
+from ..ops import multilevel_roi_align
+from .boxes import BoxCoder, box_iou, clip_boxes_, nms_per_image, nonempty_boxes
 from .layers import linear
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
@@ -215,23 +215,19 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def postprocess(self, probabilities, deltas, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
         """``probabilities (R, C + 1)``, ``deltas (R, 4C or 4)`` of ``proposals`` (list of ``(R_i, 4)``)
-        -> per-image detections."""
-        counts = [p.shape[0] for p in proposals]
+        -> per-image detections, the batch's RoIs filtered together and NMS in one call."""
+        num_rois, num_images = probabilities.shape[0], len(proposals)
         boxes = self.box_coder.decode(deltas, torch.cat(proposals))
-        return [
-            self._detections(b, p, size)
-            for b, p, size in zip(boxes.split(counts), probabilities.split(counts), image_sizes)
-        ]
-
-    def _detections(self, boxes, probabilities, image_size) -> dict[str, torch.Tensor]:
-        """One image: ``boxes (R, 4C or 4)``, ``probabilities (R, C + 1)``."""
-        num_rois = probabilities.shape[0]
         boxes = boxes.reshape(num_rois, boxes.shape[1] // 4, 4)  # no -1: there may be no RoIs
-        boxes = clip_boxes(boxes, image_size).expand(num_rois, self.num_classes, 4)
+        for image_boxes, image_size in zip(boxes.split([p.shape[0] for p in proposals]), image_sizes):
+            clip_boxes_(image_boxes, image_size)
+        images = torch.cat([torch.full((p.shape[0],), i, dtype=torch.int64, device=boxes.device)
+                            for i, p in enumerate(proposals)])
         scores = probabilities[:, 1:]
         roi, cls = torch.nonzero(scores > self.score_threshold, as_tuple=True)
-        boxes, scores = boxes[roi, cls], scores[roi, cls]
+        boxes, scores, images = boxes.expand(num_rois, self.num_classes, 4)[roi, cls], scores[roi, cls], images[roi]
         valid = nonempty_boxes(boxes)
-        boxes, scores, cls = boxes[valid], scores[valid], cls[valid]
-        keep = batched_nms(boxes, scores, cls, self.nms_threshold)[: self.detections_per_image]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": cls[keep] + 1}
+        boxes, scores, cls, images = boxes[valid], scores[valid], cls[valid], images[valid]
+        keep = nms_per_image(boxes, scores, images * self.num_classes + cls, images, num_images, self.nms_threshold,
+                             self.detections_per_image)
+        return [{"boxes": boxes[k], "scores": scores[k], "labels": cls[k] + 1} for k in keep]

@@ -6,9 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RPNConfig
-from ..ops import batched_nms
 from .anchors import AnchorGenerator
-from .boxes import BoxCoder, box_iou, clip_boxes, nonempty_boxes
+from .boxes import BoxCoder, box_iou, clip_boxes_, nms_per_image, nonempty_boxes
 from .layers import Conv2d, conv_relu
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
@@ -42,9 +41,9 @@ class RPN(nn.Module):
     """Proposals and losses of the region proposal network.
 
     Per image and level the ``pre_nms_topk`` best anchors are decoded, clipped and freed of empty
-    boxes; NMS runs per level (``batched_nms`` with the level as group) and the ``post_nms_topk``
-    best proposals of the image survive. Training matches anchors to ground truth (IoU >= 0.7
-    foreground, < 0.3 background, best anchors of each box foreground too), samples
+    boxes; NMS runs per image and level (one ``batched_nms`` call for the batch) and the
+    ``post_nms_topk`` best proposals of each image survive. Training matches anchors to ground
+    truth (IoU >= 0.7 foreground, < 0.3 background, best anchors of each box foreground too), samples
     ``batch_size_per_image`` anchors at ``positive_fraction`` and returns BCE objectness and
     smooth-L1 box losses, both normalised by the number of sampled anchors.
 
@@ -115,25 +114,29 @@ class RPN(nn.Module):
     def _proposals(self, anchors, objectness, deltas, image_sizes) -> list[torch.Tensor]:
         index = 0 if self.training else 1
         pre_nms_topk, post_nms_topk = self.pre_nms_topk[index], self.post_nms_topk[index]
-        num_images = objectness[0].shape[0]
-        boxes, scores, levels = [], [], []
+        num_images, device = objectness[0].shape[0], objectness[0].device
+        picked_deltas, picked_anchors, scores, levels = [], [], [], []
         for level, (level_anchors, level_scores, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
             k = min(pre_nms_topk, level_scores.shape[1])
             top_scores, top_index = level_scores.topk(k, dim=1)  # (N, k)
-            picked_deltas = level_deltas.gather(1, top_index[..., None].expand(-1, -1, 4))
-            decoded = self.box_coder.decode(picked_deltas.reshape(-1, 4), level_anchors[top_index.reshape(-1)])
-            boxes.append(decoded.reshape(num_images, k, 4))
+            picked_deltas.append(level_deltas.gather(1, top_index[..., None].expand(-1, -1, 4)))
+            picked_anchors.append(level_anchors[top_index])
             scores.append(top_scores)
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=top_scores.device))
-        boxes, scores, levels = torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(levels)
-        proposals = []
-        for image_boxes, image_scores, image_size in zip(boxes, scores, image_sizes):
-            image_boxes = clip_boxes(image_boxes, image_size)
-            valid = nonempty_boxes(image_boxes, self.min_size) & torch.isfinite(image_scores)
-            image_boxes, image_scores, image_levels = image_boxes[valid], image_scores[valid], levels[valid]
-            keep = batched_nms(image_boxes, image_scores, image_levels, self.nms_threshold)[:post_nms_topk]
-            proposals.append(image_boxes[keep])
-        return proposals
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=device))
+        # Every image and level at once from here, image-major: K candidates per image.
+        levels = torch.cat(levels)  # (K,)
+        boxes = self.box_coder.decode(torch.cat(picked_deltas, 1).flatten(0, 1),
+                                      torch.cat(picked_anchors, 1).flatten(0, 1))
+        for image_boxes, image_size in zip(boxes.view(num_images, levels.shape[0], 4), image_sizes):
+            clip_boxes_(image_boxes, image_size)
+        scores = torch.cat(scores, 1).flatten()
+        images = torch.arange(num_images, device=device).repeat_interleave(levels.shape[0])
+        valid = nonempty_boxes(boxes, self.min_size) & torch.isfinite(scores)
+        boxes, scores, images = boxes[valid], scores[valid], images[valid]
+        # NMS per image and level: the level ids of image i are i * L .. i * L + L - 1.
+        categories = images * len(anchors) + levels.repeat(num_images)[valid]
+        keep = nms_per_image(boxes, scores, categories, images, num_images, self.nms_threshold, post_nms_topk)
+        return [boxes[image_keep] for image_keep in keep]
 
     def _losses(self, anchors, objectness, deltas, targets) -> dict[str, torch.Tensor]:
         """``anchors (A, 4)``, ``objectness (N, A)``, ``deltas (N, A, 4)``."""
