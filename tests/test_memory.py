@@ -32,7 +32,7 @@ print(applied, heap >> 20, describe(), sep="|")
 
 
 def _probe(**env):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
     environment.update(env)
     result = subprocess.run([sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, check=True)
     applied, heap_mib, state = result.stdout.strip().split("|")
@@ -47,10 +47,45 @@ def test_a_freed_large_block_stays_in_the_heap():
 
 @pytest.mark.parametrize("setting", [{"MALLOC_MMAP_MAX_": "65536"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}])
 def test_the_users_malloc_settings_win(setting):
-    applied, heap_mib, state = _probe(**setting)
+    applied, _, state = _probe(**setting)
     assert not applied and "user's MALLOC_" in state
-    if "MALLOC_MMAP_MAX_" in setting:  # glibc's default: the block was its own mapping, unmapped
-        assert heap_mib < 256
+
+
+def test_the_opt_out_keeps_glibcs_default():
+    applied, heap_mib, state = _probe(SFPN_DEFAULT_MALLOC="1")
+    assert not applied and "glibc's default (SFPN_DEFAULT_MALLOC is set)" in state
+    assert heap_mib < 256, "glibc's default maps a block this large on its own and unmaps it when freed"
+    assert _probe(SFPN_DEFAULT_MALLOC="0")[0], "0 is not an opt-out"
+
+
+FAULTS = r"""
+import ctypes, resource
+from sfpn._memory import keep_freed_memory
+keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 4 << 20
+for _ in range(3):  # glibc's default raises its mmap threshold once a mapped block is freed
+    block = libc.malloc(size); ctypes.memset(block, 1, size); libc.free(block)
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    block = libc.malloc(size); ctypes.memset(block, 1, size); libc.free(block)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 20)
+"""
+
+
+@pytest.mark.parametrize("env, faults_in_afresh", [({}, False), ({"SFPN_DEFAULT_MALLOC": "1"}, False),
+                                                   ({"MALLOC_MMAP_MAX_": "65536"}, True)])
+def test_which_settings_fault_a_reused_block_in_afresh(env, faults_in_afresh):
+    """A 4 MiB block freed and allocated again: kept in the heap (the tuning) or under glibc's
+    raised threshold (its default), no page faults; any MALLOC_*_ variable freezes the threshold at
+    128 KiB, and the block's 1024 pages fault in at every allocation. Why the opt-out is not one."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
+    environment.update(env)
+    result = subprocess.run([sys.executable, "-c", FAULTS], env=environment, capture_output=True, text=True, check=True)
+    faults = int(result.stdout.strip())
+    assert (faults >= 1000) == faults_in_afresh, f"{faults} page faults per 4 MiB block with {env}"
 
 
 def test_import_sfpn_leaves_malloc_alone():
@@ -64,6 +99,6 @@ def test_the_entry_points_apply_it(entry, argv):
     code = (f"import runpy, sys\nsys.argv = ['{entry}', *{argv!r}]\n"
             f"try:\n    runpy.run_module('{entry}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "import sfpn._memory as m\nprint(m.describe())")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
     assert "kept for reuse" in result.stdout.splitlines()[-1]
