@@ -8,7 +8,8 @@ Issue 22's goal: on a CPU with AMX, bf16 at least 2.5x faster than fp32, for the
 inference. The work is ``default_run``'s (the default preset, 4 images at 256x320); the models
 have the same weights and see the same batch. ``fp32`` is the package's own fp32, channels_last
 as ``solver.amp`` lays out every CPU run; ``fp32 NCHW`` is fp32 as it ran before that (and as the
-issue measured its baseline).
+issue measured its baseline). The process runs as the default run's does: sfpn's OpenMP wait
+policy and its malloc tuning (large freed blocks kept for reuse, ``sfpn._memory``).
 
 Each round times every row once, the order rotating between rounds, and a round's ratio pairs
 timings seconds apart, so a drift of the machine's speed cancels. The table gives each row's
@@ -26,10 +27,14 @@ import statistics
 import sys
 import time
 
+# sfpn before torch, as in ``python -m sfpn.train``: it sets the OpenMP wait policy the default run
+# uses (sfpn/_threads.py), which the OpenMP runtime reads once, when torch loads it.
+import sfpn  # noqa: F401
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from default_run import inference, training_step  # noqa: E402
+from sfpn._memory import describe as describe_memory, keep_freed_memory  # noqa: E402
 from sfpn.engine.precision import cpu_model, cpu_native_bf16  # noqa: E402
 
 #: row -> (solver.amp, channels_last: None for the layout solver.amp gives).
@@ -120,6 +125,7 @@ def main() -> None:
         parser.error(f"--rounds must be at least 1 and --warmup at least 0, got {args.rounds} and {args.warmup}")
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    keep_freed_memory()  # malloc as the default run's process has it (sfpn/_memory.py)
     load_before = os.getloadavg()
     times = {}
     for threads in args.threads:
@@ -128,8 +134,8 @@ def main() -> None:
     load_after = os.getloadavg()
     machine = cpu_model()
     native = cpu_native_bf16()[1]
-    print(f"{machine}; {native}; torch {torch.__version__}; load {load_before[0]:.1f} before, "
-          f"{load_after[0]:.1f} after\n")
+    print(f"{machine}; {native}; torch {torch.__version__}; malloc: {describe_memory()}; "
+          f"load {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
     print(report(times))
     for threads in args.threads if args.split else ():
         torch.set_num_threads(threads)
@@ -137,7 +143,8 @@ def main() -> None:
             print(f"\n{threads} thread(s)\n\n{split(run, args.warmup)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "rounds": args.rounds,
+            json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "malloc": describe_memory(),
+                       "rounds": args.rounds,
                        "warmup": args.warmup, "load": [load_before, load_after], "seconds": times}, f, indent=1)
 
 
