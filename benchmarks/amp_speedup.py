@@ -144,8 +144,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "malloc": describe_memory(),
-                       "rounds": args.rounds,
-                       "warmup": args.warmup, "load": [load_before, load_after], "seconds": times}, f, indent=1)
+                       "rounds": args.rounds, "warmup": args.warmup, "load": [load_before, load_after],
+                       "seconds": times}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,15 @@ print(applied, heap >> 20, describe(), sep="|")
 """
 
 
-def _probe(**env):
+def _environment(**env):
+    """This process's environment without any malloc choice of the user's, plus ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
-    environment.update(env)
-    result = subprocess.run([sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, check=True)
+    return {**environment, **env}
+
+
+def _probe(**env):
+    result = subprocess.run([sys.executable, "-c", PROBE], env=_environment(**env), capture_output=True, text=True,
+                            check=True)
     applied, heap_mib, state = result.stdout.strip().split("|")
     return applied == "True", int(heap_mib), state
 
@@ -80,10 +85,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 20)
 def test_which_settings_fault_a_reused_block_in_afresh(env, faults_in_afresh):
     """A 4 MiB block freed and allocated again: kept in the heap (the tuning) or under glibc's
     raised threshold (its default), no page faults; any MALLOC_*_ variable freezes the threshold at
-    128 KiB, and the block's 1024 pages fault in at every allocation. Why the opt-out is not one."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
-    environment.update(env)
-    result = subprocess.run([sys.executable, "-c", FAULTS], env=environment, capture_output=True, text=True, check=True)
+    128 KiB, and the block's 1024 pages fault in at every allocation: why no MALLOC_*_ variable
+    can serve as the way back to glibc's default."""
+    result = subprocess.run([sys.executable, "-c", FAULTS], env=_environment(**env), capture_output=True, text=True,
+                            check=True)
     faults = int(result.stdout.strip())
     assert (faults >= 1000) == faults_in_afresh, f"{faults} page faults per 4 MiB block with {env}"
 
@@ -99,6 +104,5 @@ def test_the_entry_points_apply_it(entry, argv):
     code = (f"import runpy, sys\nsys.argv = ['{entry}', *{argv!r}]\n"
             f"try:\n    runpy.run_module('{entry}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "import sfpn._memory as m\nprint(m.describe())")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SFPN_DEFAULT_MALLOC"}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], env=_environment(), capture_output=True, text=True, check=True)
     assert "kept for reuse" in result.stdout.splitlines()[-1]
