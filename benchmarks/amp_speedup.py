@@ -3,6 +3,7 @@
 turns in one process, at each thread count asked for.
 
     python benchmarks/amp_speedup.py [--rounds 15] [--warmup 3] [--threads 1 2] [--json PATH] [--split]
+                                     [--image-size H W]
 
 Issue 22's goal: on a CPU with AMX, bf16 at least 2.5x faster than fp32, for the step and for
 inference. The work is ``default_run``'s (the default preset, 4 images at 256x320); the models
@@ -19,6 +20,11 @@ median and each ratio's median and range over rounds.
 times): the matrix work that AMX speeds up (convolutions and matrix products) against everything
 else, and everything else's largest ops. The ratio is bounded by that split: with the matrix work
 x times faster in bf16 and the rest r times, fp32 / bf16 is (M + R) / (M / x + R / r).
+
+``--image-size`` times the same work on smaller or larger images: the part of a call that does
+not shrink with the image (the RoI heads' 512 RoIs, the weights' casts and the optimizer, each
+op's fixed cost) shows at a small size, and the difference of two sizes' times is the part that
+grows with the image.
 """
 import argparse
 import json
@@ -33,7 +39,7 @@ import sfpn  # noqa: F401
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from default_run import inference, training_step  # noqa: E402
+from default_run import HEIGHT, WIDTH, inference, training_step  # noqa: E402
 from sfpn._memory import describe as describe_memory, keep_freed_memory  # noqa: E402
 from sfpn.engine.precision import cpu_model, cpu_native_bf16  # noqa: E402
 
@@ -50,9 +56,10 @@ MATRIX_OPS = frozenset({"aten::mkldnn_convolution", "mkldnn::_convolution_pointw
                         "aten::bmm"})
 
 
-def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per round of ``run`` ("step" or "infer") for each of :data:`ROWS`."""
-    calls = {row: RUNS[run](amp=amp, channels_last=layout) for row, (amp, layout) in ROWS.items()}
+def measure(run: str, rounds: int, warmup: int, size: tuple[int, int] = (HEIGHT, WIDTH)) -> dict[str, list[float]]:
+    """Seconds per round of ``run`` ("step" or "infer") on images of ``size`` ``(H, W)`` for each
+    of :data:`ROWS`."""
+    calls = {row: RUNS[run](amp=amp, channels_last=layout, size=size) for row, (amp, layout) in ROWS.items()}
     names = list(ROWS)
     times: dict[str, list[float]] = {row: [] for row in names}
     for r in range(warmup + rounds):
@@ -64,16 +71,16 @@ def measure(run: str, rounds: int, warmup: int) -> dict[str, list[float]]:
     return times
 
 
-def split(run: str, warmup: int, top: int = 8) -> str:
+def split(run: str, warmup: int, size: tuple[int, int] = (HEIGHT, WIDTH), top: int = 8) -> str:
     """Markdown: per row of :data:`ROWS` but fp32 NCHW, the self time (ms) of one profiled call of
-    ``run`` after ``warmup`` calls, split into :data:`MATRIX_OPS` and the rest, then the rest's
-    ``top`` largest ops by their bf16 time."""
+    ``run`` on images of ``size`` after ``warmup`` calls, split into :data:`MATRIX_OPS` and the
+    rest, then the rest's ``top`` largest ops by their bf16 time."""
     from torch.profiler import ProfilerActivity, profile
 
     rows = [row for row in ROWS if row != "fp32 NCHW"]
     self_ms: dict[str, dict[str, float]] = {}
     for row in rows:
-        call = RUNS[run](amp=ROWS[row][0], channels_last=ROWS[row][1])
+        call = RUNS[run](amp=ROWS[row][0], channels_last=ROWS[row][1], size=size)
         for _ in range(max(1, warmup)):
             call()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -120,32 +127,38 @@ def main() -> None:
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--split", action="store_true",
                         help="also profile one call of each row: matrix work against the rest (fp32 and bf16)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[HEIGHT, WIDTH], metavar=("H", "W"),
+                        help=f"the batch's image size (default {HEIGHT} {WIDTH}, the default run's; at least 64 64)")
     args = parser.parse_args()
     if args.rounds < 1 or args.warmup < 0:
         parser.error(f"--rounds must be at least 1 and --warmup at least 0, got {args.rounds} and {args.warmup}")
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if min(args.image_size) < 64:
+        parser.error(f"--image-size must be at least 64 64 (the batch's boxes are up to 64 pixels wide), "
+                     f"got {args.image_size}")
+    size = tuple(args.image_size)
     keep_freed_memory()  # malloc as the default run's process has it (sfpn/_memory.py)
     load_before = os.getloadavg()
     times = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        times[threads] = {run: measure(run, args.rounds, args.warmup) for run in args.runs}
+        times[threads] = {run: measure(run, args.rounds, args.warmup, size) for run in args.runs}
     load_after = os.getloadavg()
     machine = cpu_model()
     native = cpu_native_bf16()[1]
-    print(f"{machine}; {native}; torch {torch.__version__}; malloc: {describe_memory()}; "
+    print(f"{machine}; {native}; torch {torch.__version__}; malloc: {describe_memory()}; images {size[0]}x{size[1]}; "
           f"load {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
     print(report(times))
     for threads in args.threads if args.split else ():
         torch.set_num_threads(threads)
         for run in args.runs:
-            print(f"\n{threads} thread(s)\n\n{split(run, args.warmup)}")
+            print(f"\n{threads} thread(s)\n\n{split(run, args.warmup, size)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "bf16": native, "torch": torch.__version__, "malloc": describe_memory(),
-                       "rounds": args.rounds, "warmup": args.warmup, "load": [load_before, load_after],
-                       "seconds": times}, f, indent=1)
+                       "image_size": size, "rounds": args.rounds, "warmup": args.warmup,
+                       "load": [load_before, load_after], "seconds": times}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The default run's work as closures for the CPU benchmarks: ``python -m sfpn.train``'s default
 detector (faster_rcnn_r18_sfpn_small, here with 4 classes, where the default run's set has 6 thing
-and 4 stuff classes) on a batch of 4 random images at 256x320 (the synthetic default's size) with
-5 boxes each, laid out and computed as ``solver.amp`` gives.
+and 4 stuff classes) on a batch of 4 random images at 256x320 (the synthetic default's size; ``size``
+changes it) with 5 boxes each, laid out and computed as ``solver.amp`` gives.
 
 Both closures seed torch before building, so the model and the batch are the same for every
 ``amp``: two closures with different precisions time the same work. ``channels_last=False`` keeps
@@ -19,9 +19,11 @@ from sfpn.modeling import InferenceWeightCache
 IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
 
 
-def _model_and_batch(amp: str, channels_last: bool | None = None):
+def _model_and_batch(amp: str, channels_last: bool | None = None, size: tuple[int, int] = (HEIGHT, WIDTH)):
     """``(model, precision, images, targets)``: the default preset prepared for ``amp`` on the CPU,
-    in the layout ``channels_last`` asks for (None: the one ``amp`` gives)."""
+    in the layout ``channels_last`` asks for (None: the one ``amp`` gives), with images of
+    ``size`` ``(H, W)`` (at least 64 x 64: the boxes are up to 64 pixels wide)."""
+    height, width = size
     torch.manual_seed(0)
     precision = choose_precision(amp, "cpu")
     if channels_last is not None:
@@ -29,21 +31,22 @@ def _model_and_batch(amp: str, channels_last: bool | None = None):
     model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision)
     images, targets = [], []
     for _ in range(IMAGES):
-        corner = torch.rand(BOXES, 2) * torch.tensor([WIDTH - 64.0, HEIGHT - 64.0])
-        images.append(torch.rand(3, HEIGHT, WIDTH))
+        corner = torch.rand(BOXES, 2) * torch.tensor([width - 64.0, height - 64.0])
+        images.append(torch.rand(3, height, width))
         targets.append({
             "boxes": torch.cat([corner, corner + 16 + 48 * torch.rand(BOXES, 2)], 1),
             "labels": torch.randint(1, CLASSES + 1, (BOXES,)),
-            "semantic": torch.randint(0, CLASSES + 1, (HEIGHT, WIDTH)),
+            "semantic": torch.randint(0, CLASSES + 1, (height, width)),
         })
     return model, precision, images, targets
 
 
-def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "auto", channels_last: bool | None = None):
+def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "auto", channels_last: bool | None = None,
+                  size: tuple[int, int] = (HEIGHT, WIDTH)):
     """A training step (forward, backward, SGD) as a closure over a fresh model, optimizer and
     batch; it ticks ``shared_cores`` (from :func:`~sfpn._threads.fitted_cpu_threads`), when given,
     after every step, as the trainer does by default. The closure returns the loss."""
-    model, precision, images, targets = _model_and_batch(amp, channels_last)
+    model, precision, images, targets = _model_and_batch(amp, channels_last, size)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, fused=True)  # as the trainer's
 
@@ -61,9 +64,9 @@ def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "aut
     return step
 
 
-def inference(amp: str = "auto", channels_last: bool | None = None):
+def inference(amp: str = "auto", channels_last: bool | None = None, size: tuple[int, int] = (HEIGHT, WIDTH)):
     """Inference on the batch (eval mode, no gradients) as a closure; it returns the detections."""
-    model, precision, images, _ = _model_and_batch(amp, channels_last)
+    model, precision, images, _ = _model_and_batch(amp, channels_last, size)
     model.eval()
     cache = InferenceWeightCache()  # shared by the calls, as the evaluation loop shares one
 

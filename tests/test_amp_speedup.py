@@ -16,7 +16,8 @@ import default_run  # noqa: E402
 
 def test_rows_take_turns_going_first(monkeypatch):
     calls = []
-    monkeypatch.setitem(amp_speedup.RUNS, "step", lambda amp, channels_last: (lambda: calls.append((amp, channels_last))))
+    monkeypatch.setitem(amp_speedup.RUNS, "step",
+                        lambda amp, channels_last, size: (lambda: calls.append((amp, channels_last))))
     times = amp_speedup.measure("step", rounds=3, warmup=1)
     nchw, fp32, bf16 = ("off", False), ("off", None), ("bf16", None)
     assert calls == [nchw, fp32, bf16, fp32, bf16, nchw, bf16, nchw, fp32, nchw, fp32, bf16]
@@ -42,3 +43,17 @@ def test_the_default_runs_closures_compute_the_same_work_in_both_precisions():
     detections = infer()
     assert len(detections) == default_run.IMAGES
     assert all(torch.isfinite(d["boxes"]).all() for d in detections)
+
+
+
+def test_the_image_size_reaches_every_rows_batch(monkeypatch):
+    sizes = []
+    monkeypatch.setitem(amp_speedup.RUNS, "step",
+                        lambda amp, channels_last, size: sizes.append(size) or (lambda: None))
+    amp_speedup.measure("step", rounds=1, warmup=0, size=(64, 96))
+    assert sizes == [(64, 96)] * len(amp_speedup.ROWS)
+    _, _, images, targets = default_run._model_and_batch("off", size=(64, 96))
+    assert [image.shape for image in images] == [(3, 64, 96)] * default_run.IMAGES
+    for target in targets:
+        assert target["semantic"].shape == (64, 96)
+        assert (target["boxes"] >= 0).all() and (target["boxes"][:, 2] <= 96).all() and (target["boxes"][:, 3] <= 64).all()
