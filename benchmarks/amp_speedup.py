@@ -39,7 +39,7 @@ import sfpn  # noqa: F401
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from default_run import HEIGHT, WIDTH, inference, training_step  # noqa: E402
+from default_run import HEIGHT, MAX_BOX, WIDTH, inference, training_step  # noqa: E402
 from sfpn._memory import describe as describe_memory, keep_freed_memory  # noqa: E402
 from sfpn.engine.precision import cpu_model, cpu_native_bf16  # noqa: E402
 
@@ -128,15 +128,15 @@ def main() -> None:
     parser.add_argument("--split", action="store_true",
                         help="also profile one call of each row: matrix work against the rest (fp32 and bf16)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[HEIGHT, WIDTH], metavar=("H", "W"),
-                        help=f"the batch's image size (default {HEIGHT} {WIDTH}, the default run's; at least 64 64)")
+                        help=f"the batch's image size (default {HEIGHT} {WIDTH}, the default run's; at least {MAX_BOX})")
     args = parser.parse_args()
     if args.rounds < 1 or args.warmup < 0:
         parser.error(f"--rounds must be at least 1 and --warmup at least 0, got {args.rounds} and {args.warmup}")
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    if min(args.image_size) < 64:
-        parser.error(f"--image-size must be at least 64 64 (the batch's boxes are up to 64 pixels wide), "
-                     f"got {args.image_size}")
+    if min(args.image_size) < MAX_BOX:
+        parser.error(f"--image-size must be at least {MAX_BOX} on each side (the batch's boxes are up to {MAX_BOX} "
+                     f"pixels wide), got {args.image_size}")
     size = tuple(args.image_size)
     keep_freed_memory()  # malloc as the default run's process has it (sfpn/_memory.py)
     load_before = os.getloadavg()

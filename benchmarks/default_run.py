@@ -17,12 +17,14 @@ from sfpn.engine.precision import choose_precision, prepare_model
 from sfpn.modeling import InferenceWeightCache
 
 IMAGES, HEIGHT, WIDTH, CLASSES, BOXES = 4, 256, 320, 4, 5
+#: The batch's boxes are 16 to this many pixels on a side, so an image is at least this large.
+MAX_BOX = 64
 
 
 def _model_and_batch(amp: str, channels_last: bool | None = None, size: tuple[int, int] = (HEIGHT, WIDTH)):
     """``(model, precision, images, targets)``: the default preset prepared for ``amp`` on the CPU,
     in the layout ``channels_last`` asks for (None: the one ``amp`` gives), with images of
-    ``size`` ``(H, W)`` (at least 64 x 64: the boxes are up to 64 pixels wide)."""
+    ``size`` ``(H, W)``, each at least :data:`MAX_BOX`."""
     height, width = size
     torch.manual_seed(0)
     precision = choose_precision(amp, "cpu")
@@ -31,10 +33,10 @@ def _model_and_batch(amp: str, channels_last: bool | None = None, size: tuple[in
     model = prepare_model(sfpn.build_detector("faster_rcnn_r18_sfpn_small", CLASSES), precision)
     images, targets = [], []
     for _ in range(IMAGES):
-        corner = torch.rand(BOXES, 2) * torch.tensor([width - 64.0, height - 64.0])
+        corner = torch.rand(BOXES, 2) * torch.tensor([width - MAX_BOX, height - MAX_BOX], dtype=torch.float)
         images.append(torch.rand(3, height, width))
         targets.append({
-            "boxes": torch.cat([corner, corner + 16 + 48 * torch.rand(BOXES, 2)], 1),
+            "boxes": torch.cat([corner, corner + 16 + (MAX_BOX - 16) * torch.rand(BOXES, 2)], 1),
             "labels": torch.randint(1, CLASSES + 1, (BOXES,)),
             "semantic": torch.randint(0, CLASSES + 1, (height, width)),
         })

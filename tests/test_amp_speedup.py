@@ -45,7 +45,6 @@ def test_the_default_runs_closures_compute_the_same_work_in_both_precisions():
     assert all(torch.isfinite(d["boxes"]).all() for d in detections)
 
 
-
 def test_the_image_size_reaches_every_rows_batch(monkeypatch):
     sizes = []
     monkeypatch.setitem(amp_speedup.RUNS, "step",
