@@ -13,6 +13,7 @@ import torch
 
 import sfpn
 from sfpn._threads import SharedCoreThreads
+from sfpn.engine.optimizer import FusedSGD
 from sfpn.engine.precision import choose_precision, prepare_model
 from sfpn.modeling import InferenceWeightCache
 
@@ -50,7 +51,7 @@ def training_step(shared_cores: SharedCoreThreads | None = None, amp: str = "aut
     after every step, as the trainer does by default. The closure returns the loss."""
     model, precision, images, targets = _model_and_batch(amp, channels_last, size)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, fused=True)  # as the trainer's
+    optimizer = FusedSGD(model.parameters(), lr=0.001, momentum=0.9)  # as the trainer's
 
     def step() -> float:
         with precision.autocast("cpu"):

@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, validate
 from .evaluation import evaluate, format_metrics
+from .optimizer import FusedSGD
 from .plot import plot_metrics
 from .precision import choose_precision, prepare_model
 
@@ -112,17 +113,17 @@ def seed_everything(seed: int) -> None:
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum; no weight decay on biases and normalisation parameters (1-d tensors).
     Fused: one pass over each parameter, its gradient and momentum instead of three (the default
-    run's R18 on one CPU thread: 2.2 ms a step against 6.5)."""
+    run's R18 on one CPU thread: 2.2 ms a step against 6.5), and none of ATen's copies of
+    channels_last gradients (:mod:`sfpn.engine.optimizer`)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.dim() <= 1 else decay).append(parameter)
     solver = config.solver
-    return torch.optim.SGD(
+    return FusedSGD(
         [{"params": decay, "weight_decay": solver.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=solver.lr,
         momentum=solver.momentum,
-        fused=True,
     )
 
 
