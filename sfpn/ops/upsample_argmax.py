@@ -3,8 +3,8 @@
 ``(K, H, W)`` upsampled logits (183 COCO-stuff classes at 800 x 1333 would be 780 MB).
 
 Schema and reference fallback below (:mod:`sfpn.ops._library`); kernels:
-``csrc/cpu/upsample_argmax.cpp`` (a running argmax over the classes per output row, parallel over
-rows) and ``csrc/cuda/upsample_argmax.cu`` (one thread per output pixel); the bilinear taps are
+``csrc/cpu/upsample_argmax.cpp`` (per cell of four source pixels, only the classes that can win
+there are blended: one inside a region of one class; exact, parallel over rows) and ``csrc/cuda/upsample_argmax.cu`` (one thread per output pixel); the bilinear taps are
 ``F.interpolate``'s (``csrc/resize_index.h``), blended in float32 for half-precision logits.
 Not differentiable (its output is an index map).
 """

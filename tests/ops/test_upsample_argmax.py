@@ -90,6 +90,49 @@ def test_matches_interpolate_then_argmax(generator, serving, num_classes, logits
     assert_class_map(serve(serving, logits, size, crop), expected_upsampled(logits, size, crop))
 
 
+def region_logits(generator, num_classes, size, block):
+    """``(K, h, w)`` logits of a trained model's kind: regions of one class, ``block`` source
+    pixels on a side, the region's class ahead by 4 +- noise, so that most cells (four source
+    pixels) share a clear winner and the boundaries between regions do not."""
+    h, w = size
+    labels = torch.randint(0, num_classes, (-(-h // block), -(-w // block)), generator=generator)
+    labels = labels.repeat_interleave(block, 0).repeat_interleave(block, 1)[:h, :w]
+    one_hot = F.one_hot(labels, num_classes).permute(2, 0, 1).float()
+    return 4 * one_hot + 0.5 * torch.randn(num_classes, h, w, generator=generator)
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+@pytest.mark.parametrize("num_classes,logits_size,size,crop,block", [
+    (11, (40, 40), (320, 320), (288, 300), 5),
+    (81, (25, 42), (200, 336), None, 3),
+    (3, (9, 14), (61, 101), (60, 97), 2),
+    (7, (12, 12), (8, 8), None, 4),  # down-sampling
+], ids=["default-run", "coco-like", "odd-sizes", "down"])
+def test_regions_of_one_class(generator, serving, num_classes, logits_size, size, crop, block):
+    """Where the kernel decides a pixel from its cell's candidates alone (one inside a region) and
+    where it blends two or more (on a boundary): the class map is argmax's."""
+    if serving == "kernel" and not _extension.STATUS.loaded:
+        pytest.skip("sfpn._C is not loaded")
+    logits = region_logits(generator, num_classes, logits_size, block)
+    assert_class_map(serve(serving, logits, size, crop), expected_upsampled(logits, size, crop))
+
+
+@requires_kernels
+def test_infinities_as_in_interpolate(generator):
+    """A cell with an infinity keeps every class: the blend there is F.interpolate's, inf or NaN
+    (inf times a zero weight), and the class map argmax's of it."""
+    logits = random_logits(generator, 5, (6, 7))
+    logits[2, 3, 4] = float("inf")
+    logits[4, 1, 1] = -float("inf")
+    logits[0, 5, 6] = float("inf")
+    got = upsample_argmax(logits, (24, 28))
+    upsampled = expected_upsampled(logits, (24, 28), None)
+    infinite = ~upsampled.isfinite().all(0)
+    assert infinite.any() and upsampled.isnan().any()
+    assert torch.equal(got[infinite], upsampled.argmax(0)[infinite])
+    assert_class_map(got[~infinite].view(1, -1), upsampled[:, ~infinite].view(5, 1, -1))
+
+
 @pytest.mark.parametrize("serving", SERVINGS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_other_dtypes_blend_in_their_accumulation_type(generator, serving, dtype):
