@@ -15,6 +15,9 @@ kernels of ``resize_sum``, ``group_norm_relu`` and ``upsample_cross_entropy``, o
 channels_last as the detector lays out CPU maps; ``semantic_cross_entropy``'s CPU implementation
 in ``sfpn/ops``), against ``eager``; batch 1 keeps the run to a few minutes on a small CPU, and
 ``compiled`` skips there.
+
+``upsample_argmax`` (the class map at image size, inference only) is timed forward, on logits of
+a trained model's kind (regions of one class) and on noise, its kernel's worst case.
 """
 import pytest
 import torch
@@ -170,3 +173,33 @@ def test_upsample_cross_entropy(benchmark, device, impl, num_classes):
         return torch.autograd.grad(fn(logits, labels), logits)
 
     _time(benchmark, device, f"upsample_cross_entropy fwd+bwd {device} K={num_classes}", step, _rounds(device))
+
+
+def _eager_upsample_argmax(logits, size):
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+def _class_map_logits(generator, kind: str, num_classes: int) -> torch.Tensor:
+    """``(K, *GRID)`` logits. "regions": a trained model's kind, square regions of one class 6
+    source pixels on a side, that class ahead by 4 (+- noise): most of the kernel's cells have one
+    candidate. "noise": random logits, every cell a boundary between several classes: its worst
+    case."""
+    noise = torch.randn(num_classes, *GRID, generator=generator)
+    if kind == "noise":
+        return 3 * noise
+    region_class = torch.randint(0, num_classes, (-(-GRID[0] // 6), -(-GRID[1] // 6)), generator=generator)
+    region_class = region_class.repeat_interleave(6, 0).repeat_interleave(6, 1)[: GRID[0], : GRID[1]]
+    return 0.5 * noise + 4 * F.one_hot(region_class, num_classes).permute(2, 0, 1)
+
+
+# The class map at image size (inference only: no backward). 11 classes: the default run's set.
+@pytest.mark.parametrize("kind", ["regions", "noise"])
+@pytest.mark.parametrize("num_classes", [11, 81])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample_argmax(benchmark, device, impl, num_classes, kind):
+    _skip_unless_runnable(device, impl)
+    logits = _class_map_logits(torch.Generator().manual_seed(0), kind, num_classes).to(device)
+    fn = _implementation("upsample_argmax", impl, ops.upsample_argmax, _eager_upsample_argmax)
+    _time(benchmark, device, f"upsample_argmax {device} K={num_classes} {kind}", lambda: fn(logits, IMAGE),
+          _rounds(device))

@@ -63,7 +63,7 @@ def long_on_cpu(item) -> str | None:
         return "torchvision takes seconds per call; train-7x7 is the CPU case"
     if item.module.__name__ == "bench_semantic":
         if "num_classes" in params and params["num_classes"] != 81:
-            return "K=81 is the CPU case of the cross entropy's C++ kernel"
+            return "K=81 is the CPU case of the semantic ops' C++ kernels"
     return None
 
 

@@ -4,7 +4,8 @@
 
 Schema and reference fallback below (:mod:`sfpn.ops._library`); kernels:
 ``csrc/cpu/upsample_argmax.cpp`` (per cell of four source pixels, only the classes that can win
-there are blended: one inside a region of one class; exact, parallel over rows) and ``csrc/cuda/upsample_argmax.cu`` (one thread per output pixel); the bilinear taps are
+there are blended: one inside a region of one class, every class over whole rows where most stay
+in play; exact, parallel over rows) and ``csrc/cuda/upsample_argmax.cu`` (one thread per output pixel); the bilinear taps are
 ``F.interpolate``'s (``csrc/resize_index.h``), blended in float32 for half-precision logits.
 Not differentiable (its output is an index map).
 """

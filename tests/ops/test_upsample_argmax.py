@@ -101,6 +101,13 @@ def region_logits(generator, num_classes, size, block):
     return 4 * one_hot + 0.5 * torch.randn(num_classes, h, w, generator=generator)
 
 
+def noise_or_regions(generator, kind, num_classes, size):
+    """Logits the kernel blends over whole rows (noise) or cell by cell (regions of one class)."""
+    if kind == "noise":
+        return random_logits(generator, num_classes, size)
+    return region_logits(generator, num_classes, size, block=3)
+
+
 @pytest.mark.parametrize("serving", SERVINGS)
 @pytest.mark.parametrize("num_classes,logits_size,size,crop,block", [
     (11, (40, 40), (320, 320), (288, 300), 5),
@@ -118,10 +125,11 @@ def test_regions_of_one_class(generator, serving, num_classes, logits_size, size
 
 
 @requires_kernels
-def test_infinities_as_in_interpolate(generator):
+@pytest.mark.parametrize("kind", ["noise", "regions"])
+def test_infinities_as_in_interpolate(generator, kind):
     """A cell with an infinity keeps every class: the blend there is F.interpolate's, inf or NaN
     (inf times a zero weight), and the class map argmax's of it."""
-    logits = random_logits(generator, 5, (6, 7))
+    logits = noise_or_regions(generator, kind, 5, (6, 7))
     logits[2, 3, 4] = float("inf")
     logits[4, 1, 1] = -float("inf")
     logits[0, 5, 6] = float("inf")
@@ -156,9 +164,10 @@ def test_non_contiguous_logits(generator, serving):
 
 
 @requires_kernels
-def test_nan_is_the_maximum_as_in_argmax(generator):
+@pytest.mark.parametrize("kind", ["noise", "regions"])
+def test_nan_is_the_maximum_as_in_argmax(generator, kind):
     """torch.argmax takes NaN for the largest value (its first one): so does the kernel."""
-    logits = random_logits(generator, 5, (6, 6))
+    logits = noise_or_regions(generator, kind, 5, (6, 6))
     logits[3, 2, 4] = float("nan")
     logits[1, 2, 5] = float("nan")
     got = upsample_argmax(logits, (24, 24))
