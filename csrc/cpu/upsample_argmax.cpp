@@ -57,6 +57,9 @@ constexpr int64_t kCandidateCost = 3;
 constexpr int64_t kMinTaskWork = int64_t(1) << 18;
 // Output rows in a band at most (the rows reading the same two source rows: the scale factor).
 constexpr int64_t kMaxBand = 16;
+// Output columns a band blended over whole rows takes at a time: its running argmax, kMaxBand
+// rows of them, stays in L1 (32 KiB in float32).
+constexpr int64_t kTileWidth = 256;
 
 // Output columns [begin, end) read source columns (j0, j1): their run, the same in every row.
 struct Run {
@@ -222,27 +225,34 @@ SFPN_VECTOR_CLONES void band_by_cells(const Plan<scalar_t, acc_t>& plan, int64_t
   }
 }
 
-// The same band, every class over whole rows.
+// The same band, every class over whole rows, a tile of kTileWidth columns at a time (so that the
+// band's running argmax stays in L1 while the classes pass).
 template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void band_by_rows(const Plan<scalar_t, acc_t>& plan, int64_t y, int64_t rows, int64_t i0, int64_t i1,
-                  Scratch<acc_t>& scratch) {
+SFPN_VECTOR_CLONES void band_by_rows(const Plan<scalar_t, acc_t>& plan, int64_t y, int64_t rows, int64_t i0,
+                                     int64_t i1, Scratch<acc_t>& scratch) {
   const int64_t crop_w = plan.crop_w;
-  const acc_t* __restrict__ w0 = plan.col_weight0;
-  const acc_t* __restrict__ w1 = plan.col_weight1;
   acc_t* __restrict__ upper_blend = scratch.upper_blend.data();
   acc_t* __restrict__ lower_blend = scratch.lower_blend.data();
-  for (int64_t k = 0; k < plan.classes; ++k) {
-    const scalar_t* upper = plan.logits + k * plan.plane + i0 * plan.in_w;
-    const scalar_t* lower = plan.logits + k * plan.plane + i1 * plan.in_w;
-    for (int64_t x = 0; x < crop_w; ++x) {
-      const int64_t j0 = plan.col_index0[x], j1 = plan.col_index1[x];
-      upper_blend[x] = w0[x] * static_cast<acc_t>(upper[j0]) + w1[x] * static_cast<acc_t>(upper[j1]);
-      lower_blend[x] = w0[x] * static_cast<acc_t>(lower[j0]) + w1[x] * static_cast<acc_t>(lower[j1]);
+  for (int64_t x0 = 0; x0 < crop_w; x0 += kTileWidth) {
+    const int64_t width = std::min(kTileWidth, crop_w - x0);
+    const acc_t* __restrict__ w0 = plan.col_weight0 + x0;
+    const acc_t* __restrict__ w1 = plan.col_weight1 + x0;
+    const int64_t* index0 = plan.col_index0 + x0;
+    const int64_t* index1 = plan.col_index1 + x0;
+    for (int64_t k = 0; k < plan.classes; ++k) {
+      const scalar_t* upper = plan.logits + k * plan.plane + i0 * plan.in_w;
+      const scalar_t* lower = plan.logits + k * plan.plane + i1 * plan.in_w;
+      for (int64_t x = 0; x < width; ++x) {
+        upper_blend[x] = w0[x] * static_cast<acc_t>(upper[index0[x]]) + w1[x] * static_cast<acc_t>(upper[index1[x]]);
+        lower_blend[x] = w0[x] * static_cast<acc_t>(lower[index0[x]]) + w1[x] * static_cast<acc_t>(lower[index1[x]]);
+      }
+      fold_class(static_cast<int32_t>(k), k == 0, upper_blend, lower_blend, width, scratch.row_weight0.data(),
+                 scratch.row_weight1.data(), rows, scratch.best.data(), scratch.best_class.data(), width);
     }
-    fold_class(static_cast<int32_t>(k), k == 0, upper_blend, lower_blend, crop_w, scratch.row_weight0.data(),
-               scratch.row_weight1.data(), rows, scratch.best.data(), scratch.best_class.data(), crop_w);
+    for (int64_t t = 0; t < rows; ++t) {
+      std::copy_n(scratch.best_class.data() + t * width, width, plan.out + (y + t) * crop_w + x0);
+    }
   }
-  std::copy_n(scratch.best_class.data(), rows * crop_w, plan.out + y * crop_w);
 }
 
 // Output rows [begin, end) of the class map, a band at a time.
