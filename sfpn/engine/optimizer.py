@@ -72,8 +72,8 @@ class FusedSGD(torch.optim.SGD):
                     raise RuntimeError("FusedSGD does not support sparse gradients")
                 if not _is_dense(param):
                     raise ValueError(f"FusedSGD: a parameter of shape {tuple(param.shape)} with strides "
-                                     f"{param.stride()} is not dense in memory; expected a contiguous or "
-                                     "channels_last tensor")
+                                     f"{param.stride()} is not dense in memory; expected its elements in one "
+                                     "block (contiguous, channels_last or another order of its dimensions)")
                 if param.grad.stride() != param.stride():
                     param.grad = torch.empty_like(param).copy_(param.grad)
                 state = self.state[param]
