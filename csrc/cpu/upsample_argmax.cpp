@@ -16,10 +16,10 @@
 // rows reading the same two source rows, whose cells are worked out once. Output columns reading
 // the same source column are a run, the same in every row. A band is blended cell by cell, a
 // candidate at a time over the run's columns and the band's rows; or, where its cells leave most
-// classes in play (noise, an untrained model: kCandidateCost), every class over whole rows, as
-// the loop over long contiguous rows costs less per class than the short runs do. Memory per
-// thread: a row of cells' candidates (K per source column at most) and a band's running argmax;
-// never K * H * W.
+// classes in play (noise, an untrained model: kCandidateCost), every class over whole rows, 256
+// columns at a time, as loops over long contiguous rows cost less per class than the short runs
+// do. Memory per thread: a row of cells' candidates (K per source column at most) and a band's
+// running argmax; never K * H * W.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -257,8 +257,7 @@ SFPN_VECTOR_CLONES void band_by_rows(const Plan<scalar_t, acc_t>& plan, int64_t 
 
 // Output rows [begin, end) of the class map, a band at a time.
 template <typename scalar_t, typename acc_t>
-void argmax_rows(const Plan<scalar_t, acc_t>& plan, int64_t begin, int64_t end,
-                                    Scratch<acc_t>& scratch) {
+void argmax_rows(const Plan<scalar_t, acc_t>& plan, int64_t begin, int64_t end, Scratch<acc_t>& scratch) {
   int64_t cells_of = -1;  // the source row whose cells the scratch holds
   bool by_rows = false;   // whether its bands are blended over whole rows
   for (int64_t band_begin = begin, band_end; band_begin < end; band_begin = band_end) {
