@@ -15,8 +15,8 @@
 // index order: no atomics, no zero-filled allocation, the same bits on every run.
 // Channels-last maps (NHWC) are pooled as they are, in parallel over RoIs: every tap reads a
 // vector of C contiguous channels (forward_kernel_channels_last). Their gradients are written NHWC
-// too (backward_kernel_channels_last), in parallel over blocks of channels: every tap adds a
-// vector of a block's channels, and each thread still owns what it writes.
+// too (backward_kernel_channels_last), in parallel over blocks of channels: every pixel a RoI reads
+// gets the RoI's gradient for a block in one update, and each thread still owns what it writes.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -539,61 +539,163 @@ void backward_kernel(const BackwardPlan<scalar_t>& p) {
   });
 }
 
-// The backward into NHWC maps: the transpose of pool_roi_channels_last, for one block of
-// `block` channels. RoI k's gradient for the block, (block, PH, PW) at `roi_grad` with a channel
-// stride of PH * PW, is first transposed bin-major into `bin_grads`; then every tap adds its bin's
-// vector, weighted, to the pixel's block in `plane`, (H, W, block).
-template <typename scalar_t, typename acc_t>
-SFPN_VECTOR_CLONES void spread_roi_channels_last(const TapView<acc_t>& row_taps, const TapView<acc_t>& col_taps,
-                                                 const scalar_t* roi_grad, int64_t block, int64_t pooled_h,
-                                                 int64_t pooled_w, acc_t* bin_grads, acc_t* plane, int64_t width) {
-  const int64_t bins = pooled_h * pooled_w;
-  for (int64_t c = 0; c < block; ++c) {
-    for (int64_t bin = 0; bin < bins; ++bin) bin_grads[bin * block + c] = static_cast<acc_t>(roi_grad[c * bins + bin]);
+// The NHWC backward works pixel by pixel: every pixel a RoI reads gets the RoI's gradient in one
+// read-modify-write of its channel block, summed in registers over the bins that read it. Adding
+// each tap's share in turn instead (the transpose of pool_roi_channels_last) made a pixel's block
+// cross memory once per tap, ~9 times per bin at 2x2 samples, each update waiting on the last
+// one's store. A bin's weight is a row weight times a column weight, so the sum splits in two:
+// first, per bin row, the column sums (sum over the bins of the row reading column x of
+// wx * grad), then per pixel (y, x) the sum over the bin rows reading row y of wy * column sum.
+// For that each axis's taps are turned around: per RoI, its distinct pixels in increasing order
+// and, for each, the bins that read it with their weights.
+template <typename acc_t>
+struct PixelView {
+  int64_t count;         // distinct pixels
+  const int64_t* pixel;  // [count], increasing
+  const int64_t* end;    // pixel u's readers are entries [u ? end[u - 1] : 0, end[u])
+  const int64_t* bin;    // per entry: the bin reading the pixel
+  const acc_t* weight;   // per entry: its weight
+};
+
+template <typename acc_t>
+struct AxisPixels {
+  std::vector<int64_t> offset, count;  // per RoI; a RoI's entries fill the room its AxisTaps has
+  std::vector<int64_t> pixel, end, bin;
+  std::vector<acc_t> weight;
+
+  PixelView<acc_t> of(int64_t k) const {
+    return {count[k], &pixel[offset[k]], &end[offset[k]], &bin[offset[k]], &weight[offset[k]]};
   }
-  for (int64_t ph = 0; ph < pooled_h; ++ph) {
-    for (int64_t pw = 0; pw < pooled_w; ++pw) {
-      const acc_t* __restrict__ g = bin_grads + (ph * pooled_w + pw) * block;
-      for (int64_t i = ph * row_taps.count; i < (ph + 1) * row_taps.count; ++i) {
-        acc_t* row = plane + row_taps.index[i] * width * block;
-        for (int64_t j = pw * col_taps.count; j < (pw + 1) * col_taps.count; ++j) {
-          const acc_t w = row_taps.weight[i] * col_taps.weight[j];
-          acc_t* __restrict__ pixel = row + col_taps.index[j] * block;
-          for (int64_t c = 0; c < block; ++c) pixel[c] += w * g[c];
+  int64_t widest() const { return count.empty() ? 0 : *std::max_element(count.begin(), count.end()); }
+};
+
+template <typename acc_t>
+AxisPixels<acc_t> pixels_of(const AxisTaps<acc_t>& taps, int64_t pooled) {
+  struct Entry {
+    int64_t pixel, bin;
+    acc_t weight;
+  };
+  const int64_t num_rois = static_cast<int64_t>(taps.count.size());
+  AxisPixels<acc_t> a;
+  a.offset = taps.offset;
+  a.count.resize(num_rois);
+  a.pixel.resize(taps.index.size());
+  a.end.resize(taps.index.size());
+  a.bin.resize(taps.index.size());
+  a.weight.resize(taps.index.size());
+  at::parallel_for(0, num_rois, 64, [&](int64_t begin, int64_t end) {
+    std::vector<Entry> entries;
+    for (int64_t k = begin; k < end; ++k) {
+      const TapView<acc_t> t = taps.of(k);
+      entries.clear();
+      for (int64_t p = 0; p < pooled; ++p) {
+        for (int64_t j = p * t.count; j < (p + 1) * t.count; ++j) {
+          if (t.weight[j] != acc_t(0)) entries.push_back({t.index[j], p, t.weight[j]});  // not the padding
         }
       }
+      // Stable: a pixel's readers stay in bin order.
+      std::stable_sort(entries.begin(), entries.end(), [](const Entry& x, const Entry& y) { return x.pixel < y.pixel; });
+      const int64_t room = a.offset[k];
+      int64_t u = -1;
+      for (size_t i = 0; i < entries.size(); ++i) {
+        if (i == 0 || entries[i].pixel != entries[i - 1].pixel) a.pixel[room + ++u] = entries[i].pixel;
+        a.bin[room + i] = entries[i].bin;
+        a.weight[room + i] = entries[i].weight;
+        a.end[room + u] = static_cast<int64_t>(i) + 1;
+      }
+      a.count[k] = u + 1;
+    }
+  });
+  return a;
+}
+
+// kBlock channels of NHWC gradient at a time: 32 floats, two AVX-512 vectors, and a bf16 block of
+// the map is one 64-byte line.
+constexpr int64_t kBlock = 32;
+
+// Adds RoI k's gradient for one block of `block` channels, (block, PH, PW) at `roi_grad` with a
+// channel stride of PH * PW, to `plane`, (H, W, kBlock). Scratch: `bin_grads` (PH * PW, kBlock),
+// the gradient bin-major with the lanes past `block` zero, and `col_sums` (PH, cols.count, kBlock).
+template <typename scalar_t, typename acc_t>
+SFPN_VECTOR_CLONES void spread_roi_channels_last(const PixelView<acc_t>& rows, const PixelView<acc_t>& cols,
+                                                 const scalar_t* roi_grad, int64_t block, int64_t pooled_h,
+                                                 int64_t pooled_w, acc_t* bin_grads, acc_t* col_sums, acc_t* plane,
+                                                 int64_t width) {
+  using Vector = sfpn::cpu::lanes_t<acc_t>;
+  constexpr int64_t lanes = sfpn::cpu::Lanes<acc_t>::size, vectors = kBlock / lanes;
+  const int64_t bins = pooled_h * pooled_w, columns = cols.count;
+  for (int64_t bin = 0; bin < bins; ++bin) {
+    for (int64_t c = block; c < kBlock; ++c) bin_grads[bin * kBlock + c] = acc_t(0);
+  }
+  for (int64_t c = 0; c < block; ++c) {
+    for (int64_t bin = 0; bin < bins; ++bin) bin_grads[bin * kBlock + c] = static_cast<acc_t>(roi_grad[c * bins + bin]);
+  }
+  for (int64_t ph = 0; ph < pooled_h; ++ph) {
+    const acc_t* bin_row = bin_grads + ph * pooled_w * kBlock;
+    for (int64_t u = 0, e = 0; u < columns; ++u) {
+      Vector sum[vectors] = {};
+      for (; e < cols.end[u]; ++e) {
+        const acc_t* g = bin_row + cols.bin[e] * kBlock;
+        for (int64_t v = 0; v < vectors; ++v) {
+          Vector x;
+          std::memcpy(&x, g + v * lanes, sizeof x);
+          sum[v] += cols.weight[e] * x;
+        }
+      }
+      acc_t* col_sum = col_sums + (ph * columns + u) * kBlock;
+      for (int64_t v = 0; v < vectors; ++v) std::memcpy(col_sum + v * lanes, &sum[v], sizeof(Vector));
+    }
+  }
+  for (int64_t r = 0, e = 0; r < rows.count; ++r) {
+    const int64_t first = e, last = rows.end[r];
+    e = last;
+    acc_t* row = plane + rows.pixel[r] * width * kBlock;
+    for (int64_t u = 0; u < columns; ++u) {
+      acc_t* pixel = row + cols.pixel[u] * kBlock;
+      Vector sum[vectors];
+      for (int64_t v = 0; v < vectors; ++v) std::memcpy(&sum[v], pixel + v * lanes, sizeof(Vector));
+      for (int64_t i = first; i < last; ++i) {
+        const acc_t* s = col_sums + (rows.bin[i] * columns + u) * kBlock;
+        for (int64_t v = 0; v < vectors; ++v) {
+          Vector x;
+          std::memcpy(&x, s + v * lanes, sizeof x);
+          sum[v] += rows.weight[i] * x;
+        }
+      }
+      for (int64_t v = 0; v < vectors; ++v) std::memcpy(pixel + v * lanes, &sum[v], sizeof(Vector));
     }
   }
 }
 
 // Each thread owns blocks of kBlock channels; per block and (level, image) it adds the RoIs'
-// bins, in index order, into a compact (H, W, block) plane of acc_t, then lands it in the map.
-// Compact for every dtype: in place in an fp32 map, a block's pixels lie C channels apart, and at
-// C = 256 that made the fp32 backward 1.3x slower (benchmarks/RESULTS.md, 2026-12-04, night).
+// gradients, in index order, into a compact (H, W, kBlock) plane of acc_t, then lands the block's
+// channels in the map. Compact for every dtype: in place in an fp32 map, a block's pixels lie C
+// channels apart, and at C = 256 that made the fp32 backward 1.3x slower (benchmarks/RESULTS.md,
+// 2026-12-04, night).
 template <typename scalar_t>
 void backward_kernel_channels_last(const BackwardPlan<scalar_t>& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  // 32 floats: two AVX-512 vectors per tap, and a bf16 block of the map is one 64-byte line.
-  constexpr int64_t kBlock = 32;
   const RoiTaps<acc_t>& t = p.t;
+  const AxisPixels<acc_t> rows = pixels_of(t.rows, p.pooled_h), cols = pixels_of(t.cols, p.pooled_w);
 
   const int64_t blocks = (p.channels + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     std::vector<acc_t> plane(p.largest_plane * kBlock);
     std::vector<acc_t> bin_grads(p.bins * kBlock);
+    std::vector<acc_t> col_sums(p.pooled_h * cols.widest() * kBlock);
     for (int64_t b = b_begin; b < b_end; ++b) {
       const int64_t c0 = b * kBlock, block = std::min(kBlock, p.channels - c0);
       for (int64_t l = 0; l < p.num_levels(); ++l) {
         const int64_t width = p.widths[l], plane_size = p.heights[l] * width;
         for (int64_t n = 0; n < p.batch_size; ++n) {
-          std::fill_n(plane.data(), plane_size * block, acc_t(0));
+          std::fill_n(plane.data(), plane_size * kBlock, acc_t(0));
           const int64_t group = l * p.batch_size + n;
           for (int64_t i = t.group_begin[group]; i < t.group_begin[group + 1]; ++i) {
             const int64_t k = t.order[i];
-            spread_roi_channels_last(t.rows.of(k), t.cols.of(k), p.grad + (k * p.channels + c0) * p.bins, block,
-                                     p.pooled_h, p.pooled_w, bin_grads.data(), plane.data(), width);
+            spread_roi_channels_last(rows.of(k), cols.of(k), p.grad + (k * p.channels + c0) * p.bins, block,
+                                     p.pooled_h, p.pooled_w, bin_grads.data(), col_sums.data(), plane.data(), width);
           }
-          sfpn::cpu::convert_rows(plane.data(), block, p.out[l] + n * plane_size * p.channels + c0, p.channels,
+          sfpn::cpu::convert_rows(plane.data(), kBlock, p.out[l] + n * plane_size * p.channels + c0, p.channels,
                                   plane_size, block);
         }
       }
