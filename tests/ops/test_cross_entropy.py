@@ -362,6 +362,41 @@ def test_cpu_kernel_drawn_inputs_match_reference(
 
 @needs_cpu_kernel
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("width", [16, 37, 320])
+@pytest.mark.parametrize("target", ["plain", "smoothed", "weighted"])
+def test_cpu_kernel_wide_rows_match_reference(generator, width, target):
+    """Label rows of 16 pixels and more, whose loss the kernel sums 16 pixels at a time in
+    vector lanes (the rest one by one): 37 = two lanes' worth and a tail, 320 the default run's.
+    A NaN logit in the first lanes makes the loss NaN, unless every pixel reading it is ignored."""
+    logits = uniform(generator, (2, 6, 5, (width + 7) // 8), torch.float32, -6, 6)
+    labels = torch.randint(0, 6, (2, 9, width), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.2] = 255
+    smoothing = 0.1 if target == "smoothed" else 0.0
+    weight = torch.rand(6, generator=generator) if target == "weighted" else None
+    op, ref = ops.upsample_cross_entropy, reference.upsample_cross_entropy
+    for reduction in ("mean", "sum"):
+        expected_logits = logits.double().requires_grad_()
+        expected = ref(expected_logits, labels, 255, reduction, smoothing, weight=weight)
+        got_logits = logits.clone().requires_grad_()
+        out = op(got_logits, labels, 255, reduction, smoothing, weight=weight)
+        expected.backward()
+        out.backward()
+        assert_close(out, expected.float(), torch.float32)
+        assert_close(got_logits.grad, expected_logits.grad.float(), torch.float32)
+    poisoned = logits.clone()
+    poisoned[1, 2, 0, 0] = float("nan")
+    # No pixel is labelled 2: the NaN reaches the loss through the log-sum-exp alone.
+    relabelled = torch.where(labels == 2, 3, labels)
+    assert op(poisoned, relabelled, 255, "sum", smoothing, weight=weight).isnan()
+    hidden = labels.clone()
+    hidden[1, :, :16] = 255  # the pixels reading the NaN, in rows that count: their NaN must not
+    got = op(poisoned, hidden, 255, "sum", smoothing, weight=weight)
+    assert_close(got, ref(poisoned.double(), hidden, 255, "sum", smoothing, weight=weight).float(), torch.float32)
+    assert torch.isfinite(got)
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("target", ["plain", "smoothed", "weighted"])
 @pytest.mark.parametrize("upsample", [False, True])
 def test_cpu_kernel_gradient_against_finite_differences(generator, upsample, target):  # upsample False: same size
