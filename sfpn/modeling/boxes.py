@@ -40,10 +40,10 @@ def box_pixel_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     height, width = size
     ys = torch.arange(height, device=boxes.device).view(1, -1, 1) + 0.5
     xs = torch.arange(width, device=boxes.device).view(1, 1, -1) + 0.5
-    return (
-        (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
-        & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
-    )
+    # The rows and the columns inside, (D, H, 1) and (D, 1, W): one pass over (D, H, W), not seven.
+    rows = (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])
+    columns = (xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
+    return rows & columns
 
 
 def nonempty_boxes(boxes: torch.Tensor, min_size: float = 0.0) -> torch.Tensor:
