@@ -569,6 +569,7 @@ struct AxisPixels {
   int64_t widest() const { return count.empty() ? 0 : *std::max_element(count.begin(), count.end()); }
 };
 
+// Every RoI's taps along one axis (`pooled` bins) turned around.
 template <typename acc_t>
 AxisPixels<acc_t> pixels_of(const AxisTaps<acc_t>& taps, int64_t pooled) {
   struct Entry {
