@@ -118,6 +118,15 @@ inline double log_sum_of_exps(double s) {
   return std::log(s);
 }
 
+// A pixel's loss from its log-sum-exp, its sum of logits over the classes (`total`, read only with
+// label smoothing) and its label's logit: `Float` acc_t, or a vector of floats (row_loss_lanes).
+template <typename Float, typename Scalar>
+[[gnu::always_inline]] inline Float pixel_loss(Float log_sum_exp, Float total, Float label_logit, Scalar hit,
+                                               Scalar smoothing, bool smoothed, Scalar classes) {
+  const Float smoothing_loss = smoothed ? smoothing * (log_sum_exp - total / classes) : Float{};
+  return hit * (log_sum_exp - label_logit) + smoothing_loss;
+}
+
 // The row's loss and weight sums over pixels [0, W - W % 16) (the loop below, 16 pixels at a time
 // in GCC's vector types): written out, as GCC leaves that loop scalar in the AVX-512 clone (the
 // NaN and smoothing selects become branches). Returns the first pixel left for the scalar loop.
@@ -142,10 +151,9 @@ inline double log_sum_of_exps(double s) {
     load(picked + x, label_logit);
     load(pixel_weight + x, weight);
     load(counted + x, is_counted);
-    const Lanes log_sum_exp = t + log_sum_of_exps<Lanes, Words>(s);
-    const Lanes smoothing_loss = smoothed ? smoothing * (log_sum_exp - mean / classes) : Lanes{};
-    const Lanes pixel_loss = hit * (log_sum_exp - label_logit) + smoothing_loss;
-    loss_sum += is_counted != 0 ? weight * pixel_loss : Lanes{};  // a select, as in the scalar loop
+    const Lanes loss = pixel_loss(t + log_sum_of_exps<Lanes, Words>(s), mean, label_logit, hit, smoothing, smoothed,
+                                  classes);
+    loss_sum += is_counted != 0 ? weight * loss : Lanes{};  // a select, as in the scalar loop
     weight_sum += weight;
   }
   for (int64_t i = 0; i < kLanes; ++i) {
@@ -311,12 +319,11 @@ SFPN_VECTOR_CLONES void loss_and_grad_rows(const Problem<acc_t>& p, const label_
                               row_weight);
     }
     for (int64_t x = x_done; x < W; ++x) {
-      const acc_t log_sum_exp = top[x] + log_sum_of_exps(sum[x]);
-      const acc_t smoothing_loss = smoothed ? p.smoothing * (log_sum_exp - total[x] / static_cast<acc_t>(K)) : acc_t(0);
-      const acc_t pixel_loss = hit * (log_sum_exp - picked[x]) + smoothing_loss;
+      const acc_t loss = pixel_loss(top[x] + log_sum_of_exps(sum[x]), total[x], picked[x], hit, p.smoothing, smoothed,
+                                    static_cast<acc_t>(K));
       // A select, not a product: an ignored pixel's loss may be NaN or infinite. A class of weight
       // 0 still counts, as in F.cross_entropy (0 * NaN is NaN).
-      row_loss += counted[x] ? pixel_weight[x] * pixel_loss : acc_t(0);
+      row_loss += counted[x] ? pixel_weight[x] * loss : acc_t(0);
       row_weight += pixel_weight[x];
     }
     run_loss += static_cast<double>(row_loss);
