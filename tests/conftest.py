@@ -81,6 +81,16 @@ def single_thread():
 
 
 @pytest.fixture
+def without_winograd(monkeypatch):
+    """sfpn.modeling.layers without Winograd's convolutions, as under ``SFPN_WINOGRAD=0``: for the
+    tests of the oneDNN calls and of ATen's bits, which the float32 3x3 convolutions of stride 1
+    would otherwise leave for Winograd's (tests/modeling/test_winograd_layers.py tests those)."""
+    from sfpn.modeling import layers
+
+    monkeypatch.setattr(layers, "_winograd_available", lambda: False)
+
+
+@pytest.fixture
 def device():
     """Where the Triton kernel tests run: CUDA when present, else the CPU with the Triton kernels
     registered for CPU tensors for the test (``interpret_on_cpu``; run by the interpreter)."""

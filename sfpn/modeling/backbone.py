@@ -11,7 +11,7 @@ from torch import nn
 from ..config import BLOCK_EXPANSION, RESNET_STAGES, BackboneConfig, check_group_norm_width, group_norm_groups
 from ..overrides import allowed, check_value
 from ..ops import batch_norm_relu, max_pool2d
-from .layers import onednn_conv
+from .layers import Conv2d, cpu_conv
 
 NORMS = allowed(BackboneConfig, "norm")
 
@@ -76,10 +76,10 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
     (the output's shape), the ReLU only with ``relu``. A fixed BatchNorm (:func:`fixed_scale_and_shift`:
     frozen, or a trained one in eval mode) is folded into the convolution (weights scaled per
     output channel, the shift as its bias): one pass over the activations instead of three, in the
-    forward and in the backward alike, as the weights stay trainable. Where nothing needs a gradient
-    the folded convolution may also take the sum and the ReLU as oneDNN post-ops
-    (:func:`~sfpn.modeling.layers.onednn_conv`; in an
-    :class:`~sfpn.modeling.layers.InferenceWeightCache`, folded once). A BatchNorm training on the
+    forward and in the backward alike, as the weights stay trainable. The folded convolution runs
+    by :func:`~sfpn.modeling.layers.cpu_conv` where it applies: by Winograd's algorithm (a float32
+    3x3 convolution), or, where nothing needs a gradient, with the sum and the ReLU as oneDNN
+    post-ops (in an :class:`~sfpn.modeling.layers.InferenceWeightCache`, folded once). A BatchNorm training on the
     CPU, followed by the ReLU, runs with the sum and the ReLU as one op
     (:func:`~sfpn.ops.batch_norm_relu`): two passes over the activations forward and two backward,
     where ATen's BatchNorm, sum and ReLU make four and three."""
@@ -93,7 +93,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch
             scale, shift = fixed_scale_and_shift(norm)
             return conv.weight * scale.to(conv.weight.dtype)[:, None, None, None], shift.to(conv.weight.dtype)
 
-        fused = onednn_conv(conv, x, folded, (conv.weight, *norm_tensors), residual, relu)
+        fused = cpu_conv(conv, x, folded, (conv.weight, *norm_tensors), residual, relu)
         if fused is not None:
             return fused
         weight, bias = folded()
@@ -140,9 +140,9 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, width: int, stride: int, norm: str):
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride, 1, bias=False)
+        self.conv1 = Conv2d(in_channels, width, 3, stride, 1, bias=False)
         self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, out_channels, 3, 1, 1, bias=False)
+        self.conv2 = Conv2d(width, out_channels, 3, 1, 1, bias=False)
         self.bn2 = make_norm(norm, out_channels)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
@@ -162,7 +162,7 @@ class Bottleneck(nn.Module):
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = Conv2d(width, width, 3, stride, 1, bias=False)
         self.bn2 = make_norm(norm, width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)

@@ -9,17 +9,26 @@ fused (float32: 1.02x; ``benchmarks/RESULTS.md``, 2026-12-04 (late night)). The 
 backward, so training and any graph that needs gradients keep ATen's ops, as do other devices,
 layouts and traced graphs. In a loop of inference calls, :class:`InferenceWeightCache` keeps
 each convolution's folded, cast weights between calls.
+
+Before either, a float32 3x3 convolution (stride 1, padding 1) on the CPU runs by Winograd's
+F(4x4, 3x3) (:func:`winograd_conv`, :func:`sfpn.ops.winograd_conv2d`) where that is faster: oneDNN
+runs these at the CPU's FMA peak, and Winograd does a quarter of the multiplies. ``SFPN_WINOGRAD=0``
+in the environment turns it off (its rounding is larger: module docstring of
+:mod:`sfpn.ops.winograd`).
 """
 from __future__ import annotations
 
 import contextvars
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops.winograd import winograd_weight
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -55,28 +64,92 @@ _ACTIVE_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sfp
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (the same parameters and state dict) whose eager inference on the CPU is one
-    oneDNN call (:func:`onednn_conv`): inside an :class:`InferenceWeightCache` with its weights
-    cast and packed once, where ``nn.Conv2d`` casts them under autocast and oneDNN reorders them at
-    every call. Training, scripted and traced graphs run ``nn.Conv2d``'s own forward."""
+    """``nn.Conv2d`` (the same parameters and state dict) whose eager calls on the CPU take
+    :func:`cpu_conv`: Winograd's algorithm for float32 3x3 convolutions where it is faster, and for
+    inference one oneDNN call, inside an :class:`InferenceWeightCache` with its weights cast and
+    packed once, where ``nn.Conv2d`` casts them under autocast and oneDNN reorders them at every
+    call. Scripted and traced graphs run ``nn.Conv2d``'s own forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            fused = self._onednn_forward(x)
-            if fused is not None:
-                return fused
+            fast = self._cpu_forward(x)
+            if fast is not None:
+                return fast
         return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
-    def _onednn_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        return onednn_conv(self, x, lambda: (self.weight, self.bias), (self.weight, self.bias))
+    def _cpu_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return cpu_conv(self, x, lambda: (self.weight, self.bias), (self.weight, self.bias))
 
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(conv(x))``: ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``, one oneDNN call where
-    :func:`onednn_conv` applies."""
-    fused = onednn_conv(conv, x, lambda: (conv.weight, conv.bias), (conv.weight, conv.bias), relu=True)
-    return F.relu(conv(x), inplace=True) if fused is None else fused  # in place: the conv's fresh output
+    """``relu(conv(x))``: ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``, by :func:`cpu_conv` where it
+    applies."""
+    fast = cpu_conv(conv, x, lambda: (conv.weight, conv.bias), (conv.weight, conv.bias), relu=True)
+    return F.relu(conv(x), inplace=True) if fast is None else fast  # in place: the conv's fresh output
+
+
+def cpu_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
+             sources: Sequence[torch.Tensor | None], residual: torch.Tensor | None = None,
+             relu: bool = False) -> torch.Tensor | None:
+    """``relu(conv2d(x, weight, bias) + residual)`` as :func:`onednn_conv` (the same arguments), by
+    :func:`winograd_conv` where it applies (the sum and the ReLU then in place on its output), else
+    by :func:`onednn_conv`; None where neither applies, and the caller runs ATen's ops."""
+    out = winograd_conv(conv, x, weights, sources)
+    if out is None:
+        return onednn_conv(conv, x, weights, sources, residual, relu)
+    if residual is not None:
+        out = out.add_(residual)
+    return out.relu_() if relu else out
+
+
+#: The smallest channel count (in and out) and tile count (N ceil(H / 4) ceil(W / 4)) at which a
+#: convolution that needs gradients runs by Winograd. Below them its backward is slower than
+#: oneDNN's: the transforms move as much memory as the products take time at 32 channels, and the
+#: weight gradient's products over fewer tiles run below the FMA peak (fwd + bwd, Xeon model 207,
+#: ``benchmarks/RESULTS.md``, 2026-12-06 (morning)). Its forward alone is faster at every size
+#: measured, so inference takes it at any size.
+WINOGRAD_MIN_TRAINING_CHANNELS = 64
+WINOGRAD_MIN_TRAINING_TILES = 64
+
+
+@functools.cache
+def _winograd_available() -> bool:
+    """Whether sfpn's C++ kernel serves the Winograd op on the CPU (its reference is no faster than
+    ATen's convolution) and ``SFPN_WINOGRAD`` is not ``0``."""
+    return (os.environ.get("SFPN_WINOGRAD", "1") != "0"
+            and torch._C._dispatch_has_kernel_for_dispatch_key("sfpn::winograd_conv2d", "CPU"))
+
+
+def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
+                  sources: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """``conv2d(x, weight, bias)`` by Winograd's F(4x4, 3x3) (:func:`sfpn.ops.winograd_conv2d`),
+    ``(weight, bias) = weights()`` computed from ``sources`` as in :func:`onednn_conv`; None where it
+    does not apply. It applies to a 3x3 ``conv`` with stride 1, padding 1, no dilation or groups,
+    on a CPU float32 ``(N, C, H, W)`` ``x`` outside autocast, in eager mode; where an argument needs
+    a gradient, only at sizes where its backward is faster too (:data:`WINOGRAD_MIN_TRAINING_TILES`).
+    Where nothing needs a gradient, an :class:`InferenceWeightCache` keeps the transformed weights."""
+    if not (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and type(x) is torch.Tensor
+            and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and _winograd_available()):
+        return None
+
+    def transformed() -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight, bias = weights()
+        return winograd_weight(weight), bias
+
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *sources)):
+        tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+        if (min(conv.in_channels, conv.out_channels) < WINOGRAD_MIN_TRAINING_CHANNELS
+                or tiles < WINOGRAD_MIN_TRAINING_TILES):
+            return None
+        weight, bias = transformed()
+    else:
+        weight, bias = _weights_in(conv, x.dtype, transformed, sources)
+    return torch.ops.sfpn.winograd_conv2d(x, weight, bias)
 
 
 def linear(fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +229,9 @@ def _weights_in(conv: nn.Module, dtype: torch.dtype, weights, sources,
     """``weights()`` cast to ``dtype``, from the active :class:`InferenceWeightCache` when it holds
     them for ``conv`` and ``dtype`` and ``sources`` are unchanged (same storage, same version). An
     entry keeps its sources' storages alive, so that no other tensor can take their addresses.
-    Inside a cache the weight is also ``pack``-ed once, when given."""
+    Inside a cache the weight is also ``pack``-ed once, when given. (A convolution's weights take
+    one form for a dtype: :func:`winograd_conv`'s transformed ones wherever it applies at
+    inference, whatever the map's size, else oneDNN's.)"""
     cache = _ACTIVE_CACHE.get()
     if cache is not None:
         key = tuple(None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version) for t in sources)

@@ -20,6 +20,7 @@ from .group_norm_relu import group_norm_relu
 from .batch_norm_relu import batch_norm_relu
 from .max_pool2d import max_pool2d
 from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
+from .winograd import winograd_conv2d
 from ._validate import OpArgumentError, OpTypeError, OpValueError, RoIBoxesError
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "max_pool2d",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
+    "winograd_conv2d",
     "OpArgumentError",
     "OpValueError",
     "OpTypeError",

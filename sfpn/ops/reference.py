@@ -14,6 +14,7 @@ from .roi_align import roi_align_reference as roi_align
 from .semantic_fuse import semantic_fuse_reference as semantic_fuse
 from .upsample_add import upsample_add_reference as upsample_add
 from .upsample_argmax import upsample_argmax_reference as upsample_argmax
+from .winograd import winograd_conv2d_reference as winograd_conv2d
 
 __all__ = [
     "upsample_add",
@@ -30,4 +31,5 @@ __all__ = [
     "max_pool2d",
     "semantic_cross_entropy",
     "upsample_cross_entropy",
+    "winograd_conv2d",
 ]

@@ -1,5 +1,6 @@
 """sfpn/modeling/layers.py: a convolution with its ReLU in one oneDNN call where nothing needs a
-gradient, ATen's ops elsewhere (conv_norm's sum and BatchNorm folding: test_backbone.py)."""
+gradient, ATen's ops elsewhere (conv_norm's sum and BatchNorm folding: test_backbone.py), with
+Winograd's convolutions off (test_winograd_layers.py)."""
 import contextlib
 
 import pytest
@@ -10,7 +11,7 @@ import sfpn.modeling.layers as layers
 from fused_calls import FUSED, SEPARATE, needs_onednn, ops_called
 from sfpn.modeling.layers import conv_relu
 
-pytestmark = [pytest.mark.usefixtures("single_thread"), needs_onednn]
+pytestmark = [pytest.mark.usefixtures("single_thread", "without_winograd"), needs_onednn]
 
 
 @pytest.mark.parametrize("kernel, stride, bias", [(3, 1, True), (1, 1, True), (3, 2, False)])

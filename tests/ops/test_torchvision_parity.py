@@ -187,6 +187,7 @@ def small_faster_rcnn():
 
 
 @pytest.mark.filterwarnings("ignore:RCNN always returns:UserWarning")
+@pytest.mark.usefixtures("without_winograd")  # bit for bit: a script runs ATen's convolutions
 def test_scripted_torchvision_faster_rcnn_with_sfpn_backbone_and_ops_equals_eager(generator, script):
     torch.manual_seed(0)  # the detector's initialisation
     model = small_faster_rcnn()
