@@ -14,7 +14,9 @@
 //             dV[p] = dM[p] U[p]^T, dx = B dV B^T of each tile summed into its window;
 //             dU[p] = V[p]^T dM[p] (V computed again, not kept from the forward)
 // Tiles are in (n, ty, tx) order, position p = 6 i + j; maps are NHWC, so that each step below
-// works on a register of channels; the products are ATen's batched matrix product.
+// works on a register of channels; the products are ATen's batched matrix product. The tiles, the
+// products and the maps (2.25x the map's size for the tiles) come from recycled memory
+// (recycled_memory.h): fresh, their page faults took a third of the products' time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -32,6 +34,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cpu/recycled_memory.h"
 #include "cpu/vector_clones.h"
 
 namespace sfpn::winograd::cpu {
@@ -259,9 +262,17 @@ int64_t grain_of(int64_t channels) {
   return std::max<int64_t>(1, kMinTaskValues / (kPositions * std::max<int64_t>(channels, 1)));
 }
 
+at::Tensor empty_tiles(const Geometry& g, const at::TensorOptions& options) {
+  return memory::empty_recycled({kPositions, g.tiles(), g.channels}, options, at::MemoryFormat::Contiguous);
+}
+
+at::Tensor empty_map(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return memory::empty_recycled(sizes, options, at::MemoryFormat::ChannelsLast);
+}
+
 // x (N, C, H, W) -> its tiles (36, T, C).
 at::Tensor tiles_of(const at::Tensor& x, const Geometry& g) {
-  at::Tensor tiles = at::empty({kPositions, g.tiles(), g.channels}, x.options());
+  at::Tensor tiles = empty_tiles(g, x.options());
   const at::Tensor nhwc = x.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sfpn::winograd_conv2d", [&] {
     const scalar_t* in = nhwc.const_data_ptr<scalar_t>();
@@ -292,10 +303,10 @@ at::Tensor winograd_conv2d(const at::Tensor& x, const at::Tensor& weight, const 
                 bias->sizes(), " of dtype ", bias->scalar_type());
   }
   const Geometry in(x.size(0), x.size(1), x.size(2), x.size(3)), out(x.size(0), K, x.size(2), x.size(3));
-  at::Tensor y = at::empty({out.batch, K, out.height, out.width},
-                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = empty_map({out.batch, K, out.height, out.width}, x.options());
   if (y.numel() == 0) return y;
-  const at::Tensor products = at::bmm(tiles_of(x, in), weight);  // (36, T, K)
+  at::Tensor products = empty_tiles(out, x.options());  // (36, T, K)
+  at::bmm_out(products, tiles_of(x, in), weight);
   const at::Tensor shift = bias.has_value() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sfpn::winograd_conv2d", [&] {
     const scalar_t* from = products.const_data_ptr<scalar_t>();
@@ -322,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> winograd_conv2d_backward(const at
   at::Tensor grad_x = at::empty({0}, x.options()), grad_weight = grad_x, grad_bias = grad_x;
   if (needs[2]) grad_bias = grad.sum({0, 2, 3});
   if (!needs[0] && !needs[1]) return {grad_x, grad_weight, grad_bias};
-  at::Tensor grad_products = at::empty({kPositions, out.tiles(), out.channels}, grad.options());  // (36, T, K)
+  at::Tensor grad_products = empty_tiles(out, grad.options());  // (36, T, K)
   if (grad_products.numel() > 0) {
     const at::Tensor nhwc = grad.contiguous(at::MemoryFormat::ChannelsLast);
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sfpn::winograd_conv2d_backward", [&] {
@@ -333,9 +344,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> winograd_conv2d_backward(const at
     });
   }
   if (needs[0]) {
-    // (at::zeros would drop the layout: it ignores the options' memory format.)
-    grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast)).zero_();
-    const at::Tensor grad_tiles = at::bmm(grad_products, weight.transpose(1, 2));  // (36, T, C)
+    grad_x = empty_map(x.sizes(), x.options()).zero_();
+    at::Tensor grad_tiles = empty_tiles(in, x.options());  // (36, T, C)
+    at::bmm_out(grad_tiles, grad_products, weight.transpose(1, 2));
     if (grad_x.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sfpn::winograd_conv2d_backward", [&] {
         const scalar_t* from = grad_tiles.const_data_ptr<scalar_t>();
