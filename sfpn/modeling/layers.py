@@ -126,11 +126,13 @@ def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[
     """``conv2d(x, weight, bias)`` by Winograd's F(4x4, 3x3) (:func:`sfpn.ops.winograd_conv2d`),
     ``(weight, bias) = weights()`` computed from ``sources`` as in :func:`onednn_conv`; None where it
     does not apply. It applies to a 3x3 ``conv`` with stride 1, padding 1, no dilation or groups,
-    on a CPU float32 ``(N, C, H, W)`` ``x`` outside autocast, in eager mode; where an argument needs
+    on a CPU float32 channels_last ``(N, C, H, W)`` ``x`` (the detectors' CPU layout, which the
+    kernel reads as it is) outside autocast, in eager mode; where an argument needs
     a gradient, only at sizes where its backward is faster too (:data:`WINOGRAD_MIN_TRAINING_TILES`).
     Where nothing needs a gradient, an :class:`InferenceWeightCache` keeps the transformed weights."""
     if not (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
             and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
             and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1

@@ -39,12 +39,11 @@ def _close_to_float64(out, expected):
 
 
 def test_inference_takes_winograd_at_any_size(generator):
-    """No gradient: a float32 3x3 convolution of stride 1 runs by Winograd, also where training
-    would not (few channels, a small map), in either layout, instead of oneDNN's fused call."""
-    for channels, shape, channels_last in [(64, (2, 20, 24), True), (8, (1, 5, 3), True), (16, (2, 9, 7), False)]:
+    """No gradient: a float32 3x3 convolution of stride 1 on a channels_last map runs by Winograd,
+    also where training would not (few channels, a small map), instead of oneDNN's fused call."""
+    for channels, shape in [(64, (2, 20, 24)), (8, (1, 5, 3)), (16, (2, 9, 7))]:
         conv = _conv(generator, channels, channels)
         x = _map(generator, shape[0], channels, *shape[1:])
-        x = x if channels_last else x.contiguous()
         with torch.no_grad():
             out, ops = ops_called(lambda: conv(x))
         assert WINOGRAD in ops and FUSED not in ops
@@ -76,15 +75,18 @@ def test_training_takes_winograd_where_its_backward_pays(generator, channels, si
 
 
 @pytest.mark.parametrize("case", ["stride 2", "1x1", "bf16 autocast", "float64", "dilation 2", "groups 2",
-                                  "padding 0", "exported"])
+                                  "padding 0", "NCHW", "exported"])
 def test_other_convolutions_keep_their_path(generator, case):
-    """Only float32 3x3 convolutions of stride 1, padding 1, no dilation or groups, outside
-    autocast and torch.export (whose programs must run anywhere) take Winograd's."""
+    """Only float32 3x3 convolutions of stride 1, padding 1, no dilation or groups, of
+    channels_last maps, outside autocast and torch.export (whose programs must run anywhere) take
+    Winograd's."""
     conv = _conv(generator, 16, 16, kernel=1 if case == "1x1" else 3, stride=2 if case == "stride 2" else 1)
     if case in ("dilation 2", "groups 2", "padding 0"):
         conv = nn.Conv2d(16, 16, 3, padding=2 if case == "dilation 2" else 0 if case == "padding 0" else 1,
                          dilation=2 if case == "dilation 2" else 1, groups=2 if case == "groups 2" else 1)
     x = _map(generator, 2, 16, 12, 12)
+    if case == "NCHW":
+        x = x.contiguous()
     if case == "float64":
         conv, x = conv.double(), x.double()
     forward = lambda: layers.conv_relu(conv, x)  # noqa: E731
