@@ -50,7 +50,12 @@ struct Geometry {
   int64_t batch, channels, height, width, tiles_h, tiles_w;
 
   Geometry(int64_t n, int64_t c, int64_t h, int64_t w)
-      : batch(n), channels(c), height(h), width(w), tiles_h((h + kTile - 1) / kTile), tiles_w((w + kTile - 1) / kTile) {}
+      : batch(n),
+        channels(c),
+        height(h),
+        width(w),
+        tiles_h((h + kTile - 1) / kTile),
+        tiles_w((w + kTile - 1) / kTile) {}
   int64_t tiles() const { return batch * tiles_h * tiles_w; }
   // The tile's image and its window's top-left pixel (row, column), one pixel before its outputs'.
   void origin(int64_t tile, int64_t& n, int64_t& row, int64_t& col) const {

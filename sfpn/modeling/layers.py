@@ -103,14 +103,14 @@ def cpu_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch
     return out.relu_() if relu else out
 
 
-#: The smallest channel count (in and out) and tile count (N ceil(H / 4) ceil(W / 4)) at which a
-#: convolution that needs gradients runs by Winograd. Below them its backward is slower than
-#: oneDNN's: the transforms move as much memory as the products take time at 32 channels, and the
-#: weight gradient's products over fewer tiles run below the FMA peak (fwd + bwd, Xeon model 207,
-#: ``benchmarks/RESULTS.md``, 2026-12-06 (morning)). Its forward alone is faster at every size
-#: measured, so inference takes it at any size.
-WINOGRAD_MIN_TRAINING_CHANNELS = 64
-WINOGRAD_MIN_TRAINING_TILES = 64
+#: Where a convolution that needs gradients runs by Winograd: ``(channels, tiles)`` pairs, the
+#: convolution's smaller channel count (in or out) at least the first and its tile count
+#: (N ceil(H / 4) ceil(W / 4)) at least the second, for one pair. Below them its backward is
+#: slower than oneDNN's: the weight gradient's products over few tiles run below the FMA peak, and
+#: at 32 channels the transforms move as much memory as the products take time, which only many
+#: tiles repay (fwd + bwd, Xeon model 207, ``benchmarks/RESULTS.md``, 2026-12-06 (morning)). Its
+#: forward alone is faster at every size measured, so inference takes it at any size.
+WINOGRAD_TRAINING_SIZES = ((64, 64), (32, 640))
 
 
 @functools.cache
@@ -128,7 +128,7 @@ def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[
     does not apply. It applies to a 3x3 ``conv`` with stride 1, padding 1, no dilation or groups,
     on a CPU float32 channels_last ``(N, C, H, W)`` ``x`` (the detectors' CPU layout, which the
     kernel reads as it is) outside autocast, in eager mode; where an argument needs
-    a gradient, only at sizes where its backward is faster too (:data:`WINOGRAD_MIN_TRAINING_TILES`).
+    a gradient, only at sizes where its backward is faster too (:data:`WINOGRAD_TRAINING_SIZES`).
     Where nothing needs a gradient, an :class:`InferenceWeightCache` keeps the transformed weights."""
     if not (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
@@ -144,9 +144,9 @@ def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[
         return winograd_weight(weight), bias
 
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *sources)):
+        channels = min(conv.in_channels, conv.out_channels)
         tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
-        if (min(conv.in_channels, conv.out_channels) < WINOGRAD_MIN_TRAINING_CHANNELS
-                or tiles < WINOGRAD_MIN_TRAINING_TILES):
+        if not any(channels >= c and tiles >= t for c, t in WINOGRAD_TRAINING_SIZES):
             return None
         weight, bias = transformed()
     else:

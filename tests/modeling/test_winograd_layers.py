@@ -52,14 +52,16 @@ def test_inference_takes_winograd_at_any_size(generator):
 
 
 @pytest.mark.parametrize("channels, size, expected", [
-    (64, (16, 16), True),   # 4 x 4 x 4 = 64 tiles: the smallest the rule takes
+    (64, (16, 16), True),   # 4 x 4 x 4 = 64 tiles: the fewest it takes at 64 channels
     (64, (12, 16), False),  # 48 tiles
-    (32, (32, 32), False),  # too few channels
+    (32, (64, 40), True),   # 640 tiles: the fewest it takes at 32 channels
+    (32, (60, 40), False),  # 600 tiles
+    (16, (64, 80), False),  # too few channels
     (128, (20, 24), True),
 ])
 def test_training_takes_winograd_where_its_backward_pays(generator, channels, size, expected):
-    """With gradients, only at WINOGRAD_MIN_TRAINING_CHANNELS and _TILES and above; the output and
-    the gradients of x, weight and bias against float64's either way."""
+    """With gradients, only at the sizes of WINOGRAD_TRAINING_SIZES; the output and the gradients
+    of x, weight and bias against float64's either way."""
     conv = _conv(generator, channels, channels)
     x = _map(generator, 4, channels, *size).requires_grad_()
     grad = _map(generator, 4, channels, *size)
