@@ -43,7 +43,7 @@ namespace {
 constexpr int64_t kTile = 4;             // output pixels per tile side
 constexpr int64_t kWindow = kTile + 2;   // input pixels per tile side
 constexpr int64_t kPositions = kWindow * kWindow;
-// Channels per parallel task at least (tiles x channels): small maps run on one thread.
+// Values per parallel task at least (tiles x 36 positions x channels): small maps run on one thread.
 constexpr int64_t kMinTaskValues = int64_t(1) << 14;
 
 struct Geometry {
@@ -290,6 +290,9 @@ at::Tensor tiles_of(const at::Tensor& x, const Geometry& g) {
 
 void check_arguments(const char* op, const at::Tensor& x, const at::Tensor& weight) {
   checks::check_tensor(op, "x", x, 4, "(N, C, H, W)");
+  // Half precision would round the transforms' sums of up to 36 products too coarsely to be useful.
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "sfpn::", op,
+              ": x must be float32 or float64, got ", x.scalar_type());
   checks::check_tensor(op, "weight", weight, 3, "(36, C, K)");
   checks::check_same_device(op, "weight", weight, "x", x);
   TORCH_CHECK(weight.size(0) == kPositions && weight.size(1) == x.size(1), "sfpn::", op,

@@ -65,14 +65,15 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     F(4x4, 3x3) (module docstring: faster for float32 on the CPU, with more rounding).
 
     Args:
-        x: ``(N, C, H, W)``, floating point.
+        x: ``(N, C, H, W)``, float32 or float64 (half precision would round the transforms too
+            coarsely). The CPU kernel reads a channels_last ``x`` as it is and copies any other.
         weight: ``(K, C, 3, 3)``, x's dtype and device.
         bias: ``(K)`` or None.
 
     Returns:
-        ``(N, K, H, W)``, channels_last on the CPU; differentiable (once) w.r.t. all three.
+        ``(N, K, H, W)``, channels_last; differentiable (once) w.r.t. all three.
     """
-    check_tensor("x", x, ndim=4)
+    check_tensor("x", x, ndim=4, dtypes=(torch.float32, torch.float64))
     check_tensor("weight", weight, ndim=4)
     check_same("weight", weight, "x", x)
     if weight.shape[1:] != (x.shape[1], 3, 3):

@@ -175,6 +175,7 @@ def test_bad_inputs(generator):
         ((x, weight, bias[:2]), ValueError, r"bias must be \(K\) = \(3,\)"),
         ((x, weight, bias.double()), TypeError, "bias must have the same dtype as x"),
         ((x.int(), weight, bias), TypeError, "x must have dtype in"),
+        ((x.bfloat16(), weight.bfloat16(), bias.bfloat16()), TypeError, r"x must have dtype in \(float32, float64\)"),
     ]:
         with pytest.raises(error, match=message):
             ops.winograd_conv2d(*args)
@@ -191,6 +192,7 @@ def test_kernel_checks_direct_calls(generator):
         ((x, tiles[:35], bias), r"weight must be \(36, C, K\)"),
         ((x, tiles.double(), bias), "weight must have x's dtype"),
         ((x, tiles, bias[:2]), r"bias must be \(K\) = \(3\)"),
+        ((x.half(), tiles.half(), bias.half()), "x must be float32 or float64"),
     ]:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.sfpn.winograd_conv2d(*args)
