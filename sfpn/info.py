@@ -12,6 +12,7 @@ import torch
 
 from . import _extension, kernels
 from .engine import precision
+from .modeling import layers
 from .ops import _library
 
 
@@ -82,6 +83,7 @@ def report() -> str:
         f"extension     {status.reason}" + (f" ({status.path})" if status.path else ""),
         f"  with CUDA   {'yes, CUDA %d.%d' % (cuda // 1000, cuda % 1000 // 10) if cuda else 'no'}",
         *(f"precision     {device}: {choice}" for device, choice in precision_choices().items()),
+        f"fp32 3x3 conv cpu: {layers.describe_winograd()}",
         "",
         f"{'op':<26}{'cpu':<40}cuda",
     ]

@@ -121,6 +121,16 @@ def _winograd_available() -> bool:
             and torch._C._dispatch_has_kernel_for_dispatch_key("sfpn::winograd_conv2d", "CPU"))
 
 
+def describe_winograd() -> str:
+    """Which convolutions serve float32 3x3 convolutions of stride 1 on the CPU, and why, in words
+    (``python -m sfpn.info``)."""
+    if os.environ.get("SFPN_WINOGRAD", "1") == "0":
+        return "oneDNN's (SFPN_WINOGRAD=0)"
+    if not _winograd_available():
+        return "oneDNN's (sfpn's C++ Winograd kernel is not loaded)"
+    return "Winograd's F(4x4, 3x3) where it pays, else oneDNN's (SFPN_WINOGRAD=0: oneDNN's)"
+
+
 def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
                   sources: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
     """``conv2d(x, weight, bias)`` by Winograd's F(4x4, 3x3) (:func:`sfpn.ops.winograd_conv2d`),

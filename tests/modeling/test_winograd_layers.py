@@ -101,14 +101,18 @@ def test_other_convolutions_keep_their_path(generator, case):
 
 def test_switched_off_by_the_environment(generator, monkeypatch):
     """SFPN_WINOGRAD=0 leaves every convolution to oneDNN (read once per process: the cache is
-    cleared here to read it again)."""
+    cleared here to read it again), and `python -m sfpn.info` says which serves."""
+    from sfpn import info
+
     conv = _conv(generator, 16, 16)
     x = _map(generator, 2, 16, 12, 12)
+    assert "fp32 3x3 conv cpu: Winograd's F(4x4, 3x3) where it pays" in info.report()
     monkeypatch.setenv("SFPN_WINOGRAD", "0")
     layers._winograd_available.cache_clear()
     try:
         with torch.no_grad():
             _, ops = ops_called(lambda: conv(x))
+        assert "fp32 3x3 conv cpu: oneDNN's (SFPN_WINOGRAD=0)" in info.report()
     finally:
         layers._winograd_available.cache_clear()
     assert WINOGRAD not in ops and FUSED in ops
