@@ -52,7 +52,7 @@ def _backend(op: _library.Op, device: str) -> str:
     if not _extension.STATUS.loaded:
         return "reference (extension not loaded)"
     if device == "cuda" and op.backend == _library.COMPILED_CPU:
-        return "reference (no CUDA kernel: ATen's)"
+        return "reference (no CUDA kernel)"
     if device == "cuda" and _extension.STATUS.cuda_version == 0:
         return "reference (extension built without CUDA)"
     return "reference (no kernel registered)"
