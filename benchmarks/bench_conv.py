@@ -5,8 +5,8 @@ convolution, which runs these at the CPU's FMA peak).
     python -m pytest benchmarks/bench_conv.py --benchmark-only
 
 On the CPU only, channels_last as the detector lays out CPU maps, with a bias. Shapes: the default
-run's semantic head (4 x 64 channels at 32 x 40) and its stride-16 backbone blocks (4 x 128 at 16 x
-20), and the COCO-shape R50 detector's semantic head on the stride-8 grid (2 x 256 at 100 x 168)
+run's FPN output conv at stride 4 (4 x 64 channels at 64 x 80), its semantic head (4 x 64 at 32 x
+40) and its stride-16 backbone blocks (4 x 128 at 16 x 20), and the COCO-shape R50 detector's semantic head on the stride-8 grid (2 x 256 at 100 x 168)
 and its stride-16 output conv (2 x 256 at 50 x 84). Inference under ``torch.no_grad`` (Winograd's
 weights transformed once, as in an ``InferenceWeightCache``); training forward + backward, the
 weights transformed in the step, with the gradients of the map, the weight and the bias.
@@ -20,8 +20,8 @@ from sfpn.ops import _library
 from sfpn.ops.winograd import winograd_weight
 
 #: name -> (N, C, H, W); K = C
-SHAPES = {"default-semantic": (4, 64, 32, 40), "default-stride16": (4, 128, 16, 20),
-          "coco-semantic": (2, 256, 100, 168), "coco-stride16": (2, 256, 50, 84)}
+SHAPES = {"default-stride4": (4, 64, 64, 80), "default-semantic": (4, 64, 32, 40),
+          "default-stride16": (4, 128, 16, 20), "coco-semantic": (2, 256, 100, 168), "coco-stride16": (2, 256, 50, 84)}
 IMPLS = ["sfpn", "eager"]
 needs_cpu_kernel = pytest.mark.skipif(_library.serving("winograd_conv2d", "cpu") != "C++", reason="sfpn._C not built")
 

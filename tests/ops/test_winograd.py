@@ -25,6 +25,7 @@ CASES = [
     (1, 3, 1, 1, 2),
     (2, 70, 9, 6, 33),
     (1, 24, 4, 29, 18),
+    (2, 24, 130, 135, 20),  # 2 x 33 x 34 = 2244 tiles: the forward's blocks of 64, the last partial
 ]
 
 
@@ -124,10 +125,11 @@ def test_opcheck(generator, with_bias):
 
 @needs_cpu_kernel
 def test_same_bits_at_any_thread_count(generator):
-    """Tiles are transformed independently, the weight gradient summed over tiles by the matrix
-    product alone: the outputs and gradients do not depend on the thread count."""
-    leaves = [t.requires_grad_() for t in _inputs(generator, 2, 40, 19, 23, 24, torch.float32)]
-    grad = randn(generator, 2, 24, 19, 23)
+    """Tiles are transformed independently (and a block of tiles' products computed by one thread),
+    the weight gradient summed over tiles by the matrix product alone: the outputs and gradients
+    do not depend on the thread count."""
+    leaves = [t.requires_grad_() for t in _inputs(generator, 2, 40, 130, 67, 24, torch.float32)]  # blocks
+    grad = randn(generator, 2, 24, 130, 67)
 
     def call():
         y = ops.winograd_conv2d(*leaves)
