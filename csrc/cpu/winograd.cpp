@@ -16,7 +16,9 @@
 // Tiles are in (n, ty, tx) order, position p = 6 i + j; maps are NHWC, so that each step below
 // works on a register of channels; the products are ATen's batched matrix product. The tiles, the
 // products and the maps (2.25x the map's size for the tiles) come from recycled memory
-// (recycled_memory.h): fresh, their page faults took a third of the products' time.
+// (recycled_memory.h): fresh, their page faults took a third of the products' time. For small
+// filters on large maps the forward goes a block of tiles at a time instead, in cache throughout
+// (kCachedWeightBytes).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
