@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.winograd import winograd_weight
+from ..ops.winograd import winograd_tiles, winograd_weight
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -89,6 +89,18 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.relu(conv(x), inplace=True) if fast is None else fast  # in place: the conv's fresh output
 
 
+def _eager_cpu_map(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``x`` is a plain CPU ``(N, C, H, W)`` channels_last map, in eager mode, for a
+    zero-padded ``conv``: what both of :func:`cpu_conv`'s kernels need."""
+    return (not torch.compiler.is_compiling() and type(x) is torch.Tensor and x.device.type == "cpu"
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and conv.padding_mode == "zeros")
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a call on ``tensors`` (None ones ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def cpu_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
              sources: Sequence[torch.Tensor | None], residual: torch.Tensor | None = None,
              relu: bool = False) -> torch.Tensor | None:
@@ -113,18 +125,22 @@ def cpu_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[torch
 WINOGRAD_TRAINING_SIZES = ((64, 64), (32, 640))
 
 
+def _winograd_switched_off() -> bool:
+    return os.environ.get("SFPN_WINOGRAD", "1") == "0"
+
+
 @functools.cache
 def _winograd_available() -> bool:
     """Whether sfpn's C++ kernel serves the Winograd op on the CPU (its reference is no faster than
     ATen's convolution) and ``SFPN_WINOGRAD`` is not ``0``."""
-    return (os.environ.get("SFPN_WINOGRAD", "1") != "0"
-            and torch._C._dispatch_has_kernel_for_dispatch_key("sfpn::winograd_conv2d", "CPU"))
+    return not _winograd_switched_off() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "sfpn::winograd_conv2d", "CPU")
 
 
 def describe_winograd() -> str:
     """Which convolutions serve float32 3x3 convolutions of stride 1 on the CPU, and why, in words
     (``python -m sfpn.info``)."""
-    if os.environ.get("SFPN_WINOGRAD", "1") == "0":
+    if _winograd_switched_off():
         return "oneDNN's (SFPN_WINOGRAD=0)"
     if not _winograd_available():
         return "oneDNN's (sfpn's C++ Winograd kernel is not loaded)"
@@ -140,22 +156,20 @@ def winograd_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[
     kernel reads as it is) outside autocast, in eager mode; where an argument needs
     a gradient, only at sizes where its backward is faster too (:data:`WINOGRAD_TRAINING_SIZES`).
     Where nothing needs a gradient, an :class:`InferenceWeightCache` keeps the transformed weights."""
-    if not (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and type(x) is torch.Tensor
-            and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
-            and x.is_contiguous(memory_format=torch.channels_last)
+    if not (_eager_cpu_map(conv, x) and not torch.jit.is_tracing() and x.dtype == torch.float32
             and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
             and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and _winograd_available()):
+            and _winograd_available()):
         return None
 
     def transformed() -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = weights()
         return winograd_weight(weight), bias
 
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *sources)):
+    if _needs_grad(x, *sources):
         channels = min(conv.in_channels, conv.out_channels)
-        tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+        tiles = winograd_tiles(x.shape[0], x.shape[2], x.shape[3])
         if not any(channels >= c and tiles >= t for c, t in WINOGRAD_TRAINING_SIZES):
             return None
         weight, bias = transformed()
@@ -170,7 +184,7 @@ def linear(fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     of at every call (a box head's first layer holds the largest weights of a small detector)."""
     device = x.device.type
     if (_ACTIVE_CACHE.get() is None or not torch.is_autocast_enabled(device) or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, fc.weight, fc.bias)))):
+            or _needs_grad(x, fc.weight, fc.bias)):
         return fc(x)
     dtype = torch.get_autocast_dtype(device)
     weight, bias = _weights_in(fc, dtype, lambda: (fc.weight, fc.bias), (fc.weight, fc.bias))
@@ -196,12 +210,10 @@ def onednn_conv(conv: nn.Conv2d, x: torch.Tensor, weights: Callable[[], tuple[to
     ``conv2d``), when no argument needs a gradient. ``weights()`` runs only where the call applies,
     and once per :class:`InferenceWeightCache` while its sources are unchanged. oneDNN adds the
     residual before it rounds, so a bf16 result is at least as exact as ATen's."""
-    if not (not torch.compiler.is_compiling() and type(x) is torch.Tensor and x.device.type == "cpu"
-            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    if not (_eager_cpu_map(conv, x) and not isinstance(conv.padding, str)
             and torch.backends.mkldnn.enabled and _onednn_post_ops_built()):
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *sources)):
+    if _needs_grad(x, residual, *sources):
         return None
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")

@@ -94,6 +94,13 @@ def _tile_grid(height: int, width: int) -> tuple[int, int]:
     return -(-height // TILE), -(-width // TILE)
 
 
+def winograd_tiles(batch: int, height: int, width: int) -> int:
+    """How many 4x4 output tiles :func:`winograd_conv2d` cuts a batch of ``height x width`` maps
+    into (its matrix products' rows): ``N ceil(H / 4) ceil(W / 4)``."""
+    th, tw = _tile_grid(height, width)
+    return batch * th * tw
+
+
 def _tiles(x: torch.Tensor) -> torch.Tensor:
     """``B^T d B`` of each 6x6 window ``d`` of ``x`` ``(N, C, H, W)`` padded by one (zeros):
     ``(36, T, C)``."""
