@@ -1,5 +1,6 @@
-"""Box utilities: pairwise IoU, clipping, the pixels inside boxes, NMS per image of a batch, and the
-(dx, dy, dw, dh) box coder of R-CNN."""
+"""Box utilities: pairwise IoU (defined beside ``sfpn.ops.box_iou_max``, which reduces it without
+forming it), clipping, the pixels inside boxes, NMS per image of a batch, and the (dx, dy, dw, dh)
+box coder of R-CNN."""
 from __future__ import annotations
 
 import math
@@ -7,23 +8,7 @@ import math
 import torch
 
 from ..ops import batched_nms
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """``(K, 4)`` xyxy -> ``(K,)``; degenerate boxes have area 0."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of ``a (M, 4)`` and ``b (N, 4)`` xyxy -> ``(M, N)``; 0 where the union is empty
-    (then the intersection is empty too, and the clamped division gives 0)."""
-    # One (M, N) map per step, updated in place: the RPN matches ~270k anchors per image at
-    # 800x1344, where the (M, N, 2) corner maps took twice the time.
-    width = torch.minimum(a[:, None, 2], b[None, :, 2]).sub_(torch.maximum(a[:, None, 0], b[None, :, 0])).clamp_(min=0)
-    height = torch.minimum(a[:, None, 3], b[None, :, 3]).sub_(torch.maximum(a[:, None, 1], b[None, :, 1])).clamp_(min=0)
-    inter = width.mul_(height)
-    union = (box_area(a)[:, None] + box_area(b)[None, :]).sub_(inter).clamp_(min=1e-12)
-    return inter.div_(union)
+from ..ops.box_iou_max import box_iou  # noqa: F401 (sfpn.modeling.box_iou)
 
 
 def clip_boxes_(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

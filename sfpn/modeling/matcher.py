@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ..overrides import check_at_most
 
 #: Match labels: 1 foreground, 0 background, -1 ignored (between the thresholds).
@@ -24,22 +25,18 @@ class Matcher:
         self.bg_threshold = bg_threshold
         self.allow_low_quality_matches = allow_low_quality_matches
 
-    def __call__(self, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``iou (G, P)`` (ground truth x predictions) -> ``(matched_index (P,) int64,
-        match_label (P,) int8)``; with no ground truth every prediction is background (index 0)."""
-        num_predictions = iou.shape[1]
-        if iou.shape[0] == 0:
-            return (
-                iou.new_zeros(num_predictions, dtype=torch.int64),
-                iou.new_full((num_predictions,), BACKGROUND, dtype=torch.int8),
-            )
-        best_iou, matched_index = iou.max(dim=0)
+    def __call__(self, ground_truth: torch.Tensor, predictions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ground_truth (G, 4)`` and ``predictions (P, 4)`` xyxy boxes -> ``(matched_index (P,)
+        int64, match_label (P,) int8)``, by their IoU (:func:`sfpn.ops.box_iou_max`, which reduces
+        the ``(G, P)`` IoU matrix without forming it); with no ground truth every prediction is
+        background (index 0)."""
+        best_iou, matched_index, is_best = ops.box_iou_max(ground_truth, predictions)
         label = torch.full_like(matched_index, IGNORE, dtype=torch.int8)
+        if ground_truth.shape[0] == 0:
+            return matched_index, label.fill_(BACKGROUND)
         label[best_iou < self.bg_threshold] = BACKGROUND
         label[best_iou >= self.fg_threshold] = FOREGROUND
         if self.allow_low_quality_matches:
-            best_per_gt = iou.max(dim=1, keepdim=True).values
-            is_best = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=0)
             label[is_best] = FOREGROUND
         return matched_index, label
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import RoIHeadsConfig
 from ..ops import multilevel_roi_align
-from .boxes import BoxCoder, box_iou, clip_boxes_, nms_per_image, nonempty_boxes
+from .boxes import BoxCoder, clip_boxes_, nms_per_image, nonempty_boxes
 from .layers import linear
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
@@ -181,7 +181,7 @@ class RoIHeads(nn.Module):
         for image_proposals, target in zip(proposals, targets):
             gt_boxes = target["boxes"].to(image_proposals)
             candidates = torch.cat((image_proposals, gt_boxes)) if add_ground_truth else image_proposals
-            matched, match_label = self.matcher(box_iou(gt_boxes, candidates))
+            matched, match_label = self.matcher(gt_boxes, candidates)
             if subsample:
                 positive, negative = sample_balanced(match_label, self.batch_size_per_image, self.positive_fraction)
             else:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import RPNConfig
 from .anchors import AnchorGenerator
-from .boxes import BoxCoder, box_iou, clip_boxes_, nms_per_image, nonempty_boxes
+from .boxes import BoxCoder, clip_boxes_, nms_per_image, nonempty_boxes
 from .layers import Conv2d, conv_relu
 from .matcher import FOREGROUND, Matcher, sample_balanced
 
@@ -144,7 +144,7 @@ class RPN(nn.Module):
         for image, target in enumerate(targets):
             gt_boxes = target["boxes"].to(anchors)
             with torch.no_grad():
-                matched, label = self.matcher(box_iou(gt_boxes, anchors))
+                matched, label = self.matcher(gt_boxes, anchors)
                 positive, negative = sample_balanced(label, self.batch_size_per_image, self.positive_fraction)
             chosen = torch.cat((positive, negative))
             sampled_images.append(torch.full_like(chosen, image))

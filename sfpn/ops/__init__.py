@@ -21,6 +21,7 @@ from .batch_norm_relu import batch_norm_relu
 from .max_pool2d import max_pool2d
 from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 from .winograd import winograd_conv2d
+from .box_iou_max import box_iou_max
 from ._validate import OpArgumentError, OpTypeError, OpValueError, RoIBoxesError
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "semantic_cross_entropy",
     "upsample_cross_entropy",
     "winograd_conv2d",
+    "box_iou_max",
     "OpArgumentError",
     "OpValueError",
     "OpTypeError",

@@ -1,6 +1,7 @@
 """Pure-PyTorch references of every op: the definitions the kernels are tested against, with the
 public functions' signatures. (The dispatcher's fallback of each op wraps the same code.)"""
 from .batch_norm_relu import batch_norm_relu_reference as batch_norm_relu
+from .box_iou_max import box_iou_max_reference as box_iou_max
 from .cross_entropy import semantic_cross_entropy_reference as semantic_cross_entropy
 from .cross_entropy import upsample_cross_entropy_reference as upsample_cross_entropy
 from .group_norm_relu import group_norm_relu_reference as group_norm_relu
@@ -32,4 +33,5 @@ __all__ = [
     "semantic_cross_entropy",
     "upsample_cross_entropy",
     "winograd_conv2d",
+    "box_iou_max",
 ]
