@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..ops import upsample_argmax
+from ..ops.normalize_images import OUTPUT_DTYPES, normalize_images, normalize_images_reference
 from ..semantic_labels import semantic_labels
 from .postprocess import panoptic_at_original_size
 
@@ -45,9 +46,9 @@ class FasterRCNN(nn.Module):
         """Normalise and pad: list of ``(3, H_i, W_i)`` -> ``(N, 3, H, W)`` and the sizes ``(H_i, W_i)``;
         H and W are the largest sizes rounded up to a multiple of ``size_divisibility``, the padding
         at the bottom and right is zero. Each image is normalised in float32 and written once into
-        the batch, in the layout the backbone reads (:meth:`input_memory_format`) and, under CPU or
-        CUDA autocast, in its dtype: the cast the first convolution would make, made in the same
-        pass (the same bits), and only the padding is cleared."""
+        the batch (:func:`sfpn.ops.normalize_images`), in the layout the backbone reads
+        (:meth:`input_memory_format`) and, under CPU or CUDA autocast, in its dtype: the cast the
+        first convolution would make, made in the same pass (the same bits)."""
         if not isinstance(images, (list, tuple)) or not images:
             raise TypeError("images must be a non-empty list of (3, H, W) tensors")
         for i, image in enumerate(images):
@@ -59,13 +60,15 @@ class FasterRCNN(nn.Module):
         width = -(-max(w for _, w in sizes) // divisor) * divisor
         device = self.pixel_mean.device
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.pixel_mean.dtype
-        batch = torch.empty((len(images), 3, height, width), dtype=dtype, device=device,
-                            memory_format=self.input_memory_format())
-        for slot, image, (h, w) in zip(batch, images, sizes):
-            # Cast, then lay out: the layout change of 2-byte values costs 0.6x that of floats.
-            slot[:, :h, :w] = ((image.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std).to(dtype)
-            slot[:, h:].zero_()
-            slot[:, :h, w:].zero_()
+        images = [image.to(self.pixel_mean) for image in images]
+        channels_last = self.input_memory_format() == torch.channels_last
+        # The op in eager mode; its reference where graphs are traced (they must run anywhere).
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or self.pixel_mean.dtype != torch.float32
+                or dtype not in OUTPUT_DTYPES):
+            batch = normalize_images_reference(images, self.pixel_mean, self.pixel_std, (height, width), dtype,
+                                               channels_last)
+        else:
+            batch = normalize_images(images, self.pixel_mean, self.pixel_std, (height, width), dtype, channels_last)
         return batch, sizes
 
     def input_memory_format(self) -> torch.memory_format:

@@ -22,6 +22,7 @@ from .max_pool2d import max_pool2d
 from .cross_entropy import semantic_cross_entropy, upsample_cross_entropy
 from .winograd import winograd_conv2d
 from .box_iou_max import box_iou_max
+from .normalize_images import normalize_images
 from ._validate import OpArgumentError, OpTypeError, OpValueError, RoIBoxesError
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "upsample_cross_entropy",
     "winograd_conv2d",
     "box_iou_max",
+    "normalize_images",
     "OpArgumentError",
     "OpValueError",
     "OpTypeError",

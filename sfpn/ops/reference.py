@@ -10,6 +10,7 @@ from .multilevel_roi_align import multilevel_roi_align_reference as multilevel_r
 from .nms import batched_nms_padded_reference as batched_nms_padded
 from .nms import batched_nms_reference as batched_nms
 from .nms import nms_reference as nms
+from .normalize_images import normalize_images_reference as normalize_images
 from .resize_sum import resize_sum_reference as resize_sum
 from .roi_align import roi_align_reference as roi_align
 from .semantic_fuse import semantic_fuse_reference as semantic_fuse
@@ -34,4 +35,5 @@ __all__ = [
     "upsample_cross_entropy",
     "winograd_conv2d",
     "box_iou_max",
+    "normalize_images",
 ]
