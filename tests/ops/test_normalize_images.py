@@ -1,6 +1,7 @@
 """normalize_images: the C++ CPU kernel (csrc/cpu/normalize_images.cpp) against the reference, bit for
 bit, in each output dtype and layout, for images of several sizes and channel counts (the RGB row
-and the general one), NaN and infinities; the zero padding, opcheck, argument checks."""
+and the general one) lying planar, interleaved (a decoded image permuted) or strided otherwise,
+NaN and infinities; the zero padding, opcheck, argument checks."""
 import pytest
 import torch
 
@@ -24,6 +25,18 @@ CASES = [
 ]
 
 
+def arranged(image, layout):
+    """``image (C, h, w)`` with the same values, laid out planar, interleaved ((h, w, C) in memory,
+    as ``torch.from_numpy(hwc).permute(2, 0, 1)`` gives) or as a strided view into a larger one."""
+    if layout == "interleaved":
+        return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    if layout == "strided":
+        larger = torch.zeros(image.shape[0], image.shape[1] + 3, image.shape[2] + 2)
+        larger[:, 1 : 1 + image.shape[1], 2:] = image
+        return larger[:, 1 : 1 + image.shape[1], 2:]
+    return image
+
+
 def statistics(channels):
     mean = torch.tensor([0.485, 0.456, 0.406, 0.5][:channels])
     std = torch.tensor([0.229, 0.224, 0.225, 0.25][:channels])
@@ -33,10 +46,12 @@ def statistics(channels):
 @needs_cpu_kernel
 @pytest.mark.parametrize("dtype", OUTPUT_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("layout", ["planar", "interleaved", "strided"])
 @pytest.mark.parametrize("channels, image_sizes, size", CASES)
-def test_cpu_kernel_matches_reference_bit_for_bit(generator, channels, image_sizes, size, dtype, channels_last):
+def test_cpu_kernel_matches_reference_bit_for_bit(generator, channels, image_sizes, size, layout, dtype,
+                                                  channels_last):
     """The same values and strides as the reference; the padding right of and below each image is 0."""
-    images = [torch.rand(channels, h, w, generator=generator) * 255 for h, w in image_sizes]
+    images = [arranged(torch.rand(channels, h, w, generator=generator) * 255, layout) for h, w in image_sizes]
     mean, std = statistics(channels)
     got = ops.normalize_images(images, mean, std, size, dtype, channels_last)
     want = normalize_images_reference(images, mean, std, size, dtype, channels_last)
@@ -60,7 +75,8 @@ def test_nan_and_infinity_pass_through(generator):
 
 @needs_cpu_kernel
 def test_same_bits_at_any_thread_count(generator):
-    images = [torch.rand(3, 200, 300, generator=generator) for _ in range(3)]
+    images = [arranged(torch.rand(3, 200, 300, generator=generator), layout)
+              for layout in ("planar", "interleaved", "strided")]
     mean, std = statistics(3)
     assert_same_bits_at_thread_counts(lambda: (ops.normalize_images(images, mean, std, (224, 320), torch.bfloat16,
                                                                     True),))
