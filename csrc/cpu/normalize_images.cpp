@@ -4,8 +4,7 @@
 // channels_last. Eagerly that is a subtraction, a division and a cast, each a fresh image, and a
 // strided copy into the slot. Here a row of the image, planar or interleaved as it lies, is
 // normalised into a row of floats laid out as the batch is, then cast into place; the padding is
-// zeroed row by row. Schema, Python checks and
-// reference: sfpn/ops/normalize_images.py.
+// zeroed row by row. Schema, Python checks and reference: sfpn/ops/normalize_images.py.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
