@@ -1,15 +1,18 @@
 """box_iou_max: the C++ CPU kernel (csrc/cpu/box_iou_max.cpp) against the reference (box_iou and its
 reductions), bit for bit: random boxes of every size class, ties (duplicate boxes, a regular
-anchor grid), degenerate boxes, partial and several blocks, thread counts; empty inputs, opcheck,
-argument checks, non-finite coordinates."""
+anchor grid), degenerate boxes, partial and several blocks, thread counts, drawn inputs; empty
+inputs, opcheck, argument checks, non-finite coordinates."""
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sfpn import ops
 from sfpn.ops import _library
 from sfpn.ops.box_iou_max import box_iou, box_iou_max_reference
 
 from op_helpers import assert_same_bits_at_thread_counts
+from op_strategies import arrange, examples, seeds, uniform
 
 pytestmark = pytest.mark.box_iou_max
 
@@ -84,6 +87,37 @@ def test_same_bits_at_any_thread_count(generator):
     boxes1, boxes2 = random_boxes(generator, 9), random_boxes(generator, 70000)
     boxes2[12345] = boxes1[3]
     assert_same_bits_at_thread_counts(lambda: ops.box_iou_max(boxes1, boxes2))
+
+
+@st.composite
+def box_sets(draw):
+    """(boxes1 (G, 4), boxes2 (P, 4), layout): boxes on a coarse grid (equal IoUs, boxes equal to
+    others), degenerate ones (zero width or height, inverted), far-apart ones; float32 or 64."""
+    seed, dtype = draw(seeds), draw(st.sampled_from((torch.float32, torch.float64)))
+    g = torch.Generator().manual_seed(seed)
+    counts = draw(st.integers(0, 12)), draw(st.integers(0, 600))
+    step = draw(st.sampled_from((1.0, 4.0, 0.37)))  # a grid of few positions: ties, or none
+    sets = []
+    for count in counts:
+        corner = torch.randint(0, 20, (count, 2), generator=g).double() * step
+        size = torch.randint(0, 12, (count, 2), generator=g).double() * step
+        size[torch.rand(count, generator=g) < 0.05] *= -1  # inverted
+        sets.append(torch.cat([corner, corner + size], 1).to(dtype))
+    if counts[0] and counts[1]:
+        sets[1][: min(counts)] = sets[0][: min(counts)]  # each box1's exact copy: IoU 1
+    sets[1] = sets[1] + uniform(g, sets[1].shape, dtype, 0, 1e-3) * draw(st.sampled_from((0, 1)))
+    return sets[0], sets[1], draw(st.sampled_from(("contiguous", "strided")))
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@examples(1.0)
+@given(inputs=box_sets())
+def test_drawn_inputs_match_reference(inputs):
+    boxes1, boxes2, layout = inputs
+    got = ops.box_iou_max(arrange(boxes1, layout), arrange(boxes2, layout))
+    want = box_iou_max_reference(boxes1, boxes2)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def test_reference_is_box_iou_reduced(generator):

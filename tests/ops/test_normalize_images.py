@@ -1,15 +1,18 @@
 """normalize_images: the C++ CPU kernel (csrc/cpu/normalize_images.cpp) against the reference, bit for
 bit, in each output dtype and layout, for images of several sizes and channel counts (the RGB row
 and the general one) lying planar, interleaved (a decoded image permuted) or strided otherwise,
-NaN and infinities; the zero padding, opcheck, argument checks."""
+NaN and infinities, drawn inputs; the zero padding, opcheck, argument checks."""
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sfpn import ops
 from sfpn.ops import _library
 from sfpn.ops.normalize_images import OUTPUT_DTYPES, normalize_images_reference
 
 from op_helpers import assert_same_bits_at_thread_counts
+from op_strategies import examples, seeds
 
 pytestmark = pytest.mark.normalize_images
 
@@ -59,6 +62,32 @@ def test_cpu_kernel_matches_reference_bit_for_bit(generator, channels, image_siz
     assert torch.equal(got, want)
     for slot, (h, w) in zip(got, image_sizes):
         assert not slot[:, h:].any() and not slot[:, :, w:].any()
+
+
+@st.composite
+def batches(draw):
+    """(images, mean, std, size, dtype, channels_last): 1-4 images of 1-5 channels and 0-40 pixels a
+    side, each planar, interleaved or strided, in a batch at least as large, values of any scale."""
+    g = torch.Generator().manual_seed(draw(seeds))
+    channels = draw(st.integers(1, 5))
+    sizes = [(draw(st.integers(0, 40)), draw(st.integers(0, 40))) for _ in range(draw(st.integers(1, 4)))]
+    scale = draw(st.sampled_from((1.0, 255.0, 1e30)))
+    images = [arranged((torch.rand(channels, h, w, generator=g) - 0.5) * scale, draw(st.sampled_from(
+        ("planar", "interleaved", "strided")))) for h, w in sizes]
+    size = (max(h for h, _ in sizes) + draw(st.integers(0, 5)), max(w for _, w in sizes) + draw(st.integers(0, 5)))
+    mean = torch.rand(channels, generator=g)
+    std = torch.rand(channels, generator=g) + 0.01
+    return images, mean, std, size, draw(st.sampled_from(OUTPUT_DTYPES)), draw(st.booleans())
+
+
+@needs_cpu_kernel
+@pytest.mark.usefixtures("single_thread")
+@examples(1.0)
+@given(inputs=batches())
+def test_drawn_inputs_match_reference(inputs):
+    got, want = ops.normalize_images(*inputs), normalize_images_reference(*inputs)
+    assert got.dtype == want.dtype and got.stride() == want.stride()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
 
 
 @needs_cpu_kernel
