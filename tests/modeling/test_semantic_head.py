@@ -200,20 +200,24 @@ def test_median_frequency_weighs_each_present_class_as_the_median_one(generator)
 
 
 @pytest.mark.parametrize("ignore_index", [255, 3])
-def test_class_pixel_counts_against_a_count_per_class(generator, ignore_index):
+@pytest.mark.parametrize("count", ["class_pixel_counts", "_counts_by_bincount", "_counts_by_scatter"])
+def test_class_pixel_counts_against_a_count_per_class(generator, ignore_index, count):
     """Random labels with ignored pixels and labels past K: each class's count, the ignored label
-    (inside or outside the classes) and labels past K counted nowhere; a negative label refused."""
-    from sfpn.modeling.semantic_head import class_pixel_counts
+    (inside or outside the classes) and labels past K counted nowhere, by either way of counting
+    (the CPU's bincount, other devices' scatter); the bincount refuses a negative label."""
+    from sfpn.modeling import semantic_head
 
+    count_pixels = getattr(semantic_head, count)
     labels = torch.randint(0, 7, (3, 17, 23), generator=generator)
     labels[labels == 6] = ignore_index
-    counts = class_pixel_counts(labels, num_classes=5, ignore_index=ignore_index)
+    counts = count_pixels(labels, num_classes=5, ignore_index=ignore_index)
     want = [0 if k == ignore_index else int((labels == k).sum()) for k in range(5)]
     assert counts.dtype == torch.int64 and counts.tolist() == want
-    assert class_pixel_counts(labels[:0], num_classes=5).tolist() == [0] * 5
-    labels[1, 2, 3] = -1
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\) or ignore_index 255, got -1"):
-        class_pixel_counts(labels, num_classes=5)
+    assert count_pixels(labels[:0], num_classes=5, ignore_index=255).tolist() == [0] * 5
+    if count != "_counts_by_scatter":
+        labels[1, 2, 3] = -1
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\) or ignore_index 255, got -1"):
+            count_pixels(labels, num_classes=5, ignore_index=255)
 
 
 @needs_kernels
