@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..ops import upsample_argmax
-from ..ops.normalize_images import OUTPUT_DTYPES, normalize_images, normalize_images_reference
+from ..ops.normalize_images import normalize_images, normalize_images_reference
 from ..semantic_labels import semantic_labels
 from .postprocess import panoptic_at_original_size
 
@@ -62,9 +62,9 @@ class FasterRCNN(nn.Module):
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.pixel_mean.dtype
         images = [image.to(self.pixel_mean) for image in images]
         channels_last = self.input_memory_format() == torch.channels_last
-        # The op in eager mode; its reference where graphs are traced (they must run anywhere).
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or self.pixel_mean.dtype != torch.float32
-                or dtype not in OUTPUT_DTYPES):
+        # The op in eager mode; its reference where graphs are traced (they must run anywhere) and for
+        # models not in float32, whose images the op does not take (autocast dtypes it always takes).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.pixel_mean.dtype != torch.float32:
             batch = normalize_images_reference(images, self.pixel_mean, self.pixel_std, (height, width), dtype,
                                                channels_last)
         else:

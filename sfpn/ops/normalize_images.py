@@ -57,7 +57,7 @@ def normalize_images(images: Sequence[torch.Tensor], mean: torch.Tensor, std: to
     if not isinstance(images, (list, tuple)) or not images:
         raise OpValueError("images must be a non-empty list of (C, h, w) float32 tensors")
     check_tensor("mean", mean, dtypes=(torch.float32,))
-    check_tensor("std", std, dtypes=(torch.float32,))
+    check_tensor("std", std, dtypes=(torch.float32,), device=mean.device)
     channels = mean.numel()
     if std.numel() != channels:
         raise OpValueError(f"mean and std must hold one value per channel, got {mean.numel()} and {std.numel()}")
@@ -72,7 +72,6 @@ def normalize_images(images: Sequence[torch.Tensor], mean: torch.Tensor, std: to
             raise OpValueError(f"images[{i}] must have {channels} channels (mean's), got shape {tuple(image.shape)}")
         if image.shape[1] > size[0] or image.shape[2] > size[1]:
             raise OpValueError(f"images[{i}] of size {tuple(image.shape[1:])} does not fit in size {tuple(size)}")
-    check_tensor("std", std, device=mean.device)
     with torch.no_grad():
         return torch.ops.sfpn.normalize_images(list(images), mean.reshape(-1), std.reshape(-1), list(size), dtype,
                                                channels_last)
